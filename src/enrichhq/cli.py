@@ -1,0 +1,336 @@
+"""The `enrichhq` command: a thin Typer layer over the same service functions the API uses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from enrichhq import companies, destinations, exceptions, runs, settings, workflows
+from enrichhq.db import engines, migrate
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Config-driven company enrichment.",
+)
+companies_app = typer.Typer(no_args_is_help=True, help="Load and list the companies in HQ.")
+workflows_app = typer.Typer(no_args_is_help=True, help="The steps: rows of db_driven_enrichment_workflows.")
+batches_app = typer.Typer(no_args_is_help=True, help="Runs and the state of every company in them.")
+app.add_typer(companies_app, name="companies")
+app.add_typer(workflows_app, name="workflows")
+app.add_typer(batches_app, name="batches")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+EXIT_STOPPED = 3
+
+
+def main() -> None:
+    """Entry point of the `enrichhq` script."""
+    app()
+
+
+def _run(work: Callable[[engines.Databases], Awaitable[T]]) -> T:
+    """Run a coroutine against the configured databases; user errors become one red line."""
+
+    async def go() -> T:
+        dbs = engines.Databases.from_settings(settings.load())
+        try:
+            return await work(dbs)
+        finally:
+            await dbs.dispose()
+
+    try:
+        return asyncio.run(go())
+    except exceptions.EnrichHQError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Register a function as a command whose EnrichHQErrors print as one line."""
+
+    def register(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except exceptions.EnrichHQError as exc:
+                err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        return group.command(name)(wrapper)
+
+    return register
+
+
+# --- setup ------------------------------------------------------------------------------------
+
+
+@command(app)
+def init() -> None:
+    """Create or upgrade the HQ schema (idempotent; keeps the seed's existing tables and rows)."""
+    conf = settings.load()
+    revision = migrate.upgrade(conf.resolved_hq_url())
+    _run(lambda dbs: dbs.check())
+    out.print(f"HQ schema at revision {revision} in {_masked(conf.resolved_hq_url())}")
+    out.print(f"Workspace database: {_masked(conf.resolved_workspace_url())}")
+
+
+@command(app)
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the demo's SQLite files go")] = Path(".enrichhq-demo"),
+) -> None:
+    """A full run on SQLite against sample sites served on 127.0.0.1: no account, no internet."""
+    from enrichhq import demo as demo_module
+
+    asyncio.run(demo_module.run(data_dir, out))
+
+
+def _masked(url: str) -> str:
+    from enrichhq.db import dialect
+
+    return dialect.mask(url)
+
+
+# --- companies --------------------------------------------------------------------------------
+
+
+@command(companies_app, "import")
+def companies_import(
+    path: Annotated[Path, typer.Argument(help="CSV with a domain column (name and id optional)")],
+    skip_blank: Annotated[bool, typer.Option(help="ignore blank lines instead of refusing the file")] = False,
+) -> None:
+    """Import companies from a CSV: every row, or none if any row is bad."""
+    result = _run(lambda dbs: companies.import_file(dbs, path, skip_blank=skip_blank))
+    out.print(f"imported {result.total} companies ({result.added} new, {result.updated} already known)")
+
+
+@command(companies_app, "list")
+def companies_list(
+    search: Annotated[str | None, typer.Option(help="part of a domain or name")] = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> None:
+    """List companies."""
+    total, page = _run(lambda dbs: companies.listing(dbs, search=search, limit=limit, offset=offset))
+    table = Table("domain", "name", "id", title=f"{total} companies")
+    for c in page:
+        table.add_row(c.domain, c.name or "", c.id)
+    out.print(table)
+
+
+# --- workflows --------------------------------------------------------------------------------
+
+
+@command(workflows_app, "list")
+def workflows_list() -> None:
+    """Steps in overall_step_number order, each with its validation status."""
+    checked = _run(workflows.validate_all)
+    if not checked:
+        out.print("no workflows yet: INSERT a row into db_driven_enrichment_workflows or `enrichhq workflows add`")
+        return
+    table = Table("step", "slug", "title", "provider", "destination", "mode", "active", "valid")
+    for v in checked:
+        w = v.workflow
+        status = "[green]ok[/green]" if v.ok else f"[red]{len(v.problems)} problem(s)[/red]"
+        table.add_row(
+            str(w.overall_step_number), w.workflow_slug, w.title or "", w.provider,
+            f"{w.destination_db}.{w.destination_table_name}", w.write_mode,
+            "yes" if w.is_active else "no", status,
+        )
+    out.print(table)
+
+
+@command(workflows_app, "validate")
+def workflows_validate() -> None:
+    """Check every config against its provider and destination table; exit 1 if any is invalid."""
+    checked = _run(workflows.validate_all)
+    for v in checked:
+        mark = "[green]ok[/green]" if v.ok else "[red]invalid[/red]"
+        out.print(f"{mark} {v.workflow.workflow_slug}", highlight=False)
+        for problem in v.problems:
+            out.print(f"   [red]x[/red] {problem}", highlight=False, soft_wrap=True)
+        for warning in v.warnings:
+            out.print(f"   [yellow]![/yellow] {warning}", highlight=False, soft_wrap=True)
+    bad = [v for v in checked if not v.ok]
+    out.print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
+    if bad:
+        raise typer.Exit(1)
+
+
+@command(workflows_app, "add")
+def workflows_add(
+    file: Annotated[Path | None, typer.Option("--file", help="JSON or YAML with the config's fields")] = None,
+    slug: Annotated[str | None, typer.Option(help="workflow_slug")] = None,
+    title: Annotated[str | None, typer.Option()] = None,
+    step: Annotated[int | None, typer.Option(help="overall_step_number")] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    db: Annotated[str, typer.Option(help="destination_db: workspace or hq")] = "workspace",
+    table: Annotated[str | None, typer.Option(help="destination_table_name")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="data_key=column (repeatable)")] = None,
+    config: Annotated[str | None, typer.Option(help="provider_config as JSON")] = None,
+    write_mode: Annotated[str, typer.Option(help="append or upsert")] = "append",
+    create_table: Annotated[bool, typer.Option(help="create the destination table if missing")] = False,
+) -> None:
+    """Add a step: the convenience form of the seed's INSERT, validated before it is saved."""
+    data: dict[str, Any] = _load_spec(file) if file else {}
+    flags = {
+        "workflow_slug": slug, "title": title, "overall_step_number": step, "provider": provider,
+        "destination_table_name": table, "provider_config": _json_option("--config", config),
+        "destination_field_mappings": _mappings(map_) if map_ else None,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    data.setdefault("destination_db", db)
+    data.setdefault("write_mode", write_mode)
+    spec = workflows.WorkflowSpec.parse(data)
+    result = _run(lambda dbs: workflows.add(dbs, spec, create_table=create_table))
+    out.print(f"added workflow {result.workflow.workflow_slug} ({result.workflow.id})", highlight=False)
+    for warning in result.warnings:
+        out.print(f"[yellow]![/yellow] {warning}", highlight=False)
+
+
+def _load_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise exceptions.InputError(f"cannot read {path}: {exc}") from None
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise exceptions.InputError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise exceptions.InputError(f"{path} must hold one object with the workflow's fields")
+    return loaded
+
+
+def _json_option(flag: str, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise exceptions.InputError(f"{flag} is not valid JSON: {exc}") from None
+
+
+def _mappings(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise exceptions.InputError(f"--map {pair!r} must look like data_key=column")
+        mapping[key.strip()] = column.strip()
+    return mapping
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@command(app, "run")
+def run_command(
+    workflow: Annotated[str, typer.Argument(help="workflow slug or id")],
+    all_: Annotated[bool, typer.Option("--all", help="every company in HQ")] = False,
+    domain: Annotated[list[str] | None, typer.Option("--domain", help="a company's domain (repeatable)")] = None,
+    companies_file: Annotated[Path | None, typer.Option("--companies", help="file of domains or a CSV")] = None,
+    play: Annotated[str, typer.Option(help="play_name the completions are tracked under")] = runs.DEFAULT_PLAY,
+    force: Annotated[bool, typer.Option(help="run companies that already completed this step")] = False,
+) -> None:
+    """Run one step for a selection of companies, with a progress bar and a summary."""
+    domains = list(domain or [])
+    if companies_file is not None:
+        domains += companies.read_domains(companies_file)
+    selection = runs.Selection(all=all_, domains=tuple(domains))
+    conf = settings.load()
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        prepared = await runs.prepare(dbs, conf, workflow, selection, play_name=play, force=force)
+        async with dbs.begin("hq") as conn:
+            from enrichhq.db import hq
+
+            total = (await hq.get_batch(conn, prepared.batch_id) or {}).get("total", 0)
+        with Progress(
+            TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+            console=err, transient=False, disable=not err.is_terminal,
+        ) as progress:
+            task = progress.add_task("run", total=total, detail="")
+
+            def update(counts: dict[str, int]) -> None:
+                done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "skipped"))
+                detail = f"ok {counts.get('succeeded', 0)}  failed {counts.get('failed', 0)}"
+                progress.update(task, completed=done, detail=detail)
+
+            return await runs.execute(dbs, conf, prepared, update)
+
+    summary = _run(work)
+    _print_summary(summary)
+    if summary.status == "stopped":
+        raise typer.Exit(EXIT_STOPPED)
+
+
+def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
+    table = Table("succeeded", "failed", "timed out", "skipped", "time", "cost", title=f"batch {summary.batch_id}")
+    table.add_row(
+        f"[green]{summary.count('succeeded')}[/green]", f"[red]{summary.count('failed')}[/red]",
+        str(summary.count("timed_out")), str(summary.count("skipped")),
+        f"{summary.seconds:.1f}s" if summary.seconds is not None else "-", f"{summary.cost:g}",
+    )
+    out.print(table)
+    if summary.message:
+        out.print(f"[yellow]batch {summary.status}:[/yellow] {summary.message}", highlight=False, soft_wrap=True)
+    for item in summary.failures[:failures]:
+        out.print(f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}", highlight=False, soft_wrap=True)
+    if len(summary.failures) > failures or summary.count("failed") > failures:
+        out.print(f"  ... see `enrichhq batches show {summary.batch_id}`")
+
+
+@command(batches_app, "show")
+def batches_show(batch_id: str) -> None:
+    """Counts per state, cost, time, and failures with their errors."""
+    summary = _run(lambda dbs: runs.summary(dbs, batch_id, failures=200))
+    out.print(
+        f"batch {summary.batch_id}: {summary.workflow_slug}, play {summary.play_name}, "
+        f"{summary.status}, {summary.total} companies",
+        highlight=False,
+    )
+    counts = Table("state", "companies")
+    for state, count in sorted(summary.counts.items()):
+        counts.add_row(state, str(count))
+    out.print(counts)
+    _print_summary(summary, failures=200)
+
+
+@command(batches_app, "list")
+def batches_list(limit: int = 20) -> None:
+    """The newest batches."""
+    rows = _run(lambda dbs: runs.list_batches(dbs, limit))
+    table = Table("id", "workflow", "play", "status", "companies", "created")
+    for b in rows:
+        table.add_row(b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"]))
+    out.print(table)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@command(app, "export")
+def export(
+    table: Annotated[str, typer.Argument(help="table to export, e.g. company_homepage_scrapes")],
+    out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    db: Annotated[str, typer.Option(help="workspace or hq")] = "workspace",
+) -> None:
+    """Write a table to CSV."""
+    count = _run(lambda dbs: destinations.export_csv(dbs, db, table, out_path))
+    out.print(f"wrote {count} rows of {table} to {out_path}")
+
+

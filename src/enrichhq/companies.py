@@ -1,0 +1,143 @@
+"""Companies: reading a CSV of them, and loading it into HQ all at once or not at all."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from enrichhq import exceptions
+from enrichhq.db import engines, hq
+from enrichhq.models import Company
+
+DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}$")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did."""
+
+    added: int
+    updated: int
+
+    @property
+    def total(self) -> int:
+        """Rows imported."""
+        return self.added + self.updated
+
+
+def normalize_domain(raw: str) -> str:
+    """'https://www.Acme.com/about' -> 'www.acme.com': no scheme, path, port or trailing dot."""
+    text = raw.strip().lower()
+    text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text)
+    text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return text.rsplit(":", 1)[0].rstrip(".") if ":" in text else text.rstrip(".")
+
+
+def decode(data: bytes, source: str) -> str:
+    """Bytes as UTF-8 text (a BOM is fine); anything else is an error that says where."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise exceptions.InputError(
+            f"{source}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
+
+
+def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> list[Company]:
+    """Companies from CSV bytes: a header with `domain` (required), `name` and `id` (optional)."""
+    reader = csv.reader(io.StringIO(decode(data, source), newline=""))
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise exceptions.InputError(f"{source} is empty: it needs a header row with a 'domain' column")
+    columns = [h.strip().lower() for h in header]
+    if "domain" not in columns:
+        raise exceptions.InputError(
+            f"{source} has no 'domain' column (found: {', '.join(c for c in columns if c) or 'nothing'}); "
+            "the first row must name the columns: domain, and optionally name and id"
+        )
+    at = {name: columns.index(name) for name in ("domain", "name", "id") if name in columns}
+    companies: list[Company] = []
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            if skip_blank:
+                continue
+            raise exceptions.InputError(
+                f"{source}: line {line} is blank; remove blank lines (or pass --skip-blank)"
+            )
+        cell = {name: (row[i].strip() if i < len(row) else "") for name, i in at.items()}
+        domain = normalize_domain(cell["domain"])
+        if not DOMAIN.match(domain):
+            raise exceptions.InputError(f"{source}: line {line}: {cell['domain']!r} is not a domain")
+        if domain in seen:
+            raise exceptions.InputError(
+                f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; list each company once"
+            )
+        seen[domain] = line
+        company_id = cell.get("id") or str(uuid.uuid4())
+        try:
+            company_id = str(uuid.UUID(company_id))
+        except ValueError:
+            raise exceptions.InputError(f"{source}: line {line}: id {company_id!r} is not a UUID") from None
+        companies.append(Company(company_id, domain, cell.get("name") or None))
+    if not companies:
+        raise exceptions.InputError(f"{source} has a header but no companies")
+    return companies
+
+
+def read_domains(path: Path) -> list[str]:
+    """Domains from a file: a CSV with a domain column, or one domain per line."""
+    data = _read(path)
+    text = decode(data, str(path))
+    first = text.lstrip().split("\n", 1)[0].lower()
+    if "domain" in [c.strip() for c in first.split(",")]:
+        return [c.domain for c in parse_csv(data, str(path), skip_blank=True)]
+    return [normalize_domain(line) for line in text.splitlines() if line.strip()]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise exceptions.InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+async def import_file(dbs: engines.Databases, path: Path, *, skip_blank: bool = False) -> ImportResult:
+    """Import a CSV file of companies (all rows, or none on any error)."""
+    return await import_companies(dbs, parse_csv(_read(path), str(path), skip_blank=skip_blank))
+
+
+async def import_companies(dbs: engines.Databases, companies: list[Company]) -> ImportResult:
+    """Add new companies and rename known ones, in one transaction."""
+    async with dbs.begin("hq") as conn:
+        existing = await hq.companies_by_domain(conn, [c.domain for c in companies])
+        clashing = await hq.companies_by_id(conn, [c.id for c in companies if c.domain not in existing])
+        if clashing:
+            taken = next(iter(clashing.values()))
+            raise exceptions.InputError(
+                f"id {taken.id} is already used by {taken.domain}; give each company its own id"
+            )
+        await hq.upsert_companies(
+            conn,
+            [{"id": existing[c.domain].id if c.domain in existing else c.id, "domain": c.domain,
+              "name": c.name if c.name is not None else (existing[c.domain].name if c.domain in existing else None),
+              "created_at": hq.now()}
+             for c in companies],
+        )
+    return ImportResult(added=len(companies) - len(existing), updated=len(existing))
+
+
+async def listing(
+    dbs: engines.Databases, *, search: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[int, list[Company]]:
+    """How many companies there are, and one page of them."""
+    async with dbs.begin("hq") as conn:
+        return await hq.count_companies(conn), await hq.list_companies(
+            conn, search=search, limit=limit, offset=offset
+        )

@@ -1,0 +1,197 @@
+"""Everything that differs between SQLite and PostgreSQL lives in this module.
+
+The rest of the code speaks SQLAlchemy Core and asks this module for the few things
+that need a dialect: URLs and engines, upserts, server-side defaults for ids.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from enrichhq import exceptions
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+# --- URLs and engines -------------------------------------------------------------------
+
+
+def parse_url(raw: str, *, asynchronous: bool) -> sa.URL:
+    """Parse a user's database URL and pick our driver (`postgresql://` works as given)."""
+    try:
+        url = sa.make_url(raw)
+    except sa.exc.ArgumentError as exc:
+        raise exceptions.InputError(
+            f"not a database URL: {mask(raw)!r}; expected e.g. postgresql://user@host:5432/db "
+            "or sqlite:///path/to/file.db"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite")
+    raise exceptions.InputError(
+        f"unsupported database {backend!r} in {mask(raw)!r}: enrichhq runs on PostgreSQL or SQLite"
+    )
+
+
+def mask(raw: str | sa.URL) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        url = raw if isinstance(raw, sa.URL) else sa.make_url(raw)
+    except sa.exc.ArgumentError:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", str(raw))
+    return url.render_as_string(hide_password=True)
+
+
+def _prepare_sqlite_file(url: sa.URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the UI read while a run writes; busy_timeout rides out short write locks.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_async(raw: str) -> AsyncEngine:
+    """An async engine for a user's URL, tuned for its dialect."""
+    url = parse_url(raw, asynchronous=True)
+    if url.get_backend_name() == "sqlite":
+        _prepare_sqlite_file(url)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    # prepare_threshold=None: no server-side prepared statements, so PgBouncer in
+    # transaction mode (Supabase's pooler) works.
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+        connect_args={"prepare_threshold": None},
+    )
+
+
+def create_sync(raw: str) -> sa.Engine:
+    """A synchronous engine (Alembic runs on it)."""
+    url = parse_url(raw, asynchronous=False)
+    if url.get_backend_name() == "sqlite":
+        _prepare_sqlite_file(url)
+        engine = sa.create_engine(url)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, connect_args={"prepare_threshold": None})
+
+
+def is_sqlite(dialect: Dialect) -> bool:
+    """Whether a connection speaks SQLite."""
+    return dialect.name == "sqlite"
+
+
+# --- statements ---------------------------------------------------------------------------
+
+
+def upsert(
+    dialect: Dialect, table: sa.Table, conflict: list[str], update: list[str]
+) -> sa.Insert:
+    """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update = excluded.update."""
+    stmt: Any
+    if is_sqlite(dialect):
+        stmt = sqlite.insert(table)
+    elif dialect.name == "postgresql":
+        stmt = postgresql.insert(table)
+    else:  # pragma: no cover - parse_url admits no other dialect
+        raise exceptions.DatabaseError(f"no upsert for dialect {dialect.name}")
+    if not update:
+        return stmt.on_conflict_do_nothing(index_elements=conflict)  # type: ignore[no-any-return]
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=conflict, set_={c: stmt.excluded[c] for c in update}
+    )
+
+
+# --- types and server-side defaults -------------------------------------------------------
+
+
+class GUID(sa.types.TypeDecorator[str]):
+    """A UUID held as its canonical string: native uuid on PostgreSQL, text on SQLite."""
+
+    impl = sa.String(36)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
+        return dialect.type_descriptor(sa.String(36))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class gen_uuid(sa.sql.expression.FunctionElement[str]):
+    """Server-side random UUID, so the seed's plain INSERTs (which give no id) work."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(gen_uuid, "postgresql")
+def _gen_uuid_pg(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(gen_uuid, "sqlite")
+def _gen_uuid_sqlite(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    # A version-4 UUID string, built from randomblob(): SQLite has no uuid function.
+    return (
+        "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+        "substr(lower(hex(randomblob(2))), 2) || '-' || "
+        "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) "
+        "|| '-' || lower(hex(randomblob(6))))"
+    )
+
+
+def connection_problem(exc: BaseException) -> bool:
+    """Whether an exception means the database could not be reached at all."""
+    if isinstance(exc, (OSError, ConnectionError)):
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        text = str(exc.orig).lower()
+        return any(
+            marker in text
+            for marker in (
+                "connection", "could not connect", "unable to open database", "timeout",
+                "name or service not known", "does not exist", "password authentication",
+            )
+        )
+    return isinstance(exc, sa.exc.InterfaceError)
+
+
+# SQLite accepts any type name, and the seed's DDL uses PostgreSQL's: teach reflection
+# those names so a table created from the seed's text reflects with real types.
+sqlite.base.SQLiteDialect.ischema_names = {
+    **sqlite.base.SQLiteDialect.ischema_names,
+    "JSONB": sa.JSON,
+    "UUID": sa.Uuid,
+    "TIMESTAMPTZ": sa.DateTime,
+    "BOOL": sa.Boolean,
+}

@@ -1,0 +1,72 @@
+"""The two databases, HQ and Workspace, as async engines, with errors made readable."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from enrichhq import exceptions
+from enrichhq.db import dialect
+from enrichhq.settings import Settings
+
+DESTINATIONS = ("workspace", "hq")
+
+
+class Databases:
+    """HQ and Workspace engines; one engine when both URLs are the same database."""
+
+    def __init__(self, hq_url: str, workspace_url: str) -> None:
+        self.urls = {"hq": hq_url, "workspace": workspace_url}
+        self.hq: AsyncEngine = dialect.create_async(hq_url)
+        self.workspace: AsyncEngine = (
+            self.hq if workspace_url == hq_url else dialect.create_async(workspace_url)
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Databases:
+        """The databases the settings name (SQLite files in the data dir by default)."""
+        return cls(settings.resolved_hq_url(), settings.resolved_workspace_url())
+
+    def engine(self, name: str) -> AsyncEngine:
+        """The engine for a destination_db value ('workspace' or 'hq')."""
+        if name == "hq":
+            return self.hq
+        if name == "workspace":
+            return self.workspace
+        raise exceptions.ConfigError(
+            f"destination_db must be 'workspace' or 'hq', not {name!r}"
+        )
+
+    @asynccontextmanager
+    async def begin(self, name: str = "hq") -> AsyncIterator[AsyncConnection]:
+        """A transaction on one database; unreachable databases raise a one-line DatabaseError."""
+        engine = self.engine(name)
+        try:
+            async with engine.begin() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            if not dialect.connection_problem(exc):
+                raise
+            raise exceptions.DatabaseError(self.describe_failure(name, exc)) from exc
+
+    def describe_failure(self, name: str, exc: BaseException) -> str:
+        """A one-line, password-free message for a database that failed us."""
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        var = "HQ_DATABASE_URL" if name == "hq" else "WORKSPACE_DATABASE_URL"
+        return f"cannot reach the {name} database at {dialect.mask(self.urls[name])}: {first}; check {var}"
+
+    async def check(self) -> None:
+        """Connect to both databases once, so a bad URL fails before any work starts."""
+        for name in dict.fromkeys(("hq", "workspace")):
+            async with self.begin(name) as conn:
+                await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.hq.dispose()
+        if self.workspace is not self.hq:
+            await self.workspace.dispose()

@@ -1,0 +1,362 @@
+"""Named queries on the HQ database, in SQLAlchemy Core. Every HQ statement lives here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq.db import dialect
+from enrichhq.db.schema import (
+    FINAL_STATES,
+    batch_items,
+    batches,
+    companies,
+    completions,
+    results_log,
+    workflows,
+)
+from enrichhq.models import Company, LogEntry, WorkflowConfig
+
+# Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
+MAX_ROWS_PER_STATEMENT = 500
+
+
+def now() -> datetime:
+    """The current time in UTC (what every enrichhq timestamp is written in)."""
+    return datetime.now(UTC)
+
+
+def _chunks(rows: Sequence[Any], size: int = MAX_ROWS_PER_STATEMENT) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+# --- companies --------------------------------------------------------------------------
+
+
+async def upsert_companies(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert companies; a domain already present keeps its id and takes the new name."""
+    for chunk in _chunks(rows):
+        stmt = dialect.upsert(conn.dialect, companies, ["domain"], ["name"])
+        await conn.execute(stmt, list(chunk))
+
+
+async def companies_by_domain(conn: AsyncConnection, domains: Sequence[str]) -> dict[str, Company]:
+    """The companies among these domains, keyed by domain."""
+    found: dict[str, Company] = {}
+    for chunk in _chunks(domains):
+        result = await conn.execute(
+            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(
+                companies.c.domain.in_(chunk)
+            )
+        )
+        found.update({r.domain: Company(r.id, r.domain, r.name) for r in result})
+    return found
+
+
+async def companies_by_id(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Company]:
+    """The companies among these ids, keyed by id."""
+    found: dict[str, Company] = {}
+    for chunk in _chunks(ids):
+        result = await conn.execute(
+            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(
+                companies.c.id.in_(chunk)
+            )
+        )
+        found.update({r.id: Company(r.id, r.domain, r.name) for r in result})
+    return found
+
+
+async def count_companies(conn: AsyncConnection) -> int:
+    """How many companies HQ holds."""
+    return int((await conn.execute(sa.select(sa.func.count()).select_from(companies))).scalar_one())
+
+
+async def list_companies(
+    conn: AsyncConnection, *, search: str | None = None, limit: int = 50, offset: int = 0
+) -> list[Company]:
+    """Companies by domain, optionally filtered by a substring of domain or name."""
+    stmt = sa.select(companies.c.id, companies.c.domain, companies.c.name).order_by(companies.c.domain)
+    if search:
+        pattern = f"%{search.lower()}%"
+        stmt = stmt.where(
+            sa.or_(companies.c.domain.like(pattern), sa.func.lower(companies.c.name).like(pattern))
+        )
+    result = await conn.execute(stmt.limit(limit).offset(offset))
+    return [Company(r.id, r.domain, r.name) for r in result]
+
+
+# --- workflows --------------------------------------------------------------------------
+
+
+async def get_workflow(conn: AsyncConnection, ref: str) -> WorkflowConfig | None:
+    """A workflow config by id or by slug."""
+    clause = workflows.c.workflow_slug == ref
+    if _is_uuid(ref):
+        clause = sa.or_(clause, workflows.c.id == ref)
+    row = (await conn.execute(sa.select(workflows).where(clause))).mappings().first()
+    return WorkflowConfig.from_row(dict(row)) if row else None
+
+
+async def list_workflows(conn: AsyncConnection) -> list[WorkflowConfig]:
+    """Every workflow config in overall_step_number order."""
+    result = await conn.execute(
+        sa.select(workflows).order_by(
+            workflows.c.overall_step_number.nulls_last(), workflows.c.workflow_slug
+        )
+    )
+    return [WorkflowConfig.from_row(dict(r)) for r in result.mappings()]
+
+
+async def insert_workflow(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+    """Insert a workflow config (the same row the seed's INSERT makes); returns its id."""
+    workflow_id = str(values.get("id") or uuid.uuid4())
+    await conn.execute(sa.insert(workflows).values({**values, "id": workflow_id}))
+    return workflow_id
+
+
+async def update_workflow(conn: AsyncConnection, workflow_id: str, values: Mapping[str, Any]) -> None:
+    """Change a workflow config; the next run reads the new values."""
+    await conn.execute(
+        sa.update(workflows)
+        .where(workflows.c.id == workflow_id)
+        .values({**values, "updated_at": now()})
+    )
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- logger -----------------------------------------------------------------------------
+
+
+async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
+    """One enrichment_results_log row per entry, in one statement per chunk."""
+    stamp = now()
+    for chunk in _chunks(entries):
+        await conn.execute(
+            sa.insert(results_log),
+            [
+                {
+                    "id": str(uuid.uuid4()), "workflow_id": e.workflow_id,
+                    "workflow_slug": e.workflow_slug, "company_id": e.company_id,
+                    "company_domain": e.company_domain, "play_name": e.play_name,
+                    "step_number": e.step_number, "status": e.status,
+                    "result_table": e.result_table, "batch_id": e.batch_id,
+                    "created_at": stamp, "error": e.error, "attempt": e.attempt, "cost": e.cost,
+                }
+                for e in chunk
+            ],
+        )
+
+
+async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
+    """One completion row per company, play and step; a re-run updates it."""
+    stamp = now()
+    latest = {(e.company_id, e.play_name, e.step_number): e for e in entries}
+    rows = [
+        {
+            "id": str(uuid.uuid4()), "company_id": e.company_id, "play_name": e.play_name,
+            "step_number": e.step_number, "workflow_id": e.workflow_id,
+            "batch_id": e.batch_id, "completed_at": stamp,
+        }
+        for e in latest.values()
+    ]
+    for chunk in _chunks(rows):
+        stmt = dialect.upsert(
+            conn.dialect, completions, ["company_id", "play_name", "step_number"],
+            ["workflow_id", "batch_id", "completed_at"],
+        )
+        await conn.execute(stmt, list(chunk))
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+async def insert_batch(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+    """Create an enrichment_batches row; returns its id."""
+    batch_id = str(uuid.uuid4())
+    await conn.execute(sa.insert(batches).values({**values, "id": batch_id, "created_at": now()}))
+    return batch_id
+
+
+async def add_batch_items(
+    conn: AsyncConnection,
+    batch_id: str,
+    *,
+    play_name: str,
+    step_number: int,
+    force: bool,
+    company_ids: Sequence[str] | None,
+) -> None:
+    """One item per company (all of them when company_ids is None), in SQL, not in memory.
+
+    Companies that already completed this step in this play start `skipped` unless forced.
+    """
+    done = sa.and_(
+        completions.c.company_id == companies.c.id,
+        completions.c.play_name == play_name,
+        completions.c.step_number == step_number,
+    )
+    if force:
+        state: sa.ColumnElement[Any] = sa.literal("queued")
+        reason: sa.ColumnElement[Any] = sa.null()
+    else:
+        already = sa.exists().where(done)
+        state = sa.case((already, "skipped"), else_="queued")
+        reason = sa.case(
+            (already, f"already completed in play {play_name!r}; run with --force to redo"),
+            else_=sa.null(),
+        )
+    columns = ["batch_id", "company_id", "company_domain", "state", "last_error", "updated_at"]
+    stamp = now()
+
+    def select(ids: Sequence[str] | None) -> sa.Select[Any]:
+        stmt = sa.select(
+            sa.literal(batch_id, dialect.GUID), companies.c.id, companies.c.domain,
+            state, reason, sa.literal(stamp, batches.c.created_at.type),
+        )
+        return stmt if ids is None else stmt.where(companies.c.id.in_(ids))
+
+    if company_ids is None:
+        await conn.execute(sa.insert(batch_items).from_select(columns, select(None)))
+    else:
+        for chunk in _chunks(company_ids):
+            await conn.execute(sa.insert(batch_items).from_select(columns, select(chunk)))
+    total = await conn.execute(
+        sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.batch_id == batch_id)
+    )
+    await conn.execute(
+        sa.update(batches).where(batches.c.id == batch_id).values(total=total.scalar_one())
+    )
+
+
+async def pending_items(
+    conn: AsyncConnection, batch_id: str, *, after: str, limit: int
+) -> list[tuple[Company, int]]:
+    """The next page of unfinished items (keyset on company_id), with their attempt counts."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id, batch_items.c.company_domain,
+                  batch_items.c.attempts, companies.c.name)
+        .select_from(batch_items.outerjoin(companies, companies.c.id == batch_items.c.company_id))
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("queued", "running")),
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [(Company(r.company_id, r.company_domain, r.name), r.attempts) for r in result]
+
+
+async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+    """Show a page of items as running (one statement per page, not per company)."""
+    for chunk in _chunks(company_ids):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk))
+            .values(state="running", updated_at=now())
+        )
+
+
+async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]]) -> None:
+    """Write each item's final state (keys: company_id, state, attempts, error, cost, result)."""
+    if not updates:
+        return
+    stamp = now()
+    stmt = (
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == sa.bindparam("b_batch"),
+            batch_items.c.company_id == sa.bindparam("b_company"),
+        )
+        .values(
+            state=sa.bindparam("b_state"), attempts=sa.bindparam("b_attempts"),
+            last_error=sa.bindparam("b_error"), cost=sa.bindparam("b_cost"),
+            result=sa.bindparam("b_result", type_=batch_items.c.result.type),
+            updated_at=stamp, finished_at=stamp,
+        )
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "b_batch": batch_id, "b_company": u["company_id"], "b_state": u["state"],
+                "b_attempts": u["attempts"], "b_error": u.get("error"), "b_cost": u.get("cost"),
+                "b_result": u.get("result"),
+            }
+            for u in updates
+        ],
+    )
+
+
+async def skip_unfinished(conn: AsyncConnection, batch_id: str, reason: str) -> int:
+    """End every item not yet final as skipped, with the reason; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
+        .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount
+
+
+async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, message: str | None) -> None:
+    """Record how a batch ended."""
+    await conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id)
+        .values(status=status, message=message, finished_at=now())
+    )
+
+
+async def get_batch(conn: AsyncConnection, batch_id: str) -> dict[str, Any] | None:
+    """One enrichment_batches row, as a dict."""
+    if not _is_uuid(batch_id):
+        return None
+    row = (await conn.execute(sa.select(batches).where(batches.c.id == batch_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest batches first."""
+    result = await conn.execute(sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit))
+    return [dict(r) for r in result.mappings()]
+
+
+async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
+    """Items per state in a batch, and the batch's total cost."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, sa.func.count(), sa.func.sum(batch_items.c.cost))
+        .where(batch_items.c.batch_id == batch_id)
+        .group_by(batch_items.c.state)
+    )
+    counts: dict[str, int] = {}
+    cost = 0.0
+    for state, count, state_cost in result:
+        counts[state] = count
+        cost += float(state_cost or 0)
+    return counts, cost
+
+
+async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Items that ended failed or timed out, with their errors."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_domain, batch_items.c.state,
+                  batch_items.c.attempts, batch_items.c.last_error)
+        .where(batch_items.c.batch_id == batch_id,
+               batch_items.c.state.in_(("failed", "timed_out")))
+        .order_by(batch_items.c.company_domain)
+        .limit(limit)
+    )
+    return [dict(r) for r in result.mappings()]

@@ -1,0 +1,120 @@
+"""The HQ tables, with the seed's names and columns, as SQLAlchemy Core objects.
+
+Queries are built from these. The tables themselves are created by the Alembic
+migrations in `enrichhq/migrations` (which keep their own frozen copy).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from enrichhq.db.dialect import GUID, JSONType, gen_uuid
+
+metadata = sa.MetaData()
+
+TZ = sa.DateTime(timezone=True)
+
+companies = sa.Table(
+    "companies",
+    metadata,
+    sa.Column("id", GUID, primary_key=True, server_default=gen_uuid()),
+    sa.Column("domain", sa.Text, nullable=False, unique=True),
+    sa.Column("name", sa.Text),
+    sa.Column("created_at", TZ, server_default=sa.func.now()),
+)
+
+workflows = sa.Table(
+    "db_driven_enrichment_workflows",
+    metadata,
+    sa.Column("id", GUID, primary_key=True, server_default=gen_uuid()),
+    sa.Column("workflow_slug", sa.Text, nullable=False, unique=True),
+    sa.Column("title", sa.Text),
+    sa.Column("overall_step_number", sa.Integer),
+    sa.Column("provider", sa.Text),
+    sa.Column("destination_db", sa.Text),
+    sa.Column("destination_table_name", sa.Text),
+    sa.Column("destination_field_mappings", JSONType),
+    # Added by enrichhq (nullable or defaulted, so the seed's INSERT works unchanged):
+    sa.Column("provider_config", JSONType),
+    sa.Column("write_mode", sa.Text, server_default="append"),
+    sa.Column("is_active", sa.Boolean, server_default=sa.true()),
+    sa.Column("created_at", TZ, server_default=sa.func.now()),
+    sa.Column("updated_at", TZ, server_default=sa.func.now()),
+)
+
+results_log = sa.Table(
+    "enrichment_results_log",
+    metadata,
+    sa.Column("id", GUID, primary_key=True, server_default=gen_uuid()),
+    sa.Column("workflow_id", GUID),
+    sa.Column("workflow_slug", sa.Text),
+    sa.Column("company_id", GUID),
+    sa.Column("company_domain", sa.Text),
+    sa.Column("play_name", sa.Text),
+    sa.Column("step_number", sa.Integer),
+    sa.Column("status", sa.Text),
+    sa.Column("result_table", sa.Text),
+    sa.Column("batch_id", GUID),
+    sa.Column("created_at", TZ, server_default=sa.func.now()),
+    sa.Column("error", sa.Text),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("cost", sa.Float),
+)
+
+completions = sa.Table(
+    "company_play_step_completions",
+    metadata,
+    sa.Column("id", GUID, primary_key=True, server_default=gen_uuid()),
+    sa.Column("company_id", GUID, nullable=False),
+    sa.Column("play_name", sa.Text, nullable=False),
+    sa.Column("step_number", sa.Integer, nullable=False),
+    sa.Column("workflow_id", GUID),
+    sa.Column("batch_id", GUID),
+    sa.Column("completed_at", TZ, server_default=sa.func.now()),
+)
+
+batches = sa.Table(
+    "enrichment_batches",
+    metadata,
+    sa.Column("id", GUID, primary_key=True, server_default=gen_uuid()),
+    sa.Column("workflow_id", GUID),
+    sa.Column("workflow_slug", sa.Text),
+    sa.Column("play_name", sa.Text),
+    sa.Column("step_number", sa.Integer),
+    sa.Column("provider", sa.Text),
+    sa.Column("status", sa.Text, nullable=False, server_default="running"),
+    sa.Column("message", sa.Text),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("forced", sa.Boolean, server_default=sa.false()),
+    sa.Column("created_at", TZ, server_default=sa.func.now()),
+    sa.Column("finished_at", TZ),
+)
+
+batch_items = sa.Table(
+    "enrichment_batch_items",
+    metadata,
+    sa.Column("batch_id", GUID, primary_key=True),
+    sa.Column("company_id", GUID, primary_key=True),
+    sa.Column("company_domain", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="queued"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("result", JSONType),
+    sa.Column("cost", sa.Float),
+    sa.Column("updated_at", TZ, server_default=sa.func.now()),
+    sa.Column("finished_at", TZ),
+    sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
+)
+
+# Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "companies": ("domain",),
+    "db_driven_enrichment_workflows": ("workflow_slug",),
+    "company_play_step_completions": ("company_id", "play_name", "step_number"),
+}
+
+#: enrichhq's own tables: a workflow may never write into these.
+HQ_TABLES = frozenset(metadata.tables) | {"enrichment_logs", "enrichhq_alembic_version"}
+
+ITEM_STATES = ("queued", "running", "waiting_callback", "succeeded", "failed", "timed_out", "skipped")
+FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "skipped"})

@@ -1,0 +1,259 @@
+"""Destination tables: reflected, checked, and the values bound for them coerced to their types.
+
+A workflow config names a table; the name is data. It is checked as an identifier,
+looked up by reflection, and only the reflected Table object is ever used to build SQL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq import exceptions
+from enrichhq.db import dialect, engines, schema
+
+# What a provider says a data key holds; destination column types are read the same way.
+TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE, OTHER = (
+    "text", "datetime", "json", "number", "bool", "uuid", "date", "other"
+)
+
+# Which value kinds each column kind accepts (after coercion).
+COMPATIBLE: dict[str, set[str]] = {
+    TEXT: {TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE},
+    JSON: {TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE},
+    DATETIME: {DATETIME, TEXT, DATE},
+    DATE: {DATE, DATETIME, TEXT},
+    NUMBER: {NUMBER, TEXT, BOOL},
+    BOOL: {BOOL, TEXT, NUMBER},
+    UUID: {UUID, TEXT},
+}
+
+
+def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
+    """The kind of a reflected column type."""
+    checks: list[tuple[type[Any], str]] = [
+        (sa.JSON, JSON), (sa.Boolean, BOOL), (sa.DateTime, DATETIME), (sa.Date, DATE),
+        (sa.Uuid, UUID), (sa.Integer, NUMBER), (sa.Numeric, NUMBER), (sa.Float, NUMBER),
+        (sa.String, TEXT), (sa.Text, TEXT), (sa.Enum, TEXT),
+    ]
+    for sa_type, kind in checks:
+        if isinstance(column_type, sa_type):
+            return kind
+    if isinstance(column_type, dialect.GUID) or type(column_type).__name__ == "UUID":
+        return UUID
+    return OTHER
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A reflected destination table and the database it lives in."""
+
+    db: str
+    table: sa.Table
+
+    @property
+    def name(self) -> str:
+        """The table's name as the config gives it."""
+        return self.table.fullname
+
+    def unique_on_company_id(self) -> bool:
+        """Whether an upsert on company_id has a unique key to land on."""
+        for constraint in self.table.constraints:
+            cols = [c.name for c in getattr(constraint, "columns", [])]
+            if cols == ["company_id"] and isinstance(
+                constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)
+            ):
+                return True
+        return any(i.unique and [c.name for c in i.columns] == ["company_id"] for i in self.table.indexes)
+
+
+def split_name(name: str, *, allow_hq: bool = False) -> tuple[str | None, str]:
+    """Check a destination_table_name and split off an optional schema."""
+    parts = name.split(".")
+    if not name or len(parts) > 2 or not all(dialect.IDENTIFIER.match(p) for p in parts):
+        raise exceptions.ConfigError(
+            f"destination_table_name {name!r} is not a table name: use letters, digits and "
+            "underscores (optionally schema.table)"
+        )
+    if not allow_hq and parts[-1].lower() in schema.HQ_TABLES:
+        raise exceptions.ConfigError(
+            f"destination_table_name {name!r} is one of enrichhq's own HQ tables; "
+            "point the workflow at a table of your own"
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+async def reflect(
+    dbs: engines.Databases, db_name: str, table_name: str, *, allow_hq: bool = False
+) -> Destination:
+    """Look up a destination table as it is now (so config and DDL changes apply at once)."""
+    table_schema, bare = split_name(table_name, allow_hq=allow_hq)
+    async with dbs.begin(db_name) as conn:
+        table = await conn.run_sync(_reflect_sync, bare, table_schema)
+    if table is None:
+        raise exceptions.ConfigError(
+            f"destination table {table_name!r} does not exist in the {db_name} database; "
+            "create it first (see the seed's 'Adding a New Enrichment Step') or use "
+            "`enrichhq workflows add --create-table`"
+        )
+    return Destination(db_name, table)
+
+
+def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> sa.Table | None:
+    if not sa.inspect(conn).has_table(name, schema=table_schema):
+        return None
+    return sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+
+
+# --- coercion -----------------------------------------------------------------------------
+
+
+class CoercionError(ValueError):
+    """A value that cannot be stored in its column."""
+
+
+def coerce(value: Any, column: sa.Column[Any]) -> Any:
+    """A data value converted to what its destination column holds."""
+    if value is None:
+        return None
+    kind = kind_of(column.type)
+    if kind == JSON or kind == OTHER:
+        return value
+    if kind == TEXT:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (datetime, date)):
+            return value.isoformat()
+        return json.dumps(value, default=str)
+    if kind == DATETIME:
+        return _to_datetime(value)
+    if kind == DATE:
+        return _to_datetime(value).date() if not isinstance(value, date) else value
+    if kind == NUMBER:
+        return _to_number(value, integer=isinstance(column.type, sa.Integer))
+    if kind == BOOL:
+        return _to_bool(value)
+    if kind == UUID:
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError as exc:
+            raise CoercionError(f"{value!r} is not a UUID") from exc
+    return value  # pragma: no cover - every kind is handled above
+
+
+def _to_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CoercionError(f"{value!r} is not an ISO 8601 timestamp") from exc
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        parsed = datetime.fromtimestamp(value, UTC)
+    else:
+        raise CoercionError(f"{value!r} is not a timestamp")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _to_number(value: Any, *, integer: bool) -> int | float:
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value) if not isinstance(value, (int, float)) else value
+    except (TypeError, ValueError) as exc:
+        raise CoercionError(f"{value!r} is not a number") from exc
+    if integer:
+        if float(number) != int(number):
+            raise CoercionError(f"{value!r} is not a whole number")
+        return int(number)
+    return number
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "t", "yes", "1"):
+        return True
+    if text in ("false", "f", "no", "0"):
+        return False
+    raise CoercionError(f"{value!r} is not true or false")
+
+
+# --- creating and reading destination tables -------------------------------------------------
+
+_KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    TEXT: sa.Text(), DATETIME: sa.DateTime(timezone=True), JSON: dialect.JSONType,
+    NUMBER: sa.Float(), BOOL: sa.Boolean(), UUID: dialect.GUID(), DATE: sa.Date(),
+}
+
+
+async def create_table(
+    dbs: engines.Databases,
+    db_name: str,
+    table_name: str,
+    columns: Mapping[str, str],
+    *,
+    unique_company: bool,
+) -> None:
+    """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
+    table_schema, bare = split_name(table_name)
+    table = sa.Table(
+        bare, sa.MetaData(), sa.Column("id", dialect.GUID, primary_key=True, server_default=dialect.gen_uuid()),
+        sa.Column("company_id", dialect.GUID, nullable=False),
+        sa.Column("company_domain", sa.Text),
+        *[sa.Column(name, _KIND_TYPES.get(kind, sa.Text())) for name, kind in columns.items()
+          if name not in ("id", "company_id", "company_domain", "created_at")],
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        schema=table_schema,
+    )
+    for name in columns:
+        if not dialect.IDENTIFIER.match(name):
+            raise exceptions.ConfigError(f"column name {name!r} is not a valid identifier")
+    if unique_company:
+        sa.Index(f"uq_{bare}_company_id", table.c.company_id, unique=True)
+    async with dbs.begin(db_name) as conn:
+        await conn.run_sync(table.metadata.create_all)
+
+
+async def stream_rows(conn: AsyncConnection, table: sa.Table, page: int = 1000) -> AsyncIterator[sa.Row[Any]]:
+    """Every row of a table, without holding them all in memory."""
+    result = await conn.stream(sa.select(table))
+    async for partition in result.partitions(page):
+        for row in partition:
+            yield row
+
+
+async def export_csv(dbs: engines.Databases, db_name: str, table_name: str, out: Path) -> int:
+    """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count."""
+    destination = await reflect(dbs, db_name, table_name, allow_hq=True)
+    count = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(destination.table.c.keys())
+        async with dbs.begin(db_name) as conn:
+            async for row in stream_rows(conn, destination.table):
+                writer.writerow([_cell(v) for v in row])
+                count += 1
+    return count
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value

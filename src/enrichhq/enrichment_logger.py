@@ -1,0 +1,23 @@
+"""The logger (seed: enrichment_logger_v1): generic, the same for every workflow.
+
+`enrichment_results_log` gets a row for every entry; `company_play_step_completions`
+one row per company, play and step for every success (a re-run updates it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from enrichhq.db import engines, hq
+from enrichhq.models import LogEntry
+
+
+async def log(dbs: engines.Databases, entries: Sequence[LogEntry]) -> None:
+    """Write a chunk of log entries (and the completions among them) in one HQ transaction."""
+    if not entries:
+        return
+    async with dbs.begin("hq") as conn:
+        await hq.insert_log_entries(conn, entries)
+        succeeded = [e for e in entries if e.succeeded]
+        if succeeded:
+            await hq.upsert_completions(conn, succeeded)

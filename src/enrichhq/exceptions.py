@@ -1,0 +1,54 @@
+"""Every error enrichhq raises on purpose derives from `EnrichHQError`.
+
+The message of each is written for the user: it says what is wrong and what to do,
+and never contains a secret (database passwords and API keys are masked first).
+"""
+
+from __future__ import annotations
+
+
+class EnrichHQError(Exception):
+    """Base class: a problem the user can fix, reported as one line."""
+
+
+class InputError(EnrichHQError):
+    """Bad input from the user: a CSV, a flag, a JSON body."""
+
+
+class ConfigError(EnrichHQError):
+    """A workflow config that cannot be run as it stands."""
+
+
+class NotFound(EnrichHQError):
+    """A workflow, batch, company or table that does not exist."""
+
+
+class DatabaseError(EnrichHQError):
+    """A database that cannot be reached or refused an operation."""
+
+
+class ProviderError(EnrichHQError):
+    """A provider answered with an error (or not at all).
+
+    `retryable` tells the executor whether another attempt may succeed; `stop_batch`
+    that no other company will succeed either (out of credits, invalid key).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        stop_batch: bool = False,
+        retry_after: float | None = None,
+        cost: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.stop_batch = stop_batch
+        self.retry_after = retry_after
+        self.cost = cost
+
+
+class StorageError(EnrichHQError):
+    """A result that could not be written to its destination table."""

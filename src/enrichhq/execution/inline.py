@@ -1,0 +1,258 @@
+"""The embedded executor: one asyncio process, bounded concurrency per provider.
+
+Three kinds of task share a batch: a feeder pages unfinished items out of
+`enrichment_batch_items` (never the whole batch in memory), workers call the
+provider (with retries and a shared back-off gate for 429s), and one writer stores,
+logs and settles results a chunk at a time (one statement per table per chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from enrichhq import destinations, enrichment_logger, exceptions, storage_worker
+from enrichhq.db import engines, hq
+from enrichhq.functions import Provider
+from enrichhq.models import Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.settings import Settings
+
+PAGE = 500
+FLUSH_SECONDS = 0.25
+
+ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
+
+
+@dataclass
+class _Result:
+    company: Company
+    attempts: int
+    tries: int
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    cost: float | None = None
+    retries: list[LogEntry] = field(default_factory=list)
+
+
+class _Gate:
+    """Holds every worker back after a 429, so a rate limit is never hammered."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while (delay := self.until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+
+class InlineExecutor:
+    """Runs one batch to the end: every item leaves in a final state."""
+
+    def __init__(
+        self,
+        dbs: engines.Databases,
+        settings: Settings,
+        *,
+        batch_id: str,
+        play_name: str,
+        workflow: WorkflowConfig,
+        destination: destinations.Destination,
+        provider: Provider,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.dbs = dbs
+        self.settings = settings
+        self.batch_id = batch_id
+        self.play_name = play_name
+        self.workflow = workflow
+        self.destination = destination
+        self.provider = provider
+        self.on_progress = on_progress
+        self.gate = _Gate()
+        self.stop_message: str | None = None
+        self.fatal: Exception | None = None
+        self.work: asyncio.Queue[tuple[Company, int] | None] = asyncio.Queue(maxsize=PAGE * 2)
+        self.results: asyncio.Queue[_Result | None] = asyncio.Queue(maxsize=PAGE * 2)
+
+    async def run(self) -> tuple[str, str | None]:
+        """Drive the batch; returns its final status and message."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, self.provider.concurrency))]
+        writer = asyncio.create_task(self._writer())
+        try:
+            await self._feed(len(workers))
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await self.results.put(None)
+            await writer
+        if self.fatal is not None:
+            raise self.fatal
+        status = "completed"
+        if self.stop_message:
+            async with self.dbs.begin("hq") as conn:
+                await hq.skip_unfinished(conn, self.batch_id, f"not run: {self.stop_message}")
+            status = "stopped"
+        async with self.dbs.begin("hq") as conn:
+            await hq.finish_batch(conn, self.batch_id, status, self.stop_message)
+        await self._report()
+        return status, self.stop_message
+
+    async def _feed(self, workers: int) -> None:
+        after = "00000000-0000-0000-0000-000000000000"
+        while not self.stop_message:
+            async with self.dbs.begin("hq") as conn:
+                page = await hq.pending_items(conn, self.batch_id, after=after, limit=PAGE)
+                if page:
+                    await hq.mark_running(conn, self.batch_id, [c.id for c, _ in page])
+            if not page:
+                break
+            for item in page:
+                await self.work.put(item)
+            after = page[-1][0].id
+        for _ in range(workers):
+            await self.work.put(None)
+
+    async def _worker(self) -> None:
+        while (item := await self.work.get()) is not None:
+            if self.stop_message:
+                continue  # left unfinished; skipped with the stop reason at the end
+            await self.results.put(await self._call(*item))
+
+    async def _call(self, company: Company, attempts: int) -> _Result:
+        result = _Result(company, attempts, 0)
+        base_delay = float(self.workflow.option("retry_base_delay", self.settings.enrichhq_retry_base_delay))
+        while True:
+            await self.gate.wait()
+            result.tries += 1
+            attempt = attempts + result.tries
+            try:
+                fetched = await self.provider.fetch(company)
+            except exceptions.ProviderError as exc:
+                result.cost = _add(result.cost, exc.cost)
+                if exc.stop_batch:
+                    self.stop_message = self.stop_message or str(exc)
+                elif exc.retryable and result.tries < self.provider.max_attempts:
+                    delay = exc.retry_after if exc.retry_after is not None else base_delay * 2 ** (result.tries - 1)
+                    if exc.retry_after is not None:
+                        self.gate.pause(delay)
+                    result.retries.append(self._entry(company, "retrying", str(exc), attempt, exc.cost))
+                    await asyncio.sleep(delay * random.uniform(1.0, 1.25))
+                    continue
+                result.error = str(exc)
+                return result
+            except Exception as exc:  # a provider bug must cost one company, never the worker
+                result.error = f"provider {self.workflow.provider!r} crashed: {type(exc).__name__}: {exc}"
+                return result
+            result.data = fetched.data
+            result.cost = _add(result.cost, fetched.cost)
+            return result
+
+    def _entry(self, company: Company, status: str, error: str | None, attempt: int, cost: float | None) -> LogEntry:
+        return LogEntry(
+            workflow_id=self.workflow.id, workflow_slug=self.workflow.workflow_slug,
+            company_id=company.id, company_domain=company.domain, play_name=self.play_name,
+            step_number=self.workflow.overall_step_number, status=status,
+            result_table=self.workflow.destination_table_name, batch_id=self.batch_id,
+            error=error, attempt=attempt, cost=cost,
+        )
+
+    async def _writer(self) -> None:
+        chunk: list[_Result] = []
+        done = False
+        while not done:
+            try:
+                item = await asyncio.wait_for(self.results.get(), timeout=FLUSH_SECONDS if chunk else None)
+            except TimeoutError:
+                item = _FLUSH
+            if item is None:
+                done = True
+            elif item is not _FLUSH:
+                chunk.append(item)
+                if len(chunk) < self.settings.enrichhq_chunk_size:
+                    continue
+            if chunk and self.fatal is None:
+                try:
+                    await self._settle(chunk)
+                except Exception as exc:
+                    # HQ itself failed: stop dispatching, keep draining so no worker blocks.
+                    self.fatal = exc
+                    self.stop_message = self.stop_message or f"stopped: {exc}"
+            chunk = []
+
+    async def _settle(self, chunk: list[_Result]) -> None:
+        """Store the successes, log the failures, and write every item's final state."""
+        fetched = [r for r in chunk if r.data is not None]
+        outcomes: dict[str, StoreOutcome] = {}
+        unlogged: list[LogEntry] = []
+        if fetched:
+            records = [
+                StoreRecord(r.company.id, r.company.domain, r.data or {}, r.attempts + r.tries, r.cost)
+                for r in fetched
+            ]
+            try:
+                stored = await storage_worker.store(
+                    self.dbs, self.workflow, records, batch_id=self.batch_id,
+                    play_name=self.play_name, destination=self.destination,
+                )
+            except exceptions.DatabaseError as exc:
+                # The destination is down: the fetched results are kept on their items.
+                stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
+                unlogged = [
+                    self._entry(r.company, "failed", f"storage: {exc}", r.attempts + r.tries, r.cost)
+                    for r in fetched
+                ]
+            outcomes = {o.company_id: o for o in stored}
+        entries = unlogged + [e for r in chunk for e in r.retries]
+        entries += [
+            self._entry(r.company, "failed", r.error, r.attempts + r.tries, r.cost)
+            for r in chunk if r.data is None
+        ]
+        await enrichment_logger.log(self.dbs, entries)
+        updates = []
+        for r in chunk:
+            outcome = outcomes.get(r.company.id)
+            stored_ok = outcome is not None and outcome.stored
+            error = r.error if r.data is None else (None if stored_ok else f"storage: {outcome.error if outcome else '?'}")
+            updates.append({
+                "company_id": r.company.id,
+                "state": "succeeded" if stored_ok else "failed",
+                "attempts": r.attempts + r.tries,
+                "error": error,
+                "cost": r.cost,
+                # A result fetched but not stored is kept, so it can be stored again without a new call.
+                "result": r.data if r.data is not None and not stored_ok else None,
+            })
+        async with self.dbs.begin("hq") as conn:
+            await hq.finish_items(conn, self.batch_id, updates)
+        await self._report()
+
+    async def _report(self) -> None:
+        if self.on_progress is None:
+            return
+        async with self.dbs.begin("hq") as conn:
+            counts, _ = await hq.state_counts(conn, self.batch_id)
+        maybe = self.on_progress(counts)
+        if maybe is not None:
+            await maybe
+
+
+_FLUSH: Any = object()
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
+
+
+async def close_quietly(provider: Provider) -> None:
+    """Close a provider's connections, whatever state they are in."""
+    with contextlib.suppress(Exception):
+        await provider.aclose()

@@ -1,0 +1,47 @@
+"""The workflow-specific functions (seed: scrape_homepage_v1 and friends), one per provider.
+
+A provider knows HOW to get data for one company and nothing about where it goes.
+Built-ins and third-party providers are found through the `enrichhq.providers`
+entry point group, so a new provider is a package, not a change here.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from enrichhq import exceptions
+from enrichhq.functions.base import Provider
+
+__all__ = ["Provider", "available", "load"]
+
+_BUILTIN = {
+    "http": "enrichhq.functions.http:HttpProvider",
+    "zenrows": "enrichhq.functions.zenrows:ZenrowsProvider",
+}
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    found = {
+        name: metadata.EntryPoint(name=name, value=value, group="enrichhq.providers")
+        for name, value in _BUILTIN.items()
+    }
+    found.update({ep.name: ep for ep in metadata.entry_points(group="enrichhq.providers")})
+    return found
+
+
+def available() -> list[str]:
+    """Names of every provider this installation can run."""
+    return sorted(_entry_points())
+
+
+def load(name: str) -> type[Provider]:
+    """The provider class for a config row's `provider` value."""
+    entry = _entry_points().get(name)
+    if entry is None:
+        raise exceptions.ConfigError(
+            f"unknown provider {name!r}; available: {', '.join(available())}"
+        )
+    provider = entry.load()
+    if not (isinstance(provider, type) and issubclass(provider, Provider)):
+        raise exceptions.ConfigError(f"entry point {entry.value!r} is not an enrichhq Provider")
+    return provider

@@ -1,0 +1,115 @@
+"""`zenrows` (seed: scrape_homepage_v1): the homepage through Zenrows' scraping API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import httpx
+
+from enrichhq import exceptions
+from enrichhq.functions import base
+from enrichhq.models import Company, ProviderResult, WorkflowConfig
+from enrichhq.settings import Settings
+
+# Answers that no other company in the batch would get past either.
+STOPS_BATCH = {401: "invalid or missing API key", 402: "out of credits or plan limit reached"}
+
+
+class ZenrowsProvider(base.Provider):
+    """GET {ZENROWS_API_URL}?apikey=&url=&js_render=&premium_proxy=; the body is the page."""
+
+    outputs = base.HOMEPAGE_OUTPUTS
+    # The smallest Zenrows plan allows 5 concurrent requests; more gets 429s.
+    default_concurrency: ClassVar[int] = 5
+    default_timeout_s: ClassVar[float] = 90.0
+
+    @classmethod
+    def check(cls, workflow: WorkflowConfig, settings: Settings) -> None:
+        """Zenrows needs ZENROWS_API_KEY in the environment."""
+        if settings.zenrows_api_key is None or not settings.zenrows_api_key.get_secret_value():
+            raise exceptions.ConfigError(
+                "ZENROWS_API_KEY is not set: export it before running a zenrows step "
+                "(keys come from the environment, never from config rows)"
+            )
+
+    def params(self, company: Company) -> dict[str, str]:
+        """Query parameters for one company (js_render on unless the config turns it off)."""
+        key = self.settings.zenrows_api_key
+        params = {
+            "apikey": key.get_secret_value() if key else "",
+            "url": self.homepage_url(company),
+            "js_render": _flag(self.workflow.option("js_render", True)),
+        }
+        if self.workflow.option("premium_proxy"):
+            params["premium_proxy"] = _flag(self.workflow.option("premium_proxy"))
+        extra = self.workflow.option("params") or {}
+        if isinstance(extra, dict):
+            params.update({str(k): _flag(v) for k, v in extra.items() if k != "apikey"})
+        return params
+
+    def cost(self, response: httpx.Response | None = None) -> float | None:
+        """Zenrows' X-Request-Cost header, else provider_config.cost_per_call."""
+        if response is not None and response.headers.get("x-request-cost"):
+            try:
+                return float(response.headers["x-request-cost"])
+            except ValueError:
+                pass
+        return super().cost()
+
+    async def fetch(self, company: Company) -> ProviderResult:
+        """Scrape one homepage; Zenrows' error contract becomes ProviderError flags."""
+        params = self.params(company)
+        try:
+            response = await self.client.get(self.settings.zenrows_api_url, params=params)
+        except httpx.HTTPError as exc:
+            raise self._scrub(base.transport_error(exc, "Zenrows", self.client.timeout.read)) from None
+        if response.status_code == 200:
+            return ProviderResult(
+                data={
+                    "homepage_html": response.text,
+                    "scraped_at": base.now_iso(),
+                    "final_url": response.headers.get("zr-final-url", params["url"]),
+                },
+                cost=self.cost(response),
+            )
+        raise self._scrub(self._error(response))
+
+    def _error(self, response: httpx.Response) -> exceptions.ProviderError:
+        status = response.status_code
+        problem = _problem(response)
+        code = problem.get("code") or ""
+        detail = problem.get("detail") or problem.get("title") or response.reason_phrase
+        message = f"Zenrows {status}{' ' + code if code else ''}: {detail}"
+        cost = self.cost(response)
+        if status in STOPS_BATCH:
+            return exceptions.ProviderError(
+                f"{message} ({STOPS_BATCH[status]}); the batch was stopped", stop_batch=True, cost=cost
+            )
+        if status == 429 or status >= 500:
+            return exceptions.ProviderError(
+                message, retryable=True, retry_after=base.retry_after(response, 1.0), cost=cost
+            )
+        return exceptions.ProviderError(message, cost=cost)
+
+    def _scrub(self, error: exceptions.ProviderError) -> exceptions.ProviderError:
+        # The key travels in the query string; make sure no message ever carries it.
+        key = self.settings.zenrows_api_key
+        secret = key.get_secret_value() if key else ""
+        if secret and secret in str(error):
+            error.args = (str(error).replace(secret, "***"),)
+        return error
+
+
+def _flag(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content or b"{}")
+    except ValueError:
+        return {"detail": response.text[:200].strip() or response.reason_phrase}
+    return {k: str(v) for k, v in body.items()} if isinstance(body, dict) else {}

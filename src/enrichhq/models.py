@@ -1,0 +1,118 @@
+"""Records that cross module boundaries: frozen, typed, no behaviour beyond parsing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    """A company as the providers see it."""
+
+    id: str
+    domain: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """One row of db_driven_enrichment_workflows: an enrichment step."""
+
+    id: str
+    workflow_slug: str
+    title: str | None
+    overall_step_number: int
+    provider: str
+    destination_db: str
+    destination_table_name: str
+    destination_field_mappings: dict[str, str]
+    provider_config: dict[str, Any] = field(default_factory=dict)
+    write_mode: str = "append"
+    is_active: bool = True
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WorkflowConfig:
+        """Build from a database row, tolerating the seed's NULLs and JSON stored as text."""
+        return cls(
+            id=str(row["id"]),
+            workflow_slug=row["workflow_slug"],
+            title=row.get("title"),
+            overall_step_number=int(row.get("overall_step_number") or 0),
+            provider=(row.get("provider") or "").strip().lower(),
+            destination_db=(row.get("destination_db") or "workspace").strip().lower(),
+            destination_table_name=(row.get("destination_table_name") or "").strip(),
+            destination_field_mappings=_json_object(row.get("destination_field_mappings")),
+            provider_config=_json_object(row.get("provider_config")),
+            write_mode=(row.get("write_mode") or "append").strip().lower(),
+            is_active=row.get("is_active") is not False,
+        )
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A provider_config value, or the default."""
+        return self.provider_config.get(key, default)
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    import json
+
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {"__invalid__": value}
+    return dict(value) if isinstance(value, Mapping) else {"__invalid__": value}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResult:
+    """What a workflow function got for one company: the data, and what it cost."""
+
+    data: dict[str, Any]
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecord:
+    """One company's data on its way to the storage worker (seed: storage_worker_v2's body)."""
+
+    company_id: str
+    company_domain: str
+    data: Mapping[str, Any]
+    attempt: int = 1
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """What the storage worker did with one record."""
+
+    company_id: str
+    stored: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One row for enrichment_results_log (seed: enrichment_logger_v1's body)."""
+
+    workflow_id: str
+    workflow_slug: str
+    company_id: str
+    company_domain: str
+    play_name: str
+    step_number: int
+    status: str
+    result_table: str | None
+    batch_id: str | None = None
+    error: str | None = None
+    attempt: int | None = None
+    cost: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether this entry marks a completed step (the seed also says 'success')."""
+        return self.status in ("succeeded", "success")

@@ -1,0 +1,193 @@
+"""Runs: pick companies, create a batch with one item per company, drive it to the end.
+
+`enrichhq run`, the HTTP functions and the UI all call these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from enrichhq import destinations, exceptions, functions, workflows
+from enrichhq.db import engines, hq
+from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
+from enrichhq.models import WorkflowConfig
+from enrichhq.settings import Settings
+
+DEFAULT_PLAY = "default"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which companies a run covers: all of them, or these domains / ids."""
+
+    all: bool = False
+    domains: tuple[str, ...] = ()
+    company_ids: tuple[str, ...] = ()
+
+    def empty(self) -> bool:
+        """Whether nothing was asked for."""
+        return not (self.all or self.domains or self.company_ids)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """How a batch stands: counts per state, cost, time, and the failures with their errors."""
+
+    batch_id: str
+    workflow_slug: str
+    play_name: str
+    status: str
+    message: str | None
+    total: int
+    counts: dict[str, int]
+    cost: float
+    seconds: float | None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        """Items in one state."""
+        return self.counts.get(state, 0)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch created and checked, ready to execute."""
+
+    batch_id: str
+    workflow: WorkflowConfig
+    destination: destinations.Destination
+    play_name: str
+
+
+async def prepare(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    selection: Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    force: bool = False,
+) -> Prepared:
+    """Check everything that can be checked before a provider is called, then create the batch."""
+    play_name = play_name.strip() or DEFAULT_PLAY
+    workflow = await workflows.get(dbs, workflow_ref)
+    if not workflow.is_active:
+        raise exceptions.ConfigError(f"workflow {workflow.workflow_slug!r} is not active (is_active = false)")
+    validation = await workflows.validate(dbs, workflow)
+    if not validation.ok:
+        raise exceptions.ConfigError(
+            f"workflow {workflow.workflow_slug!r} cannot run: " + "; ".join(validation.problems)
+        )
+    functions.load(workflow.provider).check(workflow, settings)
+    if selection.empty():
+        raise exceptions.InputError("no companies selected: pass --all, --domain or --companies FILE")
+    destination = await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
+    async with dbs.begin("hq") as conn:
+        ids = None if selection.all else await _resolve(conn, selection)
+        batch_id = await hq.insert_batch(
+            conn,
+            {
+                "workflow_id": workflow.id, "workflow_slug": workflow.workflow_slug,
+                "play_name": play_name, "step_number": workflow.overall_step_number,
+                "provider": workflow.provider, "status": "running", "forced": force,
+            },
+        )
+        await hq.add_batch_items(
+            conn, batch_id, play_name=play_name, step_number=workflow.overall_step_number,
+            force=force, company_ids=ids,
+        )
+    return Prepared(batch_id, workflow, destination, play_name)
+
+
+async def _resolve(conn: Any, selection: Selection) -> list[str]:
+    ids: dict[str, None] = dict.fromkeys(selection.company_ids)
+    if selection.company_ids:
+        known = await hq.companies_by_id(conn, list(selection.company_ids))
+        missing = [i for i in selection.company_ids if i not in known]
+        if missing:
+            raise exceptions.InputError(f"unknown company ids: {_few(missing)}")
+    if selection.domains:
+        wanted = [d.strip().lower() for d in selection.domains if d.strip()]
+        found = await hq.companies_by_domain(conn, wanted)
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise exceptions.InputError(
+                f"unknown domains: {_few(missing)}; import them first with `enrichhq companies import`"
+            )
+        ids.update(dict.fromkeys(found[d].id for d in wanted))
+    return list(ids)
+
+
+def _few(values: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+async def execute(
+    dbs: engines.Databases,
+    settings: Settings,
+    prepared: Prepared,
+    on_progress: ProgressCallback | None = None,
+) -> BatchSummary:
+    """Drive a prepared batch through its provider, storage and logger."""
+    provider = functions.load(prepared.workflow.provider)(prepared.workflow, settings)
+    try:
+        await InlineExecutor(
+            dbs, settings, batch_id=prepared.batch_id, play_name=prepared.play_name,
+            workflow=prepared.workflow, destination=prepared.destination,
+            provider=provider, on_progress=on_progress,
+        ).run()
+    finally:
+        await close_quietly(provider)
+    return await summary(dbs, prepared.batch_id)
+
+
+async def run(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    selection: Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> BatchSummary:
+    """Prepare and execute a run (the seed's 'Run Step N')."""
+    prepared = await prepare(dbs, settings, workflow_ref, selection, play_name=play_name, force=force)
+    return await execute(dbs, settings, prepared, on_progress)
+
+
+async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> BatchSummary:
+    """A batch's state as it is now."""
+    async with dbs.begin("hq") as conn:
+        batch = await hq.get_batch(conn, batch_id)
+        if batch is None:
+            raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+        counts, cost = await hq.state_counts(conn, batch_id)
+        failed = await hq.failed_items(conn, batch_id, failures)
+    started, finished = batch["created_at"], batch["finished_at"]
+    seconds = None
+    if started is not None:
+        end = finished or hq.now()
+        seconds = max(0.0, (_aware(end) - _aware(started)).total_seconds())
+    return BatchSummary(
+        batch_id=batch_id, workflow_slug=batch["workflow_slug"], play_name=batch["play_name"],
+        status=batch["status"], message=batch["message"], total=batch["total"],
+        counts=counts, cost=cost, seconds=seconds, failures=failed,
+    )
+
+
+def _aware(value: Any) -> Any:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest batches."""
+    async with dbs.begin("hq") as conn:
+        return await hq.list_batches(conn, limit)
+
+

@@ -1,0 +1,142 @@
+"""The storage worker (seed: storage_worker_v2): generic, config-driven, the same for all workflows.
+
+It reads the workflow config by id, maps `data` keys to destination columns with
+`destination_field_mappings`, writes to `destination_table_name` in `destination_db`,
+then calls the logger. It knows nothing of what the data means or where it came from.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from enrichhq import destinations, enrichment_logger, exceptions
+from enrichhq.db import dialect, engines, hq
+from enrichhq.models import LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+
+RESERVED = ("company_id", "company_domain")
+
+
+async def load_config(dbs: engines.Databases, ref: str) -> WorkflowConfig:
+    """The workflow config by id or slug (the seed's `SELECT * ... WHERE id = workflow_id`)."""
+    async with dbs.begin("hq") as conn:
+        workflow = await hq.get_workflow(conn, ref)
+    if workflow is None:
+        raise exceptions.NotFound(
+            f"no workflow with id or slug {ref!r}; `enrichhq workflows list` shows the ones there are"
+        )
+    return workflow
+
+
+async def store(
+    dbs: engines.Databases,
+    workflow: WorkflowConfig | str,
+    records: Sequence[StoreRecord],
+    *,
+    batch_id: str | None = None,
+    play_name: str = "default",
+    destination: destinations.Destination | None = None,
+) -> list[StoreOutcome]:
+    """Store a chunk of results where the config says, log each, and say what became of each.
+
+    One statement writes the chunk; if the database refuses it, the rows are written one
+    by one so that only the offending ones fail.
+    """
+    config = workflow if isinstance(workflow, WorkflowConfig) else await load_config(dbs, workflow)
+    if destination is None:
+        destination = await destinations.reflect(dbs, config.destination_db, config.destination_table_name)
+    rows: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, StoreOutcome] = {}
+    for record in records:
+        try:
+            rows[record.company_id] = map_row(config, destination.table, record)
+        except destinations.CoercionError as exc:
+            outcomes[record.company_id] = StoreOutcome(record.company_id, False, str(exc))
+    if rows:
+        outcomes.update(await _write(dbs, config, destination, rows))
+    by_id = {r.company_id: r for r in records}
+    await enrichment_logger.log(
+        dbs,
+        [
+            LogEntry(
+                workflow_id=config.id, workflow_slug=config.workflow_slug,
+                company_id=o.company_id, company_domain=by_id[o.company_id].company_domain,
+                play_name=play_name, step_number=config.overall_step_number,
+                status="succeeded" if o.stored else "failed",
+                result_table=config.destination_table_name, batch_id=batch_id,
+                error=None if o.stored else f"storage: {o.error}",
+                attempt=by_id[o.company_id].attempt, cost=by_id[o.company_id].cost,
+            )
+            for o in outcomes.values()
+        ],
+    )
+    return [outcomes[r.company_id] for r in records if r.company_id in outcomes]
+
+
+def map_row(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> dict[str, Any]:
+    """The destination row for one record: company_id, company_domain and the mapped keys.
+
+    Keys not in the mapping are ignored; a mapped key absent from data stores NULL.
+    """
+    row: dict[str, Any] = {"company_id": record.company_id, "company_domain": record.company_domain}
+    for key, column_name in config.destination_field_mappings.items():
+        column = table.c[column_name]
+        try:
+            row[column_name] = destinations.coerce(record.data.get(key), column)
+        except destinations.CoercionError as exc:
+            raise destinations.CoercionError(
+                f"data[{key!r}] cannot go into column {column_name} ({column.type}): {exc}"
+            ) from exc
+    _fill_id(table, row)
+    return row
+
+
+def _fill_id(table: sa.Table, row: dict[str, Any]) -> None:
+    # A text/uuid primary key `id` without a server default gets a fresh UUID from us.
+    column = table.c.get("id")
+    if column is None or "id" in row or not column.primary_key or column.server_default is not None:
+        return
+    if destinations.kind_of(column.type) in (destinations.TEXT, destinations.UUID):
+        row["id"] = str(uuid.uuid4())
+
+
+async def _write(
+    dbs: engines.Databases,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    rows: Mapping[str, dict[str, Any]],
+) -> dict[str, StoreOutcome]:
+    values = list(rows.values())
+    try:
+        async with dbs.begin(destination.db) as conn:
+            await conn.execute(_statement(conn.dialect, config, destination, values[0]).values(values))
+        return {cid: StoreOutcome(cid, True) for cid in rows}
+    except sa.exc.DBAPIError as exc:
+        if len(values) == 1:
+            return {next(iter(rows)): StoreOutcome(next(iter(rows)), False, _db_message(exc))}
+    # Isolate the rows the database refuses, so one bad value costs one company, not the chunk.
+    outcomes: dict[str, StoreOutcome] = {}
+    for company_id, row in rows.items():
+        try:
+            async with dbs.begin(destination.db) as conn:
+                await conn.execute(_statement(conn.dialect, config, destination, row).values([row]))
+            outcomes[company_id] = StoreOutcome(company_id, True)
+        except sa.exc.DBAPIError as exc:
+            outcomes[company_id] = StoreOutcome(company_id, False, _db_message(exc))
+    return outcomes
+
+
+def _statement(
+    db_dialect: sa.Dialect, config: WorkflowConfig, destination: destinations.Destination, row: Mapping[str, Any]
+) -> sa.Insert:
+    if config.write_mode == "upsert":
+        update = [c for c in row if c not in ("company_id", "id")]
+        return dialect.upsert(db_dialect, destination.table, ["company_id"], update)
+    return sa.insert(destination.table)
+
+
+def _db_message(exc: sa.exc.DBAPIError) -> str:
+    return (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]

@@ -1,0 +1,209 @@
+"""Workflow configs (rows of db_driven_enrichment_workflows): read, add, edit, validate.
+
+The config table is the source of truth: every run reads it afresh, so a change made
+with SQL, the CLI or the API takes effect on the next run without restarting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+import sqlalchemy as sa
+
+from enrichhq import destinations, exceptions, functions
+from enrichhq.db import engines, hq
+from enrichhq.models import WorkflowConfig
+from enrichhq.storage_worker import RESERVED, load_config
+
+
+class WorkflowSpec(pydantic.BaseModel):
+    """A new workflow config, as `enrichhq workflows add` and the API take it."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    workflow_slug: str = pydantic.Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$")
+    title: str | None = None
+    overall_step_number: int = pydantic.Field(ge=0)
+    provider: str
+    destination_db: Literal["workspace", "hq"] = "workspace"
+    destination_table_name: str
+    destination_field_mappings: dict[str, str]
+    provider_config: dict[str, Any] = pydantic.Field(default_factory=dict)
+    write_mode: Literal["append", "upsert"] = "append"
+    is_active: bool = True
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> WorkflowSpec:
+        """Validate user data, turning pydantic's errors into one readable line."""
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise exceptions.InputError(f"invalid workflow: {describe(exc)}") from exc
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """pydantic errors as 'field: problem; field: problem'."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What is wrong with a workflow config (problems block a run; warnings do not)."""
+
+    workflow: WorkflowConfig
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the config can run."""
+        return not self.problems
+
+
+async def get(dbs: engines.Databases, ref: str) -> WorkflowConfig:
+    """A workflow by slug or id; NotFound names the fix."""
+    return await load_config(dbs, ref)
+
+
+async def list_all(dbs: engines.Databases) -> list[WorkflowConfig]:
+    """Every workflow in overall_step_number order."""
+    async with dbs.begin("hq") as conn:
+        return await hq.list_workflows(conn)
+
+
+async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validation:
+    """Check a config against its provider and its reflected destination table."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    mappings = workflow.destination_field_mappings
+    for field, value in (("destination_field_mappings", mappings), ("provider_config", workflow.provider_config)):
+        if "__invalid__" in value:
+            problems.append(f"{field} is not a JSON object: {value['__invalid__']!r}")
+    outputs = None
+    try:
+        outputs = functions.load(workflow.provider).outputs
+    except exceptions.ConfigError as exc:
+        problems.append(str(exc))
+    if workflow.write_mode not in ("append", "upsert"):
+        problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
+    if workflow.destination_db not in engines.DESTINATIONS:
+        problems.append(f"destination_db must be 'workspace' or 'hq', not {workflow.destination_db!r}")
+        return Validation(workflow, tuple(problems), tuple(warnings))
+    try:
+        destination = await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
+    except exceptions.ConfigError as exc:
+        problems.append(str(exc))
+        return Validation(workflow, tuple(problems), tuple(warnings))
+    problems += _check_columns(workflow, destination, outputs, warnings)
+    return Validation(workflow, tuple(problems), tuple(warnings))
+
+
+def _check_columns(
+    workflow: WorkflowConfig,
+    destination: destinations.Destination,
+    outputs: Any,
+    warnings: list[str],
+) -> list[str]:
+    table = destination.table
+    problems = [
+        f"destination table {destination.name} has no {name} column (the storage worker always writes it)"
+        for name in RESERVED
+        if name not in table.c
+    ]
+    columns = ", ".join(table.c.keys())
+    targets: dict[str, str] = {}
+    for key, column_name in workflow.destination_field_mappings.items():
+        if key == "__invalid__":
+            continue
+        if not isinstance(column_name, str) or column_name not in table.c:
+            problems.append(
+                f"mapping {key!r} -> {column_name!r}: {destination.name} has no such column "
+                f"(its columns: {columns})"
+            )
+            continue
+        if column_name in RESERVED:
+            problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
+        if column_name in targets:
+            problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
+        targets[column_name] = key
+        column_kind = destinations.kind_of(table.c[column_name].type)
+        if outputs is not None and key not in outputs:
+            warnings.append(f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL")
+        elif outputs is not None and column_kind in destinations.COMPATIBLE:
+            if outputs[key] not in destinations.COMPATIBLE[column_kind]:
+                problems.append(
+                    f"mapping {key!r} -> {column_name!r}: a {outputs[key]} value cannot be stored in "
+                    f"a {table.c[column_name].type} column"
+                )
+    filled = set(targets) | set(RESERVED) | {"id"}
+    for column in table.c:
+        if column.name not in filled and not column.nullable and column.server_default is None:
+            if not (column.primary_key and column.autoincrement in (True, "auto")):
+                problems.append(
+                    f"column {column.name} of {destination.name} is NOT NULL without a default and "
+                    "no mapping fills it"
+                )
+    if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
+        problems.append(
+            f"write_mode 'upsert' needs a unique key on {destination.name}.company_id; create one with: "
+            f"CREATE UNIQUE INDEX {destination.table.name}_company_id_key ON {destination.name} (company_id)"
+        )
+    if not workflow.destination_field_mappings:
+        warnings.append("destination_field_mappings is empty: only company_id and company_domain are stored")
+    return problems
+
+
+async def validate_all(dbs: engines.Databases) -> list[Validation]:
+    """Every config, checked."""
+    return [await validate(dbs, w) for w in await list_all(dbs)]
+
+
+async def add(dbs: engines.Databases, spec: WorkflowSpec, *, create_table: bool = False) -> Validation:
+    """Insert a workflow config after validating it; with create_table, create its table first."""
+    async with dbs.begin("hq") as conn:
+        if await hq.get_workflow(conn, spec.workflow_slug) is not None:
+            raise exceptions.InputError(
+                f"a workflow with slug {spec.workflow_slug!r} exists already; pick another slug"
+            )
+    if create_table:
+        await _create_destination(dbs, spec)
+    values = spec.model_dump()
+    candidate = WorkflowConfig.from_row({**values, "id": "00000000-0000-0000-0000-000000000000"})
+    result = await validate(dbs, candidate)
+    if not result.ok:
+        raise exceptions.ConfigError("workflow not saved: " + "; ".join(result.problems))
+    async with dbs.begin("hq") as conn:
+        workflow_id = await hq.insert_workflow(conn, values)
+    return Validation(await get(dbs, workflow_id), result.problems, result.warnings)
+
+
+async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> Validation:
+    """Change fields of a workflow config, validated before it is saved."""
+    current = await get(dbs, ref)
+    merged = {k: v for k, v in dataclasses.asdict(current).items() if k != "id"} | changes
+    spec = WorkflowSpec.parse(merged)
+    candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": current.id})
+    result = await validate(dbs, candidate)
+    if not result.ok:
+        raise exceptions.ConfigError("workflow not saved: " + "; ".join(result.problems))
+    async with dbs.begin("hq") as conn:
+        await hq.update_workflow(conn, current.id, spec.model_dump())
+    return Validation(await get(dbs, current.id), (), result.warnings)
+
+
+async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:
+    outputs = functions.load(spec.provider).outputs or {}
+    columns = {column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()}
+    async with dbs.begin(spec.destination_db) as conn:
+        table_schema, bare = destinations.split_name(spec.destination_table_name)
+        exists = await conn.run_sync(lambda c: sa.inspect(c).has_table(bare, schema=table_schema))
+    if not exists:
+        await destinations.create_table(
+            dbs, spec.destination_db, spec.destination_table_name, columns,
+            unique_company=spec.write_mode == "upsert",
+        )
