@@ -144,9 +144,10 @@ def coerce(value: Any, column: sa.Column[Any]) -> Any:
         return _to_bool(value)
     if kind == UUID:
         try:
-            return str(uuid.UUID(str(value)))
+            parsed = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
         except ValueError as exc:
             raise CoercionError(f"{value!r} is not a UUID") from exc
+        return parsed if getattr(column.type, "as_uuid", False) else str(parsed)
     return value  # pragma: no cover - every kind is handled above
 
 

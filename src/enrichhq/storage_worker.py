@@ -81,7 +81,10 @@ def map_row(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> dic
 
     Keys not in the mapping are ignored; a mapped key absent from data stores NULL.
     """
-    row: dict[str, Any] = {"company_id": record.company_id, "company_domain": record.company_domain}
+    row: dict[str, Any] = {
+        name: destinations.coerce(value, table.c[name])
+        for name, value in (("company_id", record.company_id), ("company_domain", record.company_domain))
+    }
     for key, column_name in config.destination_field_mappings.items():
         column = table.c[column_name]
         try:

@@ -191,7 +191,7 @@ def connection_problem(exc: BaseException) -> bool:
 sqlite.base.SQLiteDialect.ischema_names = {
     **sqlite.base.SQLiteDialect.ischema_names,
     "JSONB": sa.JSON,
-    "UUID": sa.Uuid,
+    "UUID": GUID,
     "TIMESTAMPTZ": sa.DateTime,
     "BOOL": sa.Boolean,
 }

@@ -60,20 +60,26 @@ def reconcile(op: Operations | Any, metadata: sa.MetaData, unique_keys: dict[str
     inspector = sa.inspect(bind)
     for table in metadata.sorted_tables:
         if not inspector.has_table(table.name):
-            op.create_table(table.name, *[c.copy() for c in table.columns], *_table_extras(table))
+            op.create_table(table.name, *[_fresh(c) for c in table.columns], *_table_extras(table))
             continue
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in present:
-                added = column.copy()
-                added.primary_key = False
-                added.nullable = True
-                op.add_column(table.name, added)
+                op.add_column(table.name, _fresh(column, added=True))
         for index in table.indexes:
             if index.name not in {i["name"] for i in inspector.get_indexes(table.name)}:
                 op.create_index(index.name, table.name, [c.name for c in index.columns])
     for name, columns in unique_keys.items():
         _ensure_unique(op, inspector, name, columns)
+
+
+def _fresh(column: sa.Column[Any], *, added: bool = False) -> sa.Column[Any]:
+    """An unattached copy of a column; an added column is never a key and always nullable."""
+    default = column.server_default.arg if isinstance(column.server_default, sa.DefaultClause) else None
+    return sa.Column(
+        column.name, column.type, server_default=default,
+        primary_key=column.primary_key and not added, nullable=True if added else column.nullable,
+    )
 
 
 def _table_extras(table: sa.Table) -> list[sa.Index]:
@@ -99,4 +105,4 @@ def _ensure_unique(
             f"{table} has {duplicates} duplicated ({cols}) values; enrichhq needs them unique. "
             f"Find them with: SELECT {cols}, count(*) FROM {table} GROUP BY {cols} HAVING count(*) > 1"
         )
-    op.create_index(f"uq_{table}_{'_'.join(columns)}", table, wanted, unique=True)
+    op.create_index(f"uq_{table}_key", table, wanted, unique=True)

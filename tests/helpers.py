@@ -1,0 +1,108 @@
+"""Test helpers: destination tables in each dialect, the seed's SQL, companies, counts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from enrichhq import companies
+from enrichhq.db import engines
+from enrichhq.models import Company
+
+# The seed's "Adding a New Enrichment Step" DDL, verbatim on PostgreSQL; SQLite needs its
+# own default expressions but keeps the seed's type names.
+SEED_CASE_STUDIES = {
+    "postgresql": """
+CREATE TABLE company_case_studies (
+  id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+  company_id UUID,
+  company_domain TEXT,
+  urls JSONB,
+  extracted_at TIMESTAMPTZ,
+  created_at TIMESTAMPTZ DEFAULT now()
+)""",
+    "sqlite": """
+CREATE TABLE company_case_studies (
+  id UUID PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))),
+  company_id UUID,
+  company_domain TEXT,
+  urls JSONB,
+  extracted_at TIMESTAMPTZ,
+  created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP
+)""",
+}
+
+SEED_INSERT = """
+INSERT INTO db_driven_enrichment_workflows (
+  workflow_slug, title, overall_step_number, provider,
+  destination_db, destination_table_name, destination_field_mappings
+) VALUES (
+  'extract-case-studies-via-n8n',
+  'Extract Case Studies',
+  3,
+  'n8n',
+  'workspace',
+  'company_case_studies',
+  '{"case_study_urls": "urls", "extracted_at": "extracted_at"}'
+)"""
+
+
+def homepage_ddl(backend: str, *, unique_company: bool = False, extra: str = "") -> str:
+    """company_homepage_scrapes as a user would create it."""
+    if backend == "postgresql":
+        head = "id UUID PRIMARY KEY DEFAULT gen_random_uuid(), company_id UUID"
+        stamp, now = "TIMESTAMPTZ", "now()"
+    else:
+        head = "id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))), company_id TEXT"
+        stamp, now = "TIMESTAMP", "CURRENT_TIMESTAMP"
+    unique = " UNIQUE" if unique_company else ""
+    return (
+        f"CREATE TABLE company_homepage_scrapes ({head}{unique}, company_domain TEXT, "
+        f"homepage_html TEXT, final_url TEXT, scraped_at {stamp}{extra}, created_at {stamp} DEFAULT {now})"
+    )
+
+
+def workflow_row(
+    slug: str = "scrape-homepage-via-zenrows",
+    *,
+    provider: str = "zenrows",
+    table: str = "company_homepage_scrapes",
+    mappings: str = '{"homepage_html": "homepage_html", "scraped_at": "scraped_at", "final_url": "final_url"}',
+    provider_config: str = "{}",
+    write_mode: str = "append",
+    step: int = 1,
+) -> dict[str, Any]:
+    """Parameters for INSERT_WORKFLOW."""
+    return {
+        "slug": slug, "provider": provider, "table": table, "mappings": mappings,
+        "config": provider_config, "mode": write_mode, "step": step,
+    }
+
+
+INSERT_WORKFLOW = """
+INSERT INTO db_driven_enrichment_workflows (
+  workflow_slug, title, overall_step_number, provider, destination_db,
+  destination_table_name, destination_field_mappings, provider_config, write_mode
+) VALUES (:slug, 'Scrape Homepage', :step, :provider, 'workspace', :table, :mappings, :config, :mode)"""
+
+
+async def sql(dbs: engines.Databases, db: str, statement: str, params: dict[str, Any] | None = None) -> Any:
+    """Run one SQL statement as a user would from psql; returns all rows (or None)."""
+    async with dbs.begin(db) as conn:
+        result = await conn.execute(sa.text(statement), params or {})
+        return result.all() if result.returns_rows else None
+
+
+async def add_companies(dbs: engines.Databases, domains: list[str]) -> list[Company]:
+    """Import companies with these domains."""
+    rows = [Company(str(uuid.uuid4()), d, d.split(".")[0].title()) for d in domains]
+    await companies.import_companies(dbs, rows)
+    return rows
+
+
+async def count(dbs: engines.Databases, db: str, table: str, where: str = "") -> int:
+    """Rows in a table."""
+    rows = await sql(dbs, db, f"SELECT count(*) FROM {table} {where}")
+    return int(rows[0][0])

@@ -1,0 +1,118 @@
+"""Provider stubs as real HTTP servers on 127.0.0.1: the Zenrows API contract and plain sites.
+
+Behaviour is chosen by the domain being fetched, so one server serves every case:
+  ok-*            200 with the page (X-Request-Cost 5 with js_render, else 1; Zr-Final-Url)
+  ratelimit-*     429 (problem+json, Retry-After 0.1) on the first call, then 200
+  unprocessable-* 422 RESP001 "Could not get content"
+  nocredits-*     402 AUTH004 "Out of credits"
+  broken-*        500 every time
+  slow-*          answers after 0.3 s
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+API_KEY = "test-zenrows-key-123"
+
+
+class Stub:
+    """A running stub server and what it saw."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.queries: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                stub.handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def zenrows_url(self) -> str:
+        """What ZENROWS_API_URL points at."""
+        return f"{self.url}/zenrows/v1/"
+
+    def site_template(self) -> str:
+        """A url_template for the http provider."""
+        return f"{self.url}/sites/{{domain}}/"
+
+    def total(self) -> int:
+        """Calls seen, all domains together."""
+        return sum(self.calls.values())
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        parsed = urlparse(request.path)
+        if parsed.path.startswith("/zenrows/"):
+            query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+            with self.lock:
+                self.queries.append(query)
+            if query.get("apikey") != API_KEY:
+                return self.problem(request, 401, "AUTH002", "Invalid API key")
+            domain = urlparse(query.get("url", "")).hostname or ""
+            cost = "5" if query.get("js_render") == "true" else "1"
+        else:
+            domain = parsed.path.strip("/").split("/")[1] if parsed.path.startswith("/sites/") else ""
+            cost = None
+        with self.lock:
+            self.calls[domain] += 1
+            seen = self.calls[domain]
+        if domain.startswith("ratelimit-") and seen == 1:
+            return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "0.1"})
+        if domain.startswith("unprocessable-"):
+            return self.problem(request, 422, "RESP001", "Could not get content. Try enabling js_render")
+        if domain.startswith("nocredits-"):
+            return self.problem(request, 402, "AUTH004", "Out of credits: upgrade your plan")
+        if domain.startswith("broken-"):
+            return self.problem(request, 500, "", "Internal error")
+        if domain.startswith("slow-"):
+            time.sleep(0.3)
+        body = f"<html><head><title>{domain}</title></head><body><h1>{domain}</h1></body></html>".encode()
+        request.send_response(200)
+        request.send_header("Content-Type", "text/html; charset=utf-8")
+        request.send_header("Content-Length", str(len(body)))
+        if cost:
+            request.send_header("X-Request-Cost", cost)
+            request.send_header("Zr-Final-Url", f"https://{domain}/home")
+        request.end_headers()
+        request.wfile.write(body)
+
+    def problem(
+        self, request: BaseHTTPRequestHandler, status: int, code: str, detail: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        body = json.dumps({"code": code, "status": status, "title": detail, "detail": detail}).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/problem+json")
+        request.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            request.send_header(key, value)
+        request.end_headers()
+        request.wfile.write(body)
