@@ -239,3 +239,70 @@ async def test_unknown_slug_and_unknown_domain(env: Env) -> None:
         await runs.run(env.dbs, env.settings, "nope", runs.Selection(all=True))
     with pytest.raises(exceptions.InputError, match="unknown domains: missing.com"):
         await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(domains=("missing.com",)))
+
+
+SEED_HQ = """
+CREATE TABLE companies (id UUID PRIMARY KEY DEFAULT {uuid}, domain TEXT, name TEXT, created_at TIMESTAMPTZ DEFAULT {now});
+CREATE TABLE db_driven_enrichment_workflows (id UUID PRIMARY KEY DEFAULT {uuid}, workflow_slug TEXT, title TEXT,
+  overall_step_number INT, provider TEXT, destination_db TEXT, destination_table_name TEXT, destination_field_mappings JSONB);
+CREATE TABLE enrichment_results_log (id UUID PRIMARY KEY DEFAULT {uuid}, workflow_id UUID, workflow_slug TEXT, company_id UUID,
+  company_domain TEXT, play_name TEXT, step_number INT, status TEXT, result_table TEXT, batch_id UUID, created_at TIMESTAMPTZ DEFAULT {now});
+CREATE TABLE company_play_step_completions (id UUID PRIMARY KEY DEFAULT {uuid}, company_id UUID, play_name TEXT, step_number INT,
+  workflow_id UUID, batch_id UUID, completed_at TIMESTAMPTZ DEFAULT {now});
+CREATE TABLE enrichment_logs (id UUID PRIMARY KEY DEFAULT {uuid}, message TEXT);
+INSERT INTO companies (id, domain, name) VALUES ('7b7b0a3c-8f0e-4a43-9d0b-3f1f2b8f7c11', 'ok-seed.com', 'Seed Co');
+INSERT INTO db_driven_enrichment_workflows (id, workflow_slug, title, overall_step_number, provider, destination_db,
+  destination_table_name, destination_field_mappings) VALUES ('a30e9102-c4a5-4d0d-b07f-08ca3c54c98a',
+  'scrape-homepage-via-zenrows', 'Scrape Homepage', 1, 'zenrows', 'workspace', 'company_homepage_scrapes',
+  '{{"homepage_html": "homepage_html", "scraped_at": "scraped_at"}}')
+"""
+
+
+@pytest.fixture
+def seed_hq(env: Env, tmp_path: object) -> str:
+    """A fresh HQ database holding the seed's tables (and rows), not yet touched by enrichhq."""
+    from pathlib import Path
+
+    from tests.conftest import PG_ADMIN, _admin
+
+    if env.backend == "sqlite":
+        url = f"sqlite:///{Path(str(tmp_path)) / 'seed-hq.db'}"
+        uuid_default, now = "(lower(hex(randomblob(16))))", "CURRENT_TIMESTAMP"
+    else:
+        admin = _admin()
+        with admin.connect() as conn:
+            conn.execute(sa.text("DROP DATABASE IF EXISTS enrichhq_test_seed WITH (FORCE)"))
+            conn.execute(sa.text("CREATE DATABASE enrichhq_test_seed"))
+        admin.dispose()
+        url = sa.make_url(PG_ADMIN).set(database="enrichhq_test_seed").render_as_string(hide_password=False)
+        uuid_default, now = "gen_random_uuid()", "now()"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        for statement in SEED_HQ.format(uuid=uuid_default, now=now).split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+    engine.dispose()
+    return url
+
+
+async def test_init_upgrades_the_seeds_own_hq_in_place(env: Env, seed_hq: str) -> None:
+    from enrichhq import runs as runs_module
+    from enrichhq.db import engines, migrate
+
+    assert migrate.upgrade(seed_hq) == "0001"
+    assert migrate.upgrade(seed_hq) == "0001"  # idempotent
+    dbs = engines.Databases(seed_hq, env.workspace_url)
+    try:
+        workflow = await workflows.get(dbs, "a30e9102-c4a5-4d0d-b07f-08ca3c54c98a")
+        assert workflow.write_mode == "append" and workflow.is_active  # added columns took their defaults
+        await sql(dbs, "workspace", homepage_ddl(env.backend))
+        summary = await runs_module.run(dbs, env.settings, "scrape-homepage-via-zenrows", runs_module.Selection(all=True))
+        assert summary.counts == {"succeeded": 1}
+        assert await count(dbs, "hq", "companies") == 1  # the seed's row kept
+        assert await count(dbs, "hq", "enrichment_logs") == 0  # legacy table: never written
+        # The seed's plain INSERT (no id) still works after the upgrade.
+        await sql(dbs, "hq", "INSERT INTO companies (domain) VALUES ('plain-insert.com')")
+        ids = await sql(dbs, "hq", "SELECT id FROM companies WHERE domain = 'plain-insert.com'")
+        assert len(str(ids[0][0])) == 36 or len(str(ids[0][0])) == 32
+    finally:
+        await dbs.dispose()

@@ -65,7 +65,7 @@ def reconcile(op: Operations | Any, metadata: sa.MetaData, unique_keys: dict[str
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in present:
-                op.add_column(table.name, _fresh(column, added=True))
+                op.add_column(table.name, _fresh(column, added=True, sqlite=dialect.is_sqlite(bind.dialect)))
         for index in table.indexes:
             if index.name not in {i["name"] for i in inspector.get_indexes(table.name)}:
                 op.create_index(index.name, table.name, [c.name for c in index.columns])
@@ -73,9 +73,12 @@ def reconcile(op: Operations | Any, metadata: sa.MetaData, unique_keys: dict[str
         _ensure_unique(op, inspector, name, columns)
 
 
-def _fresh(column: sa.Column[Any], *, added: bool = False) -> sa.Column[Any]:
+def _fresh(column: sa.Column[Any], *, added: bool = False, sqlite: bool = False) -> sa.Column[Any]:
     """An unattached copy of a column; an added column is never a key and always nullable."""
     default = column.server_default.arg if isinstance(column.server_default, sa.DefaultClause) else None
+    if added and sqlite and default is not None and not isinstance(default, str):
+        # SQLite's ALTER TABLE ADD COLUMN takes only constant defaults (no now(), no uuid).
+        default = None
     return sa.Column(
         column.name, column.type, server_default=default,
         primary_key=column.primary_key and not added, nullable=True if added else column.nullable,
