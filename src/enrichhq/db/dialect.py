@@ -170,6 +170,14 @@ def _gen_uuid_sqlite(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str
     )
 
 
+def unreachable(name: str, raw_url: str, exc: BaseException) -> str:
+    """One password-free line for a database that could not be reached."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    label, var = ("HQ", "HQ_DATABASE_URL") if name == "hq" else ("Workspace", "WORKSPACE_DATABASE_URL")
+    return f"cannot reach the {label} database at {mask(raw_url)}: {first}; check {var}"
+
+
 def connection_problem(exc: BaseException) -> bool:
     """Whether an exception means the database could not be reached at all."""
     if isinstance(exc, (OSError, ConnectionError)):

@@ -50,14 +50,7 @@ class Databases:
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
             if not dialect.connection_problem(exc):
                 raise
-            raise exceptions.DatabaseError(self.describe_failure(name, exc)) from exc
-
-    def describe_failure(self, name: str, exc: BaseException) -> str:
-        """A one-line, password-free message for a database that failed us."""
-        orig = getattr(exc, "orig", None) or exc
-        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        var = "HQ_DATABASE_URL" if name == "hq" else "WORKSPACE_DATABASE_URL"
-        return f"cannot reach the {name} database at {dialect.mask(self.urls[name])}: {first}; check {var}"
+            raise exceptions.DatabaseError(dialect.unreachable(name, self.urls[name], exc)) from exc
 
     async def check(self) -> None:
         """Connect to both databases once, so a bad URL fails before any work starts."""

@@ -34,10 +34,7 @@ def upgrade(hq_url: str) -> str | None:
             return current_revision(connection)
     except sa.exc.OperationalError as exc:
         if dialect.connection_problem(exc):
-            raise exceptions.DatabaseError(
-                f"cannot reach the HQ database at {dialect.mask(hq_url)}: "
-                f"{str(exc.orig).strip().splitlines()[0]}; check HQ_DATABASE_URL"
-            ) from exc
+            raise exceptions.DatabaseError(dialect.unreachable("hq", hq_url, exc)) from exc
         raise
     finally:
         engine.dispose()

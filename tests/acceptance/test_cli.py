@@ -1,0 +1,173 @@
+"""The `enrichhq` command as a user runs it: a subprocess, real databases, a Zenrows stub over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env
+from tests.helpers import INSERT_WORKFLOW, count, homepage_ddl, sql, workflow_row
+from tests.stubs import API_KEY, Stub
+
+
+def enrichhq(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the command line and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "enrichhq", *args], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """A failed command said what is wrong in one line, without a traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) -> None:
+    environ = env.environ()
+    result = enrichhq("init", env=environ)
+    assert result.returncode == 0, result.stderr
+    assert "revision 0001" in result.stdout
+    csv_path = write(tmp_path / "companies.csv", "domain,name\nok-alpha.com,Alpha\nhttps://www.OK-Beta.com/about,Beta\nratelimit-c.com,C\nunprocessable-d.com,D\n")
+    result = enrichhq("companies", "import", str(csv_path), env=environ)
+    assert result.returncode == 0, result.stderr
+    assert "imported 4 companies (4 new" in result.stdout
+    # A step added the seed's way: plain SQL, then checked by the CLI.
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    result = enrichhq("workflows", "validate", env=environ)
+    assert result.returncode == 0 and "1 valid, 0 invalid" in result.stdout, result.stdout
+    result = enrichhq("workflows", "list", env=environ)
+    assert "scrape-homepage-via-zenrows" in result.stdout and "ok" in result.stdout
+
+    result = enrichhq("run", "scrape-homepage-via-zenrows", "--all", "--play", "q4-saas", env=environ)
+    assert result.returncode == 0, result.stderr
+    assert "succeeded" in result.stdout and "15" in result.stdout  # cost: 3 pages x 5 credits
+    assert "unprocessable-d.com" in result.stdout and "RESP001" in result.stdout
+    assert API_KEY not in result.stdout + result.stderr
+
+    rows = await sql(env.dbs, "workspace", "SELECT company_domain FROM company_homepage_scrapes ORDER BY 1")
+    assert [r[0] for r in rows] == ["ok-alpha.com", "ratelimit-c.com", "www.ok-beta.com"]
+    assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'q4-saas'") == 3
+    assert await count(env.dbs, "hq", "enrichment_results_log", "WHERE status = 'failed'") == 1
+
+    batch_id = (await sql(env.dbs, "hq", "SELECT id FROM enrichment_batches"))[0][0]
+    result = enrichhq("batches", "show", str(batch_id), env=environ)
+    assert result.returncode == 0 and "succeeded" in result.stdout and "RESP001" in result.stdout
+
+    again = enrichhq("run", "scrape-homepage-via-zenrows", "--domain", "ok-alpha.com", "--play", "q4-saas", env=environ)
+    assert again.returncode == 0 and stub.calls["ok-alpha.com"] == 1  # already done: skipped, no call
+
+    out = tmp_path / "scrapes.csv"
+    result = enrichhq("export", "company_homepage_scrapes", "--out", str(out), env=environ)
+    assert result.returncode == 0 and "wrote 3 rows" in result.stdout
+    with out.open(encoding="utf-8") as handle:
+        exported = list(csv.DictReader(handle))
+    assert {r["company_domain"] for r in exported} == {"ok-alpha.com", "ratelimit-c.com", "www.ok-beta.com"}
+
+
+async def test_402_stops_the_batch_with_a_clear_message(env: Env, tmp_path: Path) -> None:
+    environ = env.environ()
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row(provider_config='{"max_concurrency": 1}'))
+    domains = tmp_path / "domains.txt"
+    write(domains, "a-nocredits.com\nnocredits-b.com\nok-c.com\n")
+    assert enrichhq("companies", "import", str(write(tmp_path / "c.csv", "domain\n" + domains.read_text())), env=environ).returncode == 0
+    result = enrichhq("run", "scrape-homepage-via-zenrows", "--companies", str(domains), env=environ)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "stopped" in result.stdout and "402" in result.stdout and "Out of credits" in result.stdout
+    states = await sql(env.dbs, "hq", "SELECT state FROM enrichment_batch_items")
+    assert {s for (s,) in states} <= {"succeeded", "failed", "skipped"}
+
+
+async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub) -> None:
+    environ = {k: v for k, v in env.environ().items() if k != "ZENROWS_API_KEY"}
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await sql(env.dbs, "hq", "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-a.com')")
+    result = enrichhq("run", "scrape-homepage-via-zenrows", "--all", env=environ, cwd=Path("/"))
+    one_line_error(result, "ZENROWS_API_KEY is not set")
+    assert stub.total() == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"name,website\nAcme,acme.com\n", "no 'domain' column (found: name, website)"),
+        (b"domain,name\nacme.com,Acme\nbeta.com,Beta\nACME.com,Again\n", "duplicate domain 'acme.com' on lines 2 and 4"),
+        (b"domain,name\nacme.com,Acme\n\nbeta.com,Beta\n", "line 3 is blank"),
+        (b"domain,name\nacme.com,Acme\nbeta.com,B\xe9ta\n", "line 3 is not UTF-8 (byte 0xe9)"),
+        (b"domain,name\nacme.com,Acme\nnot a domain,X\n", "line 3: 'not a domain' is not a domain"),
+        (b"domain,id\nacme.com,42\n", "line 2: id '42' is not a UUID"),
+        (b"", "is empty"),
+    ],
+)
+async def test_bad_csv_is_one_line_and_writes_nothing(env: Env, tmp_path: Path, content: bytes, message: str) -> None:
+    result = enrichhq("companies", "import", str(write(tmp_path / "bad.csv", content)), env=env.environ())
+    one_line_error(result, message)
+    assert await count(env.dbs, "hq", "companies") == 0
+
+
+async def test_unknown_slug_and_missing_file(env: Env, tmp_path: Path) -> None:
+    one_line_error(enrichhq("run", "no-such-step", "--all", env=env.environ()), "no workflow with id or slug 'no-such-step'", "workflows list")
+    one_line_error(enrichhq("companies", "import", str(tmp_path / "nope.csv"), env=env.environ()), "cannot read", "nope.csv")
+    one_line_error(enrichhq("batches", "show", "not-a-batch", env=env.environ()), "no batch 'not-a-batch'")
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
+    environ = {**os.environ, "HQ_DATABASE_URL": "postgresql://app:s3cret@127.0.0.1:1/hq", "ENRICHHQ_DATA_DIR": str(tmp_path)}
+    for args in (["init"], ["companies", "import", str(write(tmp_path / "c.csv", "domain\nacme.com\n"))], ["workflows", "list"]):
+        result = enrichhq(*args, env=environ)
+        one_line_error(result, "cannot reach the HQ database at postgresql://app:***@127.0.0.1:1/hq", "HQ_DATABASE_URL")
+        assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_embedded_default_needs_no_configuration(tmp_path: Path, stub: Stub) -> None:
+    """No URLs at all: SQLite files appear in ENRICHHQ_DATA_DIR, and the seed's INSERT works on them."""
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    environ |= {"ENRICHHQ_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    assert enrichhq("init", env=environ).returncode == 0
+    assert (tmp_path / "data" / "hq.db").exists()
+    assert enrichhq("companies", "import", str(write(tmp_path / "c.csv", "domain\nok-x.com\n")), env=environ).returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "workspace.db") as ws:
+        ws.execute(homepage_ddl("sqlite"))
+    with sqlite3.connect(tmp_path / "data" / "hq.db") as hq_db:
+        hq_db.execute(
+            "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+            "destination_db, destination_table_name, destination_field_mappings, provider_config) VALUES "
+            "('home', 'Home', 1, 'http', 'workspace', 'company_homepage_scrapes', "
+            f"'{{\"homepage_html\": \"homepage_html\"}}', '{{\"url_template\": \"{stub.site_template()}\"}}')"
+        )
+    result = enrichhq("run", "home", "--all", env=environ)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "data" / "workspace.db") as ws:
+        assert ws.execute("SELECT company_domain FROM company_homepage_scrapes").fetchall() == [("ok-x.com",)]
+
+
+def test_demo_runs_in_under_a_minute(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = enrichhq("demo", "--data-dir", str(tmp_path / "demo"), env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 60
+    assert "17 succeeded" in result.stdout and "1 failed" in result.stdout
+    assert str(tmp_path / "demo" / "workspace.db") in result.stdout
+    with sqlite3.connect(tmp_path / "demo" / "workspace.db") as ws:
+        assert ws.execute("SELECT count(*) FROM company_homepage_scrapes").fetchone() == (17,)
