@@ -42,7 +42,9 @@ class Env:
 
 
 def _admin() -> sa.Engine:
-    return sa.create_engine(sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    return sa.create_engine(
+        sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +108,12 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path, stub: Stub) -> Asy
         hq_url, ws_url = f"sqlite:///{tmp_path / 'hq.db'}", f"sqlite:///{tmp_path / 'workspace.db'}"
         migrate.upgrade(hq_url)
     conf = settings.Settings(
-        hq_database_url=hq_url, workspace_database_url=ws_url, enrichhq_data_dir=tmp_path,
-        zenrows_api_key=API_KEY, zenrows_api_url=stub.zenrows_url, enrichhq_retry_base_delay=0.01,
+        hq_database_url=hq_url,
+        workspace_database_url=ws_url,
+        enrichhq_data_dir=tmp_path,
+        zenrows_api_key=API_KEY,
+        zenrows_api_url=stub.zenrows_url,
+        enrichhq_retry_base_delay=0.01,
     )
     dbs = engines.Databases(hq_url, ws_url)
     yield Env(request.param, hq_url, ws_url, conf, dbs)

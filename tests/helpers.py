@@ -76,8 +76,13 @@ def workflow_row(
 ) -> dict[str, Any]:
     """Parameters for INSERT_WORKFLOW."""
     return {
-        "slug": slug, "provider": provider, "table": table, "mappings": mappings,
-        "config": provider_config, "mode": write_mode, "step": step,
+        "slug": slug,
+        "provider": provider,
+        "table": table,
+        "mappings": mappings,
+        "config": provider_config,
+        "mode": write_mode,
+        "step": step,
     }
 
 

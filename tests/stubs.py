@@ -105,7 +105,11 @@ class Stub:
         request.wfile.write(body)
 
     def problem(
-        self, request: BaseHTTPRequestHandler, status: int, code: str, detail: str,
+        self,
+        request: BaseHTTPRequestHandler,
+        status: int,
+        code: str,
+        detail: str,
         headers: dict[str, str] | None = None,
     ) -> None:
         body = json.dumps({"code": code, "status": status, "title": detail, "detail": detail}).encode()

@@ -19,7 +19,9 @@ from enrichhq import companies, destinations, exceptions, runs, settings, workfl
 from enrichhq.db import engines, migrate
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Config-driven company enrichment.",
 )
 companies_app = typer.Typer(no_args_is_help=True, help="Load and list the companies in HQ.")
@@ -138,16 +140,23 @@ def workflows_list() -> None:
     """Steps in overall_step_number order, each with its validation status."""
     checked = _run(workflows.validate_all)
     if not checked:
-        out.print("no workflows yet: INSERT a row into db_driven_enrichment_workflows or `enrichhq workflows add`")
+        out.print(
+            "no workflows yet: INSERT a row into db_driven_enrichment_workflows or `enrichhq workflows add`"
+        )
         return
     table = Table("step", "slug", "title", "provider", "destination", "mode", "active", "valid")
     for v in checked:
         w = v.workflow
         status = "[green]ok[/green]" if v.ok else f"[red]{len(v.problems)} problem(s)[/red]"
         table.add_row(
-            str(w.overall_step_number), w.workflow_slug, w.title or "", w.provider,
-            f"{w.destination_db}.{w.destination_table_name}", w.write_mode,
-            "yes" if w.is_active else "no", status,
+            str(w.overall_step_number),
+            w.workflow_slug,
+            w.title or "",
+            w.provider,
+            f"{w.destination_db}.{w.destination_table_name}",
+            w.write_mode,
+            "yes" if w.is_active else "no",
+            status,
         )
     out.print(table)
 
@@ -186,8 +195,12 @@ def workflows_add(
     """Add a step: the convenience form of the seed's INSERT, validated before it is saved."""
     data: dict[str, Any] = _load_spec(file) if file else {}
     flags = {
-        "workflow_slug": slug, "title": title, "overall_step_number": step, "provider": provider,
-        "destination_table_name": table, "provider_config": _json_option("--config", config),
+        "workflow_slug": slug,
+        "title": title,
+        "overall_step_number": step,
+        "provider": provider,
+        "destination_table_name": table,
+        "provider_config": _json_option("--config", config),
         "destination_field_mappings": _mappings(map_) if map_ else None,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
@@ -208,7 +221,9 @@ def _load_spec(path: Path) -> dict[str, Any]:
     try:
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise exceptions.InputError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise exceptions.InputError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     if not isinstance(loaded, dict):
         raise exceptions.InputError(f"{path} must hold one object with the workflow's fields")
     return loaded
@@ -240,9 +255,15 @@ def _mappings(pairs: list[str]) -> dict[str, str]:
 def run_command(
     workflow: Annotated[str, typer.Argument(help="workflow slug or id")],
     all_: Annotated[bool, typer.Option("--all", help="every company in HQ")] = False,
-    domain: Annotated[list[str] | None, typer.Option("--domain", help="a company's domain (repeatable)")] = None,
-    companies_file: Annotated[Path | None, typer.Option("--companies", help="file of domains or a CSV")] = None,
-    play: Annotated[str, typer.Option(help="play_name the completions are tracked under")] = runs.DEFAULT_PLAY,
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", help="a company's domain (repeatable)")
+    ] = None,
+    companies_file: Annotated[
+        Path | None, typer.Option("--companies", help="file of domains or a CSV")
+    ] = None,
+    play: Annotated[
+        str, typer.Option(help="play_name the completions are tracked under")
+    ] = runs.DEFAULT_PLAY,
     force: Annotated[bool, typer.Option(help="run companies that already completed this step")] = False,
 ) -> None:
     """Run one step for a selection of companies, with a progress bar and a summary."""
@@ -259,9 +280,14 @@ def run_command(
 
             total = (await hq.get_batch(conn, prepared.batch_id) or {}).get("total", 0)
         with Progress(
-            TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-            console=err, transient=False, disable=not err.is_terminal,
+            TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+            disable=not err.is_terminal,
         ) as progress:
             task = progress.add_task("run", total=total, detail="")
 
@@ -279,17 +305,28 @@ def run_command(
 
 
 def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
-    table = Table("succeeded", "failed", "timed out", "skipped", "time", "cost", title=f"batch {summary.batch_id}")
+    table = Table(
+        "succeeded", "failed", "timed out", "skipped", "time", "cost", title=f"batch {summary.batch_id}"
+    )
     table.add_row(
-        f"[green]{summary.count('succeeded')}[/green]", f"[red]{summary.count('failed')}[/red]",
-        str(summary.count("timed_out")), str(summary.count("skipped")),
-        f"{summary.seconds:.1f}s" if summary.seconds is not None else "-", f"{summary.cost:g}",
+        f"[green]{summary.count('succeeded')}[/green]",
+        f"[red]{summary.count('failed')}[/red]",
+        str(summary.count("timed_out")),
+        str(summary.count("skipped")),
+        f"{summary.seconds:.1f}s" if summary.seconds is not None else "-",
+        f"{summary.cost:g}",
     )
     out.print(table)
     if summary.message:
-        out.print(f"[yellow]batch {summary.status}:[/yellow] {summary.message}", highlight=False, soft_wrap=True)
+        out.print(
+            f"[yellow]batch {summary.status}:[/yellow] {summary.message}", highlight=False, soft_wrap=True
+        )
     for item in summary.failures[:failures]:
-        out.print(f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}", highlight=False, soft_wrap=True)
+        out.print(
+            f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if len(summary.failures) > failures or summary.count("failed") > failures:
         out.print(f"  ... see `enrichhq batches show {summary.batch_id}`")
 
@@ -316,7 +353,9 @@ def batches_list(limit: int = 20) -> None:
     rows = _run(lambda dbs: runs.list_batches(dbs, limit))
     table = Table("id", "workflow", "play", "status", "companies", "created")
     for b in rows:
-        table.add_row(b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"]))
+        table.add_row(
+            b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"])
+        )
     out.print(table)
 
 
@@ -332,5 +371,3 @@ def export(
     """Write a table to CSV."""
     count = _run(lambda dbs: destinations.export_csv(dbs, db, table, out_path))
     out.print(f"wrote {count} rows of {table} to {out_path}")
-
-

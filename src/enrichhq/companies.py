@@ -77,7 +77,8 @@ def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> 
             raise exceptions.InputError(f"{source}: line {line}: {cell['domain']!r} is not a domain")
         if domain in seen:
             raise exceptions.InputError(
-                f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; list each company once"
+                f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; "
+                "list each company once"
             )
         seen[domain] = line
         company_id = cell.get("id") or str(uuid.uuid4())
@@ -125,10 +126,17 @@ async def import_companies(dbs: engines.Databases, companies: list[Company]) -> 
             )
         await hq.upsert_companies(
             conn,
-            [{"id": existing[c.domain].id if c.domain in existing else c.id, "domain": c.domain,
-              "name": c.name if c.name is not None else (existing[c.domain].name if c.domain in existing else None),
-              "created_at": hq.now()}
-             for c in companies],
+            [
+                {
+                    "id": existing[c.domain].id if c.domain in existing else c.id,
+                    "domain": c.domain,
+                    "name": c.name
+                    if c.name is not None
+                    else (existing[c.domain].name if c.domain in existing else None),
+                    "created_at": hq.now(),
+                }
+                for c in companies
+            ],
         )
     return ImportResult(added=len(companies) - len(existing), updated=len(existing))
 

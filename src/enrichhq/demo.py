@@ -22,14 +22,22 @@ from enrichhq import companies, runs, settings
 from enrichhq.db import engines, migrate
 
 SAMPLES = [
-    ("acme-analytics.test", "Acme Analytics"), ("northwind-logistics.test", "Northwind Logistics"),
-    ("globex-robotics.test", "Globex Robotics"), ("initech-payroll.test", "Initech Payroll"),
-    ("umbrella-health.test", "Umbrella Health"), ("hooli-cloud.test", "Hooli Cloud"),
-    ("stark-energy.test", "Stark Energy"), ("wayne-security.test", "Wayne Security"),
-    ("wonka-foods.test", "Wonka Foods"), ("tyrell-biotech.test", "Tyrell Biotech"),
-    ("soylent-nutrition.test", "Soylent Nutrition"), ("cyberdyne-ai.test", "Cyberdyne AI"),
-    ("vandelay-imports.test", "Vandelay Imports"), ("pied-piper.test", "Pied Piper"),
-    ("massive-dynamic.test", "Massive Dynamic"), ("aperture-labs.test", "Aperture Labs"),
+    ("acme-analytics.test", "Acme Analytics"),
+    ("northwind-logistics.test", "Northwind Logistics"),
+    ("globex-robotics.test", "Globex Robotics"),
+    ("initech-payroll.test", "Initech Payroll"),
+    ("umbrella-health.test", "Umbrella Health"),
+    ("hooli-cloud.test", "Hooli Cloud"),
+    ("stark-energy.test", "Stark Energy"),
+    ("wayne-security.test", "Wayne Security"),
+    ("wonka-foods.test", "Wonka Foods"),
+    ("tyrell-biotech.test", "Tyrell Biotech"),
+    ("soylent-nutrition.test", "Soylent Nutrition"),
+    ("cyberdyne-ai.test", "Cyberdyne AI"),
+    ("vandelay-imports.test", "Vandelay Imports"),
+    ("pied-piper.test", "Pied Piper"),
+    ("massive-dynamic.test", "Massive Dynamic"),
+    ("aperture-labs.test", "Aperture Labs"),
     ("flaky-servers.test", "Flaky Servers (fails once, then works: shows a retry)"),
     ("gone-away.test", "Gone Away (404: shows a failure)"),
 ]
@@ -106,7 +114,9 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         (data_dir / name).unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = settings.Settings(
-        enrichhq_data_dir=data_dir, hq_database_url=None, workspace_database_url=None,
+        enrichhq_data_dir=data_dir,
+        hq_database_url=None,
+        workspace_database_url=None,
         enrichhq_retry_base_delay=0.2,
     )
     console.print(f"[bold]1.[/bold] enrichhq init -> {data_dir / 'hq.db'}")
@@ -128,7 +138,9 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
                 sa.text(WORKFLOW_INSERT),
                 {"provider_config": f'{{"url_template": "http://127.0.0.1:{port}/{{domain}}/"}}'},
             )
-        console.print("[bold]3.[/bold] a step added the seed's way: INSERT INTO db_driven_enrichment_workflows")
+        console.print(
+            "[bold]3.[/bold] a step added the seed's way: INSERT INTO db_driven_enrichment_workflows"
+        )
         console.print("[bold]4.[/bold] enrichhq run scrape-homepage --all --play demo")
         summary = await runs.run(dbs, conf, "scrape-homepage", runs.Selection(all=True), play_name="demo")
         await _show(dbs, console, summary)
@@ -136,18 +148,23 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         await dbs.dispose()
         server.shutdown()
     console.print(
-        f"\nDone in {time.monotonic() - started:.1f}s. Results are in [bold]{data_dir / 'workspace.db'}[/bold] "
-        f"(table company_homepage_scrapes); logs and completions in [bold]{data_dir / 'hq.db'}[/bold].\n"
-        f"Look around with:  ENRICHHQ_DATA_DIR={data_dir} enrichhq batches show {summary.batch_id}\n"
-        f"                   ENRICHHQ_DATA_DIR={data_dir} enrichhq export company_homepage_scrapes --out scrapes.csv",
-        highlight=False, soft_wrap=True,
+        f"\nDone in {time.monotonic() - started:.1f}s. "
+        f"Results are in [bold]{data_dir / 'workspace.db'}[/bold] (table company_homepage_scrapes); "
+        f"logs and completions in [bold]{data_dir / 'hq.db'}[/bold].\n"
+        f"Look around with:\n  export ENRICHHQ_DATA_DIR={data_dir}\n"
+        f"  enrichhq batches show {summary.batch_id}\n"
+        "  enrichhq export company_homepage_scrapes --out scrapes.csv",
+        highlight=False,
+        soft_wrap=True,
     )
     shutil.rmtree(data_dir / "__pycache__", ignore_errors=True)
     return summary
 
 
 async def _show(dbs: engines.Databases, console: Console, summary: runs.BatchSummary) -> None:
-    table = Table("company_domain", "final_url", "html", "scraped_at", title="company_homepage_scrapes (first 8)")
+    table = Table(
+        "company_domain", "final_url", "html", "scraped_at", title="company_homepage_scrapes (first 8)"
+    )
     async with dbs.begin("workspace") as conn:
         rows = await conn.execute(
             sa.text(

@@ -23,7 +23,14 @@ from enrichhq.db import dialect, engines, schema
 
 # What a provider says a data key holds; destination column types are read the same way.
 TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE, OTHER = (
-    "text", "datetime", "json", "number", "bool", "uuid", "date", "other"
+    "text",
+    "datetime",
+    "json",
+    "number",
+    "bool",
+    "uuid",
+    "date",
+    "other",
 )
 
 # Which value kinds each column kind accepts (after coercion).
@@ -41,9 +48,17 @@ COMPATIBLE: dict[str, set[str]] = {
 def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
     """The kind of a reflected column type."""
     checks: list[tuple[type[Any], str]] = [
-        (sa.JSON, JSON), (sa.Boolean, BOOL), (sa.DateTime, DATETIME), (sa.Date, DATE),
-        (sa.Uuid, UUID), (sa.Integer, NUMBER), (sa.Numeric, NUMBER), (sa.Float, NUMBER),
-        (sa.String, TEXT), (sa.Text, TEXT), (sa.Enum, TEXT),
+        (sa.JSON, JSON),
+        (sa.Boolean, BOOL),
+        (sa.DateTime, DATETIME),
+        (sa.Date, DATE),
+        (sa.Uuid, UUID),
+        (sa.Integer, NUMBER),
+        (sa.Numeric, NUMBER),
+        (sa.Float, NUMBER),
+        (sa.String, TEXT),
+        (sa.Text, TEXT),
+        (sa.Enum, TEXT),
     ]
     for sa_type, kind in checks:
         if isinstance(column_type, sa_type):
@@ -196,8 +211,13 @@ def _to_bool(value: Any) -> bool:
 # --- creating and reading destination tables -------------------------------------------------
 
 _KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
-    TEXT: sa.Text(), DATETIME: sa.DateTime(timezone=True), JSON: dialect.JSONType,
-    NUMBER: sa.Float(), BOOL: sa.Boolean(), UUID: dialect.GUID(), DATE: sa.Date(),
+    TEXT: sa.Text(),
+    DATETIME: sa.DateTime(timezone=True),
+    JSON: dialect.JSONType,
+    NUMBER: sa.Float(),
+    BOOL: sa.Boolean(),
+    UUID: dialect.GUID(),
+    DATE: sa.Date(),
 }
 
 
@@ -212,11 +232,16 @@ async def create_table(
     """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
     table_schema, bare = split_name(table_name)
     table = sa.Table(
-        bare, sa.MetaData(), sa.Column("id", dialect.GUID, primary_key=True, server_default=dialect.gen_uuid()),
+        bare,
+        sa.MetaData(),
+        sa.Column("id", dialect.GUID, primary_key=True, server_default=dialect.gen_uuid()),
         sa.Column("company_id", dialect.GUID, nullable=False),
         sa.Column("company_domain", sa.Text),
-        *[sa.Column(name, _KIND_TYPES.get(kind, sa.Text())) for name, kind in columns.items()
-          if name not in ("id", "company_id", "company_domain", "created_at")],
+        *[
+            sa.Column(name, _KIND_TYPES.get(kind, sa.Text()))
+            for name, kind in columns.items()
+            if name not in ("id", "company_id", "company_domain", "created_at")
+        ],
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         schema=table_schema,
     )

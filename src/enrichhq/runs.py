@@ -89,14 +89,22 @@ async def prepare(
         batch_id = await hq.insert_batch(
             conn,
             {
-                "workflow_id": workflow.id, "workflow_slug": workflow.workflow_slug,
-                "play_name": play_name, "step_number": workflow.overall_step_number,
-                "provider": workflow.provider, "status": "running", "forced": force,
+                "workflow_id": workflow.id,
+                "workflow_slug": workflow.workflow_slug,
+                "play_name": play_name,
+                "step_number": workflow.overall_step_number,
+                "provider": workflow.provider,
+                "status": "running",
+                "forced": force,
             },
         )
         await hq.add_batch_items(
-            conn, batch_id, play_name=play_name, step_number=workflow.overall_step_number,
-            force=force, company_ids=ids,
+            conn,
+            batch_id,
+            play_name=play_name,
+            step_number=workflow.overall_step_number,
+            force=force,
+            company_ids=ids,
         )
     return Prepared(batch_id, workflow, destination, play_name)
 
@@ -135,9 +143,14 @@ async def execute(
     provider = functions.load(prepared.workflow.provider)(prepared.workflow, settings)
     try:
         await InlineExecutor(
-            dbs, settings, batch_id=prepared.batch_id, play_name=prepared.play_name,
-            workflow=prepared.workflow, destination=prepared.destination,
-            provider=provider, on_progress=on_progress,
+            dbs,
+            settings,
+            batch_id=prepared.batch_id,
+            play_name=prepared.play_name,
+            workflow=prepared.workflow,
+            destination=prepared.destination,
+            provider=provider,
+            on_progress=on_progress,
         ).run()
     finally:
         await close_quietly(provider)
@@ -173,9 +186,16 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         end = finished or hq.now()
         seconds = max(0.0, (_aware(end) - _aware(started)).total_seconds())
     return BatchSummary(
-        batch_id=batch_id, workflow_slug=batch["workflow_slug"], play_name=batch["play_name"],
-        status=batch["status"], message=batch["message"], total=batch["total"],
-        counts=counts, cost=cost, seconds=seconds, failures=failed,
+        batch_id=batch_id,
+        workflow_slug=batch["workflow_slug"],
+        play_name=batch["play_name"],
+        status=batch["status"],
+        message=batch["message"],
+        total=batch["total"],
+        counts=counts,
+        cost=cost,
+        seconds=seconds,
+        failures=failed,
     )
 
 
@@ -189,5 +209,3 @@ async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str
     """The newest batches."""
     async with dbs.begin("hq") as conn:
         return await hq.list_batches(conn, limit)
-
-

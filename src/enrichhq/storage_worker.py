@@ -62,13 +62,18 @@ async def store(
         dbs,
         [
             LogEntry(
-                workflow_id=config.id, workflow_slug=config.workflow_slug,
-                company_id=o.company_id, company_domain=by_id[o.company_id].company_domain,
-                play_name=play_name, step_number=config.overall_step_number,
+                workflow_id=config.id,
+                workflow_slug=config.workflow_slug,
+                company_id=o.company_id,
+                company_domain=by_id[o.company_id].company_domain,
+                play_name=play_name,
+                step_number=config.overall_step_number,
                 status="succeeded" if o.stored else "failed",
-                result_table=config.destination_table_name, batch_id=batch_id,
+                result_table=config.destination_table_name,
+                batch_id=batch_id,
                 error=None if o.stored else f"storage: {o.error}",
-                attempt=by_id[o.company_id].attempt, cost=by_id[o.company_id].cost,
+                attempt=by_id[o.company_id].attempt,
+                cost=by_id[o.company_id].cost,
             )
             for o in outcomes.values()
         ],
@@ -133,7 +138,10 @@ async def _write(
 
 
 def _statement(
-    db_dialect: sa.Dialect, config: WorkflowConfig, destination: destinations.Destination, row: Mapping[str, Any]
+    db_dialect: sa.Dialect,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    row: Mapping[str, Any],
 ) -> sa.Insert:
     if config.write_mode == "upsert":
         update = [c for c in row if c not in ("company_id", "id")]

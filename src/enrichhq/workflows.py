@@ -46,9 +46,7 @@ class WorkflowSpec(pydantic.BaseModel):
 
 def describe(exc: pydantic.ValidationError) -> str:
     """pydantic errors as 'field: problem; field: problem'."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,10 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
     problems: list[str] = []
     warnings: list[str] = []
     mappings = workflow.destination_field_mappings
-    for field, value in (("destination_field_mappings", mappings), ("provider_config", workflow.provider_config)):
+    for field, value in (
+        ("destination_field_mappings", mappings),
+        ("provider_config", workflow.provider_config),
+    ):
         if "__invalid__" in value:
             problems.append(f"{field} is not a JSON object: {value['__invalid__']!r}")
     outputs = None
@@ -95,7 +96,9 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
         problems.append(f"destination_db must be 'workspace' or 'hq', not {workflow.destination_db!r}")
         return Validation(workflow, tuple(problems), tuple(warnings))
     try:
-        destination = await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
+        destination = await destinations.reflect(
+            dbs, workflow.destination_db, workflow.destination_table_name
+        )
     except exceptions.ConfigError as exc:
         problems.append(str(exc))
         return Validation(workflow, tuple(problems), tuple(warnings))
@@ -133,7 +136,9 @@ def _check_columns(
         targets[column_name] = key
         column_kind = destinations.kind_of(table.c[column_name].type)
         if outputs is not None and key not in outputs:
-            warnings.append(f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL")
+            warnings.append(
+                f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL"
+            )
         elif outputs is not None and column_kind in destinations.COMPATIBLE:
             if outputs[key] not in destinations.COMPATIBLE[column_kind]:
                 problems.append(
@@ -198,12 +203,17 @@ async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> V
 
 async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:
     outputs = functions.load(spec.provider).outputs or {}
-    columns = {column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()}
+    columns = {
+        column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()
+    }
     async with dbs.begin(spec.destination_db) as conn:
         table_schema, bare = destinations.split_name(spec.destination_table_name)
         exists = await conn.run_sync(lambda c: sa.inspect(c).has_table(bare, schema=table_schema))
     if not exists:
         await destinations.create_table(
-            dbs, spec.destination_db, spec.destination_table_name, columns,
+            dbs,
+            spec.destination_db,
+            spec.destination_table_name,
+            columns,
             unique_company=spec.write_mode == "upsert",
         )

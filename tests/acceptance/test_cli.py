@@ -17,11 +17,18 @@ from tests.helpers import INSERT_WORKFLOW, count, homepage_ddl, sql, workflow_ro
 from tests.stubs import API_KEY, Stub
 
 
-def enrichhq(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def enrichhq(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the command line and capture what it prints."""
     return subprocess.run(
-        [sys.executable, "-m", "enrichhq", *args], env=env, cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [sys.executable, "-m", "enrichhq", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -45,7 +52,10 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     result = enrichhq("init", env=environ)
     assert result.returncode == 0, result.stderr
     assert "revision 0001" in result.stdout
-    csv_path = write(tmp_path / "companies.csv", "domain,name\nok-alpha.com,Alpha\nhttps://www.OK-Beta.com/about,Beta\nratelimit-c.com,C\nunprocessable-d.com,D\n")
+    csv_path = write(
+        tmp_path / "companies.csv",
+        "domain,name\nok-alpha.com,Alpha\nhttps://www.OK-Beta.com/about,Beta\nratelimit-c.com,C\nunprocessable-d.com,D\n",
+    )
     result = enrichhq("companies", "import", str(csv_path), env=environ)
     assert result.returncode == 0, result.stderr
     assert "imported 4 companies (4 new" in result.stdout
@@ -72,7 +82,9 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     result = enrichhq("batches", "show", str(batch_id), env=environ)
     assert result.returncode == 0 and "succeeded" in result.stdout and "RESP001" in result.stdout
 
-    again = enrichhq("run", "scrape-homepage-via-zenrows", "--domain", "ok-alpha.com", "--play", "q4-saas", env=environ)
+    again = enrichhq(
+        "run", "scrape-homepage-via-zenrows", "--domain", "ok-alpha.com", "--play", "q4-saas", env=environ
+    )
     assert again.returncode == 0 and stub.calls["ok-alpha.com"] == 1  # already done: skipped, no call
 
     out = tmp_path / "scrapes.csv"
@@ -89,7 +101,15 @@ async def test_402_stops_the_batch_with_a_clear_message(env: Env, tmp_path: Path
     await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row(provider_config='{"max_concurrency": 1}'))
     domains = tmp_path / "domains.txt"
     write(domains, "a-nocredits.com\nnocredits-b.com\nok-c.com\n")
-    assert enrichhq("companies", "import", str(write(tmp_path / "c.csv", "domain\n" + domains.read_text())), env=environ).returncode == 0
+    assert (
+        enrichhq(
+            "companies",
+            "import",
+            str(write(tmp_path / "c.csv", "domain\n" + domains.read_text())),
+            env=environ,
+        ).returncode
+        == 0
+    )
     result = enrichhq("run", "scrape-homepage-via-zenrows", "--companies", str(domains), env=environ)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "stopped" in result.stdout and "402" in result.stdout and "Out of credits" in result.stdout
@@ -101,7 +121,11 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
     environ = {k: v for k, v in env.environ().items() if k != "ZENROWS_API_KEY"}
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
     await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
-    await sql(env.dbs, "hq", "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-a.com')")
+    await sql(
+        env.dbs,
+        "hq",
+        "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-a.com')",
+    )
     result = enrichhq("run", "scrape-homepage-via-zenrows", "--all", env=environ, cwd=Path("/"))
     one_line_error(result, "ZENROWS_API_KEY is not set")
     assert stub.total() == 0
@@ -111,7 +135,10 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
     ("content", "message"),
     [
         (b"name,website\nAcme,acme.com\n", "no 'domain' column (found: name, website)"),
-        (b"domain,name\nacme.com,Acme\nbeta.com,Beta\nACME.com,Again\n", "duplicate domain 'acme.com' on lines 2 and 4"),
+        (
+            b"domain,name\nacme.com,Acme\nbeta.com,Beta\nACME.com,Again\n",
+            "duplicate domain 'acme.com' on lines 2 and 4",
+        ),
         (b"domain,name\nacme.com,Acme\n\nbeta.com,Beta\n", "line 3 is blank"),
         (b"domain,name\nacme.com,Acme\nbeta.com,B\xe9ta\n", "line 3 is not UTF-8 (byte 0xe9)"),
         (b"domain,name\nacme.com,Acme\nnot a domain,X\n", "line 3: 'not a domain' is not a domain"),
@@ -119,23 +146,43 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
         (b"", "is empty"),
     ],
 )
-async def test_bad_csv_is_one_line_and_writes_nothing(env: Env, tmp_path: Path, content: bytes, message: str) -> None:
+async def test_bad_csv_is_one_line_and_writes_nothing(
+    env: Env, tmp_path: Path, content: bytes, message: str
+) -> None:
     result = enrichhq("companies", "import", str(write(tmp_path / "bad.csv", content)), env=env.environ())
     one_line_error(result, message)
     assert await count(env.dbs, "hq", "companies") == 0
 
 
 async def test_unknown_slug_and_missing_file(env: Env, tmp_path: Path) -> None:
-    one_line_error(enrichhq("run", "no-such-step", "--all", env=env.environ()), "no workflow with id or slug 'no-such-step'", "workflows list")
-    one_line_error(enrichhq("companies", "import", str(tmp_path / "nope.csv"), env=env.environ()), "cannot read", "nope.csv")
+    one_line_error(
+        enrichhq("run", "no-such-step", "--all", env=env.environ()),
+        "no workflow with id or slug 'no-such-step'",
+        "workflows list",
+    )
+    one_line_error(
+        enrichhq("companies", "import", str(tmp_path / "nope.csv"), env=env.environ()),
+        "cannot read",
+        "nope.csv",
+    )
     one_line_error(enrichhq("batches", "show", "not-a-batch", env=env.environ()), "no batch 'not-a-batch'")
 
 
 def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
-    environ = {**os.environ, "HQ_DATABASE_URL": "postgresql://app:s3cret@127.0.0.1:1/hq", "ENRICHHQ_DATA_DIR": str(tmp_path)}
-    for args in (["init"], ["companies", "import", str(write(tmp_path / "c.csv", "domain\nacme.com\n"))], ["workflows", "list"]):
+    environ = {
+        **os.environ,
+        "HQ_DATABASE_URL": "postgresql://app:s3cret@127.0.0.1:1/hq",
+        "ENRICHHQ_DATA_DIR": str(tmp_path),
+    }
+    for args in (
+        ["init"],
+        ["companies", "import", str(write(tmp_path / "c.csv", "domain\nacme.com\n"))],
+        ["workflows", "list"],
+    ):
         result = enrichhq(*args, env=environ)
-        one_line_error(result, "cannot reach the HQ database at postgresql://app:***@127.0.0.1:1/hq", "HQ_DATABASE_URL")
+        one_line_error(
+            result, "cannot reach the HQ database at postgresql://app:***@127.0.0.1:1/hq", "HQ_DATABASE_URL"
+        )
         assert "s3cret" not in result.stderr + result.stdout
 
 
@@ -145,7 +192,12 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path, stub: Stub) -> 
     environ |= {"ENRICHHQ_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
     assert enrichhq("init", env=environ).returncode == 0
     assert (tmp_path / "data" / "hq.db").exists()
-    assert enrichhq("companies", "import", str(write(tmp_path / "c.csv", "domain\nok-x.com\n")), env=environ).returncode == 0
+    assert (
+        enrichhq(
+            "companies", "import", str(write(tmp_path / "c.csv", "domain\nok-x.com\n")), env=environ
+        ).returncode
+        == 0
+    )
     with sqlite3.connect(tmp_path / "data" / "workspace.db") as ws:
         ws.execute(homepage_ddl("sqlite"))
     with sqlite3.connect(tmp_path / "data" / "hq.db") as hq_db:
@@ -153,7 +205,7 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path, stub: Stub) -> 
             "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
             "destination_db, destination_table_name, destination_field_mappings, provider_config) VALUES "
             "('home', 'Home', 1, 'http', 'workspace', 'company_homepage_scrapes', "
-            f"'{{\"homepage_html\": \"homepage_html\"}}', '{{\"url_template\": \"{stub.site_template()}\"}}')"
+            f'\'{{"homepage_html": "homepage_html"}}\', \'{{"url_template": "{stub.site_template()}"}}\')'
         )
     result = enrichhq("run", "home", "--all", env=environ)
     assert result.returncode == 0, result.stderr
@@ -163,7 +215,9 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path, stub: Stub) -> 
 
 def test_demo_runs_in_under_a_minute(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = enrichhq("demo", "--data-dir", str(tmp_path / "demo"), env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    result = enrichhq(
+        "demo", "--data-dir", str(tmp_path / "demo"), env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert elapsed < 60
@@ -171,3 +225,73 @@ def test_demo_runs_in_under_a_minute(tmp_path: Path) -> None:
     assert str(tmp_path / "demo" / "workspace.db") in result.stdout
     with sqlite3.connect(tmp_path / "demo" / "workspace.db") as ws:
         assert ws.execute("SELECT count(*) FROM company_homepage_scrapes").fetchone() == (17,)
+
+
+async def test_workflows_add_from_flags_and_from_yaml(env: Env, stub: Stub, tmp_path: Path) -> None:
+    environ = env.environ()
+    result = enrichhq(
+        "workflows",
+        "add",
+        "--slug",
+        "homepage-http",
+        "--title",
+        "Homepage",
+        "--step",
+        "1",
+        "--provider",
+        "http",
+        "--table",
+        "company_homepage_scrapes",
+        "--map",
+        "homepage_html=homepage_html",
+        "--map",
+        "scraped_at=scraped_at",
+        "--config",
+        f'{{"url_template": "{stub.site_template()}"}}',
+        "--write-mode",
+        "upsert",
+        "--create-table",
+        env=environ,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "added workflow homepage-http" in result.stdout
+    spec = write(
+        tmp_path / "step2.yaml",
+        (
+            "workflow_slug: homepage-again\noverall_step_number: 2\nprovider: http\n"
+            "destination_table_name: company_homepage_scrapes\n"
+            "destination_field_mappings: {homepage_html: no_such_column}\n"
+        ),
+    )
+    one_line_error(
+        enrichhq("workflows", "add", "--file", str(spec), env=environ), "no_such_column", "no such column"
+    )
+    one_line_error(enrichhq("workflows", "add", "--slug", "x", env=environ), "invalid workflow", "provider")
+    one_line_error(
+        enrichhq(
+            "workflows",
+            "add",
+            "--slug",
+            "homepage-http",
+            "--step",
+            "1",
+            "--provider",
+            "http",
+            "--table",
+            "t",
+            "--map",
+            "a=b",
+            env=environ,
+        ),
+        "exists already",
+    )
+    await sql(
+        env.dbs,
+        "hq",
+        "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-a.com')",
+    )
+    for _ in range(2):
+        assert enrichhq("run", "homepage-http", "--all", "--force", env=environ).returncode == 0
+    assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 1  # upsert: one row per company
+    listed = enrichhq("workflows", "list", env=environ)
+    assert "homepage-http" in listed.stdout and "homepage-again" not in listed.stdout

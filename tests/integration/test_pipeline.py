@@ -38,22 +38,38 @@ async def test_seed_example_config_and_table(env: Env) -> None:
     (company,) = await add_companies(env.dbs, ["acme.com"])
     workflow = await workflows.get(env.dbs, "extract-case-studies-via-n8n")
     outcomes = await storage_worker.store(
-        env.dbs, workflow.id,
-        [StoreRecord(company.id, company.domain, {
-            "case_study_urls": ["https://acme.com/cs/1", "https://acme.com/cs/2"],
-            "extracted_at": "2026-11-26T10:00:00Z",
-            "not_mapped": "ignored",
-        })],
+        env.dbs,
+        workflow.id,
+        [
+            StoreRecord(
+                company.id,
+                company.domain,
+                {
+                    "case_study_urls": ["https://acme.com/cs/1", "https://acme.com/cs/2"],
+                    "extracted_at": "2026-11-26T10:00:00Z",
+                    "not_mapped": "ignored",
+                },
+            )
+        ],
         play_name="q4-saas",
     )
     assert outcomes[0].stored, outcomes
-    rows = await sql(env.dbs, "workspace", "SELECT company_id, company_domain, urls, extracted_at FROM company_case_studies")
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT company_id, company_domain, urls, extracted_at FROM company_case_studies",
+    )
     assert len(rows) == 1
     company_id, domain, urls, extracted = rows[0]
     assert str(company_id) == company.id and domain == "acme.com"
-    assert (json.loads(urls) if isinstance(urls, str) else urls) == ["https://acme.com/cs/1", "https://acme.com/cs/2"]
+    assert (json.loads(urls) if isinstance(urls, str) else urls) == [
+        "https://acme.com/cs/1",
+        "https://acme.com/cs/2",
+    ]
     assert str(extracted).startswith("2026-11-26 10:00:00")
-    log = await sql(env.dbs, "hq", "SELECT status, step_number, play_name, result_table FROM enrichment_results_log")
+    log = await sql(
+        env.dbs, "hq", "SELECT status, step_number, play_name, result_table FROM enrichment_results_log"
+    )
     assert [tuple(r) for r in log] == [("succeeded", 3, "q4-saas", "company_case_studies")]
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE step_number = 3") == 1
 
@@ -61,7 +77,9 @@ async def test_seed_example_config_and_table(env: Env) -> None:
 async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
     await homepage_step(env)
     await add_companies(env.dbs, ["ok-one.com", "ok-two.com", "ratelimit-a.com", "unprocessable-b.com"])
-    summary = await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="q4")
+    summary = await runs.run(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="q4"
+    )
     assert summary.status == "completed"
     assert summary.counts == {"succeeded": 3, "failed": 1}
     assert summary.cost == 5 * 3  # js_render is on by default: 5 credits per answered page; errors are free
@@ -70,10 +88,16 @@ async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
     assert "RESP001" in failure["last_error"] and "Could not get content" in failure["last_error"]
     assert stub.calls["ratelimit-a.com"] == 2  # backed off once, then succeeded
     assert all(q["js_render"] == "true" for q in stub.queries)
-    rows = await sql(env.dbs, "workspace", "SELECT company_domain, final_url, homepage_html FROM company_homepage_scrapes ORDER BY company_domain")
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT company_domain, final_url, homepage_html FROM company_homepage_scrapes ORDER BY company_domain",
+    )
     assert [r[0] for r in rows] == ["ok-one.com", "ok-two.com", "ratelimit-a.com"]
     assert rows[0][1] == "https://ok-one.com/home" and "<h1>ok-one.com</h1>" in rows[0][2]
-    statuses = await sql(env.dbs, "hq", "SELECT status, count(*) FROM enrichment_results_log GROUP BY status ORDER BY status")
+    statuses = await sql(
+        env.dbs, "hq", "SELECT status, count(*) FROM enrichment_results_log GROUP BY status ORDER BY status"
+    )
     assert [tuple(r) for r in statuses] == [("failed", 1), ("retrying", 1), ("succeeded", 3)]
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'q4'") == 3
 
@@ -81,20 +105,34 @@ async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
 async def test_rerun_skips_completed_unless_forced(env: Env, stub: Stub) -> None:
     await homepage_step(env)
     await add_companies(env.dbs, ["ok-a.com", "ok-b.com"])
-    await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="p")
+    await runs.run(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="p"
+    )
     calls = stub.total()
-    again = await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="p")
+    again = await runs.run(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="p"
+    )
     assert again.counts == {"skipped": 2} and stub.total() == calls
-    other_play = await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="other")
+    other_play = await runs.run(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), play_name="other"
+    )
     assert other_play.counts == {"succeeded": 2}
     forced = await runs.run(
-        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(domains=("ok-a.com",)),
-        play_name="p", force=True,
+        env.dbs,
+        env.settings,
+        "scrape-homepage-via-zenrows",
+        runs.Selection(domains=("ok-a.com",)),
+        play_name="p",
+        force=True,
     )
     assert forced.counts == {"succeeded": 1}
     # One completion row per company, play and step, updated by the forced re-run.
     assert await count(env.dbs, "hq", "company_play_step_completions") == 4
-    latest = await sql(env.dbs, "hq", "SELECT batch_id FROM company_play_step_completions c JOIN companies co ON co.id = c.company_id WHERE co.domain = 'ok-a.com' AND play_name = 'p'")
+    latest = await sql(
+        env.dbs,
+        "hq",
+        "SELECT batch_id FROM company_play_step_completions c JOIN companies co ON co.id = c.company_id WHERE co.domain = 'ok-a.com' AND play_name = 'p'",
+    )
     assert str(latest[0][0]) == forced.batch_id
 
 
@@ -102,14 +140,18 @@ async def test_append_keeps_every_result_upsert_keeps_one(env: Env) -> None:
     await homepage_step(env)
     await add_companies(env.dbs, ["ok-a.com", "ok-b.com"])
     for _ in range(2):
-        await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), force=True)
+        await runs.run(
+            env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), force=True
+        )
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 4
 
     await sql(env.dbs, "workspace", "DROP TABLE company_homepage_scrapes")
     await sql(env.dbs, "workspace", homepage_ddl(env.backend, unique_company=True))
     await sql(env.dbs, "hq", "UPDATE db_driven_enrichment_workflows SET write_mode = 'upsert'")
     for _ in range(2):
-        await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), force=True)
+        await runs.run(
+            env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), force=True
+        )
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 2
 
 
@@ -123,7 +165,11 @@ async def test_upsert_without_unique_key_is_rejected_with_the_fix(env: Env, stub
 
 
 async def test_chunk_of_500_companies_one_statement_per_chunk(env: Env, stub: Stub) -> None:
-    await homepage_step(env, provider="http", provider_config=json.dumps({"url_template": stub.site_template(), "max_concurrency": 32}))
+    await homepage_step(
+        env,
+        provider="http",
+        provider_config=json.dumps({"url_template": stub.site_template(), "max_concurrency": 32}),
+    )
     await add_companies(env.dbs, [f"ok-{i:03}.com" for i in range(500)])
     inserts: list[str] = []
 
@@ -147,11 +193,16 @@ async def test_config_edited_between_runs_takes_effect(env: Env) -> None:
     await add_companies(env.dbs, ["ok-a.com"])
     await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True))
     await sql(
-        env.dbs, "hq",
+        env.dbs,
+        "hq",
         """UPDATE db_driven_enrichment_workflows SET destination_field_mappings = '{"final_url": "final_url"}'""",
     )
     await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True), force=True)
-    rows = await sql(env.dbs, "workspace", "SELECT homepage_html IS NULL, final_url FROM company_homepage_scrapes ORDER BY created_at, final_url")
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT homepage_html IS NULL, final_url FROM company_homepage_scrapes ORDER BY created_at, final_url",
+    )
     assert sorted((bool(a), b) for a, b in rows) == [(False, None), (True, "https://ok-a.com/home")]
 
 
@@ -193,7 +244,11 @@ async def test_402_stops_the_batch_and_every_item_ends_final(env: Env, stub: Stu
     assert summary.count("failed") == 1
     assert summary.count("succeeded") + summary.count("failed") + summary.count("skipped") == 4
     assert stub.calls["nocredits-x.com"] == 1  # never retried
-    leftover = await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_batch_items WHERE state NOT IN ('succeeded','failed','skipped')")
+    leftover = await sql(
+        env.dbs,
+        "hq",
+        "SELECT count(*) FROM enrichment_batch_items WHERE state NOT IN ('succeeded','failed','skipped')",
+    )
     assert leftover[0][0] == 0
 
 
@@ -202,16 +257,21 @@ async def test_bad_value_fails_one_company_not_the_chunk(env: Env) -> None:
     await sql(env.dbs, "hq", SEED_INSERT)
     good, bad = await add_companies(env.dbs, ["good.com", "bad.com"])
     outcomes = await storage_worker.store(
-        env.dbs, "extract-case-studies-via-n8n",
+        env.dbs,
+        "extract-case-studies-via-n8n",
         [
-            StoreRecord(good.id, good.domain, {"case_study_urls": [], "extracted_at": "2026-01-01T00:00:00+00:00"}),
+            StoreRecord(
+                good.id, good.domain, {"case_study_urls": [], "extracted_at": "2026-01-01T00:00:00+00:00"}
+            ),
             StoreRecord(bad.id, bad.domain, {"case_study_urls": [], "extracted_at": "last tuesday"}),
         ],
     )
     assert [o.stored for o in outcomes] == [True, False]
     assert "extracted_at" in (outcomes[1].error or "") and "ISO 8601" in (outcomes[1].error or "")
     assert await count(env.dbs, "workspace", "company_case_studies") == 1
-    errors = await sql(env.dbs, "hq", "SELECT company_domain, error FROM enrichment_results_log WHERE status = 'failed'")
+    errors = await sql(
+        env.dbs, "hq", "SELECT company_domain, error FROM enrichment_results_log WHERE status = 'failed'"
+    )
     assert errors[0][0] == "bad.com" and "last tuesday" in errors[0][1]
 
 
@@ -219,7 +279,11 @@ async def test_missing_mapped_key_stores_null(env: Env) -> None:
     await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
     await sql(env.dbs, "hq", SEED_INSERT)
     (company,) = await add_companies(env.dbs, ["acme.com"])
-    await storage_worker.store(env.dbs, "extract-case-studies-via-n8n", [StoreRecord(company.id, company.domain, {"case_study_urls": ["u"]})])
+    await storage_worker.store(
+        env.dbs,
+        "extract-case-studies-via-n8n",
+        [StoreRecord(company.id, company.domain, {"case_study_urls": ["u"]})],
+    )
     rows = await sql(env.dbs, "workspace", "SELECT extracted_at FROM company_case_studies")
     assert rows[0][0] is None
 
@@ -237,8 +301,10 @@ async def test_unknown_slug_and_unknown_domain(env: Env) -> None:
     await homepage_step(env)
     with pytest.raises(exceptions.NotFound, match="no workflow with id or slug 'nope'"):
         await runs.run(env.dbs, env.settings, "nope", runs.Selection(all=True))
-    with pytest.raises(exceptions.InputError, match="unknown domains: missing.com"):
-        await runs.run(env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(domains=("missing.com",)))
+    with pytest.raises(exceptions.InputError, match=r"unknown domains: missing\.com"):
+        await runs.run(
+            env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(domains=("missing.com",))
+        )
 
 
 SEED_HQ = """
@@ -296,7 +362,9 @@ async def test_init_upgrades_the_seeds_own_hq_in_place(env: Env, seed_hq: str) -
         workflow = await workflows.get(dbs, "a30e9102-c4a5-4d0d-b07f-08ca3c54c98a")
         assert workflow.write_mode == "append" and workflow.is_active  # added columns took their defaults
         await sql(dbs, "workspace", homepage_ddl(env.backend))
-        summary = await runs_module.run(dbs, env.settings, "scrape-homepage-via-zenrows", runs_module.Selection(all=True))
+        summary = await runs_module.run(
+            dbs, env.settings, "scrape-homepage-via-zenrows", runs_module.Selection(all=True)
+        )
         assert summary.counts == {"succeeded": 1}
         assert await count(dbs, "hq", "companies") == 1  # the seed's row kept
         assert await count(dbs, "hq", "enrichment_logs") == 0  # legacy table: never written
@@ -306,3 +374,18 @@ async def test_init_upgrades_the_seeds_own_hq_in_place(env: Env, seed_hq: str) -
         assert len(str(ids[0][0])) == 36 or len(str(ids[0][0])) == 32
     finally:
         await dbs.dispose()
+
+
+async def test_incompatible_column_type_rejected(env: Env) -> None:
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend, extra=", scrape_count INTEGER"))
+    await sql(
+        env.dbs,
+        "hq",
+        INSERT_WORKFLOW,
+        workflow_row(mappings='{"scraped_at": "scrape_count", "nonsense": "final_url"}'),
+    )
+    (checked,) = await workflows.validate_all(env.dbs)
+    assert any("a datetime value cannot be stored in a INTEGER column" in p for p in checked.problems), (
+        checked.problems
+    )
+    assert any("sends no 'nonsense'" in w for w in checked.warnings)

@@ -79,7 +79,10 @@ def create_async(raw: str) -> AsyncEngine:
     # prepare_threshold=None: no server-side prepared statements, so PgBouncer in
     # transaction mode (Supabase's pooler) works.
     return create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
         connect_args={"prepare_threshold": None},
     )
 
@@ -103,9 +106,7 @@ def is_sqlite(dialect: Dialect) -> bool:
 # --- statements ---------------------------------------------------------------------------
 
 
-def upsert(
-    dialect: Dialect, table: sa.Table, conflict: list[str], update: list[str]
-) -> sa.Insert:
+def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[str]) -> sa.Insert:
     """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update = excluded.update."""
     stmt: Any
     if is_sqlite(dialect):
@@ -187,8 +188,13 @@ def connection_problem(exc: BaseException) -> bool:
         return any(
             marker in text
             for marker in (
-                "connection", "could not connect", "unable to open database", "timeout",
-                "name or service not known", "does not exist", "password authentication",
+                "connection",
+                "could not connect",
+                "unable to open database",
+                "timeout",
+                "name or service not known",
+                "does not exist",
+                "password authentication",
             )
         )
     return isinstance(exc, sa.exc.InterfaceError)

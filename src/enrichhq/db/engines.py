@@ -36,9 +36,7 @@ class Databases:
             return self.hq
         if name == "workspace":
             return self.workspace
-        raise exceptions.ConfigError(
-            f"destination_db must be 'workspace' or 'hq', not {name!r}"
-        )
+        raise exceptions.ConfigError(f"destination_db must be 'workspace' or 'hq', not {name!r}")
 
     @asynccontextmanager
     async def begin(self, name: str = "hq") -> AsyncIterator[AsyncConnection]:

@@ -64,9 +64,7 @@ async def companies_by_id(conn: AsyncConnection, ids: Sequence[str]) -> dict[str
     found: dict[str, Company] = {}
     for chunk in _chunks(ids):
         result = await conn.execute(
-            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(
-                companies.c.id.in_(chunk)
-            )
+            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(companies.c.id.in_(chunk))
         )
         found.update({r.id: Company(r.id, r.domain, r.name) for r in result})
     return found
@@ -106,9 +104,7 @@ async def get_workflow(conn: AsyncConnection, ref: str) -> WorkflowConfig | None
 async def list_workflows(conn: AsyncConnection) -> list[WorkflowConfig]:
     """Every workflow config in overall_step_number order."""
     result = await conn.execute(
-        sa.select(workflows).order_by(
-            workflows.c.overall_step_number.nulls_last(), workflows.c.workflow_slug
-        )
+        sa.select(workflows).order_by(workflows.c.overall_step_number.nulls_last(), workflows.c.workflow_slug)
     )
     return [WorkflowConfig.from_row(dict(r)) for r in result.mappings()]
 
@@ -123,9 +119,7 @@ async def insert_workflow(conn: AsyncConnection, values: Mapping[str, Any]) -> s
 async def update_workflow(conn: AsyncConnection, workflow_id: str, values: Mapping[str, Any]) -> None:
     """Change a workflow config; the next run reads the new values."""
     await conn.execute(
-        sa.update(workflows)
-        .where(workflows.c.id == workflow_id)
-        .values({**values, "updated_at": now()})
+        sa.update(workflows).where(workflows.c.id == workflow_id).values({**values, "updated_at": now()})
     )
 
 
@@ -148,12 +142,20 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
             sa.insert(results_log),
             [
                 {
-                    "id": str(uuid.uuid4()), "workflow_id": e.workflow_id,
-                    "workflow_slug": e.workflow_slug, "company_id": e.company_id,
-                    "company_domain": e.company_domain, "play_name": e.play_name,
-                    "step_number": e.step_number, "status": e.status,
-                    "result_table": e.result_table, "batch_id": e.batch_id,
-                    "created_at": stamp, "error": e.error, "attempt": e.attempt, "cost": e.cost,
+                    "id": str(uuid.uuid4()),
+                    "workflow_id": e.workflow_id,
+                    "workflow_slug": e.workflow_slug,
+                    "company_id": e.company_id,
+                    "company_domain": e.company_domain,
+                    "play_name": e.play_name,
+                    "step_number": e.step_number,
+                    "status": e.status,
+                    "result_table": e.result_table,
+                    "batch_id": e.batch_id,
+                    "created_at": stamp,
+                    "error": e.error,
+                    "attempt": e.attempt,
+                    "cost": e.cost,
                 }
                 for e in chunk
             ],
@@ -166,15 +168,21 @@ async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry])
     latest = {(e.company_id, e.play_name, e.step_number): e for e in entries}
     rows = [
         {
-            "id": str(uuid.uuid4()), "company_id": e.company_id, "play_name": e.play_name,
-            "step_number": e.step_number, "workflow_id": e.workflow_id,
-            "batch_id": e.batch_id, "completed_at": stamp,
+            "id": str(uuid.uuid4()),
+            "company_id": e.company_id,
+            "play_name": e.play_name,
+            "step_number": e.step_number,
+            "workflow_id": e.workflow_id,
+            "batch_id": e.batch_id,
+            "completed_at": stamp,
         }
         for e in latest.values()
     ]
     for chunk in _chunks(rows):
         stmt = dialect.upsert(
-            conn.dialect, completions, ["company_id", "play_name", "step_number"],
+            conn.dialect,
+            completions,
+            ["company_id", "play_name", "step_number"],
             ["workflow_id", "batch_id", "completed_at"],
         )
         await conn.execute(stmt, list(chunk))
@@ -223,8 +231,12 @@ async def add_batch_items(
 
     def select(ids: Sequence[str] | None) -> sa.Select[Any]:
         stmt = sa.select(
-            sa.literal(batch_id, dialect.GUID), companies.c.id, companies.c.domain,
-            state, reason, sa.literal(stamp, batches.c.created_at.type),
+            sa.literal(batch_id, dialect.GUID),
+            companies.c.id,
+            companies.c.domain,
+            state,
+            reason,
+            sa.literal(stamp, batches.c.created_at.type),
         )
         return stmt if ids is None else stmt.where(companies.c.id.in_(ids))
 
@@ -236,9 +248,7 @@ async def add_batch_items(
     total = await conn.execute(
         sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.batch_id == batch_id)
     )
-    await conn.execute(
-        sa.update(batches).where(batches.c.id == batch_id).values(total=total.scalar_one())
-    )
+    await conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(total=total.scalar_one()))
 
 
 async def pending_items(
@@ -246,8 +256,9 @@ async def pending_items(
 ) -> list[tuple[Company, int]]:
     """The next page of unfinished items (keyset on company_id), with their attempt counts."""
     result = await conn.execute(
-        sa.select(batch_items.c.company_id, batch_items.c.company_domain,
-                  batch_items.c.attempts, companies.c.name)
+        sa.select(
+            batch_items.c.company_id, batch_items.c.company_domain, batch_items.c.attempts, companies.c.name
+        )
         .select_from(batch_items.outerjoin(companies, companies.c.id == batch_items.c.company_id))
         .where(
             batch_items.c.batch_id == batch_id,
@@ -282,18 +293,25 @@ async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[M
             batch_items.c.company_id == sa.bindparam("b_company"),
         )
         .values(
-            state=sa.bindparam("b_state"), attempts=sa.bindparam("b_attempts"),
-            last_error=sa.bindparam("b_error"), cost=sa.bindparam("b_cost"),
+            state=sa.bindparam("b_state"),
+            attempts=sa.bindparam("b_attempts"),
+            last_error=sa.bindparam("b_error"),
+            cost=sa.bindparam("b_cost"),
             result=sa.bindparam("b_result", type_=batch_items.c.result.type),
-            updated_at=stamp, finished_at=stamp,
+            updated_at=stamp,
+            finished_at=stamp,
         )
     )
     await conn.execute(
         stmt,
         [
             {
-                "b_batch": batch_id, "b_company": u["company_id"], "b_state": u["state"],
-                "b_attempts": u["attempts"], "b_error": u.get("error"), "b_cost": u.get("cost"),
+                "b_batch": batch_id,
+                "b_company": u["company_id"],
+                "b_state": u["state"],
+                "b_attempts": u["attempts"],
+                "b_error": u.get("error"),
+                "b_cost": u.get("cost"),
                 "b_result": u.get("result"),
             }
             for u in updates
@@ -352,10 +370,13 @@ async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, 
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """Items that ended failed or timed out, with their errors."""
     result = await conn.execute(
-        sa.select(batch_items.c.company_domain, batch_items.c.state,
-                  batch_items.c.attempts, batch_items.c.last_error)
-        .where(batch_items.c.batch_id == batch_id,
-               batch_items.c.state.in_(("failed", "timed_out")))
+        sa.select(
+            batch_items.c.company_domain,
+            batch_items.c.state,
+            batch_items.c.attempts,
+            batch_items.c.last_error,
+        )
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("failed", "timed_out")))
         .order_by(batch_items.c.company_domain)
         .limit(limit)
     )

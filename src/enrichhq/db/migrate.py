@@ -72,13 +72,16 @@ def reconcile(op: Operations | Any, metadata: sa.MetaData, unique_keys: dict[str
 
 def _fresh(column: sa.Column[Any], *, added: bool = False, sqlite: bool = False) -> sa.Column[Any]:
     """An unattached copy of a column; an added column is never a key and always nullable."""
-    default = column.server_default.arg if isinstance(column.server_default, sa.DefaultClause) else None
+    default: Any = column.server_default.arg if isinstance(column.server_default, sa.DefaultClause) else None
     if added and sqlite and default is not None and not isinstance(default, str):
         # SQLite's ALTER TABLE ADD COLUMN takes only constant defaults (no now(), no uuid).
         default = None
     return sa.Column(
-        column.name, column.type, server_default=default,
-        primary_key=column.primary_key and not added, nullable=True if added else column.nullable,
+        column.name,
+        column.type,
+        server_default=default,
+        primary_key=column.primary_key and not added,
+        nullable=True if added else column.nullable,
     )
 
 
@@ -86,9 +89,7 @@ def _table_extras(table: sa.Table) -> list[sa.Index]:
     return [sa.Index(i.name, *[c.name for c in i.columns], unique=i.unique) for i in table.indexes]
 
 
-def _ensure_unique(
-    op: Operations, inspector: sa.Inspector, table: str, columns: tuple[str, ...]
-) -> None:
+def _ensure_unique(op: Operations, inspector: sa.Inspector, table: str, columns: tuple[str, ...]) -> None:
     wanted = list(columns)
     if inspector.get_pk_constraint(table).get("constrained_columns") == wanted:
         return
@@ -97,9 +98,13 @@ def _ensure_unique(
     if any(i["unique"] and i["column_names"] == wanted for i in inspector.get_indexes(table)):
         return
     cols = ", ".join(columns)
-    duplicates = op.get_bind().execute(
-        sa.text(f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {cols} HAVING count(*) > 1) d")
-    ).scalar()
+    duplicates = (
+        op.get_bind()
+        .execute(
+            sa.text(f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {cols} HAVING count(*) > 1) d")
+        )
+        .scalar()
+    )
     if duplicates:
         raise exceptions.DatabaseError(
             f"{table} has {duplicates} duplicated ({cols}) values; enrichhq needs them unique. "

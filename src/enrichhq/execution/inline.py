@@ -141,7 +141,11 @@ class InlineExecutor:
                 if exc.stop_batch:
                     self.stop_message = self.stop_message or str(exc)
                 elif exc.retryable and result.tries < self.provider.max_attempts:
-                    delay = exc.retry_after if exc.retry_after is not None else base_delay * 2 ** (result.tries - 1)
+                    delay = (
+                        exc.retry_after
+                        if exc.retry_after is not None
+                        else base_delay * 2 ** (result.tries - 1)
+                    )
                     if exc.retry_after is not None:
                         self.gate.pause(delay)
                     result.retries.append(self._entry(company, "retrying", str(exc), attempt, exc.cost))
@@ -156,13 +160,22 @@ class InlineExecutor:
             result.cost = _add(result.cost, fetched.cost)
             return result
 
-    def _entry(self, company: Company, status: str, error: str | None, attempt: int, cost: float | None) -> LogEntry:
+    def _entry(
+        self, company: Company, status: str, error: str | None, attempt: int, cost: float | None
+    ) -> LogEntry:
         return LogEntry(
-            workflow_id=self.workflow.id, workflow_slug=self.workflow.workflow_slug,
-            company_id=company.id, company_domain=company.domain, play_name=self.play_name,
-            step_number=self.workflow.overall_step_number, status=status,
-            result_table=self.workflow.destination_table_name, batch_id=self.batch_id,
-            error=error, attempt=attempt, cost=cost,
+            workflow_id=self.workflow.id,
+            workflow_slug=self.workflow.workflow_slug,
+            company_id=company.id,
+            company_domain=company.domain,
+            play_name=self.play_name,
+            step_number=self.workflow.overall_step_number,
+            status=status,
+            result_table=self.workflow.destination_table_name,
+            batch_id=self.batch_id,
+            error=error,
+            attempt=attempt,
+            cost=cost,
         )
 
     async def _writer(self) -> None:
@@ -200,8 +213,12 @@ class InlineExecutor:
             ]
             try:
                 stored = await storage_worker.store(
-                    self.dbs, self.workflow, records, batch_id=self.batch_id,
-                    play_name=self.play_name, destination=self.destination,
+                    self.dbs,
+                    self.workflow,
+                    records,
+                    batch_id=self.batch_id,
+                    play_name=self.play_name,
+                    destination=self.destination,
                 )
             except exceptions.DatabaseError as exc:
                 # The destination is down: the fetched results are kept on their items.
@@ -214,23 +231,30 @@ class InlineExecutor:
         entries = unlogged + [e for r in chunk for e in r.retries]
         entries += [
             self._entry(r.company, "failed", r.error, r.attempts + r.tries, r.cost)
-            for r in chunk if r.data is None
+            for r in chunk
+            if r.data is None
         ]
         await enrichment_logger.log(self.dbs, entries)
         updates = []
         for r in chunk:
             outcome = outcomes.get(r.company.id)
             stored_ok = outcome is not None and outcome.stored
-            error = r.error if r.data is None else (None if stored_ok else f"storage: {outcome.error if outcome else '?'}")
-            updates.append({
-                "company_id": r.company.id,
-                "state": "succeeded" if stored_ok else "failed",
-                "attempts": r.attempts + r.tries,
-                "error": error,
-                "cost": r.cost,
-                # A result fetched but not stored is kept, so it can be stored again without a new call.
-                "result": r.data if r.data is not None and not stored_ok else None,
-            })
+            error = (
+                r.error
+                if r.data is None
+                else (None if stored_ok else f"storage: {outcome.error if outcome else '?'}")
+            )
+            updates.append(
+                {
+                    "company_id": r.company.id,
+                    "state": "succeeded" if stored_ok else "failed",
+                    "attempts": r.attempts + r.tries,
+                    "error": error,
+                    "cost": r.cost,
+                    # A result fetched but not stored is kept, so it can be stored again without a new call.
+                    "result": r.data if r.data is not None and not stored_ok else None,
+                }
+            )
         async with self.dbs.begin("hq") as conn:
             await hq.finish_items(conn, self.batch_id, updates)
         await self._report()

@@ -38,9 +38,7 @@ def load(name: str) -> type[Provider]:
     """The provider class for a config row's `provider` value."""
     entry = _entry_points().get(name)
     if entry is None:
-        raise exceptions.ConfigError(
-            f"unknown provider {name!r}; available: {', '.join(available())}"
-        )
+        raise exceptions.ConfigError(f"unknown provider {name!r}; available: {', '.join(available())}")
     provider = entry.load()
     if not (isinstance(provider, type) and issubclass(provider, Provider)):
         raise exceptions.ConfigError(f"entry point {entry.value!r} is not an enrichhq Provider")

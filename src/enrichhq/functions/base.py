@@ -16,7 +16,9 @@ from enrichhq.settings import Settings
 
 # What the homepage providers put in `data` (key -> kind, see destinations.kind_of).
 HOMEPAGE_OUTPUTS: Mapping[str, str] = {
-    "homepage_html": "text", "scraped_at": "datetime", "final_url": "text",
+    "homepage_html": "text",
+    "scraped_at": "datetime",
+    "final_url": "text",
 }
 
 
@@ -90,4 +92,3 @@ def transport_error(exc: httpx.HTTPError, what: str, timeout: float | None) -> e
     if isinstance(exc, httpx.TimeoutException):
         return exceptions.ProviderError(f"{what}: no answer within {timeout:g}s", retryable=True)
     return exceptions.ProviderError(f"{what}: {type(exc).__name__}: {exc}", retryable=True)
-

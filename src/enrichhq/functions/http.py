@@ -28,7 +28,8 @@ class HttpProvider(base.Provider):
                 if response.status_code == 429 or response.status_code >= 500:
                     raise exceptions.ProviderError(
                         f"HTTP {response.status_code} from {url}",
-                        retryable=True, retry_after=base.retry_after(response),
+                        retryable=True,
+                        retry_after=base.retry_after(response),
                     )
                 if response.status_code >= 400:
                     raise exceptions.ProviderError(f"HTTP {response.status_code} from {url}")

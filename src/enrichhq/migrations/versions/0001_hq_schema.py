@@ -31,13 +31,17 @@ def _created() -> sa.Column[object]:
 def upgrade() -> None:
     md = sa.MetaData()
     sa.Table(
-        "companies", md, _id(),
+        "companies",
+        md,
+        _id(),
         sa.Column("domain", sa.Text, nullable=False),
         sa.Column("name", sa.Text),
         _created(),
     )
     sa.Table(
-        "db_driven_enrichment_workflows", md, _id(),
+        "db_driven_enrichment_workflows",
+        md,
+        _id(),
         sa.Column("workflow_slug", sa.Text, nullable=False),
         sa.Column("title", sa.Text),
         sa.Column("overall_step_number", sa.Integer),
@@ -52,7 +56,9 @@ def upgrade() -> None:
         sa.Column("updated_at", TZ, server_default=sa.func.now()),
     )
     sa.Table(
-        "enrichment_results_log", md, _id(),
+        "enrichment_results_log",
+        md,
+        _id(),
         sa.Column("workflow_id", GUID),
         sa.Column("workflow_slug", sa.Text),
         sa.Column("company_id", GUID),
@@ -70,7 +76,9 @@ def upgrade() -> None:
         sa.Index("ix_enrichment_results_log_company", "company_id"),
     )
     sa.Table(
-        "company_play_step_completions", md, _id(),
+        "company_play_step_completions",
+        md,
+        _id(),
         sa.Column("company_id", GUID, nullable=False),
         sa.Column("play_name", sa.Text, nullable=False),
         sa.Column("step_number", sa.Integer, nullable=False),
@@ -79,7 +87,9 @@ def upgrade() -> None:
         sa.Column("completed_at", TZ, server_default=sa.func.now()),
     )
     sa.Table(
-        "enrichment_batches", md, _id(),
+        "enrichment_batches",
+        md,
+        _id(),
         sa.Column("workflow_id", GUID),
         sa.Column("workflow_slug", sa.Text),
         sa.Column("play_name", sa.Text),
@@ -93,7 +103,8 @@ def upgrade() -> None:
         sa.Column("finished_at", TZ),
     )
     sa.Table(
-        "enrichment_batch_items", md,
+        "enrichment_batch_items",
+        md,
         sa.Column("batch_id", GUID, primary_key=True),
         sa.Column("company_id", GUID, primary_key=True),
         sa.Column("company_domain", sa.Text, nullable=False),
