@@ -275,30 +275,36 @@ def run_command(
 
     async def work(dbs: engines.Databases) -> runs.BatchSummary:
         prepared = await runs.prepare(dbs, conf, workflow, selection, play_name=play, force=force)
-        async with dbs.begin("hq") as conn:
-            from enrichhq.db import hq
+        return await _execute_with_progress(dbs, conf, prepared)
 
-            total = (await hq.get_batch(conn, prepared.batch_id) or {}).get("total", 0)
-        with Progress(
-            TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-            disable=not err.is_terminal,
-        ) as progress:
-            task = progress.add_task("run", total=total, detail="")
+    _finish(_run(work))
 
-            def update(counts: dict[str, int]) -> None:
-                done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "skipped"))
-                detail = f"ok {counts.get('succeeded', 0)}  failed {counts.get('failed', 0)}"
-                progress.update(task, completed=done, detail=detail)
 
-            return await runs.execute(dbs, conf, prepared, update)
+async def _execute_with_progress(
+    dbs: engines.Databases, conf: settings.Settings, prepared: runs.Prepared
+) -> runs.BatchSummary:
+    """Execute a prepared batch behind a Rich progress bar (on a terminal)."""
+    current = await runs.summary(dbs, prepared.batch_id, failures=0)
+    with Progress(
+        TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("run", total=current.total, detail="")
 
-    summary = _run(work)
+        def update(counts: dict[str, int]) -> None:
+            done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "skipped"))
+            detail = f"ok {counts.get('succeeded', 0)}  failed {counts.get('failed', 0)}"
+            progress.update(task, completed=done, detail=detail)
+
+        return await runs.execute(dbs, conf, prepared, update)
+
+
+def _finish(summary: runs.BatchSummary) -> None:
     _print_summary(summary)
     if summary.status == "stopped":
         raise typer.Exit(EXIT_STOPPED)
@@ -345,6 +351,17 @@ def batches_show(batch_id: str) -> None:
         counts.add_row(state, str(count))
     out.print(counts)
     _print_summary(summary, failures=200)
+
+
+@command(batches_app, "resume")
+def batches_resume(batch_id: str) -> None:
+    """Run what a batch left undone (process died, or stopped by the provider); finished items stay."""
+    conf = settings.load()
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        return await _execute_with_progress(dbs, conf, await runs.prepare_resume(dbs, conf, batch_id))
+
+    _finish(_run(work))
 
 
 @command(batches_app, "list")

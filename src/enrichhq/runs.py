@@ -75,15 +75,9 @@ async def prepare(
     workflow = await workflows.get(dbs, workflow_ref)
     if not workflow.is_active:
         raise exceptions.ConfigError(f"workflow {workflow.workflow_slug!r} is not active (is_active = false)")
-    validation = await workflows.validate(dbs, workflow)
-    if not validation.ok:
-        raise exceptions.ConfigError(
-            f"workflow {workflow.workflow_slug!r} cannot run: " + "; ".join(validation.problems)
-        )
-    functions.load(workflow.provider).check(workflow, settings)
     if selection.empty():
         raise exceptions.InputError("no companies selected: pass --all, --domain or --companies FILE")
-    destination = await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
+    destination = await _runnable(dbs, settings, workflow)
     async with dbs.begin("hq") as conn:
         ids = None if selection.all else await _resolve(conn, selection)
         batch_id = await hq.insert_batch(
@@ -107,6 +101,19 @@ async def prepare(
             company_ids=ids,
         )
     return Prepared(batch_id, workflow, destination, play_name)
+
+
+async def _runnable(
+    dbs: engines.Databases, settings: Settings, workflow: WorkflowConfig
+) -> destinations.Destination:
+    """Validate a workflow and its provider's prerequisites; returns its destination table."""
+    validation = await workflows.validate(dbs, workflow)
+    if not validation.ok:
+        raise exceptions.ConfigError(
+            f"workflow {workflow.workflow_slug!r} cannot run: " + "; ".join(validation.problems)
+        )
+    functions.load(workflow.provider).check(workflow, settings)
+    return await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
 
 
 async def _resolve(conn: Any, selection: Selection) -> list[str]:
@@ -170,6 +177,23 @@ async def run(
     """Prepare and execute a run (the seed's 'Run Step N')."""
     prepared = await prepare(dbs, settings, workflow_ref, selection, play_name=play_name, force=force)
     return await execute(dbs, settings, prepared, on_progress)
+
+
+async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
+    """Make an unfinished or stopped batch ready to run its remaining items.
+
+    Items still queued or running (the process died) and items a stop left unrun go
+    again; finished items are not touched, so nothing done is paid for twice.
+    """
+    async with dbs.begin("hq") as conn:
+        batch = await hq.get_batch(conn, batch_id)
+    if batch is None:
+        raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    destination = await _runnable(dbs, settings, workflow)
+    async with dbs.begin("hq") as conn:
+        await hq.requeue_for_resume(conn, batch_id)
+    return Prepared(batch_id, workflow, destination, batch["play_name"])
 
 
 async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> BatchSummary:

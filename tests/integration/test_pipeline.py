@@ -250,6 +250,36 @@ async def test_402_stops_the_batch_and_every_item_ends_final(env: Env, stub: Stu
         "SELECT count(*) FROM enrichment_batch_items WHERE state NOT IN ('succeeded','failed','skipped')",
     )
     assert leftover[0][0] == 0
+    # Credits topped up: resume runs only what the stop left undone.
+    calls = stub.total()
+    resumed = await runs.execute(
+        env.dbs, env.settings, await runs.prepare_resume(env.dbs, env.settings, summary.batch_id)
+    )
+    assert resumed.status == "completed" and resumed.counts == {"succeeded": 3, "failed": 1}
+    assert stub.total() - calls == summary.count("skipped")
+    assert stub.calls["nocredits-x.com"] == 1
+
+
+async def test_resume_after_a_crash_runs_only_unfinished_items(env: Env, stub: Stub) -> None:
+    await homepage_step(env)
+    await add_companies(env.dbs, ["ok-a.com", "ok-b.com", "ok-c.com"])
+    prepared = await runs.prepare(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True)
+    )
+    # As if a process died mid-batch: one item finished, one was in flight, one never started.
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batch_items SET state = 'succeeded' WHERE company_domain = 'ok-a.com'",
+    )
+    await sql(
+        env.dbs, "hq", "UPDATE enrichment_batch_items SET state = 'running' WHERE company_domain = 'ok-b.com'"
+    )
+    summary = await runs.execute(
+        env.dbs, env.settings, await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
+    )
+    assert summary.counts == {"succeeded": 3}
+    assert stub.calls == {"ok-b.com": 1, "ok-c.com": 1}
 
 
 async def test_bad_value_fails_one_company_not_the_chunk(env: Env) -> None:

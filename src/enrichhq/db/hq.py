@@ -329,6 +329,28 @@ async def skip_unfinished(conn: AsyncConnection, batch_id: str, reason: str) -> 
     return result.rowcount
 
 
+STOPPED_PREFIX = "not run: "
+
+
+async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
+    """Queue again the items a stopped batch never ran; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "skipped",
+            batch_items.c.last_error.like(f"{STOPPED_PREFIX}%"),
+        )
+        .values(state="queued", last_error=None, finished_at=None, updated_at=now())
+    )
+    await conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id)
+        .values(status="running", message=None, finished_at=None)
+    )
+    return result.rowcount
+
+
 async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, message: str | None) -> None:
     """Record how a batch ended."""
     await conn.execute(

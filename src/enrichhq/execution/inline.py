@@ -99,7 +99,7 @@ class InlineExecutor:
         status = "completed"
         if self.stop_message:
             async with self.dbs.begin("hq") as conn:
-                await hq.skip_unfinished(conn, self.batch_id, f"not run: {self.stop_message}")
+                await hq.skip_unfinished(conn, self.batch_id, hq.STOPPED_PREFIX + self.stop_message)
             status = "stopped"
         async with self.dbs.begin("hq") as conn:
             await hq.finish_batch(conn, self.batch_id, status, self.stop_message)
