@@ -69,10 +69,24 @@ def _json_object(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ProviderResult:
-    """What a workflow function got for one company: the data, and what it cost."""
+    """What a workflow function got for one company: the data, and what it cost.
+
+    An async provider (n8n, Clay) answers `pending`: the data comes later, to the receiver.
+    """
 
     data: dict[str, Any]
     cost: float | None = None
+    pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a provider may need beside the company: where and how to call back."""
+
+    batch_id: str
+    play_name: str
+    callback_url: str | None = None
+    callback_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from enrichhq import destinations, exceptions, functions, workflows
 from enrichhq.db import engines, hq
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
 from enrichhq.models import WorkflowConfig
+from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 DEFAULT_PLAY = "default"
@@ -145,9 +147,14 @@ async def execute(
     settings: Settings,
     prepared: Prepared,
     on_progress: ProgressCallback | None = None,
+    *,
+    pipeline: Pipeline | None = None,
+    cancel: asyncio.Event | None = None,
 ) -> BatchSummary:
     """Drive a prepared batch through its provider, storage and logger."""
     provider = functions.load(prepared.workflow.provider)(prepared.workflow, settings)
+    own_pipeline = pipeline is None
+    pipeline = pipeline or Pipeline(dbs, settings)
     try:
         await InlineExecutor(
             dbs,
@@ -157,10 +164,14 @@ async def execute(
             workflow=prepared.workflow,
             destination=prepared.destination,
             provider=provider,
+            pipeline=pipeline,
             on_progress=on_progress,
+            cancel=cancel,
         ).run()
     finally:
         await close_quietly(provider)
+        if own_pipeline:
+            await pipeline.aclose()
     return await summary(dbs, prepared.batch_id)
 
 

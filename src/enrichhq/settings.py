@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -26,6 +28,38 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="first retry delay in seconds; doubles per attempt"
     )
     enrichhq_chunk_size: int = Field(default=200, ge=1, le=5000)
+    enrichhq_api_key: SecretStr | None = Field(default=None, description="Bearer key of the HTTP API")
+    enrichhq_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of callback tokens (default: a random one kept in the data dir)"
+    )
+    enrichhq_public_url: str | None = Field(
+        default=None, description="base URL at which n8n and Clay reach this server's receiver"
+    )
+    enrichhq_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    storage_worker_url: str | None = None
+    enrichment_logger_url: str | None = None
+
+    def callback_secret(self) -> bytes:
+        """The key callback tokens are signed with: ENRICHHQ_SECRET, or a random one kept on disk.
+
+        The file lets `enrichhq run` and `enrichhq serve` on one machine share the key
+        without configuration; a deployment with several machines sets ENRICHHQ_SECRET.
+        """
+        if self.enrichhq_secret is not None and self.enrichhq_secret.get_secret_value():
+            return self.enrichhq_secret.get_secret_value().encode()
+        path = self.enrichhq_data_dir / "secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip().encode()
+
+    def receiver_url(self) -> str | None:
+        """Where async providers post their results back, or None when no public URL is set."""
+        if not self.enrichhq_public_url:
+            return None
+        return self.enrichhq_public_url.rstrip("/") + "/functions/v1/receiver_v1"
 
     def resolved_hq_url(self) -> str:
         """The HQ URL, or the SQLite file in the data directory."""

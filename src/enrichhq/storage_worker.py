@@ -8,7 +8,7 @@ then calls the logger. It knows nothing of what the data means or where it came 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +39,7 @@ async def store(
     batch_id: str | None = None,
     play_name: str = "default",
     destination: destinations.Destination | None = None,
+    log: Callable[[Sequence[LogEntry]], Awaitable[None]] | None = None,
 ) -> list[StoreOutcome]:
     """Store a chunk of results where the config says, log each, and say what became of each.
 
@@ -58,26 +59,27 @@ async def store(
     if rows:
         outcomes.update(await _write(dbs, config, destination, rows))
     by_id = {r.company_id: r for r in records}
-    await enrichment_logger.log(
-        dbs,
-        [
-            LogEntry(
-                workflow_id=config.id,
-                workflow_slug=config.workflow_slug,
-                company_id=o.company_id,
-                company_domain=by_id[o.company_id].company_domain,
-                play_name=play_name,
-                step_number=config.overall_step_number,
-                status="succeeded" if o.stored else "failed",
-                result_table=config.destination_table_name,
-                batch_id=batch_id,
-                error=None if o.stored else f"storage: {o.error}",
-                attempt=by_id[o.company_id].attempt,
-                cost=by_id[o.company_id].cost,
-            )
-            for o in outcomes.values()
-        ],
-    )
+    entries = [
+        LogEntry(
+            workflow_id=config.id,
+            workflow_slug=config.workflow_slug,
+            company_id=o.company_id,
+            company_domain=by_id[o.company_id].company_domain,
+            play_name=play_name,
+            step_number=config.overall_step_number,
+            status="succeeded" if o.stored else "failed",
+            result_table=config.destination_table_name,
+            batch_id=batch_id,
+            error=None if o.stored else f"storage: {o.error}",
+            attempt=by_id[o.company_id].attempt,
+            cost=by_id[o.company_id].cost,
+        )
+        for o in outcomes.values()
+    ]
+    if log is None:
+        await enrichment_logger.log(dbs, entries)
+    else:
+        await log(entries)
     return [outcomes[r.company_id] for r in records if r.company_id in outcomes]
 
 

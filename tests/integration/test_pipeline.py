@@ -322,7 +322,7 @@ async def test_init_is_idempotent_and_keeps_seed_tables(env: Env, tmp_path: obje
     """An HQ that already holds the seed's tables (without enrichhq's columns) upgrades in place."""
     from enrichhq.db import migrate
 
-    assert migrate.upgrade(env.hq_url) == "0001"  # a second upgrade changes nothing
+    assert migrate.upgrade(env.hq_url) == migrate.head()  # a second upgrade changes nothing
     names = set(schema.metadata.tables)
     assert {"companies", "db_driven_enrichment_workflows", "enrichment_batch_items"} <= names
 
@@ -385,8 +385,8 @@ async def test_init_upgrades_the_seeds_own_hq_in_place(env: Env, seed_hq: str) -
     from enrichhq import runs as runs_module
     from enrichhq.db import engines, migrate
 
-    assert migrate.upgrade(seed_hq) == "0001"
-    assert migrate.upgrade(seed_hq) == "0001"  # idempotent
+    assert migrate.upgrade(seed_hq) == migrate.head()
+    assert migrate.upgrade(seed_hq) == migrate.head()  # idempotent
     dbs = engines.Databases(seed_hq, env.workspace_url)
     try:
         workflow = await workflows.get(dbs, "a30e9102-c4a5-4d0d-b07f-08ca3c54c98a")

@@ -319,14 +319,141 @@ async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[M
     )
 
 
-async def skip_unfinished(conn: AsyncConnection, batch_id: str, reason: str) -> int:
-    """End every item not yet final as skipped, with the reason; returns how many."""
+async def skip_unfinished(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    states: Sequence[str] = ("queued", "running"),
+) -> int:
+    """End the batch's items in these states as skipped, with the reason; returns how many."""
     result = await conn.execute(
         sa.update(batch_items)
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states))
         .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
     )
     return result.rowcount
+
+
+async def mark_waiting(
+    conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]], deadline: datetime
+) -> None:
+    """Items whose request an async provider accepted now wait for their callback.
+
+    Only items still `running` change: a callback that beat the sender's answer has
+    already settled its item, and that outcome stands.
+    """
+    if not updates:
+        return
+    stmt = (
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == sa.bindparam("b_batch"),
+            batch_items.c.company_id == sa.bindparam("b_company"),
+            batch_items.c.state == "running",
+        )
+        .values(
+            state="waiting_callback",
+            attempts=sa.bindparam("b_attempts"),
+            cost=sa.bindparam("b_cost"),
+            deadline_at=deadline,
+            updated_at=now(),
+        )
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "b_batch": batch_id,
+                "b_company": u["company_id"],
+                "b_attempts": u["attempts"],
+                "b_cost": u.get("cost"),
+            }
+            for u in updates
+        ],
+    )
+
+
+async def claim_for_callback(conn: AsyncConnection, batch_id: str, company_id: str) -> bool:
+    """Take an item for storing its callback; False if it is not waiting (or someone else has it)."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.company_id == company_id,
+            batch_items.c.state.in_(("waiting_callback", "running")),
+        )
+        .values(state="storing", updated_at=now())
+    )
+    return result.rowcount == 1
+
+
+async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dict[str, Any] | None:
+    """One batch item, as a dict."""
+    if not (_is_uuid(batch_id) and _is_uuid(company_id)):
+        return None
+    row = (
+        (
+            await conn.execute(
+                sa.select(batch_items).where(
+                    batch_items.c.batch_id == batch_id, batch_items.c.company_id == company_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
+    """Items whose callback deadline has passed, with their batch's workflow and play."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.batch_id,
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.attempts,
+            batches.c.workflow_id,
+            batches.c.workflow_slug,
+            batches.c.play_name,
+            batches.c.step_number,
+        )
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
+        .limit(limit)
+    )
+    return [dict(r) for r in result.mappings()]
+
+
+async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
+    """Turn one overdue waiting item into timed_out; False if a callback settled it first."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.company_id == company_id,
+            batch_items.c.state == "waiting_callback",
+        )
+        .values(state="timed_out", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount == 1
+
+
+async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
+    """Mark a waiting batch completed once none of its items is unfinished."""
+    unfinished = await conn.execute(
+        sa.select(sa.func.count())
+        .select_from(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
+    )
+    if unfinished.scalar_one():
+        return False
+    result = await conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id, batches.c.status == "waiting")
+        .values(status="completed", finished_at=now())
+    )
+    return result.rowcount == 1
 
 
 STOPPED_PREFIX = "not run: "
@@ -356,7 +483,7 @@ async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, messag
     await conn.execute(
         sa.update(batches)
         .where(batches.c.id == batch_id)
-        .values(status=status, message=message, finished_at=now())
+        .values(status=status, message=message, finished_at=None if status == "waiting" else now())
     )
 
 

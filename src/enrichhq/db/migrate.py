@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from alembic.operations import Operations
 
 from enrichhq import exceptions
@@ -38,6 +39,15 @@ def upgrade(hq_url: str) -> str | None:
         raise
     finally:
         engine.dispose()
+
+
+def head() -> str:
+    """The newest revision this version of enrichhq knows."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    revision = ScriptDirectory.from_config(config).get_current_head()
+    assert revision is not None
+    return revision
 
 
 def current_revision(connection: sa.Connection) -> str | None:

@@ -103,7 +103,9 @@ batch_items = sa.Table(
     sa.Column("cost", sa.Float),
     sa.Column("updated_at", TZ, server_default=sa.func.now()),
     sa.Column("finished_at", TZ),
+    sa.Column("deadline_at", TZ),
     sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
+    sa.Index("ix_enrichment_batch_items_deadline", "state", "deadline_at"),
 )
 
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.
@@ -116,5 +118,15 @@ UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
 #: enrichhq's own tables: a workflow may never write into these.
 HQ_TABLES = frozenset(metadata.tables) | {"enrichment_logs", "enrichhq_alembic_version"}
 
-ITEM_STATES = ("queued", "running", "waiting_callback", "succeeded", "failed", "timed_out", "skipped")
+# "storing" is transient: the receiver holds an item while it stores its callback.
+ITEM_STATES = (
+    "queued",
+    "running",
+    "waiting_callback",
+    "storing",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "skipped",
+)
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "skipped"})

@@ -14,15 +14,18 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from enrichhq import destinations, enrichment_logger, exceptions, storage_worker
+from enrichhq import destinations, exceptions, tokens
 from enrichhq.db import engines, hq
 from enrichhq.functions import Provider
-from enrichhq.models import Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 PAGE = 500
+CANCELLED = "cancelled by the user"
 FLUSH_SECONDS = 0.25
 
 ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
@@ -34,6 +37,7 @@ class _Result:
     attempts: int
     tries: int
     data: dict[str, Any] | None = None
+    pending: bool = False
     error: str | None = None
     cost: float | None = None
     retries: list[LogEntry] = field(default_factory=list)
@@ -66,7 +70,9 @@ class InlineExecutor:
         workflow: WorkflowConfig,
         destination: destinations.Destination,
         provider: Provider,
+        pipeline: Pipeline,
         on_progress: ProgressCallback | None = None,
+        cancel: asyncio.Event | None = None,
     ) -> None:
         self.dbs = dbs
         self.settings = settings
@@ -75,7 +81,9 @@ class InlineExecutor:
         self.workflow = workflow
         self.destination = destination
         self.provider = provider
+        self.pipeline = pipeline
         self.on_progress = on_progress
+        self.cancel = cancel or asyncio.Event()
         self.gate = _Gate()
         self.stop_message: str | None = None
         self.fatal: Exception | None = None
@@ -96,13 +104,19 @@ class InlineExecutor:
             await writer
         if self.fatal is not None:
             raise self.fatal
-        status = "completed"
+        status = "waiting" if self.provider.asynchronous else "completed"
+        if self.cancel.is_set():
+            self.stop_message = CANCELLED
         if self.stop_message:
+            cancelled = self.stop_message == CANCELLED
+            states = ("queued", "running", "waiting_callback") if cancelled else ("queued", "running")
             async with self.dbs.begin("hq") as conn:
-                await hq.skip_unfinished(conn, self.batch_id, hq.STOPPED_PREFIX + self.stop_message)
-            status = "stopped"
+                await hq.skip_unfinished(conn, self.batch_id, hq.STOPPED_PREFIX + self.stop_message, states)
+            status = "cancelled" if cancelled else "stopped"
         async with self.dbs.begin("hq") as conn:
             await hq.finish_batch(conn, self.batch_id, status, self.stop_message)
+            if status == "waiting":
+                await hq.close_if_done(conn, self.batch_id)
         await self._report()
         return status, self.stop_message
 
@@ -123,6 +137,8 @@ class InlineExecutor:
 
     async def _worker(self) -> None:
         while (item := await self.work.get()) is not None:
+            if self.cancel.is_set() and not self.stop_message:
+                self.stop_message = CANCELLED
             if self.stop_message:
                 continue  # left unfinished; skipped with the stop reason at the end
             await self.results.put(await self._call(*item))
@@ -135,7 +151,7 @@ class InlineExecutor:
             result.tries += 1
             attempt = attempts + result.tries
             try:
-                fetched = await self.provider.fetch(company)
+                fetched = await self.provider.fetch(company, self._context(company))
             except exceptions.ProviderError as exc:
                 result.cost = _add(result.cost, exc.cost)
                 if exc.stop_batch:
@@ -156,9 +172,24 @@ class InlineExecutor:
             except Exception as exc:  # a provider bug must cost one company, never the worker
                 result.error = f"provider {self.workflow.provider!r} crashed: {type(exc).__name__}: {exc}"
                 return result
-            result.data = fetched.data
             result.cost = _add(result.cost, fetched.cost)
+            if fetched.pending:
+                result.pending = True
+            else:
+                result.data = fetched.data
             return result
+
+    def _context(self, company: Company) -> CallContext:
+        if not self.provider.asynchronous:
+            return CallContext(self.batch_id, self.play_name)
+        token = tokens.issue(
+            self.settings.callback_secret(),
+            self.batch_id,
+            company.id,
+            self.workflow.id,
+            self.provider.callback_timeout_s,
+        )
+        return CallContext(self.batch_id, self.play_name, self.settings.receiver_url(), token)
 
     def _entry(
         self, company: Company, status: str, error: str | None, attempt: int, cost: float | None
@@ -212,15 +243,14 @@ class InlineExecutor:
                 for r in fetched
             ]
             try:
-                stored = await storage_worker.store(
-                    self.dbs,
+                stored = await self.pipeline.store(
                     self.workflow,
                     records,
                     batch_id=self.batch_id,
                     play_name=self.play_name,
                     destination=self.destination,
                 )
-            except exceptions.DatabaseError as exc:
+            except (exceptions.DatabaseError, exceptions.StorageError) as exc:
                 # The destination is down: the fetched results are kept on their items.
                 stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
                 unlogged = [
@@ -234,9 +264,16 @@ class InlineExecutor:
             for r in chunk
             if r.data is None
         ]
-        await enrichment_logger.log(self.dbs, entries)
+        await self.pipeline.log(entries)
+        waiting = [
+            {"company_id": r.company.id, "attempts": r.attempts + r.tries, "cost": r.cost}
+            for r in chunk
+            if r.pending
+        ]
         updates = []
         for r in chunk:
+            if r.pending:
+                continue
             outcome = outcomes.get(r.company.id)
             stored_ok = outcome is not None and outcome.stored
             error = (
@@ -255,8 +292,10 @@ class InlineExecutor:
                     "result": r.data if r.data is not None and not stored_ok else None,
                 }
             )
+        deadline = hq.now() + timedelta(seconds=self.provider.callback_timeout_s)
         async with self.dbs.begin("hq") as conn:
             await hq.finish_items(conn, self.batch_id, updates)
+            await hq.mark_waiting(conn, self.batch_id, waiting, deadline)
         await self._report()
 
     async def _report(self) -> None:

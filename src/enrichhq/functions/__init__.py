@@ -15,7 +15,9 @@ from enrichhq.functions.base import Provider
 __all__ = ["Provider", "available", "load"]
 
 _BUILTIN = {
+    "clay": "enrichhq.functions.clay:ClayProvider",
     "http": "enrichhq.functions.http:HttpProvider",
+    "n8n": "enrichhq.functions.n8n:N8nProvider",
     "zenrows": "enrichhq.functions.zenrows:ZenrowsProvider",
 }
 

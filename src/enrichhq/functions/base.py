@@ -11,7 +11,7 @@ from typing import ClassVar
 import httpx
 
 from enrichhq import exceptions
-from enrichhq.models import Company, ProviderResult, WorkflowConfig
+from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
 
 # What the homepage providers put in `data` (key -> kind, see destinations.kind_of).
@@ -34,12 +34,15 @@ class Provider(abc.ABC):
     #: in-flight calls at once unless provider_config.max_concurrency says otherwise.
     default_concurrency: ClassVar[int] = 8
     default_timeout_s: ClassVar[float] = 30.0
+    #: whether results arrive later, through the receiver (n8n, Clay).
+    asynchronous: ClassVar[bool] = False
 
     def __init__(self, workflow: WorkflowConfig, settings: Settings) -> None:
         self.workflow = workflow
         self.settings = settings
         self.concurrency = int(workflow.option("max_concurrency", self.default_concurrency))
         self.max_attempts = int(workflow.option("max_attempts", 3))
+        self.callback_timeout_s = float(workflow.option("callback_timeout_s", 3600))
         self.client = httpx.AsyncClient(
             timeout=float(workflow.option("timeout_s", self.default_timeout_s)),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
@@ -52,7 +55,7 @@ class Provider(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def fetch(self, company: Company) -> ProviderResult:
+    async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Get the data for one company."""
 
     async def aclose(self) -> None:

@@ -8,7 +8,7 @@ import httpx
 
 from enrichhq import exceptions
 from enrichhq.functions import base
-from enrichhq.models import Company, ProviderResult
+from enrichhq.models import CallContext, Company, ProviderResult
 
 MAX_BYTES = 5 * 1024 * 1024
 
@@ -20,7 +20,7 @@ class HttpProvider(base.Provider):
     default_concurrency: ClassVar[int] = 16
     default_timeout_s: ClassVar[float] = 20.0
 
-    async def fetch(self, company: Company) -> ProviderResult:
+    async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Fetch one homepage, following redirects, keeping at most 5 MiB of it."""
         url = self.homepage_url(company)
         try:

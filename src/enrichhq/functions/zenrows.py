@@ -9,7 +9,7 @@ import httpx
 
 from enrichhq import exceptions
 from enrichhq.functions import base
-from enrichhq.models import Company, ProviderResult, WorkflowConfig
+from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
 
 # Answers that no other company in the batch would get past either.
@@ -57,7 +57,7 @@ class ZenrowsProvider(base.Provider):
                 pass
         return super().cost()
 
-    async def fetch(self, company: Company) -> ProviderResult:
+    async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Scrape one homepage; Zenrows' error contract becomes ProviderError flags."""
         params = self.params(company)
         try:
