@@ -99,6 +99,37 @@ def demo(
     asyncio.run(demo_module.run(data_dir, out))
 
 
+@command(app)
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """HTTP functions (/functions/v1), REST API (/api/v1, docs at /docs) and runs, in one process."""
+    import ipaddress
+
+    import uvicorn
+
+    from enrichhq.api.app import create_app
+
+    conf = settings.load()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    has_key = conf.enrichhq_api_key is not None and bool(conf.enrichhq_api_key.get_secret_value())
+    if not loopback and not has_key:
+        raise exceptions.InputError(
+            f"refusing to listen on {host} without ENRICHHQ_API_KEY: anyone on the network could run "
+            "steps and read data; set the key, or listen on 127.0.0.1"
+        )
+    if not has_key:
+        err.print("[yellow]no ENRICHHQ_API_KEY: the API is open to this machine only[/yellow]")
+    if not conf.enrichhq_public_url:
+        conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
+    migrate.upgrade(conf.resolved_hq_url())
+    uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
+
+
 def _masked(url: str) -> str:
     from enrichhq.db import dialect
 

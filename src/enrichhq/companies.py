@@ -149,3 +149,18 @@ async def listing(
         return await hq.count_companies(conn), await hq.list_companies(
             conn, search=search, limit=limit, offset=offset
         )
+
+
+async def ensure(dbs: engines.Databases, given: list[Company]) -> list[str]:
+    """Import companies a caller names (known domains keep their ids); returns their ids in order."""
+    cleaned = []
+    for company in given:
+        domain = normalize_domain(company.domain)
+        if not DOMAIN.match(domain):
+            raise exceptions.InputError(f"{company.domain!r} is not a domain")
+        cleaned.append(Company(company.id or str(uuid.uuid4()), domain, company.name))
+    unique = list({c.domain: c for c in cleaned}.values())
+    await import_companies(dbs, unique)
+    async with dbs.begin("hq") as conn:
+        found = await hq.companies_by_domain(conn, [c.domain for c in unique])
+    return [found[c.domain].id for c in unique]

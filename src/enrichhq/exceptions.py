@@ -50,5 +50,9 @@ class ProviderError(EnrichHQError):
         self.cost = cost
 
 
+class AuthError(EnrichHQError):
+    """A request without valid credentials."""
+
+
 class StorageError(EnrichHQError):
     """A result that could not be written to its destination table."""

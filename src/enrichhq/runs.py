@@ -71,6 +71,7 @@ async def prepare(
     *,
     play_name: str = DEFAULT_PLAY,
     force: bool = False,
+    batch_id: str | None = None,
 ) -> Prepared:
     """Check everything that can be checked before a provider is called, then create the batch."""
     play_name = play_name.strip() or DEFAULT_PLAY
@@ -85,6 +86,7 @@ async def prepare(
         batch_id = await hq.insert_batch(
             conn,
             {
+                "id": batch_id,
                 "workflow_id": workflow.id,
                 "workflow_slug": workflow.workflow_slug,
                 "play_name": play_name,
@@ -205,6 +207,39 @@ async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: s
     async with dbs.begin("hq") as conn:
         await hq.requeue_for_resume(conn, batch_id)
     return Prepared(batch_id, workflow, destination, batch["play_name"])
+
+
+async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
+    """Queue a batch's failed and timed-out items again; succeeded ones are never re-run."""
+    async with dbs.begin("hq") as conn:
+        batch = await hq.get_batch(conn, batch_id)
+        if batch is None:
+            raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+        if batch["status"] in ("running",):
+            raise exceptions.InputError(f"batch {batch_id} is still running; retry it when it has finished")
+    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    destination = await _runnable(dbs, settings, workflow)
+    async with dbs.begin("hq") as conn:
+        if not await hq.requeue_failed(conn, batch_id):
+            raise exceptions.InputError(f"batch {batch_id} has no failed or timed-out items to retry")
+    return Prepared(batch_id, workflow, destination, batch["play_name"])
+
+
+async def cancel(dbs: engines.Databases, batch_id: str) -> BatchSummary:
+    """Mark a batch cancelled and every unfinished item skipped (finished items stay as they are)."""
+    async with dbs.begin("hq") as conn:
+        batch = await hq.get_batch(conn, batch_id)
+        if batch is None:
+            raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+        if batch["status"] not in ("completed", "cancelled"):
+            await hq.skip_unfinished(
+                conn,
+                batch_id,
+                hq.STOPPED_PREFIX + "cancelled by the user",
+                ("queued", "running", "waiting_callback"),
+            )
+            await hq.finish_batch(conn, batch_id, "cancelled", "cancelled by the user")
+    return await summary(dbs, batch_id)
 
 
 async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> BatchSummary:

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
         default=None, description="base URL at which n8n and Clay reach this server's receiver"
     )
     enrichhq_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    enrichhq_sweep_interval_s: float = Field(default=30.0, gt=0)
     storage_worker_url: str | None = None
     enrichment_logger_url: str | None = None
 

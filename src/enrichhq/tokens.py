@@ -19,9 +19,11 @@ from enrichhq import exceptions
 class TokenError(exceptions.EnrichHQError):
     """A callback token that is malformed, forged or expired (`reason` says which)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, claims: Claims | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        #: set for an expired but genuine token, so the refusal can be logged against its item.
+        self.claims = claims
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,5 +79,7 @@ def verify(secret: bytes, token: str, *, now: float | None = None) -> Claims:
     except (ValueError, KeyError, TypeError):
         raise TokenError("malformed", "callback token is malformed") from None
     if claims.expires_at < (time.time() if now is None else now):
-        raise TokenError("expired", "callback token has expired: the item's callback deadline has passed")
+        raise TokenError(
+            "expired", "callback token has expired: the item's callback deadline has passed", claims
+        )
     return claims

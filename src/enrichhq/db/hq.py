@@ -193,7 +193,7 @@ async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry])
 
 async def insert_batch(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
     """Create an enrichment_batches row; returns its id."""
-    batch_id = str(uuid.uuid4())
+    batch_id = str(values.get("id") or uuid.uuid4())
     await conn.execute(sa.insert(batches).values({**values, "id": batch_id, "created_at": now()}))
     return batch_id
 
@@ -478,6 +478,22 @@ async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
     return result.rowcount
 
 
+async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
+    """Queue a batch's failed and timed-out items again; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("failed", "timed_out")))
+        .values(state="queued", last_error=None, finished_at=None, deadline_at=None, updated_at=now())
+    )
+    if result.rowcount:
+        await conn.execute(
+            sa.update(batches)
+            .where(batches.c.id == batch_id)
+            .values(status="running", message=None, finished_at=None)
+        )
+    return result.rowcount
+
+
 async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, message: str | None) -> None:
     """Record how a batch ended."""
     await conn.execute(
@@ -485,6 +501,31 @@ async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, messag
         .where(batches.c.id == batch_id)
         .values(status=status, message=message, finished_at=None if status == "waiting" else now())
     )
+
+
+async def list_items(
+    conn: AsyncConnection, batch_id: str, *, state: str | None = None, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    """A page of a batch's items, optionally of one state."""
+    stmt = sa.select(
+        batch_items.c.company_id,
+        batch_items.c.company_domain,
+        batch_items.c.state,
+        batch_items.c.attempts,
+        batch_items.c.last_error,
+        batch_items.c.cost,
+        batch_items.c.updated_at,
+        batch_items.c.finished_at,
+    ).where(batch_items.c.batch_id == batch_id)
+    if state:
+        stmt = stmt.where(batch_items.c.state == state)
+    result = await conn.execute(stmt.order_by(batch_items.c.company_domain).limit(limit).offset(offset))
+    return [dict(r) for r in result.mappings()]
+
+
+async def delete_workflow(conn: AsyncConnection, workflow_id: str) -> None:
+    """Remove a workflow config (its log rows and completions stay)."""
+    await conn.execute(sa.delete(workflows).where(workflows.c.id == workflow_id))
 
 
 async def get_batch(conn: AsyncConnection, batch_id: str) -> dict[str, Any] | None:

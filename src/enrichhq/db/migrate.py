@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from alembic.operations import Operations
+from alembic.script import ScriptDirectory
 
 from enrichhq import exceptions
 from enrichhq.db import dialect

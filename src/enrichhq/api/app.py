@@ -1,0 +1,141 @@
+"""The FastAPI application: lifespan (databases, pipeline, background batches, sweeper), auth, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enrichhq import exceptions, receiver, settings, tokens
+from enrichhq.api import functions, rest
+from enrichhq.api.deps import Services, services
+
+log = logging.getLogger("enrichhq.api")
+
+STATUS = {
+    exceptions.InputError: 400,
+    exceptions.NotFound: 404,
+    exceptions.ConfigError: 422,
+    exceptions.DatabaseError: 503,
+    exceptions.StorageError: 502,
+}
+
+
+class BodyLimit:
+    """Refuse request bodies over a size with 413, whether or not they declare their length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {
+                "error": f"request body over {self.max_bytes} bytes (ENRICHHQ_MAX_BODY_BYTES): "
+                "send less per call"
+            },
+            status_code=413,
+        )
+        await response({"type": "http"}, _nothing, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _sweeper(svc: Services, interval: float) -> None:
+    while True:
+        try:
+            await receiver.sweep(svc.dbs, svc.pipeline)
+        except exceptions.EnrichHQError as exc:
+            log.warning("callback sweep failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
+def create_app(conf: settings.Settings | None = None) -> FastAPI:
+    """The enrichhq HTTP app."""
+    conf = conf or settings.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = Services(conf)
+        app.state.services = svc
+        sweeper = asyncio.create_task(_sweeper(svc, conf.enrichhq_sweep_interval_s))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await svc.close()
+
+    app = FastAPI(
+        title="enrichhq",
+        version="0.1.0",
+        description="The seed's enrichment functions and a REST API (Authorization: Bearer).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
+
+    @app.exception_handler(exceptions.EnrichHQError)
+    async def enrichhq_error(request: Request, exc: exceptions.EnrichHQError) -> JSONResponse:
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        if isinstance(exc, exceptions.AuthError):
+            return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if isinstance(exc, tokens.TokenError):
+            status = 401
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
+        return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
+
+    app.include_router(functions.router)
+    app.include_router(rest.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(request: Request) -> dict[str, Any]:
+        await services(request).dbs.check()
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,47 @@
+"""What routes depend on: the app's services and the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from enrichhq import exceptions, settings
+from enrichhq.db import engines
+from enrichhq.execution.background import BatchRunner
+from enrichhq.pipeline import Pipeline
+
+
+class Services:
+    """What the routes call: one per app, made in its lifespan."""
+
+    def __init__(self, conf: settings.Settings) -> None:
+        self.settings = conf
+        self.dbs = engines.Databases.from_settings(conf)
+        self.pipeline = Pipeline(self.dbs, conf)
+        self.runner = BatchRunner(self.dbs, conf, self.pipeline)
+
+    async def close(self) -> None:
+        """Stop background batches and close connections."""
+        await self.runner.shutdown()
+        await self.pipeline.aclose()
+        await self.dbs.dispose()
+
+
+def services(request: Request) -> Services:
+    """The app's services (a FastAPI dependency)."""
+    found: Services = request.app.state.services
+    return found
+
+
+def require_api_key(request: Request) -> None:
+    """Authorization: Bearer $ENRICHHQ_API_KEY (open only when no key is set, on loopback)."""
+    key = services(request).settings.enrichhq_api_key
+    if key is None or not key.get_secret_value():
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), key.get_secret_value().encode()
+    ):
+        raise exceptions.AuthError("missing or wrong API key: send Authorization: Bearer $ENRICHHQ_API_KEY")

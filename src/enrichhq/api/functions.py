@@ -1,0 +1,149 @@
+"""The seed's functions under /functions/v1: same paths, same JSON bodies."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from enrichhq import companies, enrichment_logger, exceptions, receiver, runs, storage_worker, workflows
+from enrichhq.api.deps import require_api_key, services
+from enrichhq.api.schemas import (
+    CompanyIn,
+    LoggerRequest,
+    ReceiverRequest,
+    RunStepRequest,
+    ScrapeHomepageRequest,
+    StorageRequest,
+)
+from enrichhq.db import hq
+from enrichhq.models import Company, LogEntry, StoreRecord
+
+router = APIRouter(prefix="/functions/v1", tags=["functions"])
+Auth = Depends(require_api_key)
+HOMEPAGE_PROVIDERS = ("zenrows", "http")
+
+
+def _companies(given: list[CompanyIn]) -> list[Company]:
+    return [Company(c.id or "", c.domain, c.name) for c in given]
+
+
+async def _start(
+    request: Request, workflow_ref: str, selection: runs.Selection, **options: Any
+) -> JSONResponse:
+    svc = services(request)
+    prepared = await runs.prepare(svc.dbs, svc.settings, workflow_ref, selection, **options)
+    svc.runner.start(prepared)
+    summary = await runs.summary(svc.dbs, prepared.batch_id, failures=0)
+    return JSONResponse(
+        {
+            "batch_id": prepared.batch_id,
+            "status": "running",
+            "workflow": prepared.workflow.workflow_slug,
+            "total": summary.total,
+            "counts": summary.counts,
+        },
+        status_code=202,
+    )
+
+
+@router.post("/scrape_homepage_v1", status_code=202, dependencies=[Auth])
+async def scrape_homepage_v1(body: ScrapeHomepageRequest, request: Request) -> JSONResponse:
+    """Scrape the homepage of these companies with a homepage workflow (zenrows or http)."""
+    svc = services(request)
+    workflow = await workflows.get(svc.dbs, body.workflow.ref)
+    if workflow.provider not in HOMEPAGE_PROVIDERS:
+        raise exceptions.ConfigError(
+            f"workflow {workflow.workflow_slug!r} uses provider {workflow.provider!r}; "
+            "scrape_homepage_v1 runs zenrows or http steps, use run_step for the others"
+        )
+    if body.batch_id:
+        async with svc.dbs.begin("hq") as conn:
+            existing = await hq.get_batch(conn, body.batch_id)
+        if existing is not None:  # the same request again: report, do not run twice
+            summary = await runs.summary(svc.dbs, body.batch_id, failures=0)
+            return JSONResponse(
+                {"batch_id": body.batch_id, "status": summary.status, "counts": summary.counts}
+            )
+    ids = await companies.ensure(svc.dbs, _companies(body.companies))
+    return await _start(
+        request,
+        workflow.id,
+        runs.Selection(company_ids=tuple(ids)),
+        play_name=body.play_name or runs.DEFAULT_PLAY,
+        force=body.force,
+        batch_id=body.batch_id,
+    )
+
+
+@router.post("/run_step", status_code=202, dependencies=[Auth])
+async def run_step(body: RunStepRequest, request: Request) -> JSONResponse:
+    """Run any step for companies (ids, domains or all): routes by the config's provider."""
+    svc = services(request)
+    ids = list(body.company_ids or [])
+    if body.companies:
+        ids += await companies.ensure(svc.dbs, _companies(body.companies))
+    return await _start(
+        request,
+        body.workflow_id or body.workflow_slug or "",
+        runs.Selection(all=body.all, company_ids=tuple(dict.fromkeys(ids))),
+        play_name=body.play_name or runs.DEFAULT_PLAY,
+        force=body.force,
+    )
+
+
+@router.post("/storage_worker_v2", dependencies=[Auth])
+async def storage_worker_v2(body: StorageRequest | list[StorageRequest], request: Request) -> dict[str, Any]:
+    """Store data where the workflow config says, then log it (one object, or a list for a chunk)."""
+    svc = services(request)
+    items = body if isinstance(body, list) else [body]
+    groups: dict[tuple[str, str | None, str], list[StorageRequest]] = defaultdict(list)
+    for item in items:
+        groups[(item.workflow_id, item.batch_id, item.play_name or runs.DEFAULT_PLAY)].append(item)
+    results: list[dict[str, Any]] = []
+    table = None
+    for (workflow_id, batch_id, play_name), group in groups.items():
+        workflow = await workflows.get(svc.dbs, workflow_id)
+        table = workflow.destination_table_name
+        outcomes = await storage_worker.store(
+            svc.dbs,
+            workflow,
+            [StoreRecord(i.company_id, i.company_domain, i.data, i.attempt or 1, i.cost) for i in group],
+            batch_id=batch_id,
+            play_name=play_name,
+            log=svc.pipeline.log,
+        )
+        results += [{"company_id": o.company_id, "stored": o.stored, "error": o.error} for o in outcomes]
+    if isinstance(body, list):
+        return {"results": results}
+    return {**results[0], "table": table}
+
+
+@router.post("/enrichment_logger_v1", dependencies=[Auth])
+async def enrichment_logger_v1(body: LoggerRequest | list[LoggerRequest], request: Request) -> dict[str, Any]:
+    """Write enrichment_results_log (always) and company_play_step_completions (on success)."""
+    items = body if isinstance(body, list) else [body]
+    entries = [LogEntry(**item.model_dump()) for item in items]
+    await enrichment_logger.log(services(request).dbs, entries)
+    return {"logged": len(entries), "completions": sum(e.succeeded for e in entries)}
+
+
+@router.post("/receiver_v1")
+async def receiver_v1(
+    body: ReceiverRequest,
+    request: Request,
+    x_callback_token: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Async providers' callbacks: `{callback_token, data}`, the token also accepted in a header."""
+    svc = services(request)
+    bearer = (
+        authorization.partition(" ")[2]
+        if authorization and authorization.lower().startswith("bearer ")
+        else None
+    )
+    token = body.callback_token or x_callback_token or bearer
+    receipt = await receiver.receive(svc.dbs, svc.settings, svc.pipeline, token, body.data)
+    return JSONResponse(receipt.body, status_code=receipt.status_code)

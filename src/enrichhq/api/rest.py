@@ -1,0 +1,135 @@
+"""The REST API under /api/v1: companies, workflows, batches. Thin: every route calls a service."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from enrichhq import companies, runs, workflows
+from enrichhq.api.deps import require_api_key, services
+from enrichhq.db import hq
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+
+
+def _validation(v: workflows.Validation) -> dict[str, Any]:
+    return {
+        **dataclasses.asdict(v.workflow),
+        "valid": v.ok,
+        "problems": list(v.problems),
+        "warnings": list(v.warnings),
+    }
+
+
+# --- companies ------------------------------------------------------------------------------
+
+
+@router.get("/companies", tags=["companies"])
+async def list_companies(
+    request: Request,
+    search: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Companies by domain, with search and paging."""
+    total, page = await companies.listing(services(request).dbs, search=search, limit=limit, offset=offset)
+    return {"total": total, "items": [dataclasses.asdict(c) for c in page]}
+
+
+@router.post("/companies/import", tags=["companies"])
+async def import_companies(request: Request, skip_blank: bool = False) -> dict[str, Any]:
+    """Import a CSV sent as the request body (text/csv): every row, or none."""
+    parsed = companies.parse_csv(await request.body(), "request body", skip_blank=skip_blank)
+    result = await companies.import_companies(services(request).dbs, parsed)
+    return {"added": result.added, "updated": result.updated, "total": result.total}
+
+
+# --- workflows ------------------------------------------------------------------------------
+
+
+@router.get("/workflows", tags=["workflows"])
+async def list_workflows(request: Request) -> list[dict[str, Any]]:
+    """Every workflow config in step order, each with its validation."""
+    return [_validation(v) for v in await workflows.validate_all(services(request).dbs)]
+
+
+@router.get("/workflows/{ref}", tags=["workflows"])
+async def get_workflow(ref: str, request: Request) -> dict[str, Any]:
+    """One workflow config (by id or slug) with its validation."""
+    dbs = services(request).dbs
+    return _validation(await workflows.validate(dbs, await workflows.get(dbs, ref)))
+
+
+@router.post("/workflows", status_code=201, tags=["workflows"])
+async def create_workflow(
+    spec: workflows.WorkflowSpec, request: Request, create_table: bool = False
+) -> dict[str, Any]:
+    """Add a workflow config, validated against its destination table before it is saved."""
+    return _validation(await workflows.add(services(request).dbs, spec, create_table=create_table))
+
+
+@router.patch("/workflows/{ref}", tags=["workflows"])
+async def update_workflow(ref: str, changes: dict[str, Any], request: Request) -> dict[str, Any]:
+    """Change fields of a workflow config; the next run uses them."""
+    return _validation(await workflows.update(services(request).dbs, ref, changes))
+
+
+@router.delete("/workflows/{ref}", status_code=204, tags=["workflows"])
+async def delete_workflow(ref: str, request: Request) -> Response:
+    """Remove a workflow config; its logs and completions stay."""
+    dbs = services(request).dbs
+    workflow = await workflows.get(dbs, ref)
+    async with dbs.begin("hq") as conn:
+        await hq.delete_workflow(conn, workflow.id)
+    return Response(status_code=204)
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+@router.get("/batches", tags=["batches"])
+async def list_batches(
+    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 20
+) -> list[dict[str, Any]]:
+    """The newest batches."""
+    return await runs.list_batches(services(request).dbs, limit)
+
+
+@router.get("/batches/{batch_id}", tags=["batches"])
+async def show_batch(batch_id: str, request: Request) -> dict[str, Any]:
+    """Counts per state, cost, time, failures with their errors."""
+    return dataclasses.asdict(await runs.summary(services(request).dbs, batch_id))
+
+
+@router.get("/batches/{batch_id}/items", tags=["batches"])
+async def batch_items(
+    batch_id: str,
+    request: Request,
+    state: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """A page of a batch's items with their states and errors."""
+    dbs = services(request).dbs
+    summary = await runs.summary(dbs, batch_id, failures=0)
+    async with dbs.begin("hq") as conn:
+        items = await hq.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
+    return {"total": summary.total, "counts": summary.counts, "items": items}
+
+
+@router.post("/batches/{batch_id}/retry-failed", status_code=202, tags=["batches"])
+async def retry_failed(batch_id: str, request: Request) -> JSONResponse:
+    """Run the failed and timed-out items of a batch again."""
+    svc = services(request)
+    prepared = await runs.prepare_retry(svc.dbs, svc.settings, batch_id)
+    svc.runner.start(prepared)
+    return JSONResponse({"batch_id": batch_id, "status": "running"}, status_code=202)
+
+
+@router.post("/batches/{batch_id}/cancel", tags=["batches"])
+async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
+    """Stop a batch; unfinished items end skipped, finished ones stay."""
+    return dataclasses.asdict(await services(request).runner.cancel(batch_id))
