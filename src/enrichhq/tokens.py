@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def sign(secret: bytes, claims: Claims) -> str:
 
 def issue(secret: bytes, batch_id: str, company_id: str, workflow_id: str, ttl_s: float) -> str:
     """A token valid for ttl_s seconds from now."""
-    return sign(secret, Claims(batch_id, company_id, workflow_id, int(time.time() + ttl_s)))
+    return sign(secret, Claims(batch_id, company_id, workflow_id, math.ceil(time.time() + ttl_s)))
 
 
 def verify(secret: bytes, token: str, *, now: float | None = None) -> Claims:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -87,6 +87,19 @@ async def _sweeper(svc: Services, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _fields(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """pydantic errors as {field, problem}; for 'one object or a list' bodies, the object's errors."""
+    located = [([str(p) for p in e["loc"] if p != "body"], e["msg"]) for e in errors]
+    if any(parts and not parts[0].startswith("list[") for parts, _ in located):
+        located = [(parts, msg) for parts, msg in located if not (parts and parts[0].startswith("list["))]
+    fields = []
+    for parts, msg in located:
+        if parts and parts[0][:1].isupper():  # the union branch's model name
+            parts = parts[1:]
+        fields.append({"field": ".".join(parts) or "body", "problem": msg})
+    return fields
+
+
 def create_app(conf: settings.Settings | None = None) -> FastAPI:
     """The enrichhq HTTP app."""
     conf = conf or settings.load()
@@ -123,10 +136,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
-            for e in exc.errors()
-        ]
+        fields = _fields(exc.errors())
         summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
         return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
 

@@ -1,0 +1,165 @@
+"""Real HTTP servers for tests: enrichhq itself under uvicorn, and n8n / Clay webhook stubs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from enrichhq.api.app import create_app
+from enrichhq.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PathCounter:
+    """ASGI wrapper that counts requests per path (to prove which hops went over HTTP)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.paths: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.paths[scope["path"]] += 1
+        await self.app(scope, receive, send)
+
+
+class LiveServer:
+    """enrichhq's app served by uvicorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.app = PathCounter(create_app(settings))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("enrichhq test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+class WebhookStub:
+    """n8n / Clay: answers at once, then calls the receiver back as the company's domain says.
+
+      normal-*  calls back once, shortly after answering
+      early-*   calls back before answering (the callback overtakes the sender)
+      twice-*   calls back twice
+      late-*    calls back after the item's deadline (token expired by then)
+      never-*   never calls back
+      forged-*  calls back with a tampered token
+      flaky-*   answers 500 the first time, then behaves like normal-*
+      huge-*    answers 413
+    Requests to /unregistered get n8n's 404; a wrong auth header gets 403.
+    """
+
+    def __init__(self, *, auth: tuple[str, str] | None = None, late_after: float = 1.5) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
+        self.callbacks: list[tuple[str, int]] = []
+        self.auth = auth
+        self.late_after = late_after
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                stub.handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        body = json.loads(request.rfile.read(length) or b"{}")
+        if request.path.startswith("/unregistered"):
+            return self.answer(
+                request, 404, {"code": 404, "message": 'The requested webhook "POST x" is not registered.'}
+            )
+        if self.auth and request.headers.get(self.auth[0]) != self.auth[1]:
+            return self.answer(request, 403, {"message": "Authorization data is wrong!"})
+        domain = body.get("domain") or body["company"]["domain"]
+        with self.lock:
+            self.received.append(body)
+            self.calls[domain] += 1
+            seen = self.calls[domain]
+        if domain.startswith("huge-"):
+            return self.answer(request, 413, {"message": "request entity too large"})
+        if domain.startswith("flaky-") and seen == 1:
+            return self.answer(request, 500, {"message": "Error in workflow"})
+        if domain.startswith("early-"):
+            self.call_back(body, domain)
+        elif not domain.startswith("never-"):
+            delay = self.late_after if domain.startswith("late-") else 0.05
+            thread = threading.Thread(target=self._later, args=(body, domain, delay), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.answer(request, 200, {"message": "Workflow was started"})
+
+    def _later(self, body: dict[str, Any], domain: str, delay: float) -> None:
+        time.sleep(delay)
+        self.call_back(body, domain)
+        if domain.startswith("twice-"):
+            self.call_back(body, domain)
+
+    def call_back(self, body: dict[str, Any], domain: str) -> None:
+        token = body["callback_token"]
+        if domain.startswith("forged-"):
+            payload, _, mac = token.partition(".")
+            token = f"{payload}.{'A' * len(mac)}"
+        data = {"case_study_urls": [f"https://{domain}/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+        response = httpx.post(body["callback_url"], json={"callback_token": token, "data": data}, timeout=10)
+        with self.lock:
+            self.callbacks.append((domain, response.status_code))
+
+    def answer(self, request: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
