@@ -295,3 +295,51 @@ async def test_workflows_add_from_flags_and_from_yaml(env: Env, stub: Stub, tmp_
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 1  # upsert: one row per company
     listed = enrichhq("workflows", "list", env=environ)
     assert "homepage-http" in listed.stdout and "homepage-again" not in listed.stdout
+
+
+def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "ENRICHHQ_API_KEY"} | {
+        "ENRICHHQ_DATA_DIR": str(tmp_path)
+    }
+    one_line_error(
+        enrichhq("serve", "--host", "0.0.0.0", env=environ),
+        "refusing to listen on 0.0.0.0 without ENRICHHQ_API_KEY",
+    )
+
+
+def test_serve_answers_on_loopback_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.live import free_port
+
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    environ |= {"ENRICHHQ_DATA_DIR": str(tmp_path), "ENRICHHQ_API_KEY": "k"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "enrichhq", "serve", "--port", str(port)],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, (
+                process.stderr.read() if process.stderr else ""
+            )
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/companies").status_code == 401
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/companies", headers={"Authorization": "Bearer k"})
+        assert listed.json() == {"total": 0, "items": []}
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why it stopped.
+    assert "Application shutdown complete" in stderr
+    assert process.returncode in (0, -15)
