@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from enrichhq import tokens
 from tests.conftest import Env
 from tests.helpers import (
     INSERT_WORKFLOW,
@@ -53,13 +53,6 @@ def wait_for(client: httpx.Client, batch_id: str, timeout: float = 30) -> dict[s
             return batch
         assert time.monotonic() < deadline, batch
         time.sleep(0.1)
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookStub]:
-    stub = WebhookStub()
-    yield stub
-    stub.close()
 
 
 async def test_seed_data_flow_scrape_homepage_v1(env: Env, tmp_path: Path) -> None:
@@ -180,33 +173,49 @@ async def test_async_provider_callbacks_in_every_order(
 
 
 async def test_webhook_refusals_fail_the_company_with_the_reason(
-    env: Env, tmp_path: Path, webhook: WebhookStub
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("N8N_HEADER_AUTH", "bad-secret-1")
+    webhook = WebhookStub(auth=("X-N8N-Auth", "good-secret-2"))
     await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
     await sql(env.dbs, "hq", SEED_INSERT)
-    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
-        for url, domain, expected in [
-            (f"{webhook.url}/unregistered", "normal-x.com", "webhook not found (404"),
-            (f"{webhook.url}/hook", "huge-y.com", "too large (413"),
-        ]:
-            await sql(
-                env.dbs,
-                "hq",
-                "UPDATE db_driven_enrichment_workflows SET provider_config = :c",
-                {"c": json.dumps({"webhook_url": url})},
-            )
-            answer = client.post(
-                "/functions/v1/run_step",
-                headers=AUTH,
-                json={
-                    "workflow_slug": "extract-case-studies-via-n8n",
-                    "companies": [{"domain": domain}],
-                    "force": True,
-                },
-            )
-            batch = wait_for(client, answer.json()["batch_id"])
-            assert batch["counts"] == {"failed": 1}, batch
-            assert expected in batch["failures"][0]["last_error"]
+    auth = {"auth_env": "N8N_HEADER_AUTH", "auth_header": "X-N8N-Auth"}
+    cases = [
+        (
+            {"webhook_url": f"{webhook.url}/unregistered"},
+            "normal-x.com",
+            "webhook not found (404",
+            "bad-secret-1",
+        ),
+        (
+            {"webhook_url": f"{webhook.url}/hook", **auth},
+            "normal-z.com",
+            "refused the credentials (403",
+            "bad-secret-1",
+        ),
+        ({"webhook_url": f"{webhook.url}/hook", **auth}, "huge-y.com", "too large (413", "good-secret-2"),
+    ]
+    try:
+        with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+            for config, domain, expected, secret in cases:
+                monkeypatch.setenv("N8N_HEADER_AUTH", secret)
+                await sql(
+                    env.dbs,
+                    "hq",
+                    "UPDATE db_driven_enrichment_workflows SET provider_config = :c",
+                    {"c": json.dumps(config)},
+                )
+                answer = client.post(
+                    "/functions/v1/run_step",
+                    headers=AUTH,
+                    json={"workflow_slug": "extract-case-studies-via-n8n", "companies": [{"domain": domain}]},
+                )
+                batch = wait_for(client, answer.json()["batch_id"])
+                assert batch["counts"] == {"failed": 1}, batch
+                assert expected in batch["failures"][0]["last_error"]
+                assert secret not in batch["failures"][0]["last_error"]
+    finally:
+        webhook.close()
 
 
 async def test_auth_limits_and_bad_bodies(env: Env, tmp_path: Path) -> None:
@@ -227,6 +236,11 @@ async def test_auth_limits_and_bad_bodies(env: Env, tmp_path: Path) -> None:
         assert refused.status_code == 401 and "callback_token missing" in refused.json()["error"]
         forged = client.post("/functions/v1/receiver_v1", json={"callback_token": "abc.def", "data": {}})
         assert forged.status_code == 403
+        stranger = tokens.issue(b"test-secret", str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), 60)
+        unknown = client.post(
+            "/functions/v1/receiver_v1", json={"data": {}}, headers={"X-Callback-Token": stranger}
+        )
+        assert unknown.status_code == 404 and "no batch item" in unknown.json()["error"]
         bad = client.post(
             "/functions/v1/storage_worker_v2", headers=AUTH, json={"workflow_id": "x", "data": {}}
         )
