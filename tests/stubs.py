@@ -7,6 +7,8 @@ Behaviour is chosen by the domain being fetched, so one server serves every case
   nocredits-*     402 AUTH004 "Out of credits"
   broken-*        500 every time
   slow-*          answers after 0.3 s
+  nul-*           200 with a NUL byte in the page (PostgreSQL refuses NULs in text)
+  odd429-*        429 with an unparseable Retry-After on the first call, then 200
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Stub:
             seen = self.calls[domain]
         if domain.startswith("ratelimit-") and seen == 1:
             return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "0.1"})
+        if domain.startswith("odd429-") and seen == 1:
+            return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "soon"})
         if domain.startswith("unprocessable-"):
             return self.problem(request, 422, "RESP001", "Could not get content. Try enabling js_render")
         if domain.startswith("nocredits-"):
@@ -95,6 +99,8 @@ class Stub:
         if domain.startswith("slow-"):
             time.sleep(0.3)
         body = f"<html><head><title>{domain}</title></head><body><h1>{domain}</h1></body></html>".encode()
+        if domain.startswith("nul-"):
+            body = body.replace(b"<h1>", b"<h1>\x00")
         request.send_response(200)
         request.send_header("Content-Type", "text/html; charset=utf-8")
         request.send_header("Content-Length", str(len(body)))

@@ -7,8 +7,9 @@ import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import sqlalchemy as sa
 import typer
 import yaml
 from rich.console import Console
@@ -43,7 +44,7 @@ def main() -> None:
 
 
 def _run(work: Callable[[engines.Databases], Awaitable[T]]) -> T:
-    """Run a coroutine against the configured databases; user errors become one red line."""
+    """Run a coroutine against the configured databases."""
 
     async def go() -> T:
         dbs = engines.Databases.from_settings(settings.load())
@@ -52,11 +53,13 @@ def _run(work: Callable[[engines.Databases], Awaitable[T]]) -> T:
         finally:
             await dbs.dispose()
 
-    try:
-        return asyncio.run(go())
-    except exceptions.EnrichHQError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    return asyncio.run(go())
+
+
+def _fail(message: str) -> NoReturn:
+    """Print one red line and exit 1."""
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Any]:
@@ -68,8 +71,10 @@ def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[.
             try:
                 return fn(*args, **kwargs)
             except exceptions.EnrichHQError as exc:
-                err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-                raise typer.Exit(1) from None
+                _fail(str(exc))
+            except sa.exc.SQLAlchemyError as exc:
+                orig = getattr(exc, "orig", None) or exc
+                _fail(f"database error: {(str(orig).strip().splitlines() or [type(orig).__name__])[0]}")
 
         return group.command(name)(wrapper)
 

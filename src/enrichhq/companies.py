@@ -63,6 +63,7 @@ def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> 
     at = {name: columns.index(name) for name in ("domain", "name", "id") if name in columns}
     companies: list[Company] = []
     seen: dict[str, int] = {}
+    ids: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
@@ -86,6 +87,12 @@ def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> 
             company_id = str(uuid.UUID(company_id))
         except ValueError:
             raise exceptions.InputError(f"{source}: line {line}: id {company_id!r} is not a UUID") from None
+        if cell.get("id") and company_id in ids:
+            raise exceptions.InputError(
+                f"{source}: id {company_id} is on lines {ids[company_id]} and {line}; "
+                "give each company its own id"
+            )
+        ids[company_id] = line
         companies.append(Company(company_id, domain, cell.get("name") or None))
     if not companies:
         raise exceptions.InputError(f"{source} has a header but no companies")

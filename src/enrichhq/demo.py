@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from enrichhq import companies, runs, settings
+from enrichhq import companies, exceptions, runs, settings
 from enrichhq.db import engines, migrate
 
 SAMPLES = [
@@ -110,9 +110,16 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
     """Run the demo in data_dir (its databases are made anew each time)."""
     started = time.monotonic()
     data_dir = data_dir.resolve()
+    marker = data_dir / ".enrichhq-demo"
+    if (data_dir / "hq.db").exists() and not marker.exists():
+        raise exceptions.InputError(
+            f"{data_dir} holds an hq.db that the demo did not make; the demo starts afresh each time, "
+            "so give it a folder of its own with --data-dir"
+        )
     for name in ("hq.db", "workspace.db", "hq.db-wal", "hq.db-shm", "workspace.db-wal", "workspace.db-shm"):
         (data_dir / name).unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by `enrichhq demo`: its databases are replaced on every run\n")
     conf = settings.Settings(
         enrichhq_data_dir=data_dir,
         hq_database_url=None,

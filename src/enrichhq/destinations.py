@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -136,10 +137,22 @@ class CoercionError(ValueError):
     """A value that cannot be stored in its column."""
 
 
+def scrub(value: Any) -> Any:
+    """Drop NUL characters, which PostgreSQL text and JSONB refuse (scraped pages carry them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def coerce(value: Any, column: sa.Column[Any]) -> Any:
     """A data value converted to what its destination column holds."""
     if value is None:
         return None
+    value = scrub(value)
     kind = kind_of(column.type)
     if kind == JSON or kind == OTHER:
         return value
@@ -180,7 +193,8 @@ def _to_datetime(value: Any) -> datetime:
         parsed = datetime.fromtimestamp(value, UTC)
     else:
         raise CoercionError(f"{value!r} is not a timestamp")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    # Always UTC: SQLite keeps no offset, so a +02:00 value would otherwise shift by two hours.
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _to_number(value: Any, *, integer: bool) -> int | float:
@@ -190,6 +204,8 @@ def _to_number(value: Any, *, integer: bool) -> int | float:
         number = float(value) if not isinstance(value, (int, float)) else value
     except (TypeError, ValueError) as exc:
         raise CoercionError(f"{value!r} is not a number") from exc
+    if not math.isfinite(number):
+        raise CoercionError(f"{value!r} is not a finite number")
     if integer:
         if float(number) != int(number):
             raise CoercionError(f"{value!r} is not a whole number")

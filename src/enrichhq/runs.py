@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq import destinations, exceptions, functions, workflows
+from enrichhq import companies, destinations, exceptions, functions, workflows
 from enrichhq.db import engines, hq
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
 from enrichhq.models import WorkflowConfig
@@ -121,14 +122,18 @@ async def _runnable(
 
 
 async def _resolve(conn: Any, selection: Selection) -> list[str]:
-    ids: dict[str, None] = dict.fromkeys(selection.company_ids)
-    if selection.company_ids:
-        known = await hq.companies_by_id(conn, list(selection.company_ids))
-        missing = [i for i in selection.company_ids if i not in known]
+    try:
+        given = [str(uuid.UUID(i)) for i in selection.company_ids]
+    except ValueError:
+        raise exceptions.InputError("company ids must be UUIDs") from None
+    ids: dict[str, None] = dict.fromkeys(given)
+    if given:
+        known = await hq.companies_by_id(conn, given)
+        missing = [i for i in given if i not in known]
         if missing:
             raise exceptions.InputError(f"unknown company ids: {_few(missing)}")
     if selection.domains:
-        wanted = [d.strip().lower() for d in selection.domains if d.strip()]
+        wanted = [companies.normalize_domain(d) for d in selection.domains if d.strip()]
         found = await hq.companies_by_domain(conn, wanted)
         missing = [d for d in wanted if d not in found]
         if missing:
@@ -198,10 +203,7 @@ async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: s
     Items still queued or running (the process died) and items a stop left unrun go
     again; finished items are not touched, so nothing done is paid for twice.
     """
-    async with dbs.begin("hq") as conn:
-        batch = await hq.get_batch(conn, batch_id)
-    if batch is None:
-        raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+    batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
     destination = await _runnable(dbs, settings, workflow)
     async with dbs.begin("hq") as conn:
@@ -209,14 +211,28 @@ async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: s
     return Prepared(batch_id, workflow, destination, batch["play_name"])
 
 
-async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
-    """Queue a batch's failed and timed-out items again; succeeded ones are never re-run."""
+# A batch whose items changed this recently is taken to be in the hands of a live process.
+ACTIVE_WITHIN_S = 60.0
+
+
+async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
+    """The batch, unless a process is still working on it (so no item is worked twice)."""
     async with dbs.begin("hq") as conn:
         batch = await hq.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        if batch["status"] in ("running",):
-            raise exceptions.InputError(f"batch {batch_id} is still running; retry it when it has finished")
+        since = await hq.seconds_since_progress(conn, batch_id)
+    if batch["status"] == "running" and since is not None and since < ACTIVE_WITHIN_S:
+        raise exceptions.InputError(
+            f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
+            f"or if its process died, try again after {ACTIVE_WITHIN_S:.0f}s without progress"
+        )
+    return batch
+
+
+async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
+    """Queue a batch's failed and timed-out items again; succeeded ones are never re-run."""
+    batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
     destination = await _runnable(dbs, settings, workflow)
     async with dbs.begin("hq") as conn:

@@ -87,9 +87,12 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
             problems.append(f"{field} is not a JSON object: {value['__invalid__']!r}")
     outputs = None
     try:
-        outputs = functions.load(workflow.provider).outputs
+        provider = functions.load(workflow.provider)
     except exceptions.ConfigError as exc:
         problems.append(str(exc))
+    else:
+        outputs = provider.outputs
+        problems += provider.option_problems(workflow)
     if workflow.write_mode not in ("append", "upsert"):
         problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
     if workflow.destination_db not in engines.DESTINATIONS:

@@ -144,6 +144,10 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
         (b"domain,name\nacme.com,Acme\nnot a domain,X\n", "line 3: 'not a domain' is not a domain"),
         (b"domain,id\nacme.com,42\n", "line 2: id '42' is not a UUID"),
         (b"", "is empty"),
+        (
+            b"domain,id\na.com,6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11\nb.com,6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11\n",
+            "is on lines 2 and 3",
+        ),
     ],
 )
 async def test_bad_csv_is_one_line_and_writes_nothing(
@@ -343,3 +347,20 @@ def test_serve_answers_on_loopback_and_stops_on_sigterm(tmp_path: Path) -> None:
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why it stopped.
     assert "Application shutdown complete" in stderr
     assert process.returncode in (0, -15)
+
+
+def test_setup_mistakes_are_one_line(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    before_init = base | {"ENRICHHQ_DATA_DIR": str(tmp_path / "fresh")}
+    one_line_error(enrichhq("workflows", "list", env=before_init), "run `enrichhq init` first")
+    one_line_error(enrichhq("run", "x", "--all", env=before_init), "run `enrichhq init` first")
+    bad_path = base | {"HQ_DATABASE_URL": "sqlite:////proc/nope/hq.db"}
+    one_line_error(enrichhq("init", env=bad_path), "cannot create /proc/nope")
+    bad_port = base | {"HQ_DATABASE_URL": "postgresql://u:pw@host:abc/db"}
+    result = enrichhq("init", env=bad_port)
+    one_line_error(result, "not a database URL")
+    assert ":pw@" not in result.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "hq.db").write_bytes(b"precious")
+    one_line_error(enrichhq("demo", "--data-dir", str(tmp_path / "mine"), env=base), "did not make")
+    assert (tmp_path / "mine" / "hq.db").read_bytes() == b"precious"

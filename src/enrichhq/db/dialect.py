@@ -30,7 +30,7 @@ def parse_url(raw: str, *, asynchronous: bool) -> sa.URL:
     """Parse a user's database URL and pick our driver (`postgresql://` works as given)."""
     try:
         url = sa.make_url(raw)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:
         raise exceptions.InputError(
             f"not a database URL: {mask(raw)!r}; expected e.g. postgresql://user@host:5432/db "
             "or sqlite:///path/to/file.db"
@@ -49,14 +49,21 @@ def mask(raw: str | sa.URL) -> str:
     """The URL with its password hidden, for messages and logs."""
     try:
         url = raw if isinstance(raw, sa.URL) else sa.make_url(raw)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", str(raw))
     return url.render_as_string(hide_password=True)
 
 
 def _prepare_sqlite_file(url: sa.URL) -> None:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise exceptions.DatabaseError(
+                f"cannot create {folder} for the SQLite database {url.database}: {exc.strerror}; "
+                "check ENRICHHQ_DATA_DIR or the database URL"
+            ) from None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -145,7 +152,13 @@ class GUID(sa.types.TypeDecorator[str]):
         return None if value is None else str(value)
 
 
-JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# none_as_null: Python None is SQL NULL, not the JSON value null.
+JSONType = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+def uuid_key(column: sa.ColumnElement[Any], dialect_name: str) -> sa.ColumnElement[Any]:
+    """A UUID column as a comparable key: SQLite holds text as typed, so compare it lower-cased."""
+    return sa.func.lower(column) if dialect_name == "sqlite" else column
 
 
 class gen_uuid(sa.sql.expression.FunctionElement[str]):
@@ -177,6 +190,12 @@ def unreachable(name: str, raw_url: str, exc: BaseException) -> str:
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     label, var = ("HQ", "HQ_DATABASE_URL") if name == "hq" else ("Workspace", "WORKSPACE_DATABASE_URL")
     return f"cannot reach the {label} database at {mask(raw_url)}: {first}; check {var}"
+
+
+def missing_table(exc: BaseException) -> bool:
+    """Whether a database error says a table does not exist."""
+    orig = getattr(exc, "orig", None)
+    return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == "42P01"
 
 
 def connection_problem(exc: BaseException) -> bool:

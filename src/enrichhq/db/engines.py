@@ -45,10 +45,15 @@ class Databases:
         try:
             async with engine.begin() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
-            if not dialect.connection_problem(exc):
-                raise
-            raise exceptions.DatabaseError(dialect.unreachable(name, self.urls[name], exc)) from exc
+        except (sa.exc.DBAPIError, OSError) as exc:
+            if dialect.connection_problem(exc):
+                raise exceptions.DatabaseError(dialect.unreachable(name, self.urls[name], exc)) from exc
+            if name == "hq" and dialect.missing_table(exc):
+                raise exceptions.DatabaseError(
+                    f"the HQ database at {dialect.mask(self.urls[name])} has no enrichhq tables yet "
+                    "(or not all of them): run `enrichhq init` first"
+                ) from exc
+            raise
 
     async def check(self) -> None:
         """Connect to both databases once, so a bad URL fails before any work starts."""

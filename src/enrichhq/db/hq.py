@@ -55,7 +55,7 @@ async def companies_by_domain(conn: AsyncConnection, domains: Sequence[str]) -> 
                 companies.c.domain.in_(chunk)
             )
         )
-        found.update({r.domain: Company(r.id, r.domain, r.name) for r in result})
+        found.update({r.domain: Company(r.id.lower(), r.domain, r.name) for r in result})
     return found
 
 
@@ -64,9 +64,11 @@ async def companies_by_id(conn: AsyncConnection, ids: Sequence[str]) -> dict[str
     found: dict[str, Company] = {}
     for chunk in _chunks(ids):
         result = await conn.execute(
-            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(companies.c.id.in_(chunk))
+            sa.select(companies.c.id, companies.c.domain, companies.c.name).where(
+                dialect.uuid_key(companies.c.id, conn.dialect.name).in_(chunk)
+            )
         )
-        found.update({r.id: Company(r.id, r.domain, r.name) for r in result})
+        found.update({r.id.lower(): Company(r.id.lower(), r.domain, r.name) for r in result})
     return found
 
 
@@ -86,7 +88,7 @@ async def list_companies(
             sa.or_(companies.c.domain.like(pattern), sa.func.lower(companies.c.name).like(pattern))
         )
     result = await conn.execute(stmt.limit(limit).offset(offset))
-    return [Company(r.id, r.domain, r.name) for r in result]
+    return [Company(r.id.lower(), r.domain, r.name) for r in result]
 
 
 # --- workflows --------------------------------------------------------------------------
@@ -142,7 +144,6 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
             sa.insert(results_log),
             [
                 {
-                    "id": str(uuid.uuid4()),
                     "workflow_id": e.workflow_id,
                     "workflow_slug": e.workflow_slug,
                     "company_id": e.company_id,
@@ -168,7 +169,6 @@ async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry])
     latest = {(e.company_id, e.play_name, e.step_number): e for e in entries}
     rows = [
         {
-            "id": str(uuid.uuid4()),
             "company_id": e.company_id,
             "play_name": e.play_name,
             "step_number": e.step_number,
@@ -211,8 +211,10 @@ async def add_batch_items(
 
     Companies that already completed this step in this play start `skipped` unless forced.
     """
+    # Ids typed by hand into SQLite may be upper-case; items always hold the canonical form.
+    company_key = dialect.uuid_key(companies.c.id, conn.dialect.name)
     done = sa.and_(
-        completions.c.company_id == companies.c.id,
+        completions.c.company_id == company_key,
         completions.c.play_name == play_name,
         completions.c.step_number == step_number,
     )
@@ -232,13 +234,13 @@ async def add_batch_items(
     def select(ids: Sequence[str] | None) -> sa.Select[Any]:
         stmt = sa.select(
             sa.literal(batch_id, dialect.GUID),
-            companies.c.id,
+            company_key,
             companies.c.domain,
             state,
             reason,
             sa.literal(stamp, batches.c.created_at.type),
         )
-        return stmt if ids is None else stmt.where(companies.c.id.in_(ids))
+        return stmt if ids is None else stmt.where(company_key.in_(ids))
 
     if company_ids is None:
         await conn.execute(sa.insert(batch_items).from_select(columns, select(None)))
@@ -259,7 +261,11 @@ async def pending_items(
         sa.select(
             batch_items.c.company_id, batch_items.c.company_domain, batch_items.c.attempts, companies.c.name
         )
-        .select_from(batch_items.outerjoin(companies, companies.c.id == batch_items.c.company_id))
+        .select_from(
+            batch_items.outerjoin(
+                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+            )
+        )
         .where(
             batch_items.c.batch_id == batch_id,
             batch_items.c.state.in_(("queued", "running")),
@@ -454,6 +460,18 @@ async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
         .values(status="completed", finished_at=now())
     )
     return result.rowcount == 1
+
+
+async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float | None:
+    """How long ago any item of the batch last changed (None for a batch without items)."""
+    result = await conn.execute(
+        sa.select(sa.func.max(batch_items.c.updated_at)).where(batch_items.c.batch_id == batch_id)
+    )
+    last = result.scalar()
+    if last is None:
+        return None
+    last = last if last.tzinfo else last.replace(tzinfo=UTC)
+    return float((now() - last).total_seconds())
 
 
 STOPPED_PREFIX = "not run: "

@@ -141,11 +141,16 @@ class InlineExecutor:
                 self.stop_message = CANCELLED
             if self.stop_message:
                 continue  # left unfinished; skipped with the stop reason at the end
-            await self.results.put(await self._call(*item))
+            try:
+                result = await self._call(*item)
+            except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
+                company, attempts = item
+                result = _Result(company, attempts, 1, error=f"internal error: {type(exc).__name__}: {exc}")
+            await self.results.put(result)
 
     async def _call(self, company: Company, attempts: int) -> _Result:
         result = _Result(company, attempts, 0)
-        base_delay = float(self.workflow.option("retry_base_delay", self.settings.enrichhq_retry_base_delay))
+        base_delay = self.provider.retry_base_delay
         while True:
             await self.gate.wait()
             result.tries += 1

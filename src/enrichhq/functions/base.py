@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 import httpx
+import pydantic
 
 from enrichhq import exceptions
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
@@ -20,6 +21,21 @@ HOMEPAGE_OUTPUTS: Mapping[str, str] = {
     "scraped_at": "datetime",
     "final_url": "text",
 }
+
+
+class ProviderOptions(pydantic.BaseModel):
+    """The provider_config keys every provider understands (providers may read more)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    max_concurrency: int | None = pydantic.Field(default=None, ge=1, le=1000)
+    max_attempts: int = pydantic.Field(default=3, ge=1, le=20)
+    timeout_s: float | None = pydantic.Field(default=None, gt=0, le=600)
+    retry_base_delay: float | None = pydantic.Field(default=None, ge=0, le=600)
+    callback_timeout_s: float = pydantic.Field(default=3600, gt=0)
+    cost_per_call: float | None = pydantic.Field(default=None, ge=0)
+    max_cost_per_batch: float | None = pydantic.Field(default=None, gt=0)
+    url_template: str = pydantic.Field(default="https://{domain}", pattern=r"\{domain\}")
 
 
 class Provider(abc.ABC):
@@ -40,14 +56,29 @@ class Provider(abc.ABC):
     def __init__(self, workflow: WorkflowConfig, settings: Settings) -> None:
         self.workflow = workflow
         self.settings = settings
-        self.concurrency = int(workflow.option("max_concurrency", self.default_concurrency))
-        self.max_attempts = int(workflow.option("max_attempts", 3))
-        self.callback_timeout_s = float(workflow.option("callback_timeout_s", 3600))
+        self.options = ProviderOptions.model_validate(workflow.provider_config)
+        self.concurrency = self.options.max_concurrency or self.default_concurrency
+        self.max_attempts = self.options.max_attempts
+        self.callback_timeout_s = self.options.callback_timeout_s
+        self.retry_base_delay = (
+            settings.enrichhq_retry_base_delay
+            if self.options.retry_base_delay is None
+            else self.options.retry_base_delay
+        )
         self.client = httpx.AsyncClient(
-            timeout=float(workflow.option("timeout_s", self.default_timeout_s)),
+            timeout=self.options.timeout_s or self.default_timeout_s,
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
             headers={"User-Agent": "enrichhq/0.1"},
         )
+
+    @classmethod
+    def option_problems(cls, workflow: WorkflowConfig) -> list[str]:
+        """What is wrong with the workflow's provider_config, field by field."""
+        try:
+            ProviderOptions.model_validate(workflow.provider_config)
+        except pydantic.ValidationError as exc:
+            return [f"provider_config.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return []
 
     @classmethod
     def check(cls, workflow: WorkflowConfig, settings: Settings) -> None:
@@ -64,13 +95,11 @@ class Provider(abc.ABC):
 
     def cost(self, response: httpx.Response | None = None) -> float | None:
         """What a call cost: the provider's own figure if it gave one, else the configured one."""
-        configured = self.workflow.option("cost_per_call")
-        return float(configured) if configured is not None else None
+        return self.options.cost_per_call
 
     def homepage_url(self, company: Company) -> str:
         """The page to fetch: provider_config.url_template (default https://{domain})."""
-        template = str(self.workflow.option("url_template", "https://{domain}"))
-        return template.replace("{domain}", company.domain)
+        return self.options.url_template.replace("{domain}", company.domain)
 
 
 def now_iso() -> str:
@@ -84,10 +113,16 @@ def retry_after(response: httpx.Response, default: float | None = None) -> float
     if not value:
         return default
     try:
-        return max(0.0, float(value))
+        return min(3600.0, max(0.0, float(value)))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (parsed - datetime.now(UTC)).total_seconds()) if parsed else default
+    except (TypeError, ValueError):
+        return default
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return min(3600.0, max(0.0, (parsed - datetime.now(UTC)).total_seconds()))
 
 
 def transport_error(exc: httpx.HTTPError, what: str, timeout: float | None) -> exceptions.ProviderError:
