@@ -9,6 +9,7 @@ Behaviour is chosen by the domain being fetched, so one server serves every case
   slow-*          answers after 0.3 s
   nul-*           200 with a NUL byte in the page (PostgreSQL refuses NULs in text)
   odd429-*        429 with an unparseable Retry-After on the first call, then 200
+  script-*        200 with a page full of scripts (the UI must never run them)
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class Stub:
         if domain.startswith("slow-"):
             time.sleep(0.3)
         body = f"<html><head><title>{domain}</title></head><body><h1>{domain}</h1></body></html>".encode()
+        if domain.startswith("script-"):
+            body = (
+                f"<html><head><script>alert('head')</script></head><body onload=\"alert('load')\">"
+                f"<h1>{domain}</h1><img src=x onerror=\"alert('img')\"><script>alert('body')</script></body></html>"
+            ).encode()
         if domain.startswith("nul-"):
             body = body.replace(b"<h1>", b"<h1>\x00")
         request.send_response(200)

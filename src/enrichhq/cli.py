@@ -129,6 +129,10 @@ def serve(
         )
     if not has_key:
         err.print("[yellow]no ENRICHHQ_API_KEY: the API is open to this machine only[/yellow]")
+    _, generated = conf.ui_password()
+    if generated:
+        kept = conf.enrichhq_data_dir.resolve() / "ui-password"
+        err.print(f"UI at http://{host}:{port}/ : log in with the password kept in {kept}", highlight=False)
     if not conf.enrichhq_public_url:
         conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
     migrate.upgrade(conf.resolved_hq_url())

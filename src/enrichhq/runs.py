@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import engines, hq
+from enrichhq.db import engines, hq, views
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
 from enrichhq.models import WorkflowConfig
 from enrichhq.pipeline import Pipeline
@@ -52,6 +52,24 @@ class BatchSummary:
     def count(self, state: str) -> int:
         """Items in one state."""
         return self.counts.get(state, 0)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a run would do before it is started: how many calls, how many skipped, what it costs."""
+
+    workflow: WorkflowConfig
+    selected: int
+    will_run: int
+    skipped: dict[str, int]
+    per_call: float | None
+    basis: str
+    problems: tuple[str, ...] = ()
+
+    @property
+    def cost(self) -> float | None:
+        """The estimated cost of the run, when a per-call cost is known."""
+        return None if self.per_call is None else self.per_call * self.will_run
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,41 @@ async def prepare(
             company_ids=ids,
         )
     return Prepared(batch_id, workflow, destination, play_name)
+
+
+async def estimate(
+    dbs: engines.Databases,
+    workflow_ref: str,
+    selection: Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    force: bool = False,
+) -> Estimate:
+    """Count what a run would call and skip, and price it; nothing is written, nobody is called."""
+    workflow = await workflows.get(dbs, workflow_ref)
+    validation = await workflows.validate(dbs, workflow)
+    async with dbs.begin("hq") as conn:
+        ids = None if selection.all else await _resolve(conn, selection)
+        selected, done = await hq.count_done(
+            conn,
+            play_name=play_name or DEFAULT_PLAY,
+            step_number=workflow.overall_step_number,
+            company_ids=ids,
+        )
+        average = await views.average_cost(conn, workflow.id)
+    skipped = {} if force or not done else {"already completed in this play": done}
+    declared = functions.load(workflow.provider).estimated_cost(workflow) if validation.ok else None
+    if workflow.option("cost_per_call") is not None and declared is not None:
+        per_call, basis = declared, "provider_config.cost_per_call"
+    elif average is not None:
+        per_call, basis = average, "average cost of this step's past calls"
+    elif declared is not None:
+        per_call, basis = declared, f"{workflow.provider}'s price list"
+    else:
+        per_call, basis = None, "no cost known: set provider_config.cost_per_call"
+    return Estimate(
+        workflow, selected, selected - sum(skipped.values()), skipped, per_call, basis, validation.problems
+    )
 
 
 async def _runnable(

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     enrichhq_public_url: str | None = Field(
         default=None, description="base URL at which n8n and Clay reach this server's receiver"
     )
+    enrichhq_ui_password: SecretStr | None = Field(
+        default=None, description="UI login (default: the API key)"
+    )
     enrichhq_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     enrichhq_sweep_interval_s: float = Field(default=30.0, gt=0)
     storage_worker_url: str | None = None
@@ -48,13 +51,26 @@ class Settings(BaseSettings):
         """
         if self.enrichhq_secret is not None and self.enrichhq_secret.get_secret_value():
             return self.enrichhq_secret.get_secret_value().encode()
-        path = self.enrichhq_data_dir / "secret"
+        return self._kept_secret("secret", 32).encode()
+
+    def ui_password(self) -> tuple[str, bool]:
+        """The UI login: ENRICHHQ_UI_PASSWORD, else the API key, else one generated and kept on disk.
+
+        The flag says whether it was generated (so `serve` prints where to find it).
+        """
+        for given in (self.enrichhq_ui_password, self.enrichhq_api_key):
+            if given is not None and given.get_secret_value():
+                return given.get_secret_value(), False
+        return self._kept_secret("ui-password", 12), True
+
+    def _kept_secret(self, name: str, size: int) -> str:
+        path = self.enrichhq_data_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
-        return path.read_text().strip().encode()
+                handle.write(secrets.token_urlsafe(size))
+        return path.read_text().strip()
 
     def receiver_url(self) -> str | None:
         """Where async providers post their results back, or None when no public URL is set."""

@@ -193,7 +193,7 @@ async def add(dbs: engines.Databases, spec: WorkflowSpec, *, create_table: bool 
 async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> Validation:
     """Change fields of a workflow config, validated before it is saved."""
     current = await get(dbs, ref)
-    merged = {k: v for k, v in dataclasses.asdict(current).items() if k != "id"} | changes
+    merged = spec_of(current) | changes
     spec = WorkflowSpec.parse(merged)
     candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": current.id})
     result = await validate(dbs, candidate)
@@ -202,6 +202,11 @@ async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> V
     async with dbs.begin("hq") as conn:
         await hq.update_workflow(conn, current.id, spec.model_dump())
     return Validation(await get(dbs, current.id), (), result.warnings)
+
+
+def spec_of(workflow: WorkflowConfig) -> dict[str, Any]:
+    """A config's editable fields, as WorkflowSpec takes them."""
+    return {k: v for k, v in dataclasses.asdict(workflow).items() if k != "id"}
 
 
 async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:

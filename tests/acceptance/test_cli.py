@@ -51,7 +51,7 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     environ = env.environ()
     result = enrichhq("init", env=environ)
     assert result.returncode == 0, result.stderr
-    assert "revision 0002" in result.stdout
+    assert "revision 0003" in result.stdout
     csv_path = write(
         tmp_path / "companies.csv",
         "domain,name\nok-alpha.com,Alpha\nhttps://www.OK-Beta.com/about,Beta\nratelimit-c.com,C\nunprocessable-d.com,D\n",

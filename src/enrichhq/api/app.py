@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrichhq import exceptions, receiver, settings, tokens
 from enrichhq.api import functions, rest
 from enrichhq.api.deps import Services, services
+from enrichhq.ui import auth
+from enrichhq.ui import routes as ui_routes
 
 log = logging.getLogger("enrichhq.api")
 
@@ -123,11 +128,25 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         description="The seed's enrichment functions and a REST API (Authorization: Bearer).",
         lifespan=lifespan,
     )
+    app.add_middleware(SessionMiddleware, **auth.session_options(conf))
     app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
+    app.mount("/static", StaticFiles(directory=Path(ui_routes.__file__).parent / "static"), name="static")
+
+    @app.exception_handler(auth.LoginRequired)
+    async def login_required(request: Request, exc: auth.LoginRequired) -> Response:
+        if request.headers.get("hx-request"):  # an htmx fragment: make the whole page go to login
+            return Response(status_code=401, headers={"HX-Redirect": f"/login?next={exc.next_url}"})
+        return RedirectResponse(f"/login?next={exc.next_url}", 303)
+
+    @app.exception_handler(auth.CsrfError)
+    async def csrf_failed(request: Request, exc: auth.CsrfError) -> Response:
+        return PlainTextResponse(str(exc), status_code=403)
 
     @app.exception_handler(exceptions.EnrichHQError)
-    async def enrichhq_error(request: Request, exc: exceptions.EnrichHQError) -> JSONResponse:
+    async def enrichhq_error(request: Request, exc: exceptions.EnrichHQError) -> Response:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        if not request.url.path.startswith(("/api/", "/functions/")) and request.session.get("user"):
+            return ui_routes.render(request, "error.html", status, title="That did not work", error=str(exc))
         if isinstance(exc, exceptions.AuthError):
             return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, tokens.TokenError):
@@ -142,6 +161,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
 
     app.include_router(functions.router)
     app.include_router(rest.router)
+    app.include_router(ui_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> dict[str, Any]:

@@ -106,6 +106,7 @@ batch_items = sa.Table(
     sa.Column("deadline_at", TZ),
     sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
     sa.Index("ix_enrichment_batch_items_deadline", "state", "deadline_at"),
+    sa.Index("ix_enrichment_batch_items_company", "company_id"),
 )
 
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.

@@ -81,6 +81,12 @@ class Provider(abc.ABC):
         return []
 
     @classmethod
+    def estimated_cost(cls, workflow: WorkflowConfig) -> float | None:
+        """What one call should cost before any was made (provider_config.cost_per_call)."""
+        value = workflow.option("cost_per_call")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @classmethod
     def check(cls, workflow: WorkflowConfig, settings: Settings) -> None:
         """Raise ConfigError when this provider cannot run as configured (missing key...)."""
         return None

@@ -33,6 +33,16 @@ class ZenrowsProvider(base.Provider):
                 "(keys come from the environment, never from config rows)"
             )
 
+    @classmethod
+    def estimated_cost(cls, workflow: WorkflowConfig) -> float | None:
+        """Zenrows' price list: 1 credit, 5 with js_render, 10 with premium_proxy, 25 with both."""
+        configured = super().estimated_cost(workflow)
+        if configured is not None:
+            return configured
+        js = _flag(workflow.option("js_render", True)) == "true"
+        premium = _flag(workflow.option("premium_proxy", False)) == "true"
+        return 25.0 if js and premium else 10.0 if premium else 5.0 if js else 1.0
+
     def params(self, company: Company) -> dict[str, str]:
         """Query parameters for one company (js_render on unless the config turns it off)."""
         key = self.settings.zenrows_api_key

@@ -1,0 +1,230 @@
+"""What the UI shows: the companies x steps grid, a company's results and history, the log.
+
+Service functions over the named queries in db/views.py; the UI routes only render them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from enrichhq import destinations, exceptions, workflows
+from enrichhq.db import engines, views
+from enrichhq.models import Company, WorkflowConfig
+
+PER_PAGE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One company's state for one step: what the grid shows, and what hovering tells."""
+
+    state: str
+    label: str
+    title: str = ""
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One page of the grid."""
+
+    play: str
+    steps: list[WorkflowConfig]
+    rows: list[tuple[Company, list[Cell]]]
+    total: int
+    page: int
+    pages: int
+    search: str
+    filter_step: str
+    filter_state: str
+
+
+def _cell(step: WorkflowConfig, done: datetime | None, item: dict[str, Any] | None) -> Cell:
+    if done is not None:
+        finished = Cell("done", f"done {done:%Y-%m-%d %H:%M}", f"completed {done:%Y-%m-%d %H:%M:%S}")
+    if item is None:
+        return finished if done is not None else Cell("never", "-", "never run")
+    state, batch, error = item["state"], str(item["batch_id"]), item["last_error"]
+    if state in ("queued", "running", "storing"):
+        return Cell("running", "running", "in a running batch", batch)
+    if state == "waiting_callback":
+        return Cell("waiting", "waiting", f"waiting for {step.provider} to call back", batch)
+    if done is not None:
+        return Cell(finished.state, finished.label, finished.title, batch)
+    if state in ("failed", "timed_out"):
+        return Cell("failed", state.replace("_", " "), error or state, batch)
+    if state == "skipped":
+        return Cell("never", "skipped", error or "skipped", batch)
+    return Cell("never", "-", "never run", batch)
+
+
+async def grid(
+    dbs: engines.Databases,
+    *,
+    play: str,
+    search: str = "",
+    filter_step: str = "",
+    filter_state: str = "",
+    page: int = 1,
+) -> Grid:
+    """The companies x active steps grid for a play: one page, with search and a step filter."""
+    steps = [w for w in await workflows.list_all(dbs) if w.is_active]
+    step_filter = _step_filter(steps, filter_step, filter_state)
+    page = max(1, page)
+    async with dbs.begin("hq") as conn:
+        total, found = await views.grid_page(
+            conn,
+            play=play,
+            search=search or None,
+            step=step_filter,
+            limit=PER_PAGE,
+            offset=(page - 1) * PER_PAGE,
+        )
+        ids = [c.id for c in found]
+        done = await views.completions_for(conn, ids, play)
+        latest = await views.latest_items(conn, ids, [w.id for w in steps], play)
+    rows = [
+        (c, [_cell(w, done.get((c.id, w.overall_step_number)), latest.get((c.id, w.id))) for w in steps])
+        for c in found
+    ]
+    return Grid(
+        play, steps, rows, total, page, max(1, math.ceil(total / PER_PAGE)), search, filter_step, filter_state
+    )
+
+
+def _step_filter(steps: list[WorkflowConfig], filter_step: str, filter_state: str) -> views.StepFilter | None:
+    if not filter_step or filter_state not in views.GRID_FILTERS:
+        return None
+    step = next((w for w in steps if w.id == filter_step), None)
+    return views.StepFilter(step.id, step.overall_step_number, filter_state) if step else None
+
+
+async def matching(
+    dbs: engines.Databases, *, play: str, search: str = "", filter_step: str = "", filter_state: str = ""
+) -> list[str]:
+    """Ids of every company the grid's search and filter match."""
+    steps = [w for w in await workflows.list_all(dbs) if w.is_active]
+    async with dbs.begin("hq") as conn:
+        return await views.matching_ids(
+            conn, play=play, search=search or None, step=_step_filter(steps, filter_step, filter_state)
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's stored result for a company."""
+
+    workflow: WorkflowConfig
+    cell: Cell
+    row: dict[str, Any] | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class CompanyPage:
+    """A company: every step's result and its log history."""
+
+    company: Company
+    play: str
+    steps: list[StepResult]
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
+    """Everything enrichhq knows about one company."""
+    async with dbs.begin("hq") as conn:
+        found = await views.company(conn, company_id.lower())
+        if found is None:
+            raise exceptions.NotFound(f"no company {company_id!r}")
+        steps = [w for w in await workflows.list_all(dbs)]
+        done = await views.completions_for(conn, [found.id], play)
+        latest = await views.latest_items(conn, [found.id], [w.id for w in steps], play)
+        _, log = await views.log_entries(conn, company_id=found.id, limit=200)
+    results = []
+    for step in steps:
+        cell = _cell(step, done.get((found.id, step.overall_step_number)), latest.get((found.id, step.id)))
+        try:
+            row = await _latest_row(dbs, step, found.id)
+        except exceptions.EnrichHQError as exc:
+            results.append(StepResult(step, cell, problem=str(exc)))
+        else:
+            results.append(StepResult(step, cell, row))
+    return CompanyPage(found, play, results, log)
+
+
+async def _latest_row(dbs: engines.Databases, step: WorkflowConfig, company_id: str) -> dict[str, Any] | None:
+    destination = await destinations.reflect(dbs, step.destination_db, step.destination_table_name)
+    table = destination.table
+    if "company_id" not in table.c:
+        return None
+    stmt = sa.select(table).where(table.c.company_id == company_id).limit(1)
+    if "created_at" in table.c:
+        stmt = stmt.order_by(table.c.created_at.desc())
+    async with dbs.begin(destination.db) as conn:
+        row = (await conn.execute(stmt)).mappings().first()
+    return dict(row) if row else None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    """A page of enrichment_results_log."""
+
+    entries: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
+    statuses: list[str]
+
+
+async def log_page(
+    dbs: engines.Databases,
+    *,
+    workflow_id: str = "",
+    status: str = "",
+    batch_id: str = "",
+    page: int = 1,
+) -> LogPage:
+    """The log, newest first, filtered by workflow, status and batch."""
+    page = max(1, page)
+    async with dbs.begin("hq") as conn:
+        total, entries = await views.log_entries(
+            conn,
+            workflow_id=workflow_id or None,
+            status=status or None,
+            batch_id=batch_id or None,
+            limit=PER_PAGE * 2,
+            offset=(page - 1) * PER_PAGE * 2,
+        )
+        statuses = await views.log_statuses(conn)
+    return LogPage(entries, total, page, max(1, math.ceil(total / (PER_PAGE * 2))), statuses)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A batch's progress as the batch page shows it."""
+
+    done: int
+    total: int
+    percent: float
+    rate: float | None
+    eta_s: float | None
+    final: bool
+
+
+FINISHED = ("succeeded", "failed", "timed_out", "skipped")
+
+
+def progress(summary: Any) -> Progress:
+    """Counts done, percent, items per second and time left, from a batch summary."""
+    done = sum(summary.counts.get(s, 0) for s in FINISHED)
+    total = max(summary.total, 1)
+    worked = done - summary.counts.get("skipped", 0)
+    rate = worked / summary.seconds if summary.seconds and worked > 0 else None
+    final = summary.status not in ("running", "waiting")
+    eta = (summary.total - done) / rate if rate and not final else None
+    return Progress(done, summary.total, 100.0 * done / total, rate, eta, final)

@@ -1,0 +1,185 @@
+"""The UI in headless Chromium: log in, import, select, run, watch, inspect, retry, edit a mapping."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from enrichhq import settings
+from enrichhq.db import migrate
+from tests.helpers import homepage_ddl
+from tests.live import LiveServer, free_port
+from tests.stubs import API_KEY, Stub
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORD = "ui-test-password"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required in CI: .ci/run installs Debian's chromium package")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path, stub: Stub) -> Iterator[LiveServer]:
+    data = tmp_path / "data"
+    conf = settings.Settings(
+        enrichhq_data_dir=data,
+        hq_database_url=None,
+        workspace_database_url=None,
+        zenrows_api_key=API_KEY,
+        zenrows_api_url=stub.zenrows_url,
+        enrichhq_retry_base_delay=0.01,
+        enrichhq_api_key="api-key",
+        enrichhq_ui_password=PASSWORD,
+        enrichhq_sweep_interval_s=0.5,
+    )
+    migrate.upgrade(conf.resolved_hq_url())
+    with sqlite3.connect(data / "workspace.db") as ws:
+        ws.execute(homepage_ddl("sqlite"))
+    with sqlite3.connect(data / "hq.db") as hq_db:
+        hq_db.execute(
+            "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+            "destination_db, destination_table_name, destination_field_mappings, provider_config) VALUES "
+            "('scrape-homepage-via-zenrows', 'Scrape Homepage', 1, 'zenrows', 'workspace', 'company_homepage_scrapes', "
+            '\'{"homepage_html": "homepage_html", "scraped_at": "scraped_at"}\', \'{"max_attempts": 1}\')'
+        )
+    with LiveServer(conf, free_port()) as live:
+        yield live
+
+
+@pytest.fixture
+def page(browser: Browser, server: LiveServer) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1360, "height": 860}, base_url=server.url)
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    yield page
+    context.close()
+    assert dialogs == [], f"a script ran in the UI: {dialogs}"
+
+
+def log_in(page: Page) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=password]", "wrong")
+    page.click("button:has-text('Log in')")
+    expect(page.locator(".flash.bad")).to_contain_text("not right")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Log in')")
+    expect(page.locator("h1, .bar").first).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/$"))
+
+
+def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub: Stub) -> None:
+    log_in(page)
+    csv = tmp_path / "companies.csv"
+    csv.write_text(
+        "domain,name\nok-acme.com,Acme Analytics\nok-globex.com,Globex\nratelimit-initech.com,Initech\n"
+        "script-evil.com,<script>alert(1)</script>\nok-hooli.com,Hooli\n",
+        encoding="utf-8",
+    )
+    page.set_input_files("input[type=file]", str(csv))
+    page.click("text=Import CSV")
+    expect(page.locator(".flash")).to_contain_text("Imported 5 companies")
+    expect(page.locator("table.grid")).to_contain_text("<script>alert(1)</script>")  # shown as text
+
+    # Select three companies by hand, ask for Run step 1, and read the confirmation.
+    for domain in ("ok-acme.com", "ok-globex.com", "ratelimit-initech.com"):
+        page.check(f"input[aria-label='select {domain}']")
+    page.click("button.run[data-step='1']")
+    expect(page.locator(".confirm")).to_contain_text("3 companies will run")
+    expect(page.locator(".confirm .cost")).to_have_text("15")  # 3 x 5 credits (js_render)
+    page.click(".confirm button:has-text('Start')")
+    expect(page).to_have_url(re.compile(r"/batches/[0-9a-f-]{36}$"))
+    expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("[data-state=succeeded]")).to_have_text("2")
+    expect(page.locator("[data-state=failed]")).to_have_text("1")
+    expect(page.locator("#batch-cost")).to_have_text("10")  # what the stub's X-Request-Cost headers said
+    page.click("table.failures summary")
+    expect(page.locator("pre.error")).to_contain_text("429")
+    page.screenshot(path=str(SHOTS / "batch.png"), full_page=True)
+
+    page.click("button:has-text('Retry failed')")
+    expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("[data-state=succeeded]")).to_have_text("3")
+    expect(page.locator("[data-state=failed]")).to_have_count(0)
+
+    # All matching the rest: the done ones are skipped in the confirmation.
+    page.click("text=Companies")
+    expect(page.locator("table.grid .state.done")).to_have_count(3)
+    page.screenshot(path=str(SHOTS / "grid.png"), full_page=True)
+    page.check("#all-matching")
+    page.click("button.run[data-step='1']")
+    expect(page.locator(".confirm")).to_contain_text("2 companies will run")
+    expect(page.locator(".confirm")).to_contain_text("3 skipped: already completed in this play")
+    page.click(".confirm button:has-text('Start')")
+    expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
+    page.click("text=Companies")
+    expect(page.locator("table.grid .state.done")).to_have_count(5)
+
+    # The scraped page full of scripts shows in a sandboxed frame and as text; nothing runs.
+    page.click("text=script-evil.com")
+    expect(page.locator("iframe.preview")).to_have_attribute("sandbox", "")
+    page.click("text=source")
+    expect(page.locator("pre").first).to_contain_text("alert('body')")
+
+    # Edit the mapping: a missing column is refused with the validator's message, a real one saved.
+    page.click("text=Workflows")
+    page.click("text=Edit")
+    expect(page.locator("#column-names option")).to_have_count(7)
+    page.fill("input[aria-label='column 2']", "no_such_column")
+    page.click("text=Validate and save")
+    expect(page.locator(".flash.bad")).to_contain_text("no such column")
+    page.fill("input[aria-label='data key 3']", "final_url")
+    page.fill("input[aria-label='column 2']", "scraped_at")
+    page.fill("input[aria-label='column 3']", "final_url")
+    page.screenshot(path=str(SHOTS / "workflow-editor.png"), full_page=True)
+    page.click("text=Validate and save")
+    expect(page.locator(".flash")).to_contain_text("Saved scrape-homepage-via-zenrows")
+    expect(page.locator("table.list")).to_contain_text("final_url → final_url")
+
+    page.click("text=Log")
+    expect(page.locator("table.list")).to_contain_text("succeeded")
+    page.select_option("select[name=status]", "failed")
+    page.click("text=Filter")
+    expect(page.locator("table.list tbody tr")).to_have_count(1)
+
+
+def test_nothing_is_reachable_without_logging_in(page: Page, server: LiveServer) -> None:
+    for path in ("/", "/batches", "/workflows", "/log", "/workflows/new"):
+        page.goto(path)
+        expect(page).to_have_url(re.compile(r"/login"))
+    response = page.request.post(f"{server.url}/import")
+    assert response.status in (401, 403) or "/login" in response.url
+    log_in(page)
+    forged = page.request.post(f"{server.url}/logout", form={"csrf": "forged"})
+    assert forged.status == 403
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["enrichhq_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
