@@ -305,6 +305,13 @@ def run_command(
         str, typer.Option(help="play_name the completions are tracked under")
     ] = runs.DEFAULT_PLAY,
     force: Annotated[bool, typer.Option(help="run companies that already completed this step")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="say what would run, be skipped and cost; call nobody")
+    ] = False,
+    budget: Annotated[
+        float | None, typer.Option(help="stop before the next call could exceed this cost")
+    ] = None,
+    sample: Annotated[int | None, typer.Option(help="run on a random sample of this many companies")] = None,
 ) -> None:
     """Run one step for a selection of companies, with a progress bar and a summary."""
     domains = list(domain or [])
@@ -313,8 +320,19 @@ def run_command(
     selection = runs.Selection(all=all_, domains=tuple(domains))
     conf = settings.load()
 
+    if dry_run:
+        estimate = _run(
+            lambda dbs: runs.estimate(
+                dbs, conf, workflow, selection, play_name=play, force=force, sample=sample
+            )
+        )
+        _print_estimate(estimate)
+        return
+
     async def work(dbs: engines.Databases) -> runs.BatchSummary:
-        prepared = await runs.prepare(dbs, conf, workflow, selection, play_name=play, force=force)
+        prepared = await runs.prepare(
+            dbs, conf, workflow, selection, play_name=play, force=force, budget=budget, sample=sample
+        )
         return await _execute_with_progress(dbs, conf, prepared)
 
     _finish(_run(work))
@@ -350,6 +368,24 @@ def _finish(summary: runs.BatchSummary) -> None:
         raise typer.Exit(EXIT_STOPPED)
 
 
+def _print_estimate(estimate: runs.Estimate) -> None:
+    w = estimate.workflow
+    out.print(f"dry run of step {w.overall_step_number} ({w.workflow_slug}): nothing was called or written")
+    table = Table("companies", "count")
+    table.add_row("selected", str(estimate.selected))
+    table.add_row("[green]will run[/green]", str(estimate.will_run))
+    for reason, count in estimate.skipped.items():
+        table.add_row(f"skipped: {reason}", str(count))
+    out.print(table, highlight=False)
+    if estimate.cost is not None and estimate.per_call is not None:
+        out.print(
+            f"estimated cost: {estimate.cost:g} ({estimate.per_call:g} a call: {estimate.basis})",
+            highlight=False,
+        )
+    else:
+        out.print(f"estimated cost: unknown ({estimate.basis})", highlight=False)
+
+
 def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
     table = Table(
         "succeeded", "failed", "timed out", "skipped", "time", "cost", title=f"batch {summary.batch_id}"
@@ -360,9 +396,13 @@ def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
         str(summary.count("timed_out")),
         str(summary.count("skipped")),
         f"{summary.seconds:.1f}s" if summary.seconds is not None else "-",
-        f"{summary.cost:g}",
+        f"{summary.cost:g}" + (f" of {summary.budget:g}" if summary.budget is not None else ""),
     )
     out.print(table)
+    out.print(
+        f"step {summary.workflow_slug} has cost {summary.workflow_cost:g} over all its batches",
+        highlight=False,
+    )
     if summary.message:
         out.print(
             f"[yellow]batch {summary.status}:[/yellow] {summary.message}", highlight=False, soft_wrap=True
@@ -394,14 +434,39 @@ def batches_show(batch_id: str) -> None:
 
 
 @command(batches_app, "resume")
-def batches_resume(batch_id: str) -> None:
-    """Run what a batch left undone (process died, or stopped by the provider); finished items stay."""
+def batches_resume(
+    batch_id: str,
+    budget: Annotated[float | None, typer.Option(help="a new spending limit for the batch")] = None,
+) -> None:
+    """Run what a batch left undone (process died, stopped by a provider or a budget)."""
     conf = settings.load()
 
     async def work(dbs: engines.Databases) -> runs.BatchSummary:
-        return await _execute_with_progress(dbs, conf, await runs.prepare_resume(dbs, conf, batch_id))
+        prepared = await runs.prepare_resume(dbs, conf, batch_id, budget=budget)
+        return await _execute_with_progress(dbs, conf, prepared)
 
     _finish(_run(work))
+
+
+@command(batches_app, "retry")
+def batches_retry(batch_id: str) -> None:
+    """Retry failed and timed-out items; fetched-but-unstored results are stored again, not re-bought."""
+    conf = settings.load()
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        prepared = await runs.prepare_retry(dbs, conf, batch_id)
+        if prepared is None:
+            return await runs.summary(dbs, batch_id)
+        return await _execute_with_progress(dbs, conf, prepared)
+
+    _finish(_run(work))
+
+
+@command(batches_app, "replay")
+def batches_replay(batch_id: str) -> None:
+    """Store again results that were fetched but not stored (after fixing the config); calls nobody."""
+    conf = settings.load()
+    _finish(_run(lambda dbs: runs.replay(dbs, conf, batch_id)))
 
 
 @command(batches_app, "list")

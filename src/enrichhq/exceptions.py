@@ -48,6 +48,8 @@ class ProviderError(EnrichHQError):
         self.stop_batch = stop_batch
         self.retry_after = retry_after
         self.cost = cost
+        #: a waterfall's attempts before it gave up: (provider, outcome, cost).
+        self.trail: tuple[tuple[str, str, float | None], ...] = ()
 
 
 class AuthError(EnrichHQError):

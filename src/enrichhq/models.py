@@ -77,6 +77,8 @@ class ProviderResult:
     data: dict[str, Any]
     cost: float | None = None
     pending: bool = False
+    #: a waterfall's attempts, in order: (provider, outcome, cost).
+    trail: tuple[tuple[str, str, float | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class LogEntry:
     error: str | None = None
     attempt: int | None = None
     cost: float | None = None
+    provider: str | None = None
 
     @property
     def succeeded(self) -> bool:

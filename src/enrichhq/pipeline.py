@@ -117,4 +117,5 @@ def _entry_json(entry: LogEntry) -> dict[str, Any]:
         "error": entry.error,
         "attempt": entry.attempt,
         "cost": entry.cost,
+        "provider": entry.provider,
     }

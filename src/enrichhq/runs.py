@@ -6,15 +6,20 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from typing import Any
+
+import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
 from enrichhq.db import engines, hq, views
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
-from enrichhq.models import WorkflowConfig
+from enrichhq.functions.base import ProviderOptions
+from enrichhq.models import StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -48,6 +53,9 @@ class BatchSummary:
     cost: float
     seconds: float | None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    budget: float | None = None
+    #: what this step has cost over all its batches.
+    workflow_cost: float = 0.0
 
     def count(self, state: str) -> int:
         """Items in one state."""
@@ -80,6 +88,7 @@ class Prepared:
     workflow: WorkflowConfig
     destination: destinations.Destination
     play_name: str
+    budget: float | None = None
 
 
 async def prepare(
@@ -91,63 +100,153 @@ async def prepare(
     play_name: str = DEFAULT_PLAY,
     force: bool = False,
     batch_id: str | None = None,
+    budget: float | None = None,
+    sample: int | None = None,
+    dry_run: bool = False,
 ) -> Prepared:
-    """Check everything that can be checked before a provider is called, then create the batch."""
+    """Check everything that can be checked before a provider is called, then create the batch.
+
+    Items that need no call end `skipped` here, with the reason: already completed in the
+    play (unless forced), or failing the workflow's run_if. With dry_run the batch is built
+    and counted in a transaction that is rolled back: DryRun carries what it would have done.
+    """
     play_name = play_name.strip() or DEFAULT_PLAY
     workflow = await workflows.get(dbs, workflow_ref)
     if not workflow.is_active:
         raise exceptions.ConfigError(f"workflow {workflow.workflow_slug!r} is not active (is_active = false)")
     if selection.empty():
         raise exceptions.InputError("no companies selected: pass --all, --domain or --companies FILE")
+    if budget is not None and budget <= 0:
+        raise exceptions.InputError("--budget must be above 0")
+    if sample is not None and sample < 1:
+        raise exceptions.InputError("--sample must be 1 or more")
     destination = await _runnable(dbs, settings, workflow)
-    async with dbs.begin("hq") as conn:
-        ids = None if selection.all else await _resolve(conn, selection)
-        batch_id = await hq.insert_batch(
-            conn,
-            {
-                "id": batch_id,
-                "workflow_id": workflow.id,
-                "workflow_slug": workflow.workflow_slug,
-                "play_name": play_name,
-                "step_number": workflow.overall_step_number,
-                "provider": workflow.provider,
-                "status": "running",
-                "forced": force,
-            },
+    run_if = ProviderOptions.model_validate(workflow.provider_config).run_if
+    previous = await _previous_step(dbs, workflow) if run_if.previous_step_succeeded else None
+    fresh_after = hq.now() - timedelta(days=run_if.older_than_days) if run_if.older_than_days else None
+    try:
+        async with dbs.begin("hq") as conn:
+            ids = None if selection.all else await _resolve(conn, selection)
+            if ids is not None and sample is not None and sample < len(ids):
+                ids = random.sample(ids, sample)
+            batch_id = await hq.insert_batch(
+                conn,
+                {
+                    "id": batch_id,
+                    "workflow_id": workflow.id,
+                    "workflow_slug": workflow.workflow_slug,
+                    "play_name": play_name,
+                    "step_number": workflow.overall_step_number,
+                    "provider": workflow.provider,
+                    "status": "running",
+                    "forced": force,
+                    "budget": budget if budget is not None else workflow.option("max_cost_per_batch"),
+                },
+            )
+            await hq.add_batch_items(
+                conn,
+                batch_id,
+                play_name=play_name,
+                step_number=workflow.overall_step_number,
+                force=force,
+                company_ids=ids,
+                fresh_after=fresh_after,
+                sample=sample if ids is None else None,
+            )
+            if previous is not None:
+                await hq.skip_queued(
+                    conn,
+                    batch_id,
+                    f"run_if: step {previous} not completed in play {play_name!r}",
+                    unless_completed=(play_name, previous),
+                )
+            if run_if.field_empty:
+                await _skip_filled(dbs, conn, batch_id, destination, run_if.field_empty)
+            if dry_run:
+                raise DryRun(await hq.item_breakdown(conn, batch_id))
+    except DryRun as finished:
+        finished.workflow = workflow
+        raise
+    return Prepared(
+        batch_id, workflow, destination, play_name, budget or workflow.option("max_cost_per_batch")
+    )
+
+
+class DryRun(Exception):
+    """Raised out of a dry run's transaction (so it rolls back) with what the run would do."""
+
+    def __init__(self, breakdown: list[tuple[str, str | None, int]]) -> None:
+        super().__init__("dry run")
+        self.breakdown = breakdown
+        self.workflow: WorkflowConfig | None = None
+
+
+async def _previous_step(dbs: engines.Databases, workflow: WorkflowConfig) -> int:
+    earlier = [
+        w.overall_step_number
+        for w in await workflows.list_all(dbs)
+        if w.is_active and w.overall_step_number < workflow.overall_step_number
+    ]
+    if not earlier:
+        raise exceptions.ConfigError(
+            f"run_if.previous_step_succeeded: {workflow.workflow_slug!r} is the first step; "
+            "there is no previous one"
         )
-        await hq.add_batch_items(
-            conn,
-            batch_id,
-            play_name=play_name,
-            step_number=workflow.overall_step_number,
-            force=force,
-            company_ids=ids,
-        )
-    return Prepared(batch_id, workflow, destination, play_name)
+    return max(earlier)
+
+
+async def _skip_filled(
+    dbs: engines.Databases, conn: Any, batch_id: str, destination: destinations.Destination, column: str
+) -> None:
+    """run_if.field_empty: skip companies whose destination row already has the column filled."""
+    table = destination.table
+    filled_value = sa.and_(table.c[column].is_not(None), sa.cast(table.c[column], sa.Text) != "")
+    after = "00000000-0000-0000-0000-000000000000"
+    while page := await hq.queued_ids(conn, batch_id, after=after, limit=hq.MAX_ROWS_PER_STATEMENT):
+        async with dbs.begin(destination.db) as dest:
+            rows = await dest.execute(
+                sa.select(table.c.company_id).where(table.c.company_id.in_(page), filled_value).distinct()
+            )
+            filled = [str(r[0]) for r in rows]
+        if filled:
+            await hq.skip_queued(conn, batch_id, f"run_if: {column} is already filled", company_ids=filled)
+        after = page[-1]
 
 
 async def estimate(
     dbs: engines.Databases,
+    settings: Settings,
     workflow_ref: str,
     selection: Selection,
     *,
     play_name: str = DEFAULT_PLAY,
     force: bool = False,
+    sample: int | None = None,
 ) -> Estimate:
-    """Count what a run would call and skip, and price it; nothing is written, nobody is called."""
-    workflow = await workflows.get(dbs, workflow_ref)
-    validation = await workflows.validate(dbs, workflow)
-    async with dbs.begin("hq") as conn:
-        ids = None if selection.all else await _resolve(conn, selection)
-        selected, done = await hq.count_done(
-            conn,
-            play_name=play_name or DEFAULT_PLAY,
-            step_number=workflow.overall_step_number,
-            company_ids=ids,
+    """What a run would call and skip, and its price: the real preparation, rolled back."""
+    try:
+        await prepare(
+            dbs,
+            settings,
+            workflow_ref,
+            selection,
+            play_name=play_name,
+            force=force,
+            sample=sample,
+            dry_run=True,
         )
+    except DryRun as result:
+        breakdown, workflow = result.breakdown, result.workflow
+    assert workflow is not None
+    will_run = sum(n for state, _, n in breakdown if state == "queued")
+    skipped: dict[str, int] = {}
+    for state, reason, n in breakdown:
+        if state == "skipped":
+            key = (reason or "skipped").split(";")[0]
+            skipped[key] = skipped.get(key, 0) + n
+    async with dbs.begin("hq") as conn:
         average = await views.average_cost(conn, workflow.id)
-    skipped = {} if force or not done else {"already completed in this play": done}
-    declared = functions.load(workflow.provider).estimated_cost(workflow) if validation.ok else None
+    declared = functions.load(workflow.provider).estimated_cost(workflow)
     if workflow.option("cost_per_call") is not None and declared is not None:
         per_call, basis = declared, "provider_config.cost_per_call"
     elif average is not None:
@@ -156,9 +255,7 @@ async def estimate(
         per_call, basis = declared, f"{workflow.provider}'s price list"
     else:
         per_call, basis = None, "no cost known: set provider_config.cost_per_call"
-    return Estimate(
-        workflow, selected, selected - sum(skipped.values()), skipped, per_call, basis, validation.problems
-    )
+    return Estimate(workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
 
 
 async def _runnable(
@@ -212,9 +309,14 @@ async def execute(
     cancel: asyncio.Event | None = None,
 ) -> BatchSummary:
     """Drive a prepared batch through its provider, storage and logger."""
-    provider = functions.load(prepared.workflow.provider)(prepared.workflow, settings)
+    provider_class = functions.load(prepared.workflow.provider)
+    provider = provider_class(prepared.workflow, settings)
     own_pipeline = pipeline is None
     pipeline = pipeline or Pipeline(dbs, settings)
+    async with dbs.begin("hq") as conn:
+        spent = await hq.spent(conn, prepared.batch_id)
+        average = await views.average_cost(conn, prepared.workflow.id)
+    per_call = provider_class.estimated_cost(prepared.workflow) or average or 0.0
     try:
         await InlineExecutor(
             dbs,
@@ -227,6 +329,9 @@ async def execute(
             pipeline=pipeline,
             on_progress=on_progress,
             cancel=cancel,
+            budget=prepared.budget,
+            spent=spent,
+            per_call=per_call,
         ).run()
     finally:
         await close_quietly(provider)
@@ -250,7 +355,9 @@ async def run(
     return await execute(dbs, settings, prepared, on_progress)
 
 
-async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
+async def prepare_resume(
+    dbs: engines.Databases, settings: Settings, batch_id: str, *, budget: float | None = None
+) -> Prepared:
     """Make an unfinished or stopped batch ready to run its remaining items.
 
     Items still queued or running (the process died) and items a stop left unrun go
@@ -259,9 +366,13 @@ async def prepare_resume(dbs: engines.Databases, settings: Settings, batch_id: s
     batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
     destination = await _runnable(dbs, settings, workflow)
+    if budget is not None and budget <= 0:
+        raise exceptions.InputError("--budget must be above 0")
     async with dbs.begin("hq") as conn:
+        if budget is not None:
+            await hq.set_budget(conn, batch_id, budget)
         await hq.requeue_for_resume(conn, batch_id)
-    return Prepared(batch_id, workflow, destination, batch["play_name"])
+    return Prepared(batch_id, workflow, destination, batch["play_name"], budget or batch.get("budget"))
 
 
 # A batch whose items changed this recently is taken to be in the hands of a live process.
@@ -283,15 +394,69 @@ async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
     return batch
 
 
-async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared:
-    """Queue a batch's failed and timed-out items again; succeeded ones are never re-run."""
+async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared | None:
+    """Retry a batch's failures without paying twice.
+
+    Results that were fetched but not stored are stored again (no call); only items that
+    never got a result are queued for the provider. None when nothing needs a call.
+    """
     batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
     destination = await _runnable(dbs, settings, workflow)
+    await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
-        if not await hq.requeue_failed(conn, batch_id):
-            raise exceptions.InputError(f"batch {batch_id} has no failed or timed-out items to retry")
-    return Prepared(batch_id, workflow, destination, batch["play_name"])
+        requeued = await hq.requeue_failed(conn, batch_id)
+    if not requeued:
+        return None
+    return Prepared(batch_id, workflow, destination, batch["play_name"], batch.get("budget"))
+
+
+async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> BatchSummary:
+    """Store again the results a batch fetched but could not store, without calling anyone."""
+    batch = await _idle_batch(dbs, batch_id)
+    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    destination = await _runnable(dbs, settings, workflow)
+    pipeline = Pipeline(dbs, settings)
+    after = "00000000-0000-0000-0000-000000000000"
+    try:
+        while True:
+            async with dbs.begin("hq") as conn:
+                kept = await hq.kept_results(conn, batch_id, after=after, limit=settings.enrichhq_chunk_size)
+            if not kept:
+                break
+            records = [
+                StoreRecord(k["company_id"], k["company_domain"], k["result"], k["attempts"], k["cost"])
+                for k in kept
+            ]
+            outcomes = {
+                o.company_id: o
+                for o in await pipeline.store(
+                    workflow,
+                    records,
+                    batch_id=batch_id,
+                    play_name=batch["play_name"],
+                    destination=destination,
+                )
+            }
+            updates = [
+                {
+                    "company_id": k["company_id"],
+                    "attempts": k["attempts"],
+                    "cost": k["cost"],
+                    "state": "succeeded" if outcomes[k["company_id"]].stored else "failed",
+                    "error": None
+                    if outcomes[k["company_id"]].stored
+                    else f"storage: {outcomes[k['company_id']].error}",
+                    "result": None if outcomes[k["company_id"]].stored else k["result"],
+                }
+                for k in kept
+            ]
+            async with dbs.begin("hq") as conn:
+                await hq.finish_items(conn, batch_id, updates)
+            after = kept[-1]["company_id"]
+    finally:
+        await pipeline.aclose()
+    return await summary(dbs, batch_id)
 
 
 async def cancel(dbs: engines.Databases, batch_id: str) -> BatchSummary:
@@ -319,6 +484,9 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
         counts, cost = await hq.state_counts(conn, batch_id)
         failed = await hq.failed_items(conn, batch_id, failures)
+        workflow_cost = (
+            await hq.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
+        )
     started, finished = batch["created_at"], batch["finished_at"]
     seconds = None
     if started is not None:
@@ -335,12 +503,12 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         cost=cost,
         seconds=seconds,
         failures=failed,
+        budget=batch.get("budget"),
+        workflow_cost=workflow_cost,
     )
 
 
 def _aware(value: Any) -> Any:
-    from datetime import UTC
-
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

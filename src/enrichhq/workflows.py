@@ -156,6 +156,12 @@ def _check_columns(
                     f"column {column.name} of {destination.name} is NOT NULL without a default and "
                     "no mapping fills it"
                 )
+    run_if = workflow.provider_config.get("run_if")
+    empty = run_if.get("field_empty") if isinstance(run_if, dict) else None
+    if isinstance(empty, str) and empty not in table.c:
+        problems.append(
+            f"run_if.field_empty: {destination.name} has no column {empty!r} (its columns: {columns})"
+        )
     if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
         problems.append(
             f"write_mode 'upsert' needs a unique key on {destination.name}.company_id; create one with: "

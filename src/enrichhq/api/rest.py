@@ -125,8 +125,17 @@ async def retry_failed(batch_id: str, request: Request) -> JSONResponse:
     """Run the failed and timed-out items of a batch again."""
     svc = services(request)
     prepared = await runs.prepare_retry(svc.dbs, svc.settings, batch_id)
+    if prepared is None:  # kept results were stored again; nothing needed a provider call
+        return JSONResponse(dataclasses.asdict(await runs.summary(svc.dbs, batch_id)))
     svc.runner.start(prepared)
     return JSONResponse({"batch_id": batch_id, "status": "running"}, status_code=202)
+
+
+@router.post("/batches/{batch_id}/replay", tags=["batches"])
+async def replay_batch(batch_id: str, request: Request) -> dict[str, Any]:
+    """Store again results that were fetched but not stored; no provider is called."""
+    svc = services(request)
+    return dataclasses.asdict(await runs.replay(svc.dbs, svc.settings, batch_id))
 
 
 @router.post("/batches/{batch_id}/cancel", tags=["batches"])

@@ -113,6 +113,7 @@ class LoggerRequest(BaseModel):
     error: str | None = None
     attempt: int | None = None
     cost: float | None = None
+    provider: str | None = None
 
     _check_ids = field_validator("workflow_id", "company_id")(_uuid)
     _check_batch = field_validator("batch_id")(lambda v: None if v is None else _uuid(v))

@@ -157,6 +157,7 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
                     "error": e.error,
                     "attempt": e.attempt,
                     "cost": e.cost,
+                    "provider": e.provider,
                 }
                 for e in chunk
             ],
@@ -206,10 +207,14 @@ async def add_batch_items(
     step_number: int,
     force: bool,
     company_ids: Sequence[str] | None,
+    fresh_after: datetime | None = None,
+    sample: int | None = None,
 ) -> None:
     """One item per company (all of them when company_ids is None), in SQL, not in memory.
 
-    Companies that already completed this step in this play start `skipped` unless forced.
+    Companies that already completed this step in this play start `skipped` unless forced;
+    with fresh_after, only completions since then count (older results are refreshed).
+    With sample, a random `sample` of the companies (the caller samples given ids itself).
     """
     # Ids typed by hand into SQLite may be upper-case; items always hold the canonical form.
     company_key = dialect.uuid_key(companies.c.id, conn.dialect.name)
@@ -217,6 +222,7 @@ async def add_batch_items(
         completions.c.company_id == company_key,
         completions.c.play_name == play_name,
         completions.c.step_number == step_number,
+        completions.c.completed_at > fresh_after if fresh_after is not None else sa.true(),
     )
     if force:
         state: sa.ColumnElement[Any] = sa.literal("queued")
@@ -243,7 +249,10 @@ async def add_batch_items(
         return stmt if ids is None else stmt.where(company_key.in_(ids))
 
     if company_ids is None:
-        await conn.execute(sa.insert(batch_items).from_select(columns, select(None)))
+        everyone = select(None)
+        if sample is not None:
+            everyone = everyone.order_by(sa.func.random()).limit(sample)
+        await conn.execute(sa.insert(batch_items).from_select(columns, everyone))
     else:
         for chunk in _chunks(company_ids):
             await conn.execute(sa.insert(batch_items).from_select(columns, select(chunk)))
@@ -251,6 +260,107 @@ async def add_batch_items(
         sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.batch_id == batch_id)
     )
     await conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(total=total.scalar_one()))
+
+
+async def skip_queued(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    *,
+    company_ids: Sequence[str] | None = None,
+    unless_completed: tuple[str, int] | None = None,
+) -> int:
+    """Skip queued items, with a reason: these companies, or those lacking a (play, step) completion."""
+    where = [batch_items.c.batch_id == batch_id, batch_items.c.state == "queued"]
+    if unless_completed is not None:
+        play, step = unless_completed
+        where.append(
+            ~sa.exists().where(
+                completions.c.company_id == batch_items.c.company_id,
+                completions.c.play_name == play,
+                completions.c.step_number == step,
+            )
+        )
+    values = {"state": "skipped", "last_error": reason, "finished_at": now(), "updated_at": now()}
+    if company_ids is None:
+        return (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount
+    skipped = 0
+    for chunk in _chunks(company_ids):
+        stmt = sa.update(batch_items).where(*where, batch_items.c.company_id.in_(chunk)).values(values)
+        skipped += (await conn.execute(stmt)).rowcount
+    return skipped
+
+
+async def queued_ids(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[str]:
+    """A page of a batch's queued company ids (keyset on company_id)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "queued",
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [r.company_id for r in result]
+
+
+async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str, str | None, int]]:
+    """Items per state and reason (what a dry run reports)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, batch_items.c.last_error, sa.func.count())
+        .where(batch_items.c.batch_id == batch_id)
+        .group_by(batch_items.c.state, batch_items.c.last_error)
+    )
+    return [(r[0], r[1], int(r[2])) for r in result]
+
+
+async def spent(conn: AsyncConnection, batch_id: str) -> float:
+    """What a batch's calls have cost so far."""
+    result = await conn.execute(
+        sa.select(sa.func.sum(batch_items.c.cost)).where(batch_items.c.batch_id == batch_id)
+    )
+    return float(result.scalar() or 0)
+
+
+async def workflow_cost(conn: AsyncConnection, workflow_id: str) -> float:
+    """What a workflow's calls have cost over all its batches."""
+    result = await conn.execute(
+        sa.select(sa.func.sum(batch_items.c.cost))
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batches.c.workflow_id == workflow_id)
+    )
+    return float(result.scalar() or 0)
+
+
+async def kept_results(
+    conn: AsyncConnection, batch_id: str, *, after: str, limit: int
+) -> list[dict[str, Any]]:
+    """Failed items that hold a fetched result (storage failed): what replay stores again."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.result,
+            batch_items.c.attempts,
+            batch_items.c.cost,
+        )
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.result.is_not(None),
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [dict(r) for r in result.mappings()]
+
+
+async def set_budget(conn: AsyncConnection, batch_id: str, budget: float | None) -> None:
+    """Give a batch a (new) spending limit."""
+    await conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(budget=budget))
 
 
 async def count_done(
@@ -521,7 +631,12 @@ async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
     """Queue a batch's failed and timed-out items again; returns how many."""
     result = await conn.execute(
         sa.update(batch_items)
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("failed", "timed_out")))
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("failed", "timed_out")),
+            # An item holding a fetched result is replayed, never called again.
+            batch_items.c.result.is_(None),
+        )
         .values(state="queued", last_error=None, finished_at=None, deadline_at=None, updated_at=now())
     )
     if result.rowcount:

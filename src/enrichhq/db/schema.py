@@ -59,6 +59,7 @@ results_log = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("attempt", sa.Integer),
     sa.Column("cost", sa.Float),
+    sa.Column("provider", sa.Text),
 )
 
 completions = sa.Table(
@@ -88,6 +89,7 @@ batches = sa.Table(
     sa.Column("forced", sa.Boolean, server_default=sa.false()),
     sa.Column("created_at", TZ, server_default=sa.func.now()),
     sa.Column("finished_at", TZ),
+    sa.Column("budget", sa.Float),
 )
 
 batch_items = sa.Table(

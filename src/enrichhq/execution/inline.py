@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +40,39 @@ class _Result:
     data: dict[str, Any] | None = None
     pending: bool = False
     error: str | None = None
+    trail: tuple[tuple[str, str, float | None], ...] = ()
     cost: float | None = None
     retries: list[LogEntry] = field(default_factory=list)
+
+
+class Purse:
+    """A batch's budget: a call is made only if what is spent, in flight and next fits under it."""
+
+    def __init__(self, budget: float | None, spent: float, per_call: float) -> None:
+        self.budget = budget
+        self.spent = spent
+        self.per_call = per_call
+        self.in_flight = 0.0
+
+    def reserve(self) -> bool:
+        """Claim room for one call; False once the next one could go over the budget."""
+        if self.budget is None:
+            return True
+        if self.spent + self.in_flight + self.per_call > self.budget + 1e-9:
+            return False
+        self.in_flight += self.per_call
+        return True
+
+    def settle(self, cost: float | None) -> None:
+        """A call came back: its real cost replaces its reservation."""
+        if self.budget is None:
+            return
+        self.in_flight = max(0.0, self.in_flight - self.per_call)
+        self.spent += cost or 0.0
+
+    def exhausted(self) -> str:
+        """Why the batch stopped."""
+        return f"budget of {self.budget:g} reached (spent {self.spent:g}); resume with a higher --budget"
 
 
 class _Gate:
@@ -73,6 +105,9 @@ class InlineExecutor:
         pipeline: Pipeline,
         on_progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
+        budget: float | None = None,
+        spent: float = 0.0,
+        per_call: float = 0.0,
     ) -> None:
         self.dbs = dbs
         self.settings = settings
@@ -84,6 +119,7 @@ class InlineExecutor:
         self.pipeline = pipeline
         self.on_progress = on_progress
         self.cancel = cancel or asyncio.Event()
+        self.purse = Purse(budget, spent, per_call)
         self.gate = _Gate()
         self.stop_message: str | None = None
         self.fatal: Exception | None = None
@@ -146,19 +182,31 @@ class InlineExecutor:
             except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
                 company, attempts = item
                 result = _Result(company, attempts, 1, error=f"internal error: {type(exc).__name__}: {exc}")
-            await self.results.put(result)
+            if result is not None:  # None: the budget left it unrun; skipped with the reason at the end
+                await self.results.put(result)
 
-    async def _call(self, company: Company, attempts: int) -> _Result:
+    async def _call(self, company: Company, attempts: int) -> _Result | None:
+        """One company through the provider, with retries; None if the budget left it unrun."""
         result = _Result(company, attempts, 0)
         base_delay = self.provider.retry_base_delay
         while True:
             await self.gate.wait()
+            if not self.purse.reserve():
+                self.stop_message = self.stop_message or self.purse.exhausted()
+                if result.tries == 0:
+                    return None
+                result.error = (
+                    f"{result.retries[-1].error if result.retries else 'stopped'} ({self.stop_message})"
+                )
+                return result
             result.tries += 1
             attempt = attempts + result.tries
             try:
                 fetched = await self.provider.fetch(company, self._context(company))
             except exceptions.ProviderError as exc:
+                self.purse.settle(exc.cost)
                 result.cost = _add(result.cost, exc.cost)
+                result.trail += exc.trail
                 if exc.stop_batch:
                     self.stop_message = self.stop_message or str(exc)
                 elif exc.retryable and result.tries < self.provider.max_attempts:
@@ -175,8 +223,11 @@ class InlineExecutor:
                 result.error = str(exc)
                 return result
             except Exception as exc:  # a provider bug must cost one company, never the worker
+                self.purse.settle(None)
                 result.error = f"provider {self.workflow.provider!r} crashed: {type(exc).__name__}: {exc}"
                 return result
+            self.purse.settle(fetched.cost)
+            result.trail += fetched.trail
             result.cost = _add(result.cost, fetched.cost)
             if fetched.pending:
                 result.pending = True
@@ -264,6 +315,14 @@ class InlineExecutor:
                 ]
             outcomes = {o.company_id: o for o in stored}
         entries = unlogged + [e for r in chunk for e in r.retries]
+        entries += [
+            dataclasses.replace(
+                self._entry(r.company, "attempt", f"{provider}: {outcome}", r.attempts + r.tries, cost),
+                provider=provider,
+            )
+            for r in chunk
+            for provider, outcome, cost in r.trail
+        ]
         entries += [
             self._entry(r.company, "failed", r.error, r.attempts + r.tries, r.cost)
             for r in chunk

@@ -18,6 +18,7 @@ _BUILTIN = {
     "clay": "enrichhq.functions.clay:ClayProvider",
     "http": "enrichhq.functions.http:HttpProvider",
     "n8n": "enrichhq.functions.n8n:N8nProvider",
+    "waterfall": "enrichhq.functions.waterfall:WaterfallProvider",
     "zenrows": "enrichhq.functions.zenrows:ZenrowsProvider",
 }
 

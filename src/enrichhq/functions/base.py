@@ -23,6 +23,16 @@ HOMEPAGE_OUTPUTS: Mapping[str, str] = {
 }
 
 
+class RunIf(pydantic.BaseModel):
+    """provider_config.run_if: conditions a company must meet before anything is called for it."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    previous_step_succeeded: bool = False
+    field_empty: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    older_than_days: float | None = pydantic.Field(default=None, gt=0)
+
+
 class ProviderOptions(pydantic.BaseModel):
     """The provider_config keys every provider understands (providers may read more)."""
 
@@ -36,6 +46,7 @@ class ProviderOptions(pydantic.BaseModel):
     cost_per_call: float | None = pydantic.Field(default=None, ge=0)
     max_cost_per_batch: float | None = pydantic.Field(default=None, gt=0)
     url_template: str = pydantic.Field(default="https://{domain}", pattern=r"\{domain\}")
+    run_if: RunIf = pydantic.Field(default_factory=RunIf)
 
 
 class Provider(abc.ABC):

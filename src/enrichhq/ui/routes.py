@@ -117,6 +117,7 @@ async def confirm_run(request: Request) -> HTMLResponse:
         selection = await _selection(request, form, play)
         estimate = await runs.estimate(
             services(request).dbs,
+            services(request).settings,
             str(form.get("workflow_id")),
             selection,
             play_name=play,
@@ -179,7 +180,9 @@ async def batch_progress(request: Request, batch_id: str) -> HTMLResponse:
 async def retry_batch(request: Request, batch_id: str) -> Response:
     svc = services(request)
     try:
-        svc.runner.start(await runs.prepare_retry(svc.dbs, svc.settings, batch_id))
+        prepared = await runs.prepare_retry(svc.dbs, svc.settings, batch_id)
+        if prepared is not None:
+            svc.runner.start(prepared)
     except exceptions.EnrichHQError as exc:
         request.session["message"] = f"error: {exc}"
     return RedirectResponse(f"/batches/{batch_id}", 303)
