@@ -10,6 +10,7 @@ Behaviour is chosen by the domain being fetched, so one server serves every case
   nul-*           200 with a NUL byte in the page (PostgreSQL refuses NULs in text)
   odd429-*        429 with an unparseable Retry-After on the first call, then 200
   script-*        200 with a page full of scripts (the UI must never run them)
+  blocked-*       403 to a plain fetch of the site, 200 through the Zenrows API
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class Stub:
         with self.lock:
             self.calls[domain] += 1
             seen = self.calls[domain]
+        if domain.startswith("blocked-") and cost is None:
+            return self.problem(request, 403, "", "Forbidden: automated access blocked")
         if domain.startswith("ratelimit-") and seen == 1:
             return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "0.1"})
         if domain.startswith("odd429-") and seen == 1:

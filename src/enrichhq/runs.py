@@ -348,10 +348,14 @@ async def run(
     *,
     play_name: str = DEFAULT_PLAY,
     force: bool = False,
+    budget: float | None = None,
+    sample: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> BatchSummary:
     """Prepare and execute a run (the seed's 'Run Step N')."""
-    prepared = await prepare(dbs, settings, workflow_ref, selection, play_name=play_name, force=force)
+    prepared = await prepare(
+        dbs, settings, workflow_ref, selection, play_name=play_name, force=force, budget=budget, sample=sample
+    )
     return await execute(dbs, settings, prepared, on_progress)
 
 

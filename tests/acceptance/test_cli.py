@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from enrichhq.db import migrate
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, count, homepage_ddl, sql, workflow_row
 from tests.stubs import API_KEY, Stub
@@ -51,7 +52,7 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     environ = env.environ()
     result = enrichhq("init", env=environ)
     assert result.returncode == 0, result.stderr
-    assert "revision 0003" in result.stdout
+    assert f"revision {migrate.head()}" in result.stdout
     csv_path = write(
         tmp_path / "companies.csv",
         "domain,name\nok-alpha.com,Alpha\nhttps://www.OK-Beta.com/about,Beta\nratelimit-c.com,C\nunprocessable-d.com,D\n",
@@ -364,3 +365,23 @@ def test_setup_mistakes_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "mine" / "hq.db").write_bytes(b"precious")
     one_line_error(enrichhq("demo", "--data-dir", str(tmp_path / "mine"), env=base), "did not make")
     assert (tmp_path / "mine" / "hq.db").read_bytes() == b"precious"
+
+
+async def test_dry_run_budget_and_replay_from_the_command_line(env: Env, stub: Stub, tmp_path: Path) -> None:
+    environ = env.environ()
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row(provider_config='{"max_concurrency": 1}'))
+    write(tmp_path / "c.csv", "domain\n" + "".join(f"ok-{i}.com\n" for i in range(6)))
+    assert enrichhq("companies", "import", str(tmp_path / "c.csv"), env=environ).returncode == 0
+    dry = enrichhq("run", "scrape-homepage-via-zenrows", "--all", "--dry-run", env=environ)
+    assert dry.returncode == 0 and "will run" in dry.stdout and "6" in dry.stdout
+    assert "estimated cost: 30 (5 a call: zenrows's price list)" in dry.stdout
+    assert stub.total() == 0 and await count(env.dbs, "hq", "enrichment_batches") == 0
+    capped = enrichhq("run", "scrape-homepage-via-zenrows", "--all", "--budget", "12", env=environ)
+    assert capped.returncode == 3 and "budget of 12 reached" in capped.stdout and "10 of 12" in capped.stdout
+    batch_id = str((await sql(env.dbs, "hq", "SELECT id FROM enrichment_batches"))[0][0])
+    resumed = enrichhq("batches", "resume", batch_id, "--budget", "100", env=environ)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "30 of 100" in resumed.stdout and stub.total() == 6
+    replayed = enrichhq("batches", "replay", batch_id, env=environ)
+    assert replayed.returncode == 0 and stub.total() == 6

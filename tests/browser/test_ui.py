@@ -137,7 +137,7 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     page.check("#all-matching")
     page.click("button.run[data-step='1']")
     expect(page.locator(".confirm")).to_contain_text("2 companies will run")
-    expect(page.locator(".confirm")).to_contain_text("3 skipped: already completed in this play")
+    expect(page.locator(".confirm")).to_contain_text("3 skipped: already completed in play 'default'")
     page.click(".confirm button:has-text('Start')")
     expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
     page.click("text=Companies")

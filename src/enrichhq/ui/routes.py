@@ -128,6 +128,14 @@ async def confirm_run(request: Request) -> HTMLResponse:
     return render(request, "_confirm.html", estimate=estimate, form=form, play=play)
 
 
+def _number(value: object, name: str) -> float | None:
+    text = str(value or "").strip()
+    try:
+        return float(text) if text else None
+    except ValueError:
+        raise exceptions.InputError(f"{name} must be a number, not {text!r}") from None
+
+
 @router.post("/runs", dependencies=Posting)
 async def start_run(request: Request) -> Response:
     form = await request.form()
@@ -135,6 +143,7 @@ async def start_run(request: Request) -> Response:
     svc = services(request)
     try:
         selection = await _selection(request, form, play)
+        budget = _number(form.get("budget"), "budget")
         prepared = await runs.prepare(
             svc.dbs,
             svc.settings,
@@ -142,6 +151,7 @@ async def start_run(request: Request) -> Response:
             selection,
             play_name=play,
             force=bool(form.get("force")),
+            budget=budget,
         )
     except exceptions.EnrichHQError as exc:
         request.session["message"] = f"error: {exc}"
