@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from enrichhq.db import engines, hq
 from enrichhq.models import LogEntry
 
@@ -17,7 +19,14 @@ async def log(dbs: engines.Databases, entries: Sequence[LogEntry]) -> None:
     if not entries:
         return
     async with dbs.begin("hq") as conn:
-        await hq.insert_log_entries(conn, entries)
-        succeeded = [e for e in entries if e.succeeded]
-        if succeeded:
-            await hq.upsert_completions(conn, succeeded)
+        await write(conn, entries)
+
+
+async def write(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
+    """Write log entries and completions inside a caller's HQ transaction."""
+    if not entries:
+        return
+    await hq.insert_log_entries(conn, entries)
+    succeeded = [e for e in entries if e.succeeded]
+    if succeeded:
+        await hq.upsert_completions(conn, succeeded)

@@ -7,7 +7,7 @@ Either way the same code stores and logs, so the results are the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -31,6 +31,11 @@ class Pipeline:
         self._headers = headers
 
     @property
+    def logs_locally(self) -> bool:
+        """Whether log entries are written in this process (so a caller may batch them)."""
+        return not self.storage_url and not self.logger_url
+
+    @property
     def client(self) -> httpx.AsyncClient:
         """One HTTP client for the remote functions, made on first use."""
         if self._client is None:
@@ -45,8 +50,9 @@ class Pipeline:
         batch_id: str | None,
         play_name: str,
         destination: destinations.Destination | None = None,
+        log: Callable[[Sequence[LogEntry]], Awaitable[None]] | None = None,
     ) -> list[StoreOutcome]:
-        """Hand records to the storage worker (which logs them)."""
+        """Hand records to the storage worker (which logs them, through `log` when given)."""
         if not self.storage_url:
             return await storage_worker.store(
                 self.dbs,
@@ -55,7 +61,7 @@ class Pipeline:
                 batch_id=batch_id,
                 play_name=play_name,
                 destination=destination,
-                log=self.log,
+                log=log or self.log,
             )
         body = [
             {

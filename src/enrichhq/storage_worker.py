@@ -122,7 +122,8 @@ async def _write(
     values = list(rows.values())
     try:
         async with dbs.begin(destination.db) as conn:
-            await conn.execute(_statement(conn.dialect, config, destination, values[0]).values(values))
+            # executemany of one cached statement: SQLAlchemy sends it as multi-row INSERTs.
+            await conn.execute(_statement(conn.dialect, config, destination, values[0]), values)
         return {cid: StoreOutcome(cid, True) for cid in rows}
     except sa.exc.DBAPIError as exc:
         if len(values) == 1:
@@ -132,7 +133,7 @@ async def _write(
     for company_id, row in rows.items():
         try:
             async with dbs.begin(destination.db) as conn:
-                await conn.execute(_statement(conn.dialect, config, destination, row).values([row]))
+                await conn.execute(_statement(conn.dialect, config, destination, row), [row])
             outcomes[company_id] = StoreOutcome(company_id, True)
         except sa.exc.DBAPIError as exc:
             outcomes[company_id] = StoreOutcome(company_id, False, _db_message(exc))

@@ -21,6 +21,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from enrichhq import exceptions
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # --- URLs and engines -------------------------------------------------------------------
@@ -110,6 +111,11 @@ def is_sqlite(dialect: Dialect) -> bool:
     return dialect.name == "sqlite"
 
 
+def write_concurrency(dialect: Dialect) -> int:
+    """Write transactions worth running side by side: SQLite has one writer at a time."""
+    return 1 if is_sqlite(dialect) else 2
+
+
 # --- statements ---------------------------------------------------------------------------
 
 
@@ -146,6 +152,8 @@ class GUID(sa.types.TypeDecorator[str]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
+        if type(value) is str and CANONICAL_UUID.fullmatch(value):  # the hot path: already canonical
+            return value
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:

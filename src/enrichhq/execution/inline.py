@@ -13,13 +13,14 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from enrichhq import destinations, exceptions, tokens
-from enrichhq.db import engines, hq
+from enrichhq import destinations, enrichment_logger, exceptions, tokens
+from enrichhq.db import dialect, engines, hq
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
@@ -120,6 +121,8 @@ class InlineExecutor:
         self.on_progress = on_progress
         self.cancel = cancel or asyncio.Event()
         self.purse = Purse(budget, spent, per_call)
+        self.base: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
         self.gate = _Gate()
         self.stop_message: str | None = None
         self.fatal: Exception | None = None
@@ -128,6 +131,7 @@ class InlineExecutor:
 
     async def run(self) -> tuple[str, str | None]:
         """Drive the batch; returns its final status and message."""
+        await self._report(exact=True)
         workers = [asyncio.create_task(self._worker()) for _ in range(max(1, self.provider.concurrency))]
         writer = asyncio.create_task(self._writer())
         try:
@@ -153,7 +157,7 @@ class InlineExecutor:
             await hq.finish_batch(conn, self.batch_id, status, self.stop_message)
             if status == "waiting":
                 await hq.close_if_done(conn, self.batch_id)
-        await self._report()
+        await self._report(exact=True)
         return status, self.stop_message
 
     async def _feed(self, workers: int) -> None:
@@ -267,6 +271,8 @@ class InlineExecutor:
 
     async def _writer(self) -> None:
         chunk: list[_Result] = []
+        settling: set[asyncio.Task[None]] = set()
+        room = asyncio.Semaphore(dialect.write_concurrency(self.dbs.hq.dialect))
         done = False
         while not done:
             try:
@@ -280,41 +286,58 @@ class InlineExecutor:
                 if len(chunk) < self.settings.enrichhq_chunk_size:
                     continue
             if chunk and self.fatal is None:
-                try:
-                    await self._settle(chunk)
-                except Exception as exc:
-                    # HQ itself failed: stop dispatching, keep draining so no worker blocks.
-                    self.fatal = exc
-                    self.stop_message = self.stop_message or f"stopped: {exc}"
+                # Chunks settle side by side: one waits on the database while the next is mapped.
+                await room.acquire()
+                task = asyncio.create_task(self._settle_guarded(chunk, room))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
             chunk = []
+        await asyncio.gather(*settling)
+
+    async def _settle_guarded(self, chunk: list[_Result], room: asyncio.Semaphore) -> None:
+        try:
+            await self._settle(chunk)
+        except Exception as exc:
+            # HQ itself failed: stop dispatching; the writer keeps draining so no worker blocks.
+            self.fatal = exc
+            self.stop_message = self.stop_message or f"stopped: {exc}"
+        finally:
+            room.release()
 
     async def _settle(self, chunk: list[_Result]) -> None:
-        """Store the successes, log the failures, and write every item's final state."""
+        """Store the successes, log every outcome, and write every item's final state."""
         fetched = [r for r in chunk if r.data is not None]
         outcomes: dict[str, StoreOutcome] = {}
-        unlogged: list[LogEntry] = []
+        entries: list[LogEntry] = []
+
+        async def collect(logged: Sequence[LogEntry]) -> None:
+            entries.extend(logged)
+
         if fetched:
             records = [
                 StoreRecord(r.company.id, r.company.domain, r.data or {}, r.attempts + r.tries, r.cost)
                 for r in fetched
             ]
             try:
+                # In-process, the storage worker's log entries are written below with the items' states,
+                # in one HQ transaction; a remote storage worker logs them itself.
                 stored = await self.pipeline.store(
                     self.workflow,
                     records,
                     batch_id=self.batch_id,
                     play_name=self.play_name,
                     destination=self.destination,
+                    log=collect if self.pipeline.logs_locally else None,
                 )
             except (exceptions.DatabaseError, exceptions.StorageError) as exc:
                 # The destination is down: the fetched results are kept on their items.
                 stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
-                unlogged = [
+                entries += [
                     self._entry(r.company, "failed", f"storage: {exc}", r.attempts + r.tries, r.cost)
                     for r in fetched
                 ]
             outcomes = {o.company_id: o for o in stored}
-        entries = unlogged + [e for r in chunk for e in r.retries]
+        entries += [e for r in chunk for e in r.retries]
         entries += [
             dataclasses.replace(
                 self._entry(r.company, "attempt", f"{provider}: {outcome}", r.attempts + r.tries, cost),
@@ -324,50 +347,62 @@ class InlineExecutor:
             for provider, outcome, cost in r.trail
         ]
         entries += [
-            self._entry(r.company, "failed", r.error, r.attempts + r.tries, r.cost)
+            self._entry(
+                r.company,
+                "waiting_callback" if r.pending else "failed",
+                r.error,
+                r.attempts + r.tries,
+                r.cost,
+            )
             for r in chunk
             if r.data is None
         ]
-        await self.pipeline.log(entries)
         waiting = [
             {"company_id": r.company.id, "attempts": r.attempts + r.tries, "cost": r.cost}
             for r in chunk
             if r.pending
         ]
-        updates = []
-        for r in chunk:
-            if r.pending:
-                continue
-            outcome = outcomes.get(r.company.id)
-            stored_ok = outcome is not None and outcome.stored
-            error = (
-                r.error
-                if r.data is None
-                else (None if stored_ok else f"storage: {outcome.error if outcome else '?'}")
-            )
-            updates.append(
-                {
-                    "company_id": r.company.id,
-                    "state": "succeeded" if stored_ok else "failed",
-                    "attempts": r.attempts + r.tries,
-                    "error": error,
-                    "cost": r.cost,
-                    # A result fetched but not stored is kept, so it can be stored again without a new call.
-                    "result": r.data if r.data is not None and not stored_ok else None,
-                }
-            )
+        updates = [self._final_state(r, outcomes.get(r.company.id)) for r in chunk if not r.pending]
+        if not self.pipeline.logs_locally:
+            await self.pipeline.log(entries)
+            entries = []
         deadline = hq.now() + timedelta(seconds=self.provider.callback_timeout_s)
         async with self.dbs.begin("hq") as conn:
+            await enrichment_logger.write(conn, entries)
             await hq.finish_items(conn, self.batch_id, updates)
             await hq.mark_waiting(conn, self.batch_id, waiting, deadline)
+        for update in updates:
+            self.counts[update["state"]] += 1
+        self.counts["waiting_callback"] += len(waiting)
         await self._report()
 
-    async def _report(self) -> None:
+    def _final_state(self, r: _Result, outcome: StoreOutcome | None) -> dict[str, Any]:
+        stored = outcome is not None and outcome.stored
+        if r.data is None:
+            error = r.error
+        else:
+            error = None if stored else f"storage: {outcome.error if outcome else 'not stored'}"
+        return {
+            "company_id": r.company.id,
+            "state": "succeeded" if stored else "failed",
+            "attempts": r.attempts + r.tries,
+            "error": error,
+            "cost": r.cost,
+            # A result fetched but not stored is kept, so it can be stored again without a new call.
+            "result": r.data if r.data is not None and not stored else None,
+        }
+
+    async def _report(self, *, exact: bool = False) -> None:
         if self.on_progress is None:
             return
-        async with self.dbs.begin("hq") as conn:
-            counts, _ = await hq.state_counts(conn, self.batch_id)
-        maybe = self.on_progress(counts)
+        if exact:  # at the start and the end: from the database; between, counted here
+            async with self.dbs.begin("hq") as conn:
+                counts, _ = await hq.state_counts(conn, self.batch_id)
+            self.base = counts
+            self.counts = Counter()
+        merged = Counter(self.base)
+        merged.update(self.counts)
+        maybe = self.on_progress(dict(merged))
         if maybe is not None:
             await maybe
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from enrichhq import exceptions
 from enrichhq.functions.base import Provider
 
-__all__ = ["Provider", "available", "load"]
+__all__ = ["Provider", "available", "load", "register"]
 
 _BUILTIN = {
     "clay": "enrichhq.functions.clay:ClayProvider",
@@ -21,6 +21,14 @@ _BUILTIN = {
     "waterfall": "enrichhq.functions.waterfall:WaterfallProvider",
     "zenrows": "enrichhq.functions.zenrows:ZenrowsProvider",
 }
+
+
+_REGISTERED: dict[str, type[Provider]] = {}
+
+
+def register(name: str, provider: type[Provider]) -> None:
+    """Make a provider class available under a name from code (embedding, tests, benchmarks)."""
+    _REGISTERED[name] = provider
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
@@ -34,11 +42,13 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 def available() -> list[str]:
     """Names of every provider this installation can run."""
-    return sorted(_entry_points())
+    return sorted(set(_entry_points()) | set(_REGISTERED))
 
 
 def load(name: str) -> type[Provider]:
     """The provider class for a config row's `provider` value."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     entry = _entry_points().get(name)
     if entry is None:
         raise exceptions.ConfigError(f"unknown provider {name!r}; available: {', '.join(available())}")

@@ -1,0 +1,88 @@
+"""Shared by the benchmarks: fresh PostgreSQL databases, loaded companies, a destination table."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from enrichhq.db import migrate
+
+PG = os.environ.get("ENRICHHQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+DESTINATION = (
+    "CREATE TABLE company_homepage_scrapes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), company_id uuid, "
+    "company_domain text, homepage_html text, final_url text, scraped_at timestamptz, created_at timestamptz DEFAULT now())"
+)
+
+
+def sync_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://")
+
+
+@contextlib.contextmanager
+def databases(tag: str) -> Iterator[tuple[str, str]]:
+    """Two fresh databases (hq migrated, workspace with company_homepage_scrapes), dropped after."""
+    admin = sa.create_engine(sync_url(PG), isolation_level="AUTOCOMMIT")
+    names = (f"enrichhq_bench_{tag}_hq", f"enrichhq_bench_{tag}_ws")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    urls = tuple(sa.make_url(PG).set(database=n).render_as_string(hide_password=False) for n in names)
+    try:
+        migrate.upgrade(urls[0])
+        engine = sa.create_engine(sync_url(urls[1]))
+        with engine.begin() as conn:
+            conn.execute(sa.text(DESTINATION))
+        engine.dispose()
+        yield urls[0], urls[1]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def load_companies(hq_url: str, n: int) -> None:
+    """n companies, set-based."""
+    engine = sa.create_engine(sync_url(hq_url))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO companies (id, domain, name) SELECT gen_random_uuid(), 'company-' || g || '.com', "
+                "'Company ' || g FROM generate_series(1, :n) g"
+            ),
+            {"n": n},
+        )
+    engine.dispose()
+
+
+def add_workflow(hq_url: str, provider: str, config: str = "{}", mode: str = "append") -> None:
+    """The homepage step, the seed's way."""
+    engine = sa.create_engine(sync_url(hq_url))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+                "destination_db, destination_table_name, destination_field_mappings, provider_config, write_mode) "
+                "VALUES ('homepage', 'Homepage', 1, :p, 'workspace', 'company_homepage_scrapes', "
+                "'{\"homepage_html\": \"homepage_html\", \"scraped_at\": \"scraped_at\", \"final_url\": \"final_url\"}', "
+                ":c, :m)"
+            ),
+            {"p": provider, "c": config, "m": mode},
+        )
+    engine.dispose()
+
+
+def machine() -> str:
+    """What the figures were measured on."""
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
