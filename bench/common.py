@@ -75,7 +75,7 @@ def add_workflow(hq_url: str, provider: str, config: str = "{}", mode: str = "ap
                 "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
                 "destination_db, destination_table_name, destination_field_mappings, provider_config, write_mode) "
                 "VALUES ('homepage', 'Homepage', 1, :p, 'workspace', 'company_homepage_scrapes', "
-                "'{\"homepage_html\": \"homepage_html\", \"scraped_at\": \"scraped_at\", \"final_url\": \"final_url\"}', "
+                '\'{"homepage_html": "homepage_html", "scraped_at": "scraped_at", "final_url": "final_url"}\', '
                 ":c, :m)"
             ),
             {"p": provider, "c": config, "m": mode},
