@@ -10,12 +10,11 @@ log and completion rows, and every item's final state — into PostgreSQL.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 from common import add_workflow, databases, load_companies, machine
 
-from enrichhq import functions, runs, settings
+from enrichhq import aio, functions, runs, settings
 from enrichhq.db import engines
 from enrichhq.testing import InstantProvider
 
@@ -39,7 +38,7 @@ def measure(companies: int) -> float:
             finally:
                 await dbs.dispose()
 
-        return asyncio.run(go())
+        return aio.run(go())
 
 
 def main() -> None:

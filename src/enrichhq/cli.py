@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from enrichhq import companies, destinations, exceptions, runs, settings, workflows
+from enrichhq import aio, companies, destinations, exceptions, runs, settings, workflows
 from enrichhq.db import engines, migrate
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def _run(work: Callable[[engines.Databases], Awaitable[T]]) -> T:
         finally:
             await dbs.dispose()
 
-    return asyncio.run(go())
+    return aio.run(go())
 
 
 def _fail(message: str) -> NoReturn:

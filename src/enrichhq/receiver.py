@@ -7,17 +7,21 @@ token expired. `sweep` turns items whose deadline passed into `timed_out`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq import exceptions, tokens, workflows
+from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import engines, hq
 from enrichhq.models import LogEntry, StoreRecord
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.receiver")
+# How long a reflected destination table is reused between callbacks (DDL changes show after this).
+RECENT_S = 5.0
 TIMED_OUT = "no callback before the deadline (provider_config.callback_timeout_s); retry to send again"
 
 
@@ -30,9 +34,14 @@ class Receipt:
 
 
 async def receive(
-    dbs: engines.Databases, settings: Settings, pipeline: Pipeline, token: str | None, data: Any
+    dbs: engines.Databases,
+    settings: Settings,
+    pipeline: Pipeline,
+    token: str | None,
+    data: Any,
+    batcher: Batcher | None = None,
 ) -> Receipt:
-    """Handle one callback."""
+    """Handle one callback: verify it here, store it with the others arriving at the same moment."""
     if not token:
         return Receipt(
             401, {"error": "callback_token missing: send it in the body or the X-Callback-Token header"}
@@ -46,48 +55,166 @@ async def receive(
         return Receipt(401 if exc.reason == "expired" else 403, {"error": str(exc)})
     if not isinstance(data, dict):
         return Receipt(400, {"error": "data must be a JSON object with the step's result fields"})
-    async with dbs.begin("hq") as conn:
-        item = await hq.get_item(conn, claims.batch_id, claims.company_id)
-        batch = await hq.get_batch(conn, claims.batch_id)
-        claimed = item is not None and await hq.claim_for_callback(conn, claims.batch_id, claims.company_id)
-    if item is None or batch is None:
-        return Receipt(404, {"error": "no batch item for this callback (batch or company unknown)"})
-    if not claimed:
-        # Already settled (or being settled): a repeated callback changes nothing.
-        return Receipt(200, {"status": "duplicate", "state": item["state"], "stored": False})
-    try:
-        workflow = await workflows.get(dbs, claims.workflow_id)
-        (outcome,) = await pipeline.store(
-            workflow,
-            [StoreRecord(claims.company_id, item["company_domain"], data, item["attempts"], None)],
-            batch_id=claims.batch_id,
-            play_name=batch["play_name"],
+    if batcher is None:
+        return (await Batcher(dbs, pipeline).settle([(claims, data)]))[0]
+    return await batcher.submit(claims, data)
+
+
+class Batcher:
+    """Stores callbacks a chunk at a time: a callback waits at most a few milliseconds for company.
+
+    Per chunk: one claiming UPDATE, one destination INSERT, and one HQ transaction for the log,
+    the completions and the items' states — instead of all of them per callback.
+    """
+
+    def __init__(
+        self, dbs: engines.Databases, pipeline: Pipeline, *, max_chunk: int = 200, wait_s: float = 0.003
+    ):
+        self.dbs = dbs
+        self.pipeline = pipeline
+        self.max_chunk = max_chunk
+        self.wait_s = wait_s
+        self.queue: asyncio.Queue[tuple[tokens.Claims, dict[str, Any], asyncio.Future[Receipt]]] = (
+            asyncio.Queue()
         )
-        update = {
-            "company_id": claims.company_id,
-            "state": "succeeded" if outcome.stored else "failed",
-            "attempts": item["attempts"],
-            "cost": item["cost"],
-            "error": None if outcome.stored else f"storage: {outcome.error}",
-            "result": None if outcome.stored else data,
-        }
-    except exceptions.EnrichHQError as exc:
-        # Storage is down or the config broke: keep the data on the item, fail it with the reason.
-        update = {
-            "company_id": claims.company_id,
-            "state": "failed",
-            "attempts": item["attempts"],
-            "cost": item["cost"],
-            "error": f"storage: {exc}",
-            "result": data,
-        }
-    async with dbs.begin("hq") as conn:
-        await hq.finish_items(conn, claims.batch_id, [update])
-        await hq.close_if_done(conn, claims.batch_id)
-    stored = update["state"] == "succeeded"
-    return Receipt(
-        200, {"status": "stored" if stored else "failed", "stored": stored, "error": update["error"]}
-    )
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, claims: tokens.Claims, data: dict[str, Any]) -> Receipt:
+        """Queue one verified callback and wait for its receipt."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._loop())
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        await self.queue.put((claims, data, future))
+        return await future
+
+    async def _loop(self) -> None:
+        # Several chunks settle at once: each spends most of its time waiting for a commit.
+        room = asyncio.Semaphore(4)
+        while True:
+            waiting = [await self.queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while len(waiting) < self.max_chunk:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    waiting.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await room.acquire()
+            task = asyncio.create_task(self._answer(waiting))
+            task.add_done_callback(lambda _: room.release())
+
+    async def _answer(
+        self, waiting: list[tuple[tokens.Claims, dict[str, Any], asyncio.Future[Receipt]]]
+    ) -> None:
+        try:
+            receipts = await self.settle([(c, d) for c, d, _ in waiting])
+        except Exception as exc:  # the database failed: every waiting callback hears it, the loop lives
+            log.error("storing callbacks failed: %s", exc)
+            refusal = Receipt(503, {"error": f"could not store the callback now: {exc}; send it again"})
+            receipts = [refusal] * len(waiting)
+        for (_, _, future), receipt in zip(waiting, receipts, strict=True):
+            if not future.done():
+                future.set_result(receipt)
+
+    async def settle(self, callbacks: list[tuple[tokens.Claims, dict[str, Any]]]) -> list[Receipt]:
+        """Claim, store, log and settle a chunk of verified callbacks; a receipt for each."""
+        receipts: dict[int, Receipt] = {}
+        by_batch: dict[str, list[int]] = {}
+        for index, (claims, _) in enumerate(callbacks):
+            by_batch.setdefault(claims.batch_id, []).append(index)
+        for batch_id, indexes in by_batch.items():
+            receipts.update(await self._settle_batch(batch_id, [(i, *callbacks[i]) for i in indexes]))
+        return [receipts[i] for i in range(len(callbacks))]
+
+    async def _settle_batch(
+        self, batch_id: str, callbacks: list[tuple[int, tokens.Claims, dict[str, Any]]]
+    ) -> dict[int, Receipt]:
+        receipts: dict[int, Receipt] = {}
+        first: dict[str, tuple[int, tokens.Claims, dict[str, Any]]] = {}
+        for entry in callbacks:
+            if entry[1].company_id in first:  # the same callback twice in one chunk: the first one counts
+                receipts[entry[0]] = Receipt(
+                    200, {"status": "duplicate", "state": "storing", "stored": False}
+                )
+            else:
+                first[entry[1].company_id] = entry
+        async with self.dbs.begin("hq") as conn:
+            batch = await hq.get_batch(conn, batch_id)
+            claimed = await hq.claim_many(conn, batch_id, list(first)) if batch else {}
+            others = (
+                await hq.item_states(conn, batch_id, [c for c in first if c not in claimed]) if batch else {}
+            )
+        for company_id, (index, _, _) in first.items():
+            if company_id in claimed:
+                continue
+            if company_id in others:  # already settled (or being settled): a repeat changes nothing
+                receipts[index] = Receipt(
+                    200, {"status": "duplicate", "state": others[company_id], "stored": False}
+                )
+            else:
+                receipts[index] = Receipt(
+                    404, {"error": "no batch item for this callback (batch or company unknown)"}
+                )
+        if not claimed or batch is None:
+            return receipts
+        mine = [first[c] for c in claimed]
+        entries: list[LogEntry] = []
+
+        async def collect(logged: Sequence[LogEntry]) -> None:
+            entries.extend(logged)
+
+        records = [
+            StoreRecord(
+                c.company_id, claimed[c.company_id]["company_domain"], d, claimed[c.company_id]["attempts"]
+            )
+            for _, c, d in mine
+        ]
+        try:
+            workflow = await workflows.get(self.dbs, mine[0][1].workflow_id)
+            destination = await destinations.reflect(
+                self.dbs, workflow.destination_db, workflow.destination_table_name, max_age=RECENT_S
+            )
+            outcomes = {
+                o.company_id: o
+                for o in await self.pipeline.store(
+                    workflow,
+                    records,
+                    batch_id=batch_id,
+                    play_name=batch["play_name"],
+                    destination=destination,
+                    log=collect if self.pipeline.logs_locally else None,
+                )
+            }
+            problem = None
+        except exceptions.EnrichHQError as exc:
+            # Storage is down or the config broke: the data stays on the items, which fail with the reason.
+            outcomes, problem = {}, f"storage: {exc}"
+        updates = []
+        for index, claims, data in mine:
+            outcome = outcomes.get(claims.company_id)
+            stored = outcome is not None and outcome.stored
+            error = None if stored else (problem or f"storage: {outcome.error if outcome else 'not stored'}")
+            item = claimed[claims.company_id]
+            updates.append(
+                {
+                    "company_id": claims.company_id,
+                    "state": "succeeded" if stored else "failed",
+                    "attempts": item["attempts"],
+                    "cost": item["cost"],
+                    "error": error,
+                    "result": None if stored else data,
+                }
+            )
+            receipts[index] = Receipt(
+                200, {"status": "stored" if stored else "failed", "stored": stored, "error": error}
+            )
+        async with self.dbs.begin("hq") as conn:
+            await enrichment_logger.write(conn, entries)
+            await hq.finish_items(conn, batch_id, updates)
+            await hq.close_if_done(conn, batch_id)
+        return receipts
 
 
 async def _log_rejection(

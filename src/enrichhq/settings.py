@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     enrichhq_retry_base_delay: float = Field(
         default=1.0, ge=0, description="first retry delay in seconds; doubles per attempt"
     )
-    enrichhq_chunk_size: int = Field(default=200, ge=1, le=5000)
+    enrichhq_chunk_size: int = Field(default=500, ge=1, le=5000)
     enrichhq_api_key: SecretStr | None = Field(default=None, description="Bearer key of the HTTP API")
     enrichhq_secret: SecretStr | None = Field(
         default=None, description="HMAC key of callback tokens (default: a random one kept in the data dir)"

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from enrichhq import exceptions, settings
+from enrichhq import exceptions, receiver, settings
 from enrichhq.db import engines
 from enrichhq.execution.background import BatchRunner
 from enrichhq.pipeline import Pipeline
@@ -20,10 +20,13 @@ class Services:
         self.dbs = engines.Databases.from_settings(conf)
         self.pipeline = Pipeline(self.dbs, conf)
         self.runner = BatchRunner(self.dbs, conf, self.pipeline)
+        self.batcher = receiver.Batcher(self.dbs, self.pipeline)
 
     async def close(self) -> None:
         """Stop background batches and close connections."""
         await self.runner.shutdown()
+        if self.batcher.task is not None:
+            self.batcher.task.cancel()
         await self.pipeline.aclose()
         await self.dbs.dispose()
 

@@ -419,10 +419,38 @@ async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequen
 
 
 async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]]) -> None:
-    """Write each item's final state (keys: company_id, state, attempts, error, cost, result)."""
+    """Write each item's final state (keys: company_id, state, attempts, error, cost, result).
+
+    Items that end alike (most of a chunk: succeeded, first attempt, same cost) share one
+    UPDATE ... WHERE company_id IN (...); the rest go one statement each, in one executemany.
+    """
     if not updates:
         return
     stamp = now()
+    alike: dict[tuple[Any, ...], list[str]] = {}
+    odd: list[Mapping[str, Any]] = []
+    for u in updates:
+        if u.get("error") is None and u.get("result") is None:
+            alike.setdefault((u["state"], u["attempts"], u.get("cost")), []).append(u["company_id"])
+        else:
+            odd.append(u)
+    for (state, attempts, cost), ids in alike.items():
+        for chunk in _chunks(ids):
+            await conn.execute(
+                sa.update(batch_items)
+                .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk))
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    cost=cost,
+                    last_error=None,
+                    result=None,
+                    updated_at=stamp,
+                    finished_at=stamp,
+                )
+            )
+    if not odd:
+        return
     stmt = (
         sa.update(batch_items)
         .where(
@@ -451,7 +479,7 @@ async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[M
                 "b_cost": u.get("cost"),
                 "b_result": u.get("result"),
             }
-            for u in updates
+            for u in odd
         ],
     )
 
@@ -524,6 +552,44 @@ async def claim_for_callback(conn: AsyncConnection, batch_id: str, company_id: s
     return result.rowcount == 1
 
 
+async def claim_many(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Take waiting items to store their callbacks; returns those taken (domain, attempts, cost)."""
+    claimed: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state.in_(("waiting_callback", "running")),
+            )
+            .values(state="storing", updated_at=now())
+            .returning(
+                batch_items.c.company_id,
+                batch_items.c.company_domain,
+                batch_items.c.attempts,
+                batch_items.c.cost,
+            )
+        )
+        claimed.update({r.company_id: dict(r._mapping) for r in result})
+    return claimed
+
+
+async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
+    """The state of each of these items that exists."""
+    states: dict[str, str] = {}
+    for chunk in _chunks(company_ids):
+        result = await conn.execute(
+            sa.select(batch_items.c.company_id, batch_items.c.state).where(
+                batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk)
+            )
+        )
+        states.update({r.company_id: r.state for r in result})
+    return states
+
+
 async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dict[str, Any] | None:
     """One batch item, as a dict."""
     if not (_is_uuid(batch_id) and _is_uuid(company_id)):
@@ -579,11 +645,11 @@ async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason
 async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
     """Mark a waiting batch completed once none of its items is unfinished."""
     unfinished = await conn.execute(
-        sa.select(sa.func.count())
-        .select_from(batch_items)
+        sa.select(batch_items.c.company_id)
         .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
+        .limit(1)
     )
-    if unfinished.scalar_one():
+    if unfinished.first() is not None:
         return False
     result = await conn.execute(
         sa.update(batches)

@@ -1,0 +1,199 @@
+"""Benchmark 6: the receiver under load — callbacks per second, p99 latency, every callback stored once.
+
+N items wait for an n8n callback; `enrichhq serve`'s app runs under uvicorn in its own
+process; a load generator on loopback posts {callback_token, data} with 64 in flight for
+up to --seconds. Target: >= 1,000 callbacks/s sustained for 30 s, p99 <= 100 ms, none lost.
+
+    python bench/callbacks.py [--seconds 30] [--items 40000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import sqlalchemy as sa
+from common import databases, load_companies, machine, sync_url
+
+from enrichhq import aio, tokens
+
+SECRET = "bench-secret"
+IN_FLIGHT = 64
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _setup(hq_url: str, ws_url: str, items: int) -> list[str]:
+    load_companies(hq_url, items)
+    engine = sa.create_engine(sync_url(hq_url))
+    with engine.begin() as conn:
+        workflow_id = conn.execute(
+            sa.text(
+                "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+                "destination_db, destination_table_name, destination_field_mappings, provider_config) VALUES "
+                "('cases', 'Case studies', 2, 'n8n', 'workspace', 'company_case_studies', "
+                '\'{"case_study_urls": "urls", "extracted_at": "extracted_at"}\', '
+                '\'{"webhook_url": "http://127.0.0.1:9/unused"}\') RETURNING id'
+            )
+        ).scalar()
+        batch_id = str(uuid.uuid4())
+        conn.execute(
+            sa.text(
+                "INSERT INTO enrichment_batches (id, workflow_id, workflow_slug, play_name, step_number, provider, status, total) "
+                "VALUES (:b, :w, 'cases', 'default', 2, 'n8n', 'waiting', :n)"
+            ),
+            {"b": batch_id, "w": workflow_id, "n": items},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO enrichment_batch_items (batch_id, company_id, company_domain, state, attempts, deadline_at) "
+                "SELECT :b, id, domain, 'waiting_callback', 1, now() + interval '1 hour' FROM companies"
+            ),
+            {"b": batch_id},
+        )
+        ids = [str(r[0]) for r in conn.execute(sa.text("SELECT id FROM companies"))]
+    engine.dispose()
+    ws = sa.create_engine(sync_url(ws_url))
+    with ws.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE company_case_studies (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), company_id uuid, "
+                "company_domain text, urls jsonb, extracted_at timestamptz, created_at timestamptz DEFAULT now())"
+            )
+        )
+    ws.dispose()
+    return [tokens.issue(SECRET.encode(), batch_id, cid, str(workflow_id), 3600) for cid in ids]
+
+
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, body: bytes
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST on a kept-alive connection (httpx's pool is the bottleneck at 64 in flight)."""
+    writer.write(
+        b"POST /functions/v1/receiver_v1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def _load(port: int, signed: list[str], seconds: float) -> tuple[list[float], int, int]:
+    latencies: list[float] = []
+    stored = refused = 0
+    queue = list(reversed(signed))
+    deadline = time.perf_counter() + seconds
+    data = {"case_study_urls": ["https://example.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+
+    async def worker() -> None:
+        nonlocal stored, refused
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue and time.perf_counter() < deadline:
+                body = json.dumps({"callback_token": queue.pop(), "data": data}).encode()
+                begin = time.perf_counter()
+                status, answer = await _post(reader, writer, port, body)
+                latencies.append(time.perf_counter() - begin)
+                if status == 200 and json.loads(answer).get("stored"):
+                    stored += 1
+                else:
+                    refused += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return latencies, stored, refused
+
+
+def measure(seconds: float, items: int) -> dict[str, float]:
+    """Callbacks per second, p50 and p99 latency (ms), and the rows stored against callbacks answered."""
+    with databases("callbacks") as (hq_url, ws_url):
+        signed = _setup(hq_url, ws_url, items)
+        port = _port()
+        env = {
+            **os.environ,
+            "HQ_DATABASE_URL": hq_url,
+            "WORKSPACE_DATABASE_URL": ws_url,
+            "ENRICHHQ_SECRET": SECRET,
+            "ENRICHHQ_API_KEY": "bench",
+        }
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "enrichhq.api.app:create_app",
+                "--factory",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env=env,
+        )
+        try:
+            for _ in range(150):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            started = time.perf_counter()
+            latencies, stored, refused = aio.run(_load(port, signed, seconds))
+            elapsed = time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+        engine = sa.create_engine(sync_url(ws_url))
+        with engine.connect() as conn:
+            rows, distinct = conn.execute(
+                sa.text("SELECT count(*), count(DISTINCT company_id) FROM company_case_studies")
+            ).one()
+        engine.dispose()
+        ordered = sorted(latencies)
+        return {
+            "rate": len(latencies) / elapsed,
+            "seconds": elapsed,
+            "callbacks": len(latencies),
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+            "stored": stored,
+            "refused": refused,
+            "rows": rows,
+            "distinct": distinct,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--items", type=int, default=40_000)
+    args = parser.parse_args()
+    r = measure(args.seconds, args.items)
+    print(
+        f"callbacks: {r['callbacks']:.0f} in {r['seconds']:.1f}s = {r['rate']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, "
+        f"p99 {r['p99_ms']:.1f} ms; stored {r['stored']:.0f}, rows {r['rows']:.0f} ({r['distinct']:.0f} companies), "
+        f"refused {r['refused']:.0f} ({machine()})"
+    )
+
+
+if __name__ == "__main__":
+    main()
