@@ -1,0 +1,82 @@
+"""Run every benchmark against the local PostgreSQL, side by side, and print one table with its targets.
+
+    python bench/run_all.py            # about 5 minutes on 2 cores
+
+Ratios (pipeline against the seed's design and against the physical limit) are measured in
+this one run, so the machine's mood moves both sides together.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import callbacks
+import grid_bench
+import latency
+import limit
+import memory
+import pipeline
+import seed_design
+from common import machine
+
+
+def main() -> None:
+    started = time.perf_counter()
+    rows: list[tuple[str, str, str, bool]] = []
+
+    lim = limit.measure(10_000)
+    seed = seed_design.measure(2_000)
+    pipe = pipeline.measure(10_000)
+    rows.append(("limit: 3 rows/company via the driver", f"{lim:,.0f} companies/s", "-", True))
+    rows.append(("seed_design: HTTP hop + config query", f"{seed:,.0f} companies/s", "-", True))
+    rows.append(("pipeline: enrichhq run, 10,000 companies", f"{pipe:,.0f} companies/s", "-", True))
+    rows.append(("pipeline / seed_design", f"{pipe / seed:.1f}x", ">= 20x", pipe / seed >= 20))
+    rows.append(("pipeline / limit", f"{100 * pipe / lim:.0f}%", ">= 45%", pipe / lim >= 0.45))
+
+    wall, ideal, too_many = latency.measure(1_000)
+    rows.append(
+        (
+            "latency: 1,000 x 200 ms at 25 at once",
+            f"{wall:.2f}s = {wall / ideal:.3f}x ideal",
+            "<= 1.1x",
+            wall / ideal <= 1.1,
+        )
+    )
+    rows.append(("latency: 429s provoked", str(too_many), "0", too_many == 0))
+
+    rss, seconds = memory.measure(100_000)
+    rows.append(
+        ("memory: 100,000-company batch, peak RSS", f"{rss:.0f} MB ({seconds:.0f}s)", "<= 300 MB", rss <= 300)
+    )
+
+    r = callbacks.measure(30, 40_000)
+    rows.append(
+        ("callbacks: receiver, 30 s, 64 in flight", f"{r['rate']:,.0f}/s", ">= 1,000/s", r["rate"] >= 1000)
+    )
+    rows.append(("callbacks: p99 latency", f"{r['p99_ms']:.0f} ms", "<= 100 ms", r["p99_ms"] <= 100))
+    once = r["rows"] == r["stored"] == r["distinct"] and r["refused"] == 0
+    rows.append(
+        (
+            "callbacks: stored once, none lost",
+            f"{r['stored']:.0f} answered, {r['rows']:.0f} rows",
+            "equal",
+            once,
+        )
+    )
+
+    worst = grid_bench.measure(100_000, 5)
+    rows.append(("grid: 100,000 x 5 steps, slowest page", f"{worst:.0f} ms", "< 300 ms", worst < 300))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'benchmark':{width}}  {'measured':28}  {'target':10}  met")
+    for name, value, target, ok in rows:
+        print(f"{name:{width}}  {value:28}  {target:10}  {'yes' if ok else 'NO'}")
+    print(f"\n{machine()}; all benchmarks in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
