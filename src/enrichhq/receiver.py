@@ -89,7 +89,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         # Several chunks settle at once: each spends most of its time waiting for a commit.
-        room = asyncio.Semaphore(4)
+        room = asyncio.Semaphore(2)
         while True:
             waiting = [await self.queue.get()]
             deadline = asyncio.get_running_loop().time() + self.wait_s
