@@ -42,8 +42,11 @@ class ProviderError(EnrichHQError):
         stop_batch: bool = False,
         retry_after: float | None = None,
         cost: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
+        #: the provider's HTTP status, when it answered at all.
+        self.status = status
         self.retryable = retryable
         self.stop_batch = stop_batch
         self.retry_after = retry_after

@@ -398,6 +398,17 @@ async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
     return batch
 
 
+async def orphans(dbs: engines.Databases) -> list[str]:
+    """Batches marked running that no process has moved for ACTIVE_WITHIN_S: their runner died."""
+    async with dbs.begin("hq") as conn:
+        found = []
+        for batch_id in await hq.running_batch_ids(conn):
+            since = await hq.seconds_since_progress(conn, batch_id)
+            if since is None or since >= ACTIVE_WITHIN_S:
+                found.append(batch_id)
+    return found
+
+
 async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: str) -> Prepared | None:
     """Retry a batch's failures without paying twice.
 

@@ -125,3 +125,36 @@ async def test_cancel_skips_what_is_left(env: Env, tmp_path: Path) -> None:
     finally:
         webhook.close()
     assert cancelled["status"] == "cancelled" and cancelled["counts"] == {"skipped": 2}
+
+
+async def test_metrics_and_orphaned_batches_resume_on_start(env: Env, tmp_path: Path, stub: Stub) -> None:
+    from datetime import timedelta
+
+    from enrichhq import runs
+    from enrichhq.db import hq
+
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await sql(
+        env.dbs,
+        "hq",
+        "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-orphan.com'), ('6f0c2d4e-2222-4a43-9d0b-3f1f2b8f7c11', 'ratelimit-m.com')",
+    )
+    # A batch whose process died before it ran anything: no progress for two minutes.
+    prepared = await runs.prepare(
+        env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True)
+    )
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batch_items SET updated_at = :t",
+        {"t": hq.now() - timedelta(minutes=2)},
+    )
+    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        batch = wait_for(client, prepared.batch_id)
+        assert batch["counts"] == {"succeeded": 2}
+        assert client.get("/metrics").status_code == 401
+        text = client.get("/metrics", headers=AUTH).text
+    assert 'enrichhq_provider_calls_total{outcome="ok",provider="zenrows"}' in text
+    assert 'enrichhq_provider_429_total{provider="zenrows"}' in text
+    assert "enrichhq_queue_depth" in text

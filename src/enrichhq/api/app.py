@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enrichhq import exceptions, receiver, settings, tokens
+from enrichhq import exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
-from enrichhq.api.deps import Services, services
+from enrichhq.api.deps import Services, require_api_key, services
 from enrichhq.ui import auth
 from enrichhq.ui import routes as ui_routes
 
@@ -83,6 +83,21 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
+async def _adopt_orphans(svc: Services) -> None:
+    """Batches whose process died resume here: finished items stay, the rest run again."""
+    try:
+        orphaned = await runs.orphans(svc.dbs)
+    except exceptions.EnrichHQError as exc:  # no schema yet, say: serve still starts
+        log.warning("could not look for unfinished batches: %s", exc)
+        return
+    for batch_id in orphaned:
+        try:
+            svc.runner.start(await runs.prepare_resume(svc.dbs, svc.settings, batch_id))
+            log.info("resumed batch %s left unfinished by a stopped process", batch_id)
+        except exceptions.EnrichHQError as exc:
+            log.warning("batch %s cannot resume: %s", batch_id, exc)
+
+
 async def _sweeper(svc: Services, interval: float) -> None:
     while True:
         try:
@@ -113,6 +128,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = Services(conf)
         app.state.services = svc
+        await _adopt_orphans(svc)
         sweeper = asyncio.create_task(_sweeper(svc, conf.enrichhq_sweep_interval_s))
         try:
             yield
@@ -162,6 +178,12 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
     app.include_router(functions.router)
     app.include_router(rest.router)
     app.include_router(ui_routes.router)
+
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics (Authorization: Bearer like the API)."""
+        body = await metrics.exposition(services(request).dbs)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> dict[str, Any]:

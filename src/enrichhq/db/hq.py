@@ -777,6 +777,23 @@ async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, 
     return counts, cost
 
 
+async def running_batch_ids(conn: AsyncConnection) -> list[str]:
+    """Batches marked running (some may belong to a process that died)."""
+    result = await conn.execute(sa.select(batches.c.id).where(batches.c.status == "running"))
+    return [r.id for r in result]
+
+
+async def open_item_states(conn: AsyncConnection) -> dict[str, int]:
+    """Items per state over the batches not yet finished (what /metrics reports)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, sa.func.count())
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batches.c.status.in_(("running", "waiting")))
+        .group_by(batch_items.c.state)
+    )
+    return {state: int(count) for state, count in result}
+
+
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """Items that ended failed or timed out, with their errors."""
     result = await conn.execute(

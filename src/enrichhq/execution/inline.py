@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from enrichhq import destinations, enrichment_logger, exceptions, tokens
+from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
 from enrichhq.db import dialect, engines, hq
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
@@ -205,9 +205,11 @@ class InlineExecutor:
                 return result
             result.tries += 1
             attempt = attempts + result.tries
+            began = time.monotonic()
             try:
                 fetched = await self.provider.fetch(company, self._context(company))
             except exceptions.ProviderError as exc:
+                metrics.observe(self.workflow.provider, time.monotonic() - began, "error", exc.status)
                 self.purse.settle(exc.cost)
                 result.cost = _add(result.cost, exc.cost)
                 result.trail += exc.trail
@@ -230,6 +232,7 @@ class InlineExecutor:
                 self.purse.settle(None)
                 result.error = f"provider {self.workflow.provider!r} crashed: {type(exc).__name__}: {exc}"
                 return result
+            metrics.observe(self.workflow.provider, time.monotonic() - began, "ok")
             self.purse.settle(fetched.cost)
             result.trail += fetched.trail
             result.cost = _add(result.cost, fetched.cost)

@@ -30,9 +30,12 @@ class HttpProvider(base.Provider):
                         f"HTTP {response.status_code} from {url}",
                         retryable=True,
                         retry_after=base.retry_after(response),
+                        status=response.status_code,
                     )
                 if response.status_code >= 400:
-                    raise exceptions.ProviderError(f"HTTP {response.status_code} from {url}")
+                    raise exceptions.ProviderError(
+                        f"HTTP {response.status_code} from {url}", status=response.status_code
+                    )
                 body = bytearray()
                 async for piece in response.aiter_bytes():
                     body.extend(piece)

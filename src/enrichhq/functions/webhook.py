@@ -86,6 +86,11 @@ class WebhookProvider(base.Provider):
 
     def error(self, response: httpx.Response) -> exceptions.ProviderError:
         """The provider's refusal as a ProviderError, retryable where another try may pass."""
+        error = self._classify(response)
+        error.status = response.status_code
+        return error
+
+    def _classify(self, response: httpx.Response) -> exceptions.ProviderError:
         status = response.status_code
         said = _said(response)
         if status == 404:

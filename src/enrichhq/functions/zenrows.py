@@ -86,6 +86,11 @@ class ZenrowsProvider(base.Provider):
         raise self._scrub(self._error(response))
 
     def _error(self, response: httpx.Response) -> exceptions.ProviderError:
+        error = self._classify(response)
+        error.status = response.status_code
+        return error
+
+    def _classify(self, response: httpx.Response) -> exceptions.ProviderError:
         status = response.status_code
         problem = _problem(response)
         code = problem.get("code") or ""
