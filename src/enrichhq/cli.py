@@ -127,12 +127,14 @@ def serve(
             f"refusing to listen on {host} without ENRICHHQ_API_KEY: anyone on the network could run "
             "steps and read data; set the key, or listen on 127.0.0.1"
         )
-    if not has_key:
-        err.print("[yellow]no ENRICHHQ_API_KEY: the API is open to this machine only[/yellow]")
-    _, generated = conf.ui_password()
+    _, generated = conf.api_key()
     if generated:
-        kept = conf.enrichhq_data_dir.resolve() / "ui-password"
-        err.print(f"UI at http://{host}:{port}/ : log in with the password kept in {kept}", highlight=False)
+        kept = conf.enrichhq_data_dir.resolve() / "api-key"
+        err.print(
+            f"UI at http://{host}:{port}/ . No ENRICHHQ_API_KEY: a key was generated and kept in {kept}; "
+            "it is the API's Bearer key and, unless ENRICHHQ_UI_PASSWORD is set, the UI password",
+            highlight=False,
+        )
     if not conf.enrichhq_public_url:
         conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
     migrate.upgrade(conf.resolved_hq_url())

@@ -39,6 +39,9 @@ def normalize_domain(raw: str) -> str:
 
 def decode(data: bytes, source: str) -> str:
     """Bytes as UTF-8 text (a BOM is fine); anything else is an error that says where."""
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise exceptions.InputError(f"{source}: line {line} holds a NUL byte; is this a text (CSV) file?")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -153,7 +156,7 @@ async def listing(
 ) -> tuple[int, list[Company]]:
     """How many companies there are, and one page of them."""
     async with dbs.begin("hq") as conn:
-        return await hq.count_companies(conn), await hq.list_companies(
+        return await hq.count_companies(conn, search), await hq.list_companies(
             conn, search=search, limit=limit, offset=offset
         )
 

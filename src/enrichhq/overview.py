@@ -6,6 +6,7 @@ Service functions over the named queries in db/views.py; the UI routes only rend
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from enrichhq.db import engines, views
 from enrichhq.models import Company, WorkflowConfig
 
 PER_PAGE = 50
+MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ async def grid(
     """The companies x active steps grid for a play: one page, with search and a step filter."""
     steps = [w for w in await workflows.list_all(dbs) if w.is_active]
     step_filter = _step_filter(steps, filter_step, filter_state)
-    page = max(1, page)
+    page = min(max(1, page), MAX_PAGE)
     async with dbs.begin("hq") as conn:
         total, found = await views.grid_page(
             conn,
@@ -137,6 +139,8 @@ class CompanyPage:
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
     """Everything enrichhq knows about one company."""
+    if not _is_uuid(company_id):
+        raise exceptions.NotFound(f"no company {company_id!r}")
     async with dbs.begin("hq") as conn:
         found = await views.company(conn, company_id.lower())
         if found is None:
@@ -190,7 +194,10 @@ async def log_page(
     page: int = 1,
 ) -> LogPage:
     """The log, newest first, filtered by workflow, status and batch."""
-    page = max(1, page)
+    page = min(max(1, page), MAX_PAGE)
+    for name, value in (("workflow", workflow_id), ("batch", batch_id)):
+        if value and not _is_uuid(value):
+            raise exceptions.InputError(f"{name} must be an id (a UUID), not {value!r}")
     async with dbs.begin("hq") as conn:
         total, entries = await views.log_entries(
             conn,
@@ -228,3 +235,11 @@ def progress(summary: Any) -> Progress:
     final = summary.status not in ("running", "waiting")
     eta = (summary.total - done) / rate if rate and not final else None
     return Progress(done, summary.total, 100.0 * done / total, rate, eta, final)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

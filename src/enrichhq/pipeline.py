@@ -25,10 +25,8 @@ class Pipeline:
         self.dbs = dbs
         self.storage_url = settings.storage_worker_url
         self.logger_url = settings.enrichment_logger_url
-        key = settings.enrichhq_api_key
-        headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        self.settings = settings
         self._client: httpx.AsyncClient | None = None
-        self._headers = headers
 
     @property
     def logs_locally(self) -> bool:
@@ -39,7 +37,8 @@ class Pipeline:
     def client(self) -> httpx.AsyncClient:
         """One HTTP client for the remote functions, made on first use."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=60.0, headers=self._headers)
+            key, _ = self.settings.api_key()
+            self._client = httpx.AsyncClient(timeout=60.0, headers={"Authorization": f"Bearer {key}"})
         return self._client
 
     async def store(

@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
+from enrichhq import destinations, enrichment_logger, tokens, workflows
 from enrichhq.db import engines, hq
 from enrichhq.models import LogEntry, StoreRecord
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.receiver")
+# A callback being stored longer than this was lost with its process: its item waits again.
+STALE_CLAIM_S = 300.0
 # How long a reflected destination table is reused between callbacks (DDL changes show after this).
 RECENT_S = 5.0
 TIMED_OUT = "no callback before the deadline (provider_config.callback_timeout_s); retry to send again"
@@ -188,8 +190,9 @@ class Batcher:
                 )
             }
             problem = None
-        except exceptions.EnrichHQError as exc:
-            # Storage is down or the config broke: the data stays on the items, which fail with the reason.
+        except Exception as exc:  # storage down, config broken, a bug: never leave items claimed
+            # The data stays on the items, which fail with the reason; replay stores it later.
+            log.error("storing %d callbacks of batch %s failed: %s", len(mine), batch_id, exc)
             outcomes, problem = {}, f"storage: {exc}"
         updates = []
         for index, claims, data in mine:
@@ -212,7 +215,7 @@ class Batcher:
             )
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
-            await hq.finish_items(conn, batch_id, updates)
+            await hq.finish_items(conn, batch_id, updates, from_states=("storing",))
             await hq.close_if_done(conn, batch_id)
         return receipts
 
@@ -246,6 +249,8 @@ async def _log_rejection(
 async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
     """Time out every item whose callback deadline has passed; returns how many."""
     total = 0
+    async with dbs.begin("hq") as conn:
+        await hq.release_stale_claims(conn, STALE_CLAIM_S)
     while True:
         async with dbs.begin("hq") as conn:
             overdue = await hq.overdue_items(conn)

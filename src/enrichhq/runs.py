@@ -19,7 +19,7 @@ from enrichhq import companies, destinations, exceptions, functions, workflows
 from enrichhq.db import engines, hq, views
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
 from enrichhq.functions.base import ProviderOptions
-from enrichhq.models import StoreRecord, WorkflowConfig
+from enrichhq.models import StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -150,6 +150,7 @@ async def prepare(
                 step_number=workflow.overall_step_number,
                 force=force,
                 company_ids=ids,
+                workflow_id=workflow.id,
                 fresh_after=fresh_after,
                 sample=sample if ids is None else None,
             )
@@ -432,27 +433,27 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
     destination = await _runnable(dbs, settings, workflow)
     pipeline = Pipeline(dbs, settings)
-    after = "00000000-0000-0000-0000-000000000000"
     try:
         while True:
             async with dbs.begin("hq") as conn:
-                kept = await hq.kept_results(conn, batch_id, after=after, limit=settings.enrichhq_chunk_size)
+                kept = await hq.claim_kept_results(conn, batch_id, limit=settings.enrichhq_chunk_size)
             if not kept:
                 break
             records = [
                 StoreRecord(k["company_id"], k["company_domain"], k["result"], k["attempts"], k["cost"])
                 for k in kept
             ]
-            outcomes = {
-                o.company_id: o
-                for o in await pipeline.store(
+            try:
+                stored = await pipeline.store(
                     workflow,
                     records,
                     batch_id=batch_id,
                     play_name=batch["play_name"],
                     destination=destination,
                 )
-            }
+            except Exception as exc:  # never leave claimed items behind: they fail again, results kept
+                stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
+            outcomes = {o.company_id: o for o in stored}
             updates = [
                 {
                     "company_id": k["company_id"],
@@ -467,8 +468,7 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
                 for k in kept
             ]
             async with dbs.begin("hq") as conn:
-                await hq.finish_items(conn, batch_id, updates)
-            after = kept[-1]["company_id"]
+                await hq.finish_items(conn, batch_id, updates, from_states=("storing",))
     finally:
         await pipeline.aclose()
     return await summary(dbs, batch_id)

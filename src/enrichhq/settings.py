@@ -53,15 +53,20 @@ class Settings(BaseSettings):
             return self.enrichhq_secret.get_secret_value().encode()
         return self._kept_secret("secret", 32).encode()
 
-    def ui_password(self) -> tuple[str, bool]:
-        """The UI login: ENRICHHQ_UI_PASSWORD, else the API key, else one generated and kept on disk.
+    def api_key(self) -> tuple[str, bool]:
+        """The API key: ENRICHHQ_API_KEY, else one generated and kept in the data dir (flag: generated).
 
-        The flag says whether it was generated (so `serve` prints where to find it).
+        The API is never open: without a configured key it takes the kept one.
         """
-        for given in (self.enrichhq_ui_password, self.enrichhq_api_key):
-            if given is not None and given.get_secret_value():
-                return given.get_secret_value(), False
-        return self._kept_secret("ui-password", 12), True
+        if self.enrichhq_api_key is not None and self.enrichhq_api_key.get_secret_value():
+            return self.enrichhq_api_key.get_secret_value(), False
+        return self._kept_secret("api-key", 24), True
+
+    def ui_password(self) -> tuple[str, bool]:
+        """The UI login: ENRICHHQ_UI_PASSWORD, else the API key (flag: that key was generated)."""
+        if self.enrichhq_ui_password is not None and self.enrichhq_ui_password.get_secret_value():
+            return self.enrichhq_ui_password.get_secret_value(), False
+        return self.api_key()
 
     def _kept_secret(self, name: str, size: int) -> str:
         path = self.enrichhq_data_dir / name

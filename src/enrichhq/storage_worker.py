@@ -93,7 +93,12 @@ def map_row(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> dic
         for name, value in (("company_id", record.company_id), ("company_domain", record.company_domain))
     }
     for key, column_name in config.destination_field_mappings.items():
-        column = table.c[column_name]
+        column = table.c.get(column_name)
+        if column is None:  # the table changed since the config was checked
+            raise destinations.CoercionError(
+                f"data[{key!r}]: {table.name} has no column {column_name!r} any more; "
+                "fix the mapping or the table"
+            )
         try:
             row[column_name] = destinations.coerce(record.data.get(key), column)
         except destinations.CoercionError as exc:

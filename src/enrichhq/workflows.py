@@ -26,7 +26,7 @@ class WorkflowSpec(pydantic.BaseModel):
 
     workflow_slug: str = pydantic.Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$")
     title: str | None = None
-    overall_step_number: int = pydantic.Field(ge=0)
+    overall_step_number: int = pydantic.Field(ge=0, le=2**31 - 1)
     provider: str
     destination_db: Literal["workspace", "hq"] = "workspace"
     destination_table_name: str

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enrichhq import exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
 from enrichhq.api.deps import Services, require_api_key, services
+from enrichhq.db import dialect
 from enrichhq.ui import auth
 from enrichhq.ui import routes as ui_routes
 
@@ -102,7 +104,7 @@ async def _sweeper(svc: Services, interval: float) -> None:
     while True:
         try:
             await receiver.sweep(svc.dbs, svc.pipeline)
-        except exceptions.EnrichHQError as exc:
+        except Exception as exc:  # the sweeper must outlive any one failure
             log.warning("callback sweep failed: %s", exc)
         await asyncio.sleep(interval)
 
@@ -168,6 +170,20 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         if isinstance(exc, tokens.TokenError):
             status = 401
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(sa.exc.StatementError)
+    async def database_refused(request: Request, exc: sa.exc.StatementError) -> Response:
+        """A value the database (or a column type) refused: the request's fault unless it is unreachable."""
+        if dialect.connection_problem(exc):
+            return JSONResponse(
+                {"error": "the database cannot be reached; try again shortly"}, status_code=503
+            )
+        orig = getattr(exc, "orig", None) or exc
+        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        message = f"the database refused a value in this request: {reason}"
+        if not request.url.path.startswith(("/api/", "/functions/")) and request.session.get("user"):
+            return ui_routes.render(request, "error.html", 400, title="That did not work", error=message)
+        return JSONResponse({"error": message}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

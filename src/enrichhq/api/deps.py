@@ -38,13 +38,9 @@ def services(request: Request) -> Services:
 
 
 def require_api_key(request: Request) -> None:
-    """Authorization: Bearer $ENRICHHQ_API_KEY (open only when no key is set, on loopback)."""
-    key = services(request).settings.enrichhq_api_key
-    if key is None or not key.get_secret_value():
-        return
+    """Authorization: Bearer $ENRICHHQ_API_KEY (or the key generated into the data dir)."""
+    key, _ = services(request).settings.api_key()
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), key.get_secret_value().encode()
-    ):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise exceptions.AuthError("missing or wrong API key: send Authorization: Bearer $ENRICHHQ_API_KEY")

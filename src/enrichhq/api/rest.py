@@ -32,7 +32,7 @@ async def list_companies(
     request: Request,
     search: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     """Companies by domain, with search and paging."""
     total, page = await companies.listing(services(request).dbs, search=search, limit=limit, offset=offset)
@@ -110,7 +110,7 @@ async def batch_items(
     request: Request,
     state: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     """A page of a batch's items with their states and errors."""
     dbs = services(request).dbs

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+INT4 = 2**31 - 1
+
 
 def _uuid(value: str) -> str:
     try:
@@ -51,6 +53,8 @@ class ScrapeHomepageRequest(BaseModel):
     play_name: str | None = None
     batch_id: str | None = None
     force: bool = False
+
+    _check_batch = field_validator("batch_id")(lambda v: None if v is None else _uuid(v))
 
 
 class RunStepRequest(BaseModel):
@@ -106,12 +110,12 @@ class LoggerRequest(BaseModel):
     company_id: str
     company_domain: str
     play_name: str = Field(min_length=1)
-    step_number: int
+    step_number: int = Field(ge=0, le=INT4)
     status: str = Field(min_length=1, max_length=40)
     result_table: str | None = None
     batch_id: str | None = None
     error: str | None = None
-    attempt: int | None = None
+    attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
     provider: str | None = None
 

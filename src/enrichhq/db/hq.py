@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,21 +72,28 @@ async def companies_by_id(conn: AsyncConnection, ids: Sequence[str]) -> dict[str
     return found
 
 
-async def count_companies(conn: AsyncConnection) -> int:
-    """How many companies HQ holds."""
-    return int((await conn.execute(sa.select(sa.func.count()).select_from(companies))).scalar_one())
+def _search(search: str | None) -> list[sa.ColumnElement[bool]]:
+    if not search:
+        return []
+    pattern = f"%{search.lower()}%"
+    return [sa.or_(companies.c.domain.like(pattern), sa.func.lower(companies.c.name).like(pattern))]
+
+
+async def count_companies(conn: AsyncConnection, search: str | None = None) -> int:
+    """How many companies HQ holds (matching a search, when given)."""
+    stmt = sa.select(sa.func.count()).select_from(companies).where(*_search(search))
+    return int((await conn.execute(stmt)).scalar_one())
 
 
 async def list_companies(
     conn: AsyncConnection, *, search: str | None = None, limit: int = 50, offset: int = 0
 ) -> list[Company]:
     """Companies by domain, optionally filtered by a substring of domain or name."""
-    stmt = sa.select(companies.c.id, companies.c.domain, companies.c.name).order_by(companies.c.domain)
-    if search:
-        pattern = f"%{search.lower()}%"
-        stmt = stmt.where(
-            sa.or_(companies.c.domain.like(pattern), sa.func.lower(companies.c.name).like(pattern))
-        )
+    stmt = (
+        sa.select(companies.c.id, companies.c.domain, companies.c.name)
+        .where(*_search(search))
+        .order_by(companies.c.domain)
+    )
     result = await conn.execute(stmt.limit(limit).offset(offset))
     return [Company(r.id.lower(), r.domain, r.name) for r in result]
 
@@ -207,6 +214,7 @@ async def add_batch_items(
     step_number: int,
     force: bool,
     company_ids: Sequence[str] | None,
+    workflow_id: str | None = None,
     fresh_after: datetime | None = None,
     sample: int | None = None,
 ) -> None:
@@ -224,14 +232,26 @@ async def add_batch_items(
         completions.c.step_number == step_number,
         completions.c.completed_at > fresh_after if fresh_after is not None else sa.true(),
     )
+    # A company another batch of this step and play is working on now is not paid for twice.
+    other_items, other_batches = batch_items.alias("other_items"), batches.alias("other_batches")
+    in_flight = sa.exists().where(
+        other_items.c.company_id == company_key,
+        other_items.c.batch_id == other_batches.c.id,
+        other_items.c.state.in_(("queued", "running", "waiting_callback", "storing")),
+        other_batches.c.workflow_id == workflow_id,
+        other_batches.c.play_name == play_name,
+        other_batches.c.id != batch_id,
+    )
+    busy = f"already in flight in another batch of this step and play {play_name!r}"
     if force:
-        state: sa.ColumnElement[Any] = sa.literal("queued")
-        reason: sa.ColumnElement[Any] = sa.null()
+        state: sa.ColumnElement[Any] = sa.case((in_flight, "skipped"), else_="queued")
+        reason: sa.ColumnElement[Any] = sa.case((in_flight, busy), else_=sa.null())
     else:
         already = sa.exists().where(done)
-        state = sa.case((already, "skipped"), else_="queued")
+        state = sa.case((already, "skipped"), (in_flight, "skipped"), else_="queued")
         reason = sa.case(
             (already, f"already completed in play {play_name!r}; run with --force to redo"),
+            (in_flight, busy),
             else_=sa.null(),
         )
     columns = ["batch_id", "company_id", "company_domain", "state", "last_error", "updated_at"]
@@ -334,28 +354,35 @@ async def workflow_cost(conn: AsyncConnection, workflow_id: str) -> float:
     return float(result.scalar() or 0)
 
 
-async def kept_results(
-    conn: AsyncConnection, batch_id: str, *, after: str, limit: int
-) -> list[dict[str, Any]]:
-    """Failed items that hold a fetched result (storage failed): what replay stores again."""
+async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
+    """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
+    chosen = (
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.result.is_not(None),
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
     result = await conn.execute(
-        sa.select(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.company_id.in_(chosen),
+        )
+        .values(state="storing", updated_at=now())
+        .returning(
             batch_items.c.company_id,
             batch_items.c.company_domain,
             batch_items.c.result,
             batch_items.c.attempts,
             batch_items.c.cost,
         )
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "failed",
-            batch_items.c.result.is_not(None),
-            batch_items.c.company_id > after,
-        )
-        .order_by(batch_items.c.company_id)
-        .limit(limit)
     )
-    return [dict(r) for r in result.mappings()]
+    return [dict(r._mapping) for r in result]
 
 
 async def set_budget(conn: AsyncConnection, batch_id: str, budget: float | None) -> None:
@@ -418,8 +445,16 @@ async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequen
         )
 
 
-async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]]) -> None:
+async def finish_items(
+    conn: AsyncConnection,
+    batch_id: str,
+    updates: Sequence[Mapping[str, Any]],
+    from_states: Sequence[str] = ("queued", "running"),
+) -> None:
     """Write each item's final state (keys: company_id, state, attempts, error, cost, result).
+
+    Only items still in from_states change: an outcome another path settled first (a callback
+    that beat its sender's answer, say) is never overwritten.
 
     Items that end alike (most of a chunk: succeeded, first attempt, same cost) share one
     UPDATE ... WHERE company_id IN (...); the rest go one statement each, in one executemany.
@@ -438,7 +473,11 @@ async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[M
         for chunk in _chunks(ids):
             await conn.execute(
                 sa.update(batch_items)
-                .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk))
+                .where(
+                    batch_items.c.batch_id == batch_id,
+                    batch_items.c.company_id.in_(chunk),
+                    batch_items.c.state.in_(from_states),
+                )
                 .values(
                     state=state,
                     attempts=attempts,
@@ -456,6 +495,8 @@ async def finish_items(conn: AsyncConnection, batch_id: str, updates: Sequence[M
         .where(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
+            # executemany takes no expanding IN: spell the states out.
+            sa.or_(*(batch_items.c.state == state for state in from_states)),
         )
         .values(
             state=sa.bindparam("b_state"),
@@ -628,6 +669,19 @@ async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[st
     return [dict(r) for r in result.mappings()]
 
 
+async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
+    """Items left `storing` by a process that died mid-callback wait for their callback again."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.state == "storing",
+            batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
+        )
+        .values(state="waiting_callback", updated_at=now())
+    )
+    return result.rowcount
+
+
 async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
     """Turn one overdue waiting item into timed_out; False if a callback settled it first."""
     result = await conn.execute(
@@ -714,11 +768,18 @@ async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
     return result.rowcount
 
 
+async def batch_status(conn: AsyncConnection, batch_id: str) -> str | None:
+    """A batch's status as stored now."""
+    result = await conn.execute(sa.select(batches.c.status).where(batches.c.id == batch_id))
+    return result.scalar()
+
+
 async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, message: str | None) -> None:
     """Record how a batch ended."""
     await conn.execute(
         sa.update(batches)
-        .where(batches.c.id == batch_id)
+        # A cancellation made elsewhere stands.
+        .where(batches.c.id == batch_id, batches.c.status != "cancelled")
         .values(status=status, message=message, finished_at=None if status == "waiting" else now())
     )
 

@@ -70,6 +70,8 @@ class Purse:
             return
         self.in_flight = max(0.0, self.in_flight - self.per_call)
         self.spent += cost or 0.0
+        # Reserve at least the dearest call seen: an unknown price must not let a batch overspend.
+        self.per_call = max(self.per_call, cost or 0.0)
 
     def exhausted(self) -> str:
         """Why the batch stopped."""
@@ -164,6 +166,9 @@ class InlineExecutor:
         after = "00000000-0000-0000-0000-000000000000"
         while not self.stop_message:
             async with self.dbs.begin("hq") as conn:
+                if await hq.batch_status(conn, self.batch_id) == "cancelled":  # cancelled from elsewhere
+                    self.cancel.set()
+                    break
                 page = await hq.pending_items(conn, self.batch_id, after=after, limit=PAGE)
                 if page:
                     await hq.mark_running(conn, self.batch_id, [c.id for c, _ in page])

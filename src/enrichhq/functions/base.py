@@ -30,7 +30,7 @@ class RunIf(pydantic.BaseModel):
 
     previous_step_succeeded: bool = False
     field_empty: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    older_than_days: float | None = pydantic.Field(default=None, gt=0)
+    older_than_days: float | None = pydantic.Field(default=None, gt=0, le=36_500)
 
 
 class ProviderOptions(pydantic.BaseModel):

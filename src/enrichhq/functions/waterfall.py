@@ -76,15 +76,16 @@ class WaterfallProvider(Provider):
 
     @classmethod
     def estimated_cost(cls, workflow: WorkflowConfig) -> float | None:
-        """The configured cost, else the first stage's: most companies should stop there."""
+        """The configured cost, else the dearest stage's: a budget must hold in the worst case."""
         configured = super().estimated_cost(workflow)
         if configured is not None:
             return configured
         try:
-            name, config = _stages(workflow)[0]
+            costs = [functions.load(n).estimated_cost(c) for n, c in _stages(workflow)]
         except exceptions.ConfigError:
             return None
-        return functions.load(name).estimated_cost(config)
+        known = [c for c in costs if c is not None]
+        return max(known) if known else None
 
     def _filled(self, data: dict[str, Any]) -> bool:
         keys = self.workflow.destination_field_mappings.keys() or data.keys()
