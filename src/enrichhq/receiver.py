@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import destinations, enrichment_logger, tokens, workflows
-from enrichhq.db import engines, hq
+from enrichhq.db import batches, engines, items
 from enrichhq.models import LogEntry, StoreRecord
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
@@ -143,10 +143,12 @@ class Batcher:
             else:
                 first[entry[1].company_id] = entry
         async with self.dbs.begin("hq") as conn:
-            batch = await hq.get_batch(conn, batch_id)
-            claimed = await hq.claim_many(conn, batch_id, list(first)) if batch else {}
+            batch = await batches.get_batch(conn, batch_id)
+            claimed = await items.claim_many(conn, batch_id, list(first)) if batch else {}
             others = (
-                await hq.item_states(conn, batch_id, [c for c in first if c not in claimed]) if batch else {}
+                await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
+                if batch
+                else {}
             )
         for company_id, (index, _, _) in first.items():
             if company_id in claimed:
@@ -215,8 +217,8 @@ class Batcher:
             )
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
-            await hq.finish_items(conn, batch_id, updates, from_states=("storing",))
-            await hq.close_if_done(conn, batch_id)
+            await items.finish_items(conn, batch_id, updates, from_states=("storing",))
+            await items.close_if_done(conn, batch_id)
         return receipts
 
 
@@ -224,8 +226,8 @@ async def _log_rejection(
     dbs: engines.Databases, pipeline: Pipeline, claims: tokens.Claims, error: str
 ) -> None:
     async with dbs.begin("hq") as conn:
-        item = await hq.get_item(conn, claims.batch_id, claims.company_id)
-        batch = await hq.get_batch(conn, claims.batch_id)
+        item = await items.get_item(conn, claims.batch_id, claims.company_id)
+        batch = await batches.get_batch(conn, claims.batch_id)
     if item is None or batch is None:
         return
     await pipeline.log(
@@ -250,18 +252,18 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
     """Time out every item whose callback deadline has passed; returns how many."""
     total = 0
     async with dbs.begin("hq") as conn:
-        await hq.release_stale_claims(conn, STALE_CLAIM_S)
+        await items.release_stale_claims(conn, STALE_CLAIM_S)
     while True:
         async with dbs.begin("hq") as conn:
-            overdue = await hq.overdue_items(conn)
+            overdue = await items.overdue_items(conn)
         if not overdue:
             return total
         entries: list[LogEntry] = []
-        batches: set[str] = set()
+        touched: set[str] = set()
         async with dbs.begin("hq") as conn:
             for item in overdue:
-                if await hq.time_out(conn, item["batch_id"], item["company_id"], TIMED_OUT):
-                    batches.add(item["batch_id"])
+                if await items.time_out(conn, item["batch_id"], item["company_id"], TIMED_OUT):
+                    touched.add(item["batch_id"])
                     entries.append(
                         LogEntry(
                             workflow_id=item["workflow_id"],
@@ -277,7 +279,7 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
                             attempt=item["attempts"],
                         )
                     )
-            for batch_id in batches:
-                await hq.close_if_done(conn, batch_id)
+            for batch_id in touched:
+                await items.close_if_done(conn, batch_id)
         await pipeline.log(entries)
         total += len(entries)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import engines, hq, views
+from enrichhq.db import batches, engines, hq, items, views
 from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
 from enrichhq.functions.base import ProviderOptions
 from enrichhq.models import StoreOutcome, StoreRecord, WorkflowConfig
@@ -129,7 +129,7 @@ async def prepare(
             ids = None if selection.all else await _resolve(conn, selection)
             if ids is not None and sample is not None and sample < len(ids):
                 ids = random.sample(ids, sample)
-            batch_id = await hq.insert_batch(
+            batch_id = await batches.insert_batch(
                 conn,
                 {
                     "id": batch_id,
@@ -143,7 +143,7 @@ async def prepare(
                     "budget": budget if budget is not None else workflow.option("max_cost_per_batch"),
                 },
             )
-            await hq.add_batch_items(
+            await batches.add_batch_items(
                 conn,
                 batch_id,
                 play_name=play_name,
@@ -155,7 +155,7 @@ async def prepare(
                 sample=sample if ids is None else None,
             )
             if previous is not None:
-                await hq.skip_queued(
+                await batches.skip_queued(
                     conn,
                     batch_id,
                     f"run_if: step {previous} not completed in play {play_name!r}",
@@ -164,7 +164,7 @@ async def prepare(
             if run_if.field_empty:
                 await _skip_filled(dbs, conn, batch_id, destination, run_if.field_empty)
             if dry_run:
-                raise DryRun(await hq.item_breakdown(conn, batch_id))
+                raise DryRun(await batches.item_breakdown(conn, batch_id))
     except DryRun as finished:
         finished.workflow = workflow
         raise
@@ -203,14 +203,16 @@ async def _skip_filled(
     table = destination.table
     filled_value = sa.and_(table.c[column].is_not(None), sa.cast(table.c[column], sa.Text) != "")
     after = "00000000-0000-0000-0000-000000000000"
-    while page := await hq.queued_ids(conn, batch_id, after=after, limit=hq.MAX_ROWS_PER_STATEMENT):
+    while page := await batches.queued_ids(conn, batch_id, after=after, limit=hq.MAX_ROWS_PER_STATEMENT):
         async with dbs.begin(destination.db) as dest:
             rows = await dest.execute(
                 sa.select(table.c.company_id).where(table.c.company_id.in_(page), filled_value).distinct()
             )
             filled = [str(r[0]) for r in rows]
         if filled:
-            await hq.skip_queued(conn, batch_id, f"run_if: {column} is already filled", company_ids=filled)
+            await batches.skip_queued(
+                conn, batch_id, f"run_if: {column} is already filled", company_ids=filled
+            )
         after = page[-1]
 
 
@@ -315,7 +317,7 @@ async def execute(
     own_pipeline = pipeline is None
     pipeline = pipeline or Pipeline(dbs, settings)
     async with dbs.begin("hq") as conn:
-        spent = await hq.spent(conn, prepared.batch_id)
+        spent = await batches.spent(conn, prepared.batch_id)
         average = await views.average_cost(conn, prepared.workflow.id)
     per_call = provider_class.estimated_cost(prepared.workflow) or average or 0.0
     try:
@@ -375,8 +377,8 @@ async def prepare_resume(
         raise exceptions.InputError("--budget must be above 0")
     async with dbs.begin("hq") as conn:
         if budget is not None:
-            await hq.set_budget(conn, batch_id, budget)
-        await hq.requeue_for_resume(conn, batch_id)
+            await batches.set_budget(conn, batch_id, budget)
+        await batches.requeue_for_resume(conn, batch_id)
     return Prepared(batch_id, workflow, destination, batch["play_name"], budget or batch.get("budget"))
 
 
@@ -387,10 +389,10 @@ ACTIVE_WITHIN_S = 60.0
 async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
     """The batch, unless a process is still working on it (so no item is worked twice)."""
     async with dbs.begin("hq") as conn:
-        batch = await hq.get_batch(conn, batch_id)
+        batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        since = await hq.seconds_since_progress(conn, batch_id)
+        since = await batches.seconds_since_progress(conn, batch_id)
     if batch["status"] == "running" and since is not None and since < ACTIVE_WITHIN_S:
         raise exceptions.InputError(
             f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
@@ -403,8 +405,8 @@ async def orphans(dbs: engines.Databases) -> list[str]:
     """Batches marked running that no process has moved for ACTIVE_WITHIN_S: their runner died."""
     async with dbs.begin("hq") as conn:
         found = []
-        for batch_id in await hq.running_batch_ids(conn):
-            since = await hq.seconds_since_progress(conn, batch_id)
+        for batch_id in await batches.running_batch_ids(conn):
+            since = await batches.seconds_since_progress(conn, batch_id)
             if since is None or since >= ACTIVE_WITHIN_S:
                 found.append(batch_id)
     return found
@@ -421,7 +423,7 @@ async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: st
     destination = await _runnable(dbs, settings, workflow)
     await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
-        requeued = await hq.requeue_failed(conn, batch_id)
+        requeued = await batches.requeue_failed(conn, batch_id)
     if not requeued:
         return None
     return Prepared(batch_id, workflow, destination, batch["play_name"], batch.get("budget"))
@@ -436,7 +438,7 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
     try:
         while True:
             async with dbs.begin("hq") as conn:
-                kept = await hq.claim_kept_results(conn, batch_id, limit=settings.enrichhq_chunk_size)
+                kept = await items.claim_kept_results(conn, batch_id, limit=settings.enrichhq_chunk_size)
             if not kept:
                 break
             records = [
@@ -468,7 +470,7 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
                 for k in kept
             ]
             async with dbs.begin("hq") as conn:
-                await hq.finish_items(conn, batch_id, updates, from_states=("storing",))
+                await items.finish_items(conn, batch_id, updates, from_states=("storing",))
     finally:
         await pipeline.aclose()
     return await summary(dbs, batch_id)
@@ -477,30 +479,30 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
 async def cancel(dbs: engines.Databases, batch_id: str) -> BatchSummary:
     """Mark a batch cancelled and every unfinished item skipped (finished items stay as they are)."""
     async with dbs.begin("hq") as conn:
-        batch = await hq.get_batch(conn, batch_id)
+        batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
         if batch["status"] not in ("completed", "cancelled"):
-            await hq.skip_unfinished(
+            await items.skip_unfinished(
                 conn,
                 batch_id,
-                hq.STOPPED_PREFIX + "cancelled by the user",
+                batches.STOPPED_PREFIX + "cancelled by the user",
                 ("queued", "running", "waiting_callback"),
             )
-            await hq.finish_batch(conn, batch_id, "cancelled", "cancelled by the user")
+            await batches.finish_batch(conn, batch_id, "cancelled", "cancelled by the user")
     return await summary(dbs, batch_id)
 
 
 async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> BatchSummary:
     """A batch's state as it is now."""
     async with dbs.begin("hq") as conn:
-        batch = await hq.get_batch(conn, batch_id)
+        batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        counts, cost = await hq.state_counts(conn, batch_id)
-        failed = await hq.failed_items(conn, batch_id, failures)
+        counts, cost = await batches.state_counts(conn, batch_id)
+        failed = await batches.failed_items(conn, batch_id, failures)
         workflow_cost = (
-            await hq.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
+            await batches.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
         )
     started, finished = batch["created_at"], batch["finished_at"]
     seconds = None
@@ -530,4 +532,4 @@ def _aware(value: Any) -> Any:
 async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str, Any]]:
     """The newest batches."""
     async with dbs.begin("hq") as conn:
-        return await hq.list_batches(conn, limit)
+        return await batches.list_batches(conn, limit)

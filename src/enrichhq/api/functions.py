@@ -18,7 +18,7 @@ from enrichhq.api.schemas import (
     ScrapeHomepageRequest,
     StorageRequest,
 )
-from enrichhq.db import hq
+from enrichhq.db import batches
 from enrichhq.models import Company, LogEntry, StoreRecord
 
 router = APIRouter(prefix="/functions/v1", tags=["functions"])
@@ -61,7 +61,7 @@ async def scrape_homepage_v1(body: ScrapeHomepageRequest, request: Request) -> J
         )
     if body.batch_id:
         async with svc.dbs.begin("hq") as conn:
-            existing = await hq.get_batch(conn, body.batch_id)
+            existing = await batches.get_batch(conn, body.batch_id)
         if existing is not None:  # the same request again: report, do not run twice
             summary = await runs.summary(svc.dbs, body.batch_id, failures=0)
             return JSONResponse(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from enrichhq import companies, runs, workflows
 from enrichhq.api.deps import require_api_key, services
-from enrichhq.db import hq
+from enrichhq.db import batches, hq
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 
@@ -116,7 +116,7 @@ async def batch_items(
     dbs = services(request).dbs
     summary = await runs.summary(dbs, batch_id, failures=0)
     async with dbs.begin("hq") as conn:
-        items = await hq.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
+        items = await batches.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
     return {"total": summary.total, "counts": summary.counts, "items": items}
 
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
-from enrichhq.db import dialect, engines, hq
+from enrichhq.db import batches, dialect, engines, hq, items
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
@@ -153,12 +153,14 @@ class InlineExecutor:
             cancelled = self.stop_message == CANCELLED
             states = ("queued", "running", "waiting_callback") if cancelled else ("queued", "running")
             async with self.dbs.begin("hq") as conn:
-                await hq.skip_unfinished(conn, self.batch_id, hq.STOPPED_PREFIX + self.stop_message, states)
+                await items.skip_unfinished(
+                    conn, self.batch_id, batches.STOPPED_PREFIX + self.stop_message, states
+                )
             status = "cancelled" if cancelled else "stopped"
         async with self.dbs.begin("hq") as conn:
-            await hq.finish_batch(conn, self.batch_id, status, self.stop_message)
+            await batches.finish_batch(conn, self.batch_id, status, self.stop_message)
             if status == "waiting":
-                await hq.close_if_done(conn, self.batch_id)
+                await items.close_if_done(conn, self.batch_id)
         await self._report(exact=True)
         return status, self.stop_message
 
@@ -166,12 +168,12 @@ class InlineExecutor:
         after = "00000000-0000-0000-0000-000000000000"
         while not self.stop_message:
             async with self.dbs.begin("hq") as conn:
-                if await hq.batch_status(conn, self.batch_id) == "cancelled":  # cancelled from elsewhere
+                if await batches.batch_status(conn, self.batch_id) == "cancelled":  # cancelled from elsewhere
                     self.cancel.set()
                     break
-                page = await hq.pending_items(conn, self.batch_id, after=after, limit=PAGE)
+                page = await items.pending_items(conn, self.batch_id, after=after, limit=PAGE)
                 if page:
-                    await hq.mark_running(conn, self.batch_id, [c.id for c, _ in page])
+                    await items.mark_running(conn, self.batch_id, [c.id for c, _ in page])
             if not page:
                 break
             for item in page:
@@ -377,8 +379,8 @@ class InlineExecutor:
         deadline = hq.now() + timedelta(seconds=self.provider.callback_timeout_s)
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
-            await hq.finish_items(conn, self.batch_id, updates)
-            await hq.mark_waiting(conn, self.batch_id, waiting, deadline)
+            await items.finish_items(conn, self.batch_id, updates)
+            await items.mark_waiting(conn, self.batch_id, waiting, deadline)
         for update in updates:
             self.counts[update["state"]] += 1
         self.counts["waiting_callback"] += len(waiting)
@@ -405,7 +407,7 @@ class InlineExecutor:
             return
         if exact:  # at the start and the end: from the database; between, counted here
             async with self.dbs.begin("hq") as conn:
-                counts, _ = await hq.state_counts(conn, self.batch_id)
+                counts, _ = await batches.state_counts(conn, self.batch_id)
             self.base = counts
             self.counts = Counter()
         merged = Counter(self.base)

@@ -1,0 +1,348 @@
+"""Named queries on HQ about batch items moving between states (run, wait, claim, settle)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq.db import dialect
+from enrichhq.db.hq import chunked, is_uuid, now
+from enrichhq.db.schema import FINAL_STATES, batch_items, batches, companies
+from enrichhq.models import Company
+
+
+async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
+    """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
+    chosen = (
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.result.is_not(None),
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.company_id.in_(chosen),
+        )
+        .values(state="storing", updated_at=now())
+        .returning(
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.result,
+            batch_items.c.attempts,
+            batch_items.c.cost,
+        )
+    )
+    return [dict(r._mapping) for r in result]
+
+
+async def pending_items(
+    conn: AsyncConnection, batch_id: str, *, after: str, limit: int
+) -> list[tuple[Company, int]]:
+    """The next page of unfinished items (keyset on company_id), with their attempt counts."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.company_id, batch_items.c.company_domain, batch_items.c.attempts, companies.c.name
+        )
+        .select_from(
+            batch_items.outerjoin(
+                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+            )
+        )
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("queued", "running")),
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [(Company(r.company_id, r.company_domain, r.name), r.attempts) for r in result]
+
+
+async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+    """Show a page of items as running (one statement per page, not per company)."""
+    for chunk in chunked(company_ids):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk))
+            .values(state="running", updated_at=now())
+        )
+
+
+async def finish_items(
+    conn: AsyncConnection,
+    batch_id: str,
+    updates: Sequence[Mapping[str, Any]],
+    from_states: Sequence[str] = ("queued", "running"),
+) -> None:
+    """Write each item's final state (keys: company_id, state, attempts, error, cost, result).
+
+    Only items still in from_states change: an outcome another path settled first (a callback
+    that beat its sender's answer, say) is never overwritten.
+
+    Items that end alike (most of a chunk: succeeded, first attempt, same cost) share one
+    UPDATE ... WHERE company_id IN (...); the rest go one statement each, in one executemany.
+    """
+    if not updates:
+        return
+    stamp = now()
+    alike: dict[tuple[Any, ...], list[str]] = {}
+    odd: list[Mapping[str, Any]] = []
+    for u in updates:
+        if u.get("error") is None and u.get("result") is None:
+            alike.setdefault((u["state"], u["attempts"], u.get("cost")), []).append(u["company_id"])
+        else:
+            odd.append(u)
+    for (state, attempts, cost), ids in alike.items():
+        for chunk in chunked(ids):
+            await conn.execute(
+                sa.update(batch_items)
+                .where(
+                    batch_items.c.batch_id == batch_id,
+                    batch_items.c.company_id.in_(chunk),
+                    batch_items.c.state.in_(from_states),
+                )
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    cost=cost,
+                    last_error=None,
+                    result=None,
+                    updated_at=stamp,
+                    finished_at=stamp,
+                )
+            )
+    if not odd:
+        return
+    stmt = (
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == sa.bindparam("b_batch"),
+            batch_items.c.company_id == sa.bindparam("b_company"),
+            # executemany takes no expanding IN: spell the states out.
+            sa.or_(*(batch_items.c.state == state for state in from_states)),
+        )
+        .values(
+            state=sa.bindparam("b_state"),
+            attempts=sa.bindparam("b_attempts"),
+            last_error=sa.bindparam("b_error"),
+            cost=sa.bindparam("b_cost"),
+            result=sa.bindparam("b_result", type_=batch_items.c.result.type),
+            updated_at=stamp,
+            finished_at=stamp,
+        )
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "b_batch": batch_id,
+                "b_company": u["company_id"],
+                "b_state": u["state"],
+                "b_attempts": u["attempts"],
+                "b_error": u.get("error"),
+                "b_cost": u.get("cost"),
+                "b_result": u.get("result"),
+            }
+            for u in odd
+        ],
+    )
+
+
+async def skip_unfinished(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    states: Sequence[str] = ("queued", "running"),
+) -> int:
+    """End the batch's items in these states as skipped, with the reason; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states))
+        .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount
+
+
+async def mark_waiting(
+    conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]], deadline: datetime
+) -> None:
+    """Items whose request an async provider accepted now wait for their callback.
+
+    Only items still `running` change: a callback that beat the sender's answer has
+    already settled its item, and that outcome stands.
+    """
+    if not updates:
+        return
+    stmt = (
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == sa.bindparam("b_batch"),
+            batch_items.c.company_id == sa.bindparam("b_company"),
+            batch_items.c.state == "running",
+        )
+        .values(
+            state="waiting_callback",
+            attempts=sa.bindparam("b_attempts"),
+            cost=sa.bindparam("b_cost"),
+            deadline_at=deadline,
+            updated_at=now(),
+        )
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "b_batch": batch_id,
+                "b_company": u["company_id"],
+                "b_attempts": u["attempts"],
+                "b_cost": u.get("cost"),
+            }
+            for u in updates
+        ],
+    )
+
+
+async def claim_for_callback(conn: AsyncConnection, batch_id: str, company_id: str) -> bool:
+    """Take an item for storing its callback; False if it is not waiting (or someone else has it)."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.company_id == company_id,
+            batch_items.c.state.in_(("waiting_callback", "running")),
+        )
+        .values(state="storing", updated_at=now())
+    )
+    return result.rowcount == 1
+
+
+async def claim_many(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Take waiting items to store their callbacks; returns those taken (domain, attempts, cost)."""
+    claimed: dict[str, dict[str, Any]] = {}
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state.in_(("waiting_callback", "running")),
+            )
+            .values(state="storing", updated_at=now())
+            .returning(
+                batch_items.c.company_id,
+                batch_items.c.company_domain,
+                batch_items.c.attempts,
+                batch_items.c.cost,
+            )
+        )
+        claimed.update({r.company_id: dict(r._mapping) for r in result})
+    return claimed
+
+
+async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
+    """The state of each of these items that exists."""
+    states: dict[str, str] = {}
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.select(batch_items.c.company_id, batch_items.c.state).where(
+                batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk)
+            )
+        )
+        states.update({r.company_id: r.state for r in result})
+    return states
+
+
+async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dict[str, Any] | None:
+    """One batch item, as a dict."""
+    if not (is_uuid(batch_id) and is_uuid(company_id)):
+        return None
+    row = (
+        (
+            await conn.execute(
+                sa.select(batch_items).where(
+                    batch_items.c.batch_id == batch_id, batch_items.c.company_id == company_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
+    """Items whose callback deadline has passed, with their batch's workflow and play."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.batch_id,
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.attempts,
+            batches.c.workflow_id,
+            batches.c.workflow_slug,
+            batches.c.play_name,
+            batches.c.step_number,
+        )
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
+        .limit(limit)
+    )
+    return [dict(r) for r in result.mappings()]
+
+
+async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
+    """Items left `storing` by a process that died mid-callback wait for their callback again."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.state == "storing",
+            batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
+        )
+        .values(state="waiting_callback", updated_at=now())
+    )
+    return result.rowcount
+
+
+async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
+    """Turn one overdue waiting item into timed_out; False if a callback settled it first."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.company_id == company_id,
+            batch_items.c.state == "waiting_callback",
+        )
+        .values(state="timed_out", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount == 1
+
+
+async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
+    """Mark a waiting batch completed once none of its items is unfinished."""
+    unfinished = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
+        .limit(1)
+    )
+    if unfinished.first() is not None:
+        return False
+    result = await conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id, batches.c.status == "waiting")
+        .values(status="completed", finished_at=now())
+    )
+    return result.rowcount == 1
