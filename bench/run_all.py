@@ -1,6 +1,6 @@
 """Run every benchmark against the local PostgreSQL, side by side, and print one table with its targets.
 
-    python bench/run_all.py            # about 5 minutes on 2 cores
+    python bench/run_all.py            # about 4 minutes on 2 cores
 
 Ratios (pipeline against the seed's design and against the physical limit) are measured in
 this one run, so the machine's mood moves both sides together.
@@ -23,17 +23,24 @@ import pipeline
 import seed_design
 from common import machine
 
+ROUNDS = 3
+
 
 def main() -> None:
     started = time.perf_counter()
     rows: list[tuple[str, str, str, bool]] = []
 
-    lim = limit.measure(10_000)
-    seed = seed_design.measure(2_000)
-    pipe = pipeline.measure(10_000)
-    rows.append(("limit: 3 rows/company via the driver", f"{lim:,.0f} companies/s", "-", True))
-    rows.append(("seed_design: HTTP hop + config query", f"{seed:,.0f} companies/s", "-", True))
-    rows.append(("pipeline: enrichhq run, 10,000 companies", f"{pipe:,.0f} companies/s", "-", True))
+    # Three rounds, interleaved, best of each: single runs on a shared 2-core machine swing by a third.
+    lims, seeds, pipes = [], [], []
+    for _ in range(ROUNDS):
+        lims.append(limit.measure(10_000))
+        seeds.append(seed_design.measure(2_000))
+        pipes.append(pipeline.measure(10_000))
+    lim, seed, pipe = max(lims), max(seeds), max(pipes)
+    print(f"rounds: limit {lims}, seed {seeds}, pipeline {pipes}")
+    rows.append(("limit: 3 rows/company via the driver (best of 3)", f"{lim:,.0f} companies/s", "-", True))
+    rows.append(("seed_design: HTTP hop + config query (best of 3)", f"{seed:,.0f} companies/s", "-", True))
+    rows.append(("pipeline: enrichhq run, 10,000 (best of 3)", f"{pipe:,.0f} companies/s", "-", True))
     rows.append(("pipeline / seed_design", f"{pipe / seed:.1f}x", ">= 20x", pipe / seed >= 20))
     rows.append(("pipeline / limit", f"{100 * pipe / lim:.0f}%", ">= 45%", pipe / lim >= 0.45))
 
