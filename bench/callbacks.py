@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,12 @@ import uuid
 
 import httpx
 import sqlalchemy as sa
-from common import databases, load_companies, machine, sync_url
+from common import databases, free_port, load_companies, machine, sync_url
 
 from enrichhq import aio, tokens
 
 SECRET = "bench-secret"
 IN_FLIGHT = 64
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _setup(hq_url: str, ws_url: str, items: int) -> list[str]:
@@ -126,7 +119,7 @@ def measure(seconds: float, items: int) -> dict[str, float]:
     """Callbacks per second, p50 and p99 latency (ms), and the rows stored against callbacks answered."""
     with databases("callbacks") as (hq_url, ws_url):
         signed = _setup(hq_url, ws_url, items)
-        port = _port()
+        port = free_port()
         env = {
             **os.environ,
             "HQ_DATABASE_URL": hq_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from enrichhq.db import migrate
+from enrichhq import aio, runs, settings
+from enrichhq.db import engines, migrate
 
 PG = os.environ.get("ENRICHHQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -81,6 +83,30 @@ def add_workflow(hq_url: str, provider: str, config: str = "{}", mode: str = "ap
             {"p": provider, "c": config, "m": mode},
         )
     engine.dispose()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_batch(hq_url: str, ws_url: str, companies: int) -> float:
+    """`enrichhq run homepage --all` on these databases; seconds it took (every company must succeed)."""
+    conf = settings.Settings(hq_database_url=hq_url, workspace_database_url=ws_url)
+
+    async def go() -> float:
+        dbs = engines.Databases(hq_url, ws_url)
+        try:
+            started = time.perf_counter()
+            summary = await runs.run(dbs, conf, "homepage", runs.Selection(all=True))
+            assert summary.counts == {"succeeded": companies}, summary.counts
+            return time.perf_counter() - started
+        finally:
+            await dbs.dispose()
+
+    return aio.run(go())
 
 
 def machine() -> str:

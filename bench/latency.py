@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-from common import add_workflow, databases, load_companies, machine
-
-from enrichhq import aio, runs, settings
-from enrichhq.db import engines
+from common import add_workflow, databases, free_port, load_companies, machine, run_batch
 
 CONCURRENCY, CALL_S = 25, 0.2
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def measure(companies: int) -> tuple[float, float, int]:
     """(wall seconds, ideal seconds, 429s provoked)."""
-    port = _port()
+    port = free_port()
     stub = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "slow_app:app", "--port", str(port), "--log-level", "warning"],
         cwd=Path(__file__).parent,
@@ -52,19 +42,7 @@ def measure(companies: int) -> tuple[float, float, int]:
                 "max_concurrency": CONCURRENCY,
             }
             add_workflow(hq_url, "http", json.dumps(config))
-            conf = settings.Settings(hq_database_url=hq_url, workspace_database_url=ws_url)
-
-            async def go() -> float:
-                dbs = engines.Databases(hq_url, ws_url)
-                try:
-                    started = time.perf_counter()
-                    summary = await runs.run(dbs, conf, "homepage", runs.Selection(all=True))
-                    assert summary.counts == {"succeeded": companies}, summary.counts
-                    return time.perf_counter() - started
-                finally:
-                    await dbs.dispose()
-
-            wall = aio.run(go())
+            wall = run_batch(hq_url, ws_url, companies)
         stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
         return wall, companies * CALL_S / CONCURRENCY, int(stats["429"])
     finally:

@@ -13,31 +13,17 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
-from common import add_workflow, databases, load_companies, machine
+from common import add_workflow, databases, load_companies, machine, run_batch
 
-from enrichhq import aio, functions, runs, settings
-from enrichhq.db import engines
+from enrichhq import functions
 from enrichhq.testing import InstantProvider
 
 
 def child(hq_url: str, ws_url: str, companies: int) -> None:
     """Run the batch here and print {"rss_mb", "seconds"}."""
     functions.register("instant", InstantProvider)
-    conf = settings.Settings(hq_database_url=hq_url, workspace_database_url=ws_url)
-
-    async def go() -> float:
-        dbs = engines.Databases(hq_url, ws_url)
-        try:
-            started = time.perf_counter()
-            summary = await runs.run(dbs, conf, "homepage", runs.Selection(all=True))
-            assert summary.counts == {"succeeded": companies}, summary.counts
-            return time.perf_counter() - started
-        finally:
-            await dbs.dispose()
-
-    seconds = aio.run(go())
+    seconds = run_batch(hq_url, ws_url, companies)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_mb": rss_mb, "seconds": seconds}))
 

@@ -10,12 +10,10 @@ log and completion rows, and every item's final state — into PostgreSQL.
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import add_workflow, databases, load_companies, machine
+from common import add_workflow, databases, load_companies, machine, run_batch
 
-from enrichhq import aio, functions, runs, settings
-from enrichhq.db import engines
+from enrichhq import functions
 from enrichhq.testing import InstantProvider
 
 
@@ -25,20 +23,7 @@ def measure(companies: int) -> float:
     with databases("pipeline") as (hq_url, ws_url):
         load_companies(hq_url, companies)
         add_workflow(hq_url, "instant")
-        conf = settings.Settings(hq_database_url=hq_url, workspace_database_url=ws_url)
-
-        async def go() -> float:
-            dbs = engines.Databases(hq_url, ws_url)
-            try:
-                started = time.perf_counter()
-                summary = await runs.run(dbs, conf, "homepage", runs.Selection(all=True))
-                elapsed = time.perf_counter() - started
-                assert summary.counts == {"succeeded": companies}, summary.counts
-                return companies / elapsed
-            finally:
-                await dbs.dispose()
-
-        return aio.run(go())
+        return companies / run_batch(hq_url, ws_url, companies)
 
 
 def main() -> None:

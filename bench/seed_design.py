@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from common import add_workflow, databases, load_companies, machine, sync_url
+from common import add_workflow, databases, free_port, load_companies, machine, sync_url
 
 IN_FLIGHT = 16
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def measure(companies: int) -> float:
@@ -40,7 +33,7 @@ def measure(companies: int) -> float:
             workflow_id = str(conn.execute(sa.text("SELECT id FROM db_driven_enrichment_workflows")).scalar())
             rows = [(str(i), d) for i, d in conn.execute(sa.text("SELECT id, domain FROM companies"))]
         engine.dispose()
-        port = _port()
+        port = free_port()
         env = {
             **os.environ,
             "SEED_HQ_URL": hq_url,

@@ -6,7 +6,6 @@ Service functions over the named queries in db/views.py; the UI routes only rend
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import engines, views
+from enrichhq.db import engines, hq, views
 from enrichhq.models import Company, WorkflowConfig
 
 PER_PAGE = 50
@@ -139,7 +138,7 @@ class CompanyPage:
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
     """Everything enrichhq knows about one company."""
-    if not _is_uuid(company_id):
+    if not hq.is_uuid(company_id):
         raise exceptions.NotFound(f"no company {company_id!r}")
     async with dbs.begin("hq") as conn:
         found = await views.company(conn, company_id.lower())
@@ -196,7 +195,7 @@ async def log_page(
     """The log, newest first, filtered by workflow, status and batch."""
     page = min(max(1, page), MAX_PAGE)
     for name, value in (("workflow", workflow_id), ("batch", batch_id)):
-        if value and not _is_uuid(value):
+        if value and not hq.is_uuid(value):
             raise exceptions.InputError(f"{name} must be an id (a UUID), not {value!r}")
     async with dbs.begin("hq") as conn:
         total, entries = await views.log_entries(
@@ -235,11 +234,3 @@ def progress(summary: Any) -> Progress:
     final = summary.status not in ("running", "waiting")
     eta = (summary.total - done) / rate if rate and not final else None
     return Progress(done, summary.total, 100.0 * done / total, rate, eta, final)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

@@ -72,7 +72,6 @@ class Estimate:
     skipped: dict[str, int]
     per_call: float | None
     basis: str
-    problems: tuple[str, ...] = ()
 
     @property
     def cost(self) -> float | None:
@@ -247,18 +246,26 @@ async def estimate(
         if state == "skipped":
             key = (reason or "skipped").split(";")[0]
             skipped[key] = skipped.get(key, 0) + n
-    async with dbs.begin("hq") as conn:
-        average = await views.average_cost(conn, workflow.id)
+    per_call, basis = await price(dbs, workflow)
+    return Estimate(workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
+
+
+async def price(dbs: engines.Databases, workflow: WorkflowConfig) -> tuple[float | None, str]:
+    """What one call of a step should cost, and where that figure comes from.
+
+    provider_config.cost_per_call first, then the average of the step's past calls, then the
+    provider's price list. Estimates and budgets both use it.
+    """
     declared = functions.load(workflow.provider).estimated_cost(workflow)
     if workflow.option("cost_per_call") is not None and declared is not None:
-        per_call, basis = declared, "provider_config.cost_per_call"
-    elif average is not None:
-        per_call, basis = average, "average cost of this step's past calls"
-    elif declared is not None:
-        per_call, basis = declared, f"{workflow.provider}'s price list"
-    else:
-        per_call, basis = None, "no cost known: set provider_config.cost_per_call"
-    return Estimate(workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
+        return declared, "provider_config.cost_per_call"
+    async with dbs.begin("hq") as conn:
+        average = await views.average_cost(conn, workflow.id)
+    if average is not None:
+        return average, "average cost of this step's past calls"
+    if declared is not None:
+        return declared, f"{workflow.provider}'s price list"
+    return None, "no cost known: set provider_config.cost_per_call"
 
 
 async def _runnable(
@@ -318,8 +325,7 @@ async def execute(
     pipeline = pipeline or Pipeline(dbs, settings)
     async with dbs.begin("hq") as conn:
         spent = await batches.spent(conn, prepared.batch_id)
-        average = await views.average_cost(conn, prepared.workflow.id)
-    per_call = provider_class.estimated_cost(prepared.workflow) or average or 0.0
+    per_call = (await price(dbs, prepared.workflow))[0] or 0.0
     try:
         await InlineExecutor(
             dbs,

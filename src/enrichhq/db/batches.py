@@ -175,27 +175,6 @@ async def set_budget(conn: AsyncConnection, batch_id: str, budget: float | None)
     await conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(budget=budget))
 
 
-async def count_done(
-    conn: AsyncConnection, *, play_name: str, step_number: int, company_ids: Sequence[str] | None
-) -> tuple[int, int]:
-    """How many companies are selected (all when ids is None), and how many completed the step."""
-    key = dialect.uuid_key(companies.c.id, conn.dialect.name)
-    done = sa.exists().where(
-        completions.c.company_id == key,
-        completions.c.play_name == play_name,
-        completions.c.step_number == step_number,
-    )
-    stmt = sa.select(sa.func.count(), sa.func.count().filter(done)).select_from(companies)
-    if company_ids is None:
-        row = (await conn.execute(stmt)).one()
-        return int(row[0]), int(row[1])
-    selected = finished = 0
-    for chunk in chunked(company_ids):
-        row = (await conn.execute(stmt.where(key.in_(chunk)))).one()
-        selected, finished = selected + int(row[0]), finished + int(row[1])
-    return selected, finished
-
-
 async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float | None:
     """How long ago any item of the batch last changed (None for a batch without items)."""
     result = await conn.execute(

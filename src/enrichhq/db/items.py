@@ -214,20 +214,6 @@ async def mark_waiting(
     )
 
 
-async def claim_for_callback(conn: AsyncConnection, batch_id: str, company_id: str) -> bool:
-    """Take an item for storing its callback; False if it is not waiting (or someone else has it)."""
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.company_id == company_id,
-            batch_items.c.state.in_(("waiting_callback", "running")),
-        )
-        .values(state="storing", updated_at=now())
-    )
-    return result.rowcount == 1
-
-
 async def claim_many(
     conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
