@@ -100,6 +100,7 @@ def stub() -> Iterator[Stub]:
 async def env(request: pytest.FixtureRequest, tmp_path: Path, stub: Stub) -> AsyncIterator[Env]:
     """Migrated HQ and an empty Workspace, on SQLite or PostgreSQL."""
     stub.calls.clear()
+    stub.topped_up = False
     stub.queries.clear()
     if request.param == "postgresql":
         hq_url, ws_url = request.getfixturevalue("pg_urls")

@@ -111,3 +111,30 @@ async def count(dbs: engines.Databases, db: str, table: str, where: str = "") ->
     """Rows in a table."""
     rows = await sql(dbs, db, f"SELECT count(*) FROM {table} {where}")
     return int(rows[0][0])
+
+
+async def refuse_rows(dbs: engines.Databases, backend: str, table: str = "company_homepage_scrapes") -> None:
+    """Make a destination table refuse every insert (a trigger), as a broken destination would."""
+    if backend == "sqlite":
+        await sql(
+            dbs,
+            "workspace",
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        return
+    await sql(
+        dbs,
+        "workspace",
+        "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+        "LANGUAGE plpgsql",
+    )
+    await sql(
+        dbs,
+        "workspace",
+        f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+
+
+async def accept_rows(dbs: engines.Databases, backend: str, table: str = "company_homepage_scrapes") -> None:
+    """Undo refuse_rows."""
+    await sql(dbs, "workspace", "DROP TRIGGER refuse" + ("" if backend == "sqlite" else f" ON {table}"))

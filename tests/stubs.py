@@ -31,6 +31,8 @@ class Stub:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        #: set to answer nocredits-* with pages again (the account was topped up).
+        self.topped_up = False
         self.queries: list[dict[str, str]] = []
         self.lock = threading.Lock()
         stub = self
@@ -96,7 +98,7 @@ class Stub:
             return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "soon"})
         if domain.startswith("unprocessable-"):
             return self.problem(request, 422, "RESP001", "Could not get content. Try enabling js_render")
-        if domain.startswith("nocredits-"):
+        if domain.startswith("nocredits-") and not self.topped_up:
             return self.problem(request, 402, "AUTH004", "Out of credits: upgrade your plan")
         if domain.startswith("broken-"):
             return self.problem(request, 500, "", "Internal error")

@@ -16,8 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import batches, engines, hq, items, views
-from enrichhq.execution.inline import InlineExecutor, ProgressCallback, close_quietly
+from enrichhq.db import batches, engines, hq, items
+from enrichhq.execution import embedded, queue
+from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.functions.base import ProviderOptions
 from enrichhq.models import StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
@@ -119,7 +120,7 @@ async def prepare(
         raise exceptions.InputError("--budget must be above 0")
     if sample is not None and sample < 1:
         raise exceptions.InputError("--sample must be 1 or more")
-    destination = await _runnable(dbs, settings, workflow)
+    destination = await workflows.runnable(dbs, settings, workflow)
     run_if = ProviderOptions.model_validate(workflow.provider_config).run_if
     previous = await _previous_step(dbs, workflow) if run_if.previous_step_succeeded else None
     fresh_after = hq.now() - timedelta(days=run_if.older_than_days) if run_if.older_than_days else None
@@ -246,39 +247,8 @@ async def estimate(
         if state == "skipped":
             key = (reason or "skipped").split(";")[0]
             skipped[key] = skipped.get(key, 0) + n
-    per_call, basis = await price(dbs, workflow)
+    per_call, basis = await workflows.price(dbs, workflow)
     return Estimate(workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
-
-
-async def price(dbs: engines.Databases, workflow: WorkflowConfig) -> tuple[float | None, str]:
-    """What one call of a step should cost, and where that figure comes from.
-
-    provider_config.cost_per_call first, then the average of the step's past calls, then the
-    provider's price list. Estimates and budgets both use it.
-    """
-    declared = functions.load(workflow.provider).estimated_cost(workflow)
-    if workflow.option("cost_per_call") is not None and declared is not None:
-        return declared, "provider_config.cost_per_call"
-    async with dbs.begin("hq") as conn:
-        average = await views.average_cost(conn, workflow.id)
-    if average is not None:
-        return average, "average cost of this step's past calls"
-    if declared is not None:
-        return declared, f"{workflow.provider}'s price list"
-    return None, "no cost known: set provider_config.cost_per_call"
-
-
-async def _runnable(
-    dbs: engines.Databases, settings: Settings, workflow: WorkflowConfig
-) -> destinations.Destination:
-    """Validate a workflow and its provider's prerequisites; returns its destination table."""
-    validation = await workflows.validate(dbs, workflow)
-    if not validation.ok:
-        raise exceptions.ConfigError(
-            f"workflow {workflow.workflow_slug!r} cannot run: " + "; ".join(validation.problems)
-        )
-    functions.load(workflow.provider).check(workflow, settings)
-    return await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)
 
 
 async def _resolve(conn: Any, selection: Selection) -> list[str]:
@@ -317,33 +287,33 @@ async def execute(
     *,
     pipeline: Pipeline | None = None,
     cancel: asyncio.Event | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> BatchSummary:
-    """Drive a prepared batch through its provider, storage and logger."""
+    """Drive a prepared batch to its end: in this process, or on the `enrichhq worker`s.
+
+    `cancel` cancels the batch; `interrupt` (Ctrl-C) stops it resumably: calls in flight end
+    and are written, the rest waits for `enrichhq batches resume`.
+    """
+    if await queue.queue_mode(dbs, settings) == "postgres":
+        await embedded.run_on_workers(
+            dbs, settings, prepared.batch_id, on_progress=on_progress, cancel=cancel
+        )
+        return await summary(dbs, prepared.batch_id)
     provider_class = functions.load(prepared.workflow.provider)
-    provider = provider_class(prepared.workflow, settings)
     own_pipeline = pipeline is None
     pipeline = pipeline or Pipeline(dbs, settings)
-    async with dbs.begin("hq") as conn:
-        spent = await batches.spent(conn, prepared.batch_id)
-    per_call = (await price(dbs, prepared.workflow))[0] or 0.0
     try:
-        await InlineExecutor(
+        await embedded.run_here(
             dbs,
             settings,
-            batch_id=prepared.batch_id,
-            play_name=prepared.play_name,
-            workflow=prepared.workflow,
-            destination=prepared.destination,
-            provider=provider,
+            prepared.batch_id,
             pipeline=pipeline,
+            concurrency=provider_class.concurrency_for(prepared.workflow),
             on_progress=on_progress,
             cancel=cancel,
-            budget=prepared.budget,
-            spent=spent,
-            per_call=per_call,
-        ).run()
+            interrupt=interrupt,
+        )
     finally:
-        await close_quietly(provider)
         if own_pipeline:
             await pipeline.aclose()
     return await summary(dbs, prepared.batch_id)
@@ -378,7 +348,7 @@ async def prepare_resume(
     """
     batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
-    destination = await _runnable(dbs, settings, workflow)
+    destination = await workflows.runnable(dbs, settings, workflow)
     if budget is not None and budget <= 0:
         raise exceptions.InputError("--budget must be above 0")
     async with dbs.begin("hq") as conn:
@@ -426,7 +396,7 @@ async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: st
     """
     batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
-    destination = await _runnable(dbs, settings, workflow)
+    destination = await workflows.runnable(dbs, settings, workflow)
     await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
         requeued = await batches.requeue_failed(conn, batch_id)
@@ -439,7 +409,7 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
     """Store again the results a batch fetched but could not store, without calling anyone."""
     batch = await _idle_batch(dbs, batch_id)
     workflow = await workflows.get(dbs, str(batch["workflow_id"]))
-    destination = await _runnable(dbs, settings, workflow)
+    destination = await workflows.runnable(dbs, settings, workflow)
     pipeline = Pipeline(dbs, settings)
     try:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,21 @@ class Settings(BaseSettings):
     )
     enrichhq_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     enrichhq_sweep_interval_s: float = Field(default=30.0, gt=0)
+    enrichhq_queue: Literal["auto", "memory", "postgres"] = Field(
+        default="auto",
+        description="where batches queue: in this process, or PgQueuer on HQ for `enrichhq worker`s "
+        "(auto: PostgreSQL when HQ is PostgreSQL and a worker is alive)",
+    )
+    enrichhq_job_size: int = Field(default=100, ge=1, le=5000, description="companies per queue job")
+    enrichhq_poison_after: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="calls of one item that end with the worker gone before it is poison",
+    )
+    enrichhq_heartbeat_s: float = Field(
+        default=30.0, ge=1, description="a job whose worker is silent this long goes to another worker"
+    )
     storage_worker_url: str | None = None
     enrichment_logger_url: str | None = None
 
@@ -86,6 +102,14 @@ class Settings(BaseSettings):
     def resolved_hq_url(self) -> str:
         """The HQ URL, or the SQLite file in the data directory."""
         return self.hq_database_url or f"sqlite:///{(self.enrichhq_data_dir / 'hq.db').resolve()}"
+
+    def queue_dsn(self) -> str | None:
+        """The HQ PostgreSQL URL in the form asyncpg takes, or None when HQ is not PostgreSQL."""
+        url = self.resolved_hq_url()
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+            return None
+        return "postgresql://" + rest
 
     def resolved_workspace_url(self) -> str:
         """The Workspace URL, or the SQLite file in the data directory."""

@@ -14,8 +14,9 @@ import pydantic
 import sqlalchemy as sa
 
 from enrichhq import destinations, exceptions, functions
-from enrichhq.db import engines, hq
+from enrichhq.db import engines, hq, views
 from enrichhq.models import WorkflowConfig
+from enrichhq.settings import Settings
 from enrichhq.storage_worker import RESERVED, load_config
 
 
@@ -231,3 +232,34 @@ async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> Non
             columns,
             unique_company=spec.write_mode == "upsert",
         )
+
+
+async def price(dbs: engines.Databases, workflow: WorkflowConfig) -> tuple[float | None, str]:
+    """What one call of a step should cost, and where that figure comes from.
+
+    provider_config.cost_per_call first, then the average of the step's past calls, then the
+    provider's price list. Estimates and budgets both use it.
+    """
+    declared = functions.load(workflow.provider).estimated_cost(workflow)
+    if workflow.option("cost_per_call") is not None and declared is not None:
+        return declared, "provider_config.cost_per_call"
+    async with dbs.begin("hq") as conn:
+        average = await views.average_cost(conn, workflow.id)
+    if average is not None:
+        return average, "average cost of this step's past calls"
+    if declared is not None:
+        return declared, f"{workflow.provider}'s price list"
+    return None, "no cost known: set provider_config.cost_per_call"
+
+
+async def runnable(
+    dbs: engines.Databases, settings: Settings, workflow: WorkflowConfig
+) -> destinations.Destination:
+    """Validate a workflow and its provider's prerequisites; returns its destination table."""
+    validation = await validate(dbs, workflow)
+    if not validation.ok:
+        raise exceptions.ConfigError(
+            f"workflow {workflow.workflow_slug!r} cannot run: " + "; ".join(validation.problems)
+        )
+    functions.load(workflow.provider).check(workflow, settings)
+    return await destinations.reflect(dbs, workflow.destination_db, workflow.destination_table_name)

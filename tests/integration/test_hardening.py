@@ -16,9 +16,11 @@ from tests.helpers import (
     INSERT_WORKFLOW,
     SEED_CASE_STUDIES,
     SEED_INSERT,
+    accept_rows,
     add_companies,
     count,
     homepage_ddl,
+    refuse_rows,
     sql,
     workflow_row,
 )
@@ -33,9 +35,11 @@ async def test_concurrent_replays_store_each_result_once(env: Env, stub: Stub) -
     prepared = await runs.prepare(
         env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True)
     )
-    await sql(env.dbs, "workspace", "ALTER TABLE company_homepage_scrapes DROP COLUMN final_url")
+    # The destination refuses every row: the fetched results are kept on their items.
+    await refuse_rows(env.dbs, env.backend)
     await runs.execute(env.dbs, env.settings, prepared)
-    await sql(env.dbs, "workspace", "ALTER TABLE company_homepage_scrapes ADD COLUMN final_url TEXT")
+    assert (await runs.summary(env.dbs, prepared.batch_id)).count("failed") == 6
+    await accept_rows(env.dbs, env.backend)
     await asyncio.gather(*(runs.replay(env.dbs, env.settings, prepared.batch_id) for _ in range(2)))
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 6
     assert await count(env.dbs, "hq", "enrichment_results_log", "WHERE status = 'succeeded'") == 6

@@ -8,7 +8,16 @@ from datetime import timedelta
 from enrichhq import runs
 from enrichhq.db import hq
 from tests.conftest import Env
-from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
+from tests.helpers import (
+    INSERT_WORKFLOW,
+    accept_rows,
+    add_companies,
+    count,
+    homepage_ddl,
+    refuse_rows,
+    sql,
+    workflow_row,
+)
 from tests.stubs import Stub
 
 STEP = "scrape-homepage-via-zenrows"
@@ -23,15 +32,15 @@ async def test_replay_calls_nobody_and_retry_calls_only_what_got_no_result(env: 
     await homepage_step(env, provider_config='{"max_attempts": 1}')
     await add_companies(env.dbs, ["ok-a.com", "ok-b.com", "broken-c.com"])
     prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
-    # The destination changes under the run: results are fetched (and paid for) but cannot be stored.
-    await sql(env.dbs, "workspace", "ALTER TABLE company_homepage_scrapes DROP COLUMN final_url")
+    # The destination breaks under the run: results are fetched (and paid for) but cannot be stored.
+    await refuse_rows(env.dbs, env.backend)
     first = await runs.execute(env.dbs, env.settings, prepared)
     assert first.counts == {"failed": 3} and stub.total() == 3
     assert first.cost == 10  # two pages at 5 credits; the 500 cost nothing
     kept = await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_batch_items WHERE result IS NOT NULL")
     assert kept[0][0] == 2
     # The config is fixed: replay stores the kept results and calls nobody.
-    await sql(env.dbs, "workspace", "ALTER TABLE company_homepage_scrapes ADD COLUMN final_url TEXT")
+    await accept_rows(env.dbs, env.backend)
     replayed = await runs.replay(env.dbs, env.settings, prepared.batch_id)
     assert replayed.counts == {"succeeded": 2, "failed": 1} and stub.total() == 3
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 2

@@ -199,7 +199,7 @@ async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
             batch_items.c.state == "skipped",
             batch_items.c.last_error.like(f"{STOPPED_PREFIX}%"),
         )
-        .values(state="queued", last_error=None, finished_at=None, updated_at=now())
+        .values(state="queued", last_error=None, finished_at=None, deliveries=0, updated_at=now())
     )
     await conn.execute(
         sa.update(batches)
@@ -219,7 +219,14 @@ async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
             # An item holding a fetched result is replayed, never called again.
             batch_items.c.result.is_(None),
         )
-        .values(state="queued", last_error=None, finished_at=None, deadline_at=None, updated_at=now())
+        .values(
+            state="queued",
+            last_error=None,
+            finished_at=None,
+            deadline_at=None,
+            deliveries=0,
+            updated_at=now(),
+        )
     )
     if result.rowcount:
         await conn.execute(
@@ -234,6 +241,15 @@ async def batch_status(conn: AsyncConnection, batch_id: str) -> str | None:
     """A batch's status as stored now."""
     result = await conn.execute(sa.select(batches.c.status).where(batches.c.id == batch_id))
     return result.scalar()
+
+
+async def stop_batch(conn: AsyncConnection, batch_id: str, message: str) -> None:
+    """Pause a running batch with the reason (out of credits, budget reached, interrupted)."""
+    await conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id, batches.c.status == "running")
+        .values(status="stopped", message=message)
+    )
 
 
 async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, message: str | None) -> None:

@@ -135,6 +135,11 @@ def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[
     )
 
 
+def least(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
+    """The smallest of the values: SQLite's scalar min() is PostgreSQL's least()."""
+    return sa.func.min(*values) if is_sqlite(dialect) else sa.func.least(*values)
+
+
 # --- types and server-side defaults -------------------------------------------------------
 
 
@@ -190,6 +195,23 @@ def _gen_uuid_sqlite(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str
         "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) "
         "|| '-' || lower(hex(randomblob(6))))"
     )
+
+
+class epoch_now(sa.sql.expression.FunctionElement[float]):
+    """The database server's clock in epoch seconds, so every process shares one clock."""
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(epoch_now, "postgresql")
+def _epoch_now_pg(element: epoch_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "extract(epoch from clock_timestamp())::float8"
+
+
+@compiles(epoch_now, "sqlite")
+def _epoch_now_sqlite(element: epoch_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 def unreachable(name: str, raw_url: str, exc: BaseException) -> str:

@@ -70,6 +70,117 @@ async def pending_items(
     return [(Company(r.company_id, r.company_domain, r.name), r.attempts) for r in result]
 
 
+async def deliver(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, poison_after: int
+) -> tuple[list[tuple[Company, int]], list[tuple[str, str, int]]]:
+    """Take a job's items for a worker; returns (runnable, poisoned).
+
+    Items already final (or waiting for a callback) are left alone, so a redelivered job changes
+    nothing. An item whose call was started `poison_after` times without ever ending (each time
+    its worker died: see `mark_started`) is poison: it ends failed instead of looping.
+    Runnable items come with their attempts so far.
+    """
+    found: list[Any] = []
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.select(
+                batch_items.c.company_id,
+                batch_items.c.company_domain,
+                batch_items.c.attempts,
+                batch_items.c.deliveries,
+                batch_items.c.state,
+                companies.c.name,
+            )
+            .select_from(
+                batch_items.outerjoin(
+                    companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+                )
+            )
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state.in_(("queued", "running")),
+            )
+        )
+        found.extend(result)
+    poisoned = [(r.company_id, r.company_domain, r.attempts) for r in found if r.deliveries >= poison_after]
+    runnable = [
+        (Company(r.company_id, r.company_domain, r.name), r.attempts)
+        for r in found
+        if r.deliveries < poison_after
+    ]
+    if poisoned:
+        reason = (
+            f"poison: {poison_after} deliveries of this company ended with its worker gone; "
+            "it is not run again (check the worker's log for a crash)"
+        )
+        await finish_items(
+            conn,
+            batch_id,
+            [
+                {"company_id": cid, "state": "failed", "attempts": attempts, "error": reason}
+                for cid, _, attempts in poisoned
+            ],
+        )
+    for chunk in chunked([c.id for c, _ in runnable]):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state.in_(("queued", "running")),
+            )
+            .values(state="running", updated_at=now())
+        )
+    return runnable, poisoned
+
+
+async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+    """Calls are about to start: each counts as an attempt and as a delivery not yet ended.
+
+    Written before the call goes out, so a call that kills its worker is still counted.
+    """
+    for chunk in chunked(company_ids):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state == "running",
+            )
+            .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
+        )
+
+
+async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+    """Give back delivered items whose call never started (a worker stopping): queued again."""
+    for chunk in chunked(company_ids):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state == "running",
+            )
+            .values(state="queued", updated_at=now())
+        )
+
+
+async def unfinished_ids(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[str]:
+    """The next page of a batch's items still to run (queued or running), keyset on company_id."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("queued", "running")),
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [r.company_id for r in result]
+
+
 async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
     """Show a page of items as running (one statement per page, not per company)."""
     for chunk in chunked(company_ids):
@@ -119,6 +230,7 @@ async def finish_items(
                     cost=cost,
                     last_error=None,
                     result=None,
+                    deliveries=0,
                     updated_at=stamp,
                     finished_at=stamp,
                 )
@@ -139,6 +251,7 @@ async def finish_items(
             last_error=sa.bindparam("b_error"),
             cost=sa.bindparam("b_cost"),
             result=sa.bindparam("b_result", type_=batch_items.c.result.type),
+            deliveries=0,
             updated_at=stamp,
             finished_at=stamp,
         )
@@ -175,6 +288,43 @@ async def skip_unfinished(
     return result.rowcount
 
 
+async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
+    """End these items, if still queued or running, as skipped with the reason."""
+    for chunk in chunked(company_ids):
+        await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state.in_(("queued", "running")),
+            )
+            .values(state="skipped", last_error=reason, deliveries=0, updated_at=now(), finished_at=now())
+        )
+
+
+async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
+    """Whether any of the batch's items is still queued or running."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("queued", "running")))
+        .limit(1)
+    )
+    return result.first() is not None
+
+
+async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
+    """Whether any of the batch's items waits for a callback (or is storing one)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("waiting_callback", "storing")),
+        )
+        .limit(1)
+    )
+    return result.first() is not None
+
+
 async def mark_waiting(
     conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]], deadline: datetime
 ) -> None:
@@ -194,6 +344,7 @@ async def mark_waiting(
         )
         .values(
             state="waiting_callback",
+            deliveries=0,
             attempts=sa.bindparam("b_attempts"),
             cost=sa.bindparam("b_cost"),
             deadline_at=deadline,

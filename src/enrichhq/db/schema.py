@@ -106,9 +106,40 @@ batch_items = sa.Table(
     sa.Column("updated_at", TZ, server_default=sa.func.now()),
     sa.Column("finished_at", TZ),
     sa.Column("deadline_at", TZ),
+    # Deliveries of the item to a worker that did not end it: N of them in a row mean poison.
+    sa.Column("deliveries", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
     sa.Index("ix_enrichment_batch_items_deadline", "state", "deadline_at"),
     sa.Index("ix_enrichment_batch_items_company", "company_id"),
+)
+
+workers = sa.Table(
+    "enrichhq_workers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("started_at", TZ, nullable=False),
+    sa.Column("seen_at", TZ, nullable=False),
+)
+
+# Provider limits shared by every worker process; times are the database's epoch seconds.
+limit_slots = sa.Table(
+    "enrichhq_limit_slots",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.Text),
+    sa.Column("expires_at", sa.Float, nullable=False, server_default="0"),
+)
+
+rate_buckets = sa.Table(
+    "enrichhq_rate_buckets",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.

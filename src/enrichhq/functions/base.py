@@ -39,6 +39,7 @@ class ProviderOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")
 
     max_concurrency: int | None = pydantic.Field(default=None, ge=1, le=1000)
+    max_rps: float | None = pydantic.Field(default=None, gt=0, le=10_000)
     max_attempts: int = pydantic.Field(default=3, ge=1, le=20)
     timeout_s: float | None = pydantic.Field(default=None, gt=0, le=600)
     retry_base_delay: float | None = pydantic.Field(default=None, ge=0, le=600)
@@ -69,6 +70,7 @@ class Provider(abc.ABC):
         self.settings = settings
         self.options = ProviderOptions.model_validate(workflow.provider_config)
         self.concurrency = self.options.max_concurrency or self.default_concurrency
+        self.max_rps = self.options.max_rps
         self.max_attempts = self.options.max_attempts
         self.callback_timeout_s = self.options.callback_timeout_s
         self.retry_base_delay = (
@@ -90,6 +92,12 @@ class Provider(abc.ABC):
         except pydantic.ValidationError as exc:
             return [f"provider_config.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return []
+
+    @classmethod
+    def concurrency_for(cls, workflow: WorkflowConfig) -> int:
+        """In-flight calls a workflow allows (provider_config.max_concurrency or the default)."""
+        value = workflow.option("max_concurrency")
+        return int(value) if isinstance(value, int) and value > 0 else cls.default_concurrency
 
     @classmethod
     def estimated_cost(cls, workflow: WorkflowConfig) -> float | None:

@@ -1,9 +1,10 @@
-"""The embedded executor: one asyncio process, bounded concurrency per provider.
+"""One batch's work inside one process: the same code for the embedded default and for every worker.
 
-Three kinds of task share a batch: a feeder pages unfinished items out of
-`enrichment_batch_items` (never the whole batch in memory), workers call the
-provider (with retries and a shared back-off gate for 429s), and one writer stores,
-logs and settles results a chunk at a time (one statement per table per chunk).
+Queue jobs hand it chunks of company ids (`run_chunk`). Workers call the provider within the
+provider's limits (with retries and a shared back-off gate for 429s), and one writer stores, logs
+and settles results a few hundred at a time, across jobs (one statement per table per chunk).
+A job returns only once its items are written, so a worker that dies loses nothing: the queue
+delivers the job again and `items.deliver` skips what is already final.
 """
 
 from __future__ import annotations
@@ -11,26 +12,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
 from enrichhq.db import batches, dialect, engines, hq, items
+from enrichhq.execution.limits import OUTAGE_S, Limits
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
-PAGE = 500
+log = logging.getLogger("enrichhq.batch")
+
 CANCELLED = "cancelled by the user"
 FLUSH_SECONDS = 0.25
+WATCH_SECONDS = 1.0
 
-ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
+T = TypeVar("T")
+
+
+@dataclass
+class _Ticket:
+    """One job's items: the job returns when every one is written, handed back or left unrun."""
+
+    left: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    handed_back: list[str] = field(default_factory=list)
+    unrun: list[str] = field(default_factory=list)
+
+    def one(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.done.set()
 
 
 @dataclass
@@ -38,6 +58,7 @@ class _Result:
     company: Company
     attempts: int
     tries: int
+    ticket: _Ticket
     data: dict[str, Any] | None = None
     pending: bool = False
     error: str | None = None
@@ -92,8 +113,8 @@ class _Gate:
             await asyncio.sleep(delay)
 
 
-class InlineExecutor:
-    """Runs one batch to the end: every item leaves in a final state."""
+class BatchWork:
+    """Runs the chunks of one batch that this process is given; every item leaves in a final state."""
 
     def __init__(
         self,
@@ -106,8 +127,8 @@ class InlineExecutor:
         destination: destinations.Destination,
         provider: Provider,
         pipeline: Pipeline,
-        on_progress: ProgressCallback | None = None,
-        cancel: asyncio.Event | None = None,
+        limits: Limits,
+        workers: int,
         budget: float | None = None,
         spent: float = 0.0,
         per_call: float = 0.0,
@@ -120,85 +141,184 @@ class InlineExecutor:
         self.destination = destination
         self.provider = provider
         self.pipeline = pipeline
-        self.on_progress = on_progress
-        self.cancel = cancel or asyncio.Event()
+        self.limits = limits
         self.purse = Purse(budget, spent, per_call)
-        self.base: dict[str, int] = {}
-        self.counts: Counter[str] = Counter()
         self.gate = _Gate()
         self.stop_message: str | None = None
-        self.fatal: Exception | None = None
-        self.work: asyncio.Queue[tuple[Company, int] | None] = asyncio.Queue(maxsize=PAGE * 2)
-        self.results: asyncio.Queue[_Result | None] = asyncio.Queue(maxsize=PAGE * 2)
+        self.handing_back = False
+        self.work: asyncio.Queue[tuple[Company, int, _Ticket] | None] = asyncio.Queue()
+        self.results: asyncio.Queue[_Result | None] = asyncio.Queue()
+        self.tasks = [asyncio.create_task(self._worker()) for _ in range(max(1, workers))]
+        self.writer = asyncio.create_task(self._writer())
+        self.watcher = asyncio.create_task(self._watch())
+        self.starting: list[tuple[str, asyncio.Future[None]]] = []
+        self.starter: asyncio.Task[None] | None = None
+        self.jobs = 0
+        #: items handed to the workers and not yet back as a result (or left unrun).
+        self.outstanding = 0
+        self.last_used = time.monotonic()
 
-    async def run(self) -> tuple[str, str | None]:
-        """Drive the batch; returns its final status and message."""
-        await self._report(exact=True)
-        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, self.provider.concurrency))]
-        writer = asyncio.create_task(self._writer())
+    async def run_chunk(self, company_ids: Sequence[str], *, poison_after: int) -> list[str]:
+        """Run a job's items to a final state; returns those handed back unstarted."""
+        self.jobs += 1
         try:
-            await self._feed(len(workers))
-            await asyncio.gather(*workers)
+            return await self._run_chunk(company_ids, poison_after)
         finally:
-            for task in workers:
-                task.cancel()
-            await self.results.put(None)
-            await writer
-        if self.fatal is not None:
-            raise self.fatal
-        status = "waiting" if self.provider.asynchronous else "completed"
-        if self.cancel.is_set():
-            self.stop_message = CANCELLED
-        if self.stop_message:
-            cancelled = self.stop_message == CANCELLED
-            states = ("queued", "running", "waiting_callback") if cancelled else ("queued", "running")
-            async with self.dbs.begin("hq") as conn:
-                await items.skip_unfinished(
-                    conn, self.batch_id, batches.STOPPED_PREFIX + self.stop_message, states
-                )
-            status = "cancelled" if cancelled else "stopped"
-        async with self.dbs.begin("hq") as conn:
-            await batches.finish_batch(conn, self.batch_id, status, self.stop_message)
-            if status == "waiting":
-                await items.close_if_done(conn, self.batch_id)
-        await self._report(exact=True)
-        return status, self.stop_message
+            self.jobs -= 1
+            self.last_used = time.monotonic()
 
-    async def _feed(self, workers: int) -> None:
-        after = "00000000-0000-0000-0000-000000000000"
-        while not self.stop_message:
+    async def _run_chunk(self, company_ids: Sequence[str], poison_after: int) -> list[str]:
+        async def take() -> tuple[str | None, list[tuple[Company, int]], list[tuple[str, str, int]]]:
             async with self.dbs.begin("hq") as conn:
-                if await batches.batch_status(conn, self.batch_id) == "cancelled":  # cancelled from elsewhere
-                    self.cancel.set()
-                    break
-                page = await items.pending_items(conn, self.batch_id, after=after, limit=PAGE)
-                if page:
-                    await items.mark_running(conn, self.batch_id, [c.id for c, _ in page])
-            if not page:
-                break
-            for item in page:
-                await self.work.put(item)
-            after = page[-1][0].id
-        for _ in range(workers):
-            await self.work.put(None)
+                status = await batches.batch_status(conn, self.batch_id)
+                if status != "running":
+                    return status, [], []
+                runnable, poisoned = await items.deliver(
+                    conn, self.batch_id, company_ids, poison_after=poison_after
+                )
+                await enrichment_logger.write(
+                    conn,
+                    [
+                        self._entry(Company(cid, domain), "failed", "poison", attempts, None)
+                        for cid, domain, attempts in poisoned
+                    ],
+                )
+                return status, runnable, poisoned
+
+        status, runnable, poisoned = await _through_outage(take)
+        if status != "running":
+            await self._skip(company_ids, status)
+            return []
+        if self.handing_back:
+            return await self._hand_back([c.id for c, _ in runnable])
+        if poisoned:
+            log.error("batch %s: %d poison item(s) failed", self.batch_id, len(poisoned))
+        ticket = _Ticket(len(runnable))
+        if not runnable:
+            return []
+        self.outstanding += len(runnable)
+        for company, attempts in runnable:
+            self.work.put_nowait((company, attempts, ticket))
+        await ticket.done.wait()
+        if ticket.unrun or self.stop_message:
+            await self._skip(ticket.unrun, None)
+        if ticket.handed_back:
+            return await self._hand_back(ticket.handed_back)
+        return []
+
+    async def _skip(self, company_ids: Sequence[str], status: str | None) -> None:
+        """Items a stopped or cancelled batch will not run: skipped with the reason, resumable."""
+        reason = self.stop_message or (CANCELLED if status == "cancelled" else "the batch was stopped")
+
+        async def skip() -> None:
+            async with self.dbs.begin("hq") as conn:
+                if self.stop_message:  # before the batch can be closed as completed
+                    await batches.stop_batch(conn, self.batch_id, self.stop_message)
+                await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
+
+        await _through_outage(skip)
+
+    async def _hand_back(self, company_ids: list[str]) -> list[str]:
+        async def give() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await items.release(conn, self.batch_id, company_ids)
+
+        await _through_outage(give)
+        return company_ids
+
+    async def _started(self, company_id: str) -> None:
+        """Count a call as started before it goes out; starts close together share one write."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.starting.append((company_id, done))
+        if self.starter is None or self.starter.done():
+            self.starter = asyncio.create_task(self._write_starts())
+        await done
+
+    async def _mark_started(self, company_ids: list[str]) -> None:
+        async with self.dbs.begin("hq") as conn:
+            await items.mark_started(conn, self.batch_id, company_ids)
+
+    async def _write_starts(self) -> None:
+        while self.starting:
+            taken, self.starting = self.starting, []
+            try:
+                await _through_outage(functools.partial(self._mark_started, [cid for cid, _ in taken]))
+            except Exception as exc:
+                for _, done in taken:
+                    done.set_exception(exc)
+            else:
+                for _, done in taken:
+                    done.set_result(None)
+
+    def hand_back(self) -> None:
+        """Stop starting calls: items not yet called go back to the queue (a worker stopping)."""
+        self.handing_back = True
+
+    def stop(self, message: str) -> None:
+        """Stop starting calls for the whole batch (interrupted): what is in flight still ends."""
+        self.stop_message = self.stop_message or message
+
+    async def close(self) -> None:
+        """End the workers and the writer once they are idle."""
+        for _ in self.tasks:
+            self.work.put_nowait(None)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.results.put(None)
+        await self.writer
+        self.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.watcher
+        await self.limits.aclose()
+
+    async def _watch(self) -> None:
+        """Notice a cancel or stop made elsewhere (the UI, another worker), and persist our own stop."""
+        persisted: str | None = None
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                async with self.dbs.begin("hq") as conn:
+                    if self.stop_message and persisted != self.stop_message:
+                        await batches.stop_batch(conn, self.batch_id, self.stop_message)
+                        persisted = self.stop_message
+                    batch = await batches.get_batch(conn, self.batch_id)
+            except exceptions.DatabaseError:
+                continue
+            if batch is None or batch["status"] == "cancelled":
+                self.stop_message = self.stop_message or CANCELLED
+            elif batch["status"] == "stopped":
+                self.stop_message = self.stop_message or batch["message"] or "the batch was stopped"
 
     async def _worker(self) -> None:
-        while (item := await self.work.get()) is not None:
-            if self.cancel.is_set() and not self.stop_message:
-                self.stop_message = CANCELLED
-            if self.stop_message:
-                continue  # left unfinished; skipped with the stop reason at the end
+        while (job := await self.work.get()) is not None:
             try:
-                result = await self._call(*item)
-            except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
-                company, attempts = item
-                result = _Result(company, attempts, 1, error=f"internal error: {type(exc).__name__}: {exc}")
-            if result is not None:  # None: the budget left it unrun; skipped with the reason at the end
-                await self.results.put(result)
+                await self._work_on(*job)
+            finally:
+                self.outstanding -= 1
 
-    async def _call(self, company: Company, attempts: int) -> _Result | None:
-        """One company through the provider, with retries; None if the budget left it unrun."""
-        result = _Result(company, attempts, 0)
+    async def _work_on(self, company: Company, attempts: int, ticket: _Ticket) -> None:
+        if self.handing_back:
+            ticket.handed_back.append(company.id)
+            ticket.one()
+            return
+        if self.stop_message:
+            ticket.unrun.append(company.id)
+            ticket.one()
+            return
+        try:
+            result = await self._call(company, attempts, ticket)
+        except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
+            result = _Result(
+                company, attempts, 1, ticket, error=f"internal error: {type(exc).__name__}: {exc}"
+            )
+        if result is None:  # a stop left it unrun
+            ticket.unrun.append(company.id)
+            ticket.one()
+        else:
+            self.results.put_nowait(result)
+
+    async def _call(self, company: Company, attempts: int, ticket: _Ticket) -> _Result | None:
+        """One company through the provider, with retries; None if a stop left it unrun."""
+        result = _Result(company, attempts, 0, ticket)
         base_delay = self.provider.retry_base_delay
         while True:
             await self.gate.wait()
@@ -210,18 +330,25 @@ class InlineExecutor:
                     f"{result.retries[-1].error if result.retries else 'stopped'} ({self.stop_message})"
                 )
                 return result
+            if result.tries == 0:
+                await self._started(company.id)
             result.tries += 1
             attempt = attempts + result.tries
             began = time.monotonic()
             try:
-                fetched = await self.provider.fetch(company, self._context(company))
+                async with self.limits.call():
+                    began = time.monotonic()
+                    fetched = await self.provider.fetch(company, self._context(company))
             except exceptions.ProviderError as exc:
                 metrics.observe(self.workflow.provider, time.monotonic() - began, "error", exc.status)
                 self.purse.settle(exc.cost)
                 result.cost = _add(result.cost, exc.cost)
                 result.trail += exc.trail
                 if exc.stop_batch:
+                    # Out of credits, a bad key: the batch pauses; this company waits with the rest.
                     self.stop_message = self.stop_message or str(exc)
+                    if result.tries == 1:
+                        return None
                 elif exc.retryable and result.tries < self.provider.max_attempts:
                     delay = (
                         exc.retry_after
@@ -293,9 +420,12 @@ class InlineExecutor:
                 done = True
             elif item is not _FLUSH:
                 chunk.append(item)
-                if len(chunk) < self.settings.enrichhq_chunk_size:
+                # Wait for more only while calls are still out: a finished job should not idle.
+                if len(chunk) < self.settings.enrichhq_chunk_size and (
+                    self.outstanding or not self.results.empty()
+                ):
                     continue
-            if chunk and self.fatal is None:
+            if chunk:
                 # Chunks settle side by side: one waits on the database while the next is mapped.
                 await room.acquire()
                 task = asyncio.create_task(self._settle_guarded(chunk, room))
@@ -307,12 +437,13 @@ class InlineExecutor:
     async def _settle_guarded(self, chunk: list[_Result], room: asyncio.Semaphore) -> None:
         try:
             await self._settle(chunk)
-        except Exception as exc:
-            # HQ itself failed: stop dispatching; the writer keeps draining so no worker blocks.
-            self.fatal = exc
-            self.stop_message = self.stop_message or f"stopped: {exc}"
+        except Exception:
+            # Left `running`: the batch's recovery queues them again (their calls were made).
+            log.exception("batch %s: %d results could not be written", self.batch_id, len(chunk))
         finally:
             room.release()
+            for r in chunk:
+                r.ticket.one()
 
     async def _settle(self, chunk: list[_Result]) -> None:
         """Store the successes, log every outcome, and write every item's final state."""
@@ -377,14 +508,15 @@ class InlineExecutor:
             await self.pipeline.log(entries)
             entries = []
         deadline = hq.now() + timedelta(seconds=self.provider.callback_timeout_s)
-        async with self.dbs.begin("hq") as conn:
-            await enrichment_logger.write(conn, entries)
-            await items.finish_items(conn, self.batch_id, updates)
-            await items.mark_waiting(conn, self.batch_id, waiting, deadline)
-        for update in updates:
-            self.counts[update["state"]] += 1
-        self.counts["waiting_callback"] += len(waiting)
-        await self._report()
+
+        async def write() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await enrichment_logger.write(conn, entries)
+                await items.finish_items(conn, self.batch_id, updates)
+                await items.mark_waiting(conn, self.batch_id, waiting, deadline)
+
+        # The calls are made and paid for: an HQ outage is waited out rather than losing them.
+        await _through_outage(write)
 
     def _final_state(self, r: _Result, outcome: StoreOutcome | None) -> dict[str, Any]:
         stored = outcome is not None and outcome.stored
@@ -402,26 +534,28 @@ class InlineExecutor:
             "result": r.data if r.data is not None and not stored else None,
         }
 
-    async def _report(self, *, exact: bool = False) -> None:
-        if self.on_progress is None:
-            return
-        if exact:  # at the start and the end: from the database; between, counted here
-            async with self.dbs.begin("hq") as conn:
-                counts, _ = await batches.state_counts(conn, self.batch_id)
-            self.base = counts
-            self.counts = Counter()
-        merged = Counter(self.base)
-        merged.update(self.counts)
-        maybe = self.on_progress(dict(merged))
-        if maybe is not None:
-            await maybe
-
 
 _FLUSH: Any = object()
 
 
 def _add(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else a + b
+
+
+async def _through_outage(step: Callable[[], Awaitable[T]]) -> T:
+    """Run a database step, retrying while HQ is unreachable (a restart, a failover) for OUTAGE_S."""
+    waited = 0.0
+    delay = 0.25
+    while True:
+        try:
+            return await step()
+        except exceptions.DatabaseError as exc:
+            if waited >= OUTAGE_S:
+                raise
+            log.warning("HQ unreachable, retrying in %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
 
 
 async def close_quietly(provider: Provider) -> None:

@@ -1,0 +1,115 @@
+"""Driving a batch from the process that started it: through PgQueuer's in-memory adapter here,
+or through the HQ queue to `enrichhq worker`s, watching its progress either way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+
+from enrichhq.db import batches, engines
+from enrichhq.execution import queue
+from enrichhq.execution.batch import CANCELLED
+from enrichhq.execution.engine import Engine
+from enrichhq.pipeline import Pipeline
+from enrichhq.settings import Settings
+
+ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
+
+POLL_S = 0.5
+
+
+def interrupted(batch_id: str) -> str:
+    """Why an interrupted batch stopped, and how to finish it."""
+    return f"interrupted; `enrichhq batches resume {batch_id}` runs the rest"
+
+
+async def run_here(
+    dbs: engines.Databases,
+    settings: Settings,
+    batch_id: str,
+    *,
+    pipeline: Pipeline,
+    concurrency: int,
+    on_progress: ProgressCallback | None = None,
+    cancel: asyncio.Event | None = None,
+    interrupt: asyncio.Event | None = None,
+) -> None:
+    """Run every unfinished item of the batch in this process, on the in-memory queue."""
+    queries = queue.memory_queries()
+    engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
+    qm = queue.manager(queries, engine)
+    await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
+    runner = asyncio.create_task(
+        queue.run_manager(
+            qm,
+            batch_size=queue.jobs_at_once(
+                concurrency, settings.enrichhq_job_size, settings.enrichhq_chunk_size
+            ),
+            drain=True,
+            heartbeat_s=settings.enrichhq_heartbeat_s,
+        )
+    )
+    stopped = False
+    try:
+        while not runner.done():
+            await asyncio.wait({runner}, timeout=POLL_S)
+            await _report(dbs, batch_id, on_progress)
+            if not stopped and cancel is not None and cancel.is_set():
+                engine.stop(CANCELLED)
+                stopped = True
+            if not stopped and interrupt is not None and interrupt.is_set():
+                engine.stop(interrupted(batch_id))
+                stopped = True
+        runner.result()
+    finally:
+        if not runner.done():
+            qm.shutdown.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(runner), timeout=30)
+            runner.cancel()
+        await engine.aclose()
+        await engine.finish_if_done(batch_id)
+        await _report(dbs, batch_id, on_progress)
+
+
+async def run_on_workers(
+    dbs: engines.Databases,
+    settings: Settings,
+    batch_id: str,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: asyncio.Event | None = None,
+) -> None:
+    """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends."""
+    conn = await queue.connect(settings)
+    try:
+        queries = await queue.pg_queries(conn)
+        await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
+    finally:
+        await conn.close()
+    while True:
+        await _report(dbs, batch_id, on_progress)
+        async with dbs.begin("hq") as conn2:
+            status = await batches.batch_status(conn2, batch_id)
+        if status != "running" or (cancel is not None and cancel.is_set()):
+            return
+        await asyncio.sleep(POLL_S)
+
+
+async def _report(dbs: engines.Databases, batch_id: str, on_progress: ProgressCallback | None) -> None:
+    if on_progress is None:
+        return
+    async with dbs.begin("hq") as conn:
+        counts, _ = await batches.state_counts(conn, batch_id)
+    maybe = on_progress(counts)
+    if inspect.isawaitable(maybe):
+        await maybe
+
+
+def worker_id() -> str:
+    """A name for this process among the workers."""
+    return f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,203 @@
+"""The job handler every queue runs: PgQueuer on HQ for workers, its in-memory adapter when embedded.
+
+A job names a batch and a chunk of its companies. The engine keeps one `BatchWork` per batch
+this process is working on (one provider client, one writer, one set of limits), hands it the
+chunk, and closes the batch once none of its items is left to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from enrichhq import exceptions, functions, workflows
+from enrichhq.db import batches, engines, items
+from enrichhq.execution.batch import BatchWork, close_quietly
+from enrichhq.execution.limits import Limits, LocalLimits, SharedLimits
+from enrichhq.pipeline import Pipeline
+from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.engine")
+
+#: a batch this process has not worked on for this long gives back its provider client.
+IDLE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A queue job's payload: which batch, which companies."""
+
+    batch_id: str
+    company_ids: tuple[str, ...]
+
+    def dump(self) -> bytes:
+        """The payload as stored in the queue."""
+        return json.dumps({"batch_id": self.batch_id, "company_ids": list(self.company_ids)}).encode()
+
+    @classmethod
+    def load(cls, raw: bytes | None) -> Chunk:
+        """A payload back; a malformed one is an InputError (it can never succeed)."""
+        try:
+            data = json.loads(raw or b"")
+            return cls(str(data["batch_id"]), tuple(str(c) for c in data["company_ids"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise exceptions.InputError(f"malformed queue job payload: {exc}") from exc
+
+
+class Engine:
+    """Runs chunks for whichever batches arrive; one per process."""
+
+    def __init__(
+        self,
+        dbs: engines.Databases,
+        settings: Settings,
+        *,
+        pipeline: Pipeline,
+        shared: bool,
+        worker_id: str,
+        concurrency: int | None = None,
+    ) -> None:
+        self.dbs = dbs
+        self.settings = settings
+        self.pipeline = pipeline
+        self.shared = shared
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.work: dict[str, BatchWork] = {}
+        self.opening: dict[str, asyncio.Lock] = {}
+        self.stop_message: str | None = None
+        self.handing_back = False
+
+    async def handle(self, chunk: Chunk) -> list[str]:
+        """Run one job; returns the companies handed back unstarted (the worker is stopping)."""
+        if self.handing_back:
+            return list(chunk.company_ids)
+        work = await self._work(chunk.batch_id)
+        if work is None:
+            return []
+        back = await work.run_chunk(chunk.company_ids, poison_after=self.settings.enrichhq_poison_after)
+        await self.finish_if_done(chunk.batch_id)
+        return back
+
+    async def _work(self, batch_id: str) -> BatchWork | None:
+        if (work := self.work.get(batch_id)) is not None:
+            return work
+        async with self.opening.setdefault(batch_id, asyncio.Lock()):
+            if (work := self.work.get(batch_id)) is None:
+                work = await self._open(batch_id)
+                if work is not None:
+                    self.work[batch_id] = work
+        return work
+
+    async def _open(self, batch_id: str) -> BatchWork | None:
+        async with self.dbs.begin("hq") as conn:
+            batch = await batches.get_batch(conn, batch_id)
+            spent = await batches.spent(conn, batch_id) if batch else 0.0
+        if batch is None:
+            log.warning("job for unknown batch %s dropped", batch_id)
+            return None
+        try:
+            workflow = await workflows.get(self.dbs, str(batch["workflow_id"]))
+            destination = await workflows.runnable(self.dbs, self.settings, workflow)
+            provider = functions.load(workflow.provider)(workflow, self.settings)
+        except exceptions.EnrichHQError as exc:
+            # Whatever this process lacks (a key, a table) it lacks for every item: pause the batch.
+            async with self.dbs.begin("hq") as conn:
+                await batches.stop_batch(conn, batch_id, f"cannot run here: {exc}")
+            await self._open_stopped(batch_id)
+            return None
+        per_call = (await workflows.price(self.dbs, workflow))[0] or 0.0
+        workers = (
+            provider.concurrency if self.concurrency is None else min(provider.concurrency, self.concurrency)
+        )
+        limits: Limits
+        if self.shared:
+            limits = SharedLimits(
+                self.dbs,
+                f"workflow:{workflow.id}",
+                concurrency=provider.concurrency,
+                rate=provider.max_rps,
+                holder=f"{self.worker_id}:{batch_id}",
+                lease_s=(provider.options.timeout_s or provider.default_timeout_s) + 30.0,
+                local=workers,
+            )
+        else:
+            limits = LocalLimits(provider.concurrency, provider.max_rps)
+        work = BatchWork(
+            self.dbs,
+            self.settings,
+            batch_id=batch_id,
+            play_name=batch["play_name"],
+            workflow=workflow,
+            destination=destination,
+            provider=provider,
+            pipeline=self.pipeline,
+            limits=limits,
+            workers=workers,
+            budget=batch.get("budget"),
+            spent=spent,
+            per_call=per_call,
+        )
+        if self.stop_message:
+            work.stop(self.stop_message)
+        if self.handing_back:
+            work.hand_back()
+        return work
+
+    async def _open_stopped(self, batch_id: str) -> None:
+        """The batch was just paused: its remaining items wait, skipped with the reason."""
+        async with self.dbs.begin("hq") as conn:
+            batch = await batches.get_batch(conn, batch_id)
+            reason = (batch or {}).get("message") or "the batch was stopped"
+            await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, ("queued",))
+        await self.finish_if_done(batch_id)
+
+    async def finish_if_done(self, batch_id: str) -> None:
+        """Close a batch none of whose items is left to run: completed, waiting, or stopped."""
+        async with self.dbs.begin("hq") as conn:
+            if await items.has_unrun(conn, batch_id):
+                return
+            batch = await batches.get_batch(conn, batch_id)
+            if batch is None or batch["finished_at"] is not None:
+                return
+            status = batch["status"]
+            if status == "running":
+                status = "waiting" if await items.has_waiting(conn, batch_id) else "completed"
+            elif status not in ("stopped", "cancelled"):
+                return
+            await batches.finish_batch(conn, batch_id, status, batch["message"])
+            if status == "waiting":
+                await items.close_if_done(conn, batch_id)
+
+    def stop(self, message: str) -> None:
+        """Stop starting calls in every batch (Ctrl-C): in-flight calls end and are written."""
+        self.stop_message = message
+        for work in self.work.values():
+            work.stop(message)
+
+    def hand_back(self) -> None:
+        """Stop starting calls; unstarted items go back to the queue for another worker (SIGTERM)."""
+        self.handing_back = True
+        for work in self.work.values():
+            work.hand_back()
+
+    async def reap(self) -> None:
+        """Close the batches this process has not worked on lately."""
+        now = time.monotonic()
+        for batch_id, work in list(self.work.items()):
+            if work.jobs == 0 and now - work.last_used > IDLE_S:
+                del self.work[batch_id]
+                await self._close(work)
+
+    async def aclose(self) -> None:
+        """Close every batch's workers, writer and provider client."""
+        works, self.work = list(self.work.values()), {}
+        for work in works:
+            await self._close(work)
+
+    async def _close(self, work: BatchWork) -> None:
+        await work.close()
+        await close_quietly(work.provider)

@@ -1,0 +1,160 @@
+"""Provider limits: in-flight calls and calls per second, for one process or for all workers together.
+
+`LocalLimits` serves the embedded default (one process is the only caller); `SharedLimits` keeps
+the counts in HQ (slots leased for a bounded time, a token bucket) so they hold across every
+worker machine, and a worker killed mid-call gives its slots back when their lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from enrichhq import exceptions
+from enrichhq.db import engines
+from enrichhq.db import limits as queries
+
+log = logging.getLogger("enrichhq.limits")
+
+#: how long a database outage is waited out before a call gives up on its limits.
+OUTAGE_S = 120.0
+
+
+class Limits(Protocol):
+    """What every provider call goes through."""
+
+    def call(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold one in-flight slot (and one token of the rate) for the length of a call."""
+
+    async def aclose(self) -> None:
+        """Give back whatever is still held."""
+
+
+class _Pace:
+    """Calls per second within one process: each call gets the next free instant."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        at = max(now, self.next)
+        self.next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class LocalLimits:
+    """Limits for a single process: a semaphore and a pacer."""
+
+    def __init__(self, concurrency: int, rate: float | None = None) -> None:
+        self.room = asyncio.Semaphore(max(1, concurrency))
+        self.pace = _Pace(rate)
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[None]:
+        async with self.room:
+            await self.pace.wait()
+            yield
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SharedLimits:
+    """Limits kept in HQ, so `max_concurrency` and `max_rps` hold across all workers together."""
+
+    def __init__(
+        self,
+        dbs: engines.Databases,
+        key: str,
+        *,
+        concurrency: int,
+        rate: float | None,
+        holder: str,
+        lease_s: float,
+        local: int,
+    ) -> None:
+        self.dbs = dbs
+        self.key = key
+        self.concurrency = concurrency
+        self.rate = rate
+        self.holder = holder
+        self.lease_s = lease_s
+        self.room = asyncio.Semaphore(max(1, min(local, concurrency)))
+        self.ready = False
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[None]:
+        async with self.room:
+            slot = await self._slot()
+            try:
+                if self.rate:
+                    await self._token()
+                yield
+            finally:
+                await asyncio.shield(self._free(slot))
+
+    async def _slot(self) -> int:
+        delay = 0.005
+        outage = 0.0
+        while True:
+            try:
+                async with self.dbs.begin("hq") as conn:
+                    if not self.ready:
+                        await queries.ensure_slots(conn, self.key, self.concurrency)
+                        self.ready = True
+                    slot = await queries.take_slot(
+                        conn, self.key, self.concurrency, self.holder, self.lease_s
+                    )
+            except exceptions.DatabaseError as exc:
+                outage = await _wait_out(exc, outage)
+                continue
+            if slot is not None:
+                return slot
+            # All slots are held elsewhere: poll with a growing, jittered pause.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.1)
+
+    async def _token(self) -> None:
+        assert self.rate is not None
+        outage = 0.0
+        while True:
+            try:
+                async with self.dbs.begin("hq") as conn:
+                    wait = await queries.take_token(conn, self.key, self.rate)
+            except exceptions.DatabaseError as exc:
+                outage = await _wait_out(exc, outage)
+                continue
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait * random.uniform(1.0, 1.2))
+
+    async def _free(self, slot: int) -> None:
+        try:
+            async with self.dbs.begin("hq") as conn:
+                await queries.free_slot(conn, self.key, slot, self.holder)
+        except exceptions.DatabaseError as exc:  # the lease runs out on its own
+            log.warning("could not free slot %s of %s: %s", slot, self.key, exc)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(exceptions.DatabaseError):
+            async with self.dbs.begin("hq") as conn:
+                await queries.free_holder(conn, self.holder)
+
+
+async def _wait_out(exc: exceptions.DatabaseError, waited: float) -> float:
+    """Sleep through a database outage for up to OUTAGE_S, then let the error through."""
+    if waited >= OUTAGE_S:
+        raise exc
+    log.warning("HQ unreachable, retrying: %s", exc)
+    await asyncio.sleep(1.0)
+    return waited + 1.0

@@ -1,0 +1,177 @@
+"""PgQueuer wiring: its own schema on the HQ PostgreSQL for `enrichhq worker`s, its in-memory adapter
+for the embedded default. Both run the same entrypoint, `Engine.handle`.
+
+Business state lives in `enrichment_batch_items`, never only in the queue: a job is a chunk of
+company ids, and redelivering it changes nothing for items already final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from pgqueuer import InMemoryDriver, InMemoryQueries, Job, Queries, QueueManager, RetryRequested
+from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+from pgqueuer.adapters.persistence import qb
+from pgqueuer.domain.settings import DBSettings
+from pgqueuer.domain.types import Channel
+
+from enrichhq import exceptions
+from enrichhq.db import engines, items
+from enrichhq.db import limits as worker_rows
+from enrichhq.execution.engine import Chunk, Engine
+from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.queue")
+
+SCHEMA = "enrichhq_queue"
+ENTRYPOINT = "enrichhq_chunk"
+#: a job that keeps failing (not a provider error: those end its items) is retried this often.
+MAX_JOB_RETRIES = 10
+#: a worker seen this recently is alive (workers beat every BEAT_S).
+ALIVE_S = 15.0
+BEAT_S = 5.0
+
+AnyQueries = Queries | InMemoryQueries
+
+
+def names() -> DBSettings:
+    """Where PgQueuer's tables live: a schema of their own, beside enrichhq's."""
+    return DBSettings(db_schema=SCHEMA, channel=Channel("enrichhq_queue"))
+
+
+def _builders() -> dict[str, Any]:
+    settings = names()
+    return {
+        "qbe": qb.QueryBuilderEnvironment(settings),
+        "qbq": qb.QueryQueueBuilder(settings),
+        "qbs": qb.QuerySchedulerBuilder(settings),
+    }
+
+
+def memory_queries() -> InMemoryQueries:
+    """The in-memory queue of the embedded default."""
+    return InMemoryQueries(InMemoryDriver(), **_builders())
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One asyncpg connection to HQ for the queue.
+
+    No statement cache: server-side prepared statements break behind PgBouncer in transaction
+    mode (Supabase's pooler on 6543).
+    """
+    dsn = settings.queue_dsn()
+    if dsn is None:
+        raise exceptions.ConfigError(
+            "the PostgreSQL queue needs HQ_DATABASE_URL to point at PostgreSQL "
+            "(postgresql://user:password@host:5432/db); SQLite runs batches in-process"
+        )
+    try:
+        return await asyncpg.connect(dsn, statement_cache_size=0, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise exceptions.DatabaseError(f"cannot reach the queue on HQ PostgreSQL: {exc}") from exc
+
+
+async def pg_queries(conn: asyncpg.Connection) -> Queries:
+    """PgQueuer over HQ, its schema installed on first use."""
+    queries = Queries(AsyncpgDriver(conn), **_builders())
+    if not await queries.schema_is_installed():
+        try:
+            await queries.install()
+        except asyncpg.PostgresError:
+            # Another worker installed it at the same moment.
+            if not await queries.schema_is_installed():
+                raise
+    return queries
+
+
+async def enqueue(queries: AnyQueries, batch_id: str, company_ids: Sequence[str], job_size: int) -> int:
+    """Queue these companies of a batch as jobs of job_size; returns how many jobs."""
+    chunks = [
+        Chunk(batch_id, tuple(company_ids[i : i + job_size])).dump()
+        for i in range(0, len(company_ids), job_size)
+    ]
+    if chunks:
+        await queries.enqueue([ENTRYPOINT] * len(chunks), list(chunks), [0] * len(chunks))
+    return len(chunks)
+
+
+async def enqueue_batch(dbs: engines.Databases, queries: AnyQueries, batch_id: str, job_size: int) -> int:
+    """Queue every item of the batch still to run (queued, or running when its process died)."""
+    after = "00000000-0000-0000-0000-000000000000"
+    jobs = 0
+    while True:
+        async with dbs.begin("hq") as conn:
+            page = await items.unfinished_ids(conn, batch_id, after=after, limit=max(job_size, 1000))
+        if not page:
+            return jobs
+        jobs += await enqueue(queries, batch_id, page, job_size)
+        after = page[-1]
+
+
+def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
+    """A QueueManager whose one entrypoint runs a chunk through the engine."""
+    qm = QueueManager(queries, channel=names().channel)
+
+    @qm.entrypoint(ENTRYPOINT)
+    async def run_chunk(job: Job) -> None:
+        try:
+            chunk = Chunk.load(job.payload)
+        except exceptions.InputError as exc:
+            log.error("job %s dropped: %s", job.id, exc)
+            return
+        try:
+            back = await engine.handle(chunk)
+        except Exception as exc:
+            if job.attempts >= MAX_JOB_RETRIES:
+                log.error(
+                    "job %s for batch %s gave up after %d tries: %s",
+                    job.id,
+                    chunk.batch_id,
+                    job.attempts,
+                    exc,
+                )
+                raise
+            log.warning("job %s for batch %s failed, retrying: %s", job.id, chunk.batch_id, exc)
+            raise RetryRequested(timedelta(seconds=min(60, 2**job.attempts)), str(exc)) from exc
+        if back:
+            await enqueue(queries, chunk.batch_id, back, len(back))
+
+    return qm
+
+
+def jobs_at_once(concurrency: int, job_size: int, chunk_size: int) -> int:
+    """Jobs a process takes per fetch: enough items to keep every call slot busy and writes batched."""
+    return max(1, math.ceil(2 * concurrency / job_size), math.ceil(chunk_size / job_size))
+
+
+async def run_manager(qm: QueueManager, *, batch_size: int, drain: bool, heartbeat_s: float) -> None:
+    """Run a QueueManager until it drains (embedded) or is shut down (worker)."""
+    from pgqueuer.domain.types import QueueExecutionMode
+
+    await qm.run(
+        dequeue_timeout=timedelta(seconds=1 if drain else 2),
+        batch_size=batch_size,
+        max_concurrent_tasks=2 * batch_size,
+        mode=QueueExecutionMode.drain if drain else QueueExecutionMode.continuous,
+        heartbeat_timeout=timedelta(seconds=heartbeat_s),
+        log_aggregation_interval=timedelta(0),
+    )
+
+
+async def queue_mode(dbs: engines.Databases, settings: Settings) -> str:
+    """'postgres' when batches go to `enrichhq worker`s, else 'memory' (run in this process)."""
+    if settings.enrichhq_queue != "auto":
+        return settings.enrichhq_queue
+    if settings.queue_dsn() is None:
+        return "memory"
+    with contextlib.suppress(exceptions.DatabaseError):
+        async with dbs.begin("hq") as conn:
+            if await worker_rows.live_workers(conn, ALIVE_S):
+                return "postgres"
+    return "memory"

@@ -1,0 +1,104 @@
+"""`enrichhq worker`: take chunk jobs from the HQ queue until told to stop.
+
+Any number run side by side, on any machines. A worker that dies loses nothing: PgQueuer gives
+its jobs to another worker once their heartbeat stops, and `items.deliver` skips what is final.
+SIGTERM (or Ctrl-C) stops it gracefully: calls in flight end and are written, items not yet
+called go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import asyncpg
+
+from enrichhq import exceptions
+from enrichhq.db import engines
+from enrichhq.db import limits as worker_rows
+from enrichhq.execution import queue
+from enrichhq.execution.embedded import worker_id
+from enrichhq.execution.engine import Engine
+from enrichhq.pipeline import Pipeline
+from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.worker")
+
+RECONNECT_S = 1.0
+
+
+async def work(settings: Settings, *, concurrency: int, stop: asyncio.Event) -> None:
+    """Run jobs from the HQ queue until `stop` is set; reconnects when PostgreSQL goes away."""
+    if settings.queue_dsn() is None:
+        raise exceptions.ConfigError(
+            "`enrichhq worker` needs HQ_DATABASE_URL to point at PostgreSQL "
+            "(postgresql://user:password@host:5432/db); with SQLite, `enrichhq serve` runs batches itself"
+        )
+    dbs = engines.Databases.from_settings(settings)
+    await dbs.check()
+    me = worker_id()
+    pipeline = Pipeline(dbs, settings)
+    engine = Engine(dbs, settings, pipeline=pipeline, shared=True, worker_id=me, concurrency=concurrency)
+    housekeeping = asyncio.create_task(_housekeeping(dbs, engine, me, concurrency, stop))
+    try:
+        while not stop.is_set():
+            try:
+                await _serve(settings, engine, concurrency, stop)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, exceptions.DatabaseError) as exc:
+                if stop.is_set():
+                    break
+                log.warning("queue connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(RECONNECT_S)
+    finally:
+        engine.hand_back()
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+        await engine.aclose()
+        with contextlib.suppress(exceptions.DatabaseError):
+            async with dbs.begin("hq") as conn:
+                await worker_rows.leave(conn, me)
+        await pipeline.aclose()
+        await dbs.dispose()
+
+
+async def _serve(settings: Settings, engine: Engine, concurrency: int, stop: asyncio.Event) -> None:
+    conn = await queue.connect(settings)
+    try:
+        queries = await queue.pg_queries(conn)
+        qm = queue.manager(queries, engine)
+        size = queue.jobs_at_once(concurrency, settings.enrichhq_job_size, settings.enrichhq_chunk_size)
+        runner = asyncio.create_task(
+            queue.run_manager(qm, batch_size=size, drain=False, heartbeat_s=settings.enrichhq_heartbeat_s)
+        )
+        stopping = asyncio.create_task(stop.wait())
+        log.info("worker ready: %d calls at once, %d jobs per fetch", concurrency, size)
+        await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            # Hand back what has not started, so the jobs in flight end quickly; then stop fetching.
+            engine.hand_back()
+            qm.shutdown.set()
+        stopping.cancel()
+        await runner
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=5)
+
+
+async def _housekeeping(
+    dbs: engines.Databases, engine: Engine, me: str, concurrency: int, stop: asyncio.Event
+) -> None:
+    """Say this worker is alive; close batches it no longer works on."""
+    host = socket.gethostname()
+    while not stop.is_set():
+        try:
+            async with dbs.begin("hq") as conn:
+                await worker_rows.beat(conn, me, host, os.getpid(), concurrency)
+            await engine.reap()
+        except exceptions.DatabaseError as exc:
+            log.warning("heartbeat failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
