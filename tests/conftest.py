@@ -77,6 +77,7 @@ def _reset_pg(hq_url: str, ws_url: str) -> None:
     with hq_engine.begin() as conn:
         names = ", ".join(t.name for t in schema.metadata.sorted_tables)
         conn.execute(sa.text(f"TRUNCATE {names}"))
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS enrichhq_queue CASCADE"))
         # Tables a test created in HQ (destination_db = hq), and the seed's own shapes, go.
         for (name,) in conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")):
             if name not in schema.metadata.tables and name != migrate.VERSION_TABLE:

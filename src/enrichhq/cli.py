@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -139,6 +141,39 @@ def serve(
         conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
     migrate.upgrade(conf.resolved_hq_url())
     uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
+
+
+@command(app)
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=2000, help="provider calls this worker makes at once, at most")
+    ] = 32,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /healthz and Prometheus /metrics on this port")
+    ] = None,
+) -> None:
+    """Take batches from the queue on HQ (PostgreSQL); run one on each machine that should work.
+
+    SIGTERM or Ctrl-C stops it gracefully: calls in flight end and are written, the rest goes
+    back to the queue for the other workers.
+    """
+    import logging
+    import signal
+
+    from enrichhq.execution import worker as worker_module
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conf = settings.load()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await worker_module.work(conf, concurrency=concurrency, stop=stop, metrics_port=metrics_port)
+
+    aio.run(go())
+    err.print("worker stopped")
 
 
 def _masked(url: str) -> str:
@@ -361,7 +396,30 @@ async def _execute_with_progress(
             detail = f"ok {counts.get('succeeded', 0)}  failed {counts.get('failed', 0)}"
             progress.update(task, completed=done, detail=detail)
 
-        return await runs.execute(dbs, conf, prepared, update)
+        interrupt = asyncio.Event()
+        with _interruptible(interrupt, prepared.batch_id):
+            return await runs.execute(dbs, conf, prepared, update, interrupt=interrupt)
+
+
+@contextlib.contextmanager
+def _interruptible(interrupt: asyncio.Event, batch_id: str) -> Iterator[None]:
+    """First Ctrl-C: stop starting calls, let those in flight end; a second one quits at once."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        err.print(
+            f"interrupted: finishing the calls in flight (Ctrl-C again to quit now); "
+            f"`enrichhq batches resume {batch_id}` runs the rest",
+            highlight=False,
+        )
+        interrupt.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _finish(summary: runs.BatchSummary) -> None:

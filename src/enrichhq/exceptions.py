@@ -27,6 +27,10 @@ class DatabaseError(EnrichHQError):
     """A database that cannot be reached or refused an operation."""
 
 
+class Unreachable(DatabaseError):
+    """A database that cannot be reached right now (down, restarting): worth waiting for."""
+
+
 class ProviderError(EnrichHQError):
     """A provider answered with an error (or not at all).
 

@@ -47,7 +47,7 @@ class Databases:
                 yield conn
         except (sa.exc.DBAPIError, OSError) as exc:
             if dialect.connection_problem(exc):
-                raise exceptions.DatabaseError(dialect.unreachable(name, self.urls[name], exc)) from exc
+                raise exceptions.Unreachable(dialect.unreachable(name, self.urls[name], exc)) from exc
             if name == "hq" and dialect.missing_table(exc):
                 raise exceptions.DatabaseError(
                     f"the HQ database at {dialect.mask(self.urls[name])} has no enrichhq tables yet "

@@ -48,6 +48,15 @@ async def take_slot(conn: AsyncConnection, key: str, count: int, holder: str, le
     return slot
 
 
+async def renew_slot(conn: AsyncConnection, key: str, slot: int, holder: str, lease_s: float) -> None:
+    """Extend a held slot's lease (its call is still running)."""
+    await conn.execute(
+        sa.update(limit_slots)
+        .where(limit_slots.c.key == key, limit_slots.c.slot == slot, limit_slots.c.holder == holder)
+        .values(expires_at=dialect.epoch_now() + lease_s)
+    )
+
+
 async def free_slot(conn: AsyncConnection, key: str, slot: int, holder: str) -> None:
     """Give a leased slot back."""
     await conn.execute(

@@ -462,13 +462,17 @@ class BatchWork:
             try:
                 # In-process, the storage worker's log entries are written below with the items' states,
                 # in one HQ transaction; a remote storage worker logs them itself.
-                stored = await self.pipeline.store(
-                    self.workflow,
-                    records,
-                    batch_id=self.batch_id,
-                    play_name=self.play_name,
-                    destination=self.destination,
-                    log=collect if self.pipeline.logs_locally else None,
+                # A database restarting is waited out; a destination that refuses rows is not.
+                stored = await _through_outage(
+                    functools.partial(
+                        self.pipeline.store,
+                        self.workflow,
+                        records,
+                        batch_id=self.batch_id,
+                        play_name=self.play_name,
+                        destination=self.destination,
+                        log=collect if self.pipeline.logs_locally else None,
+                    )
                 )
             except (exceptions.DatabaseError, exceptions.StorageError) as exc:
                 # The destination is down: the fetched results are kept on their items.
@@ -549,7 +553,7 @@ async def _through_outage(step: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await step()
-        except exceptions.DatabaseError as exc:
+        except exceptions.Unreachable as exc:
             if waited >= OUTAGE_S:
                 raise
             log.warning("HQ unreachable, retrying in %.1fs: %s", delay, exc)

@@ -10,10 +10,12 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 
+from enrichhq import exceptions
 from enrichhq.db import batches, engines
 from enrichhq.execution import queue
 from enrichhq.execution.batch import CANCELLED
 from enrichhq.execution.engine import Engine
+from enrichhq.execution.limits import OUTAGE_S
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -91,10 +93,19 @@ async def run_on_workers(
         await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
     finally:
         await conn.close()
+    outage = 0.0
     while True:
-        await _report(dbs, batch_id, on_progress)
-        async with dbs.begin("hq") as conn2:
-            status = await batches.batch_status(conn2, batch_id)
+        try:
+            await _report(dbs, batch_id, on_progress)
+            async with dbs.begin("hq") as conn2:
+                status = await batches.batch_status(conn2, batch_id)
+            outage = 0.0
+        except exceptions.Unreachable:
+            # HQ restarting: the workers wait it out too.
+            outage += POLL_S
+            if outage > OUTAGE_S:
+                raise
+            status = "running"
         if status != "running" or (cancel is not None and cancel.is_set()):
             return
         await asyncio.sleep(POLL_S)

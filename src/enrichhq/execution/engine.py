@@ -121,7 +121,7 @@ class Engine:
                 concurrency=provider.concurrency,
                 rate=provider.max_rps,
                 holder=f"{self.worker_id}:{batch_id}",
-                lease_s=(provider.options.timeout_s or provider.default_timeout_s) + 30.0,
+                lease_s=self.settings.enrichhq_heartbeat_s,
                 local=workers,
             )
         else:

@@ -96,12 +96,22 @@ class SharedLimits:
     async def call(self) -> AsyncIterator[None]:
         async with self.room:
             slot = await self._slot()
+            # Held slots are renewed while the call runs, so a dead worker's slot frees within a lease.
+            keeper = asyncio.create_task(self._renew(slot))
             try:
                 if self.rate:
                     await self._token()
                 yield
             finally:
+                keeper.cancel()
                 await asyncio.shield(self._free(slot))
+
+    async def _renew(self, slot: int) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(exceptions.DatabaseError):
+                async with self.dbs.begin("hq") as conn:
+                    await queries.renew_slot(conn, self.key, slot, self.holder, self.lease_s)
 
     async def _slot(self) -> int:
         delay = 0.005
@@ -115,7 +125,7 @@ class SharedLimits:
                     slot = await queries.take_slot(
                         conn, self.key, self.concurrency, self.holder, self.lease_s
                     )
-            except exceptions.DatabaseError as exc:
+            except exceptions.Unreachable as exc:
                 outage = await _wait_out(exc, outage)
                 continue
             if slot is not None:
@@ -131,7 +141,7 @@ class SharedLimits:
             try:
                 async with self.dbs.begin("hq") as conn:
                     wait = await queries.take_token(conn, self.key, self.rate)
-            except exceptions.DatabaseError as exc:
+            except exceptions.Unreachable as exc:
                 outage = await _wait_out(exc, outage)
                 continue
             if wait <= 0:
@@ -151,7 +161,7 @@ class SharedLimits:
                 await queries.free_holder(conn, self.holder)
 
 
-async def _wait_out(exc: exceptions.DatabaseError, waited: float) -> float:
+async def _wait_out(exc: exceptions.Unreachable, waited: float) -> float:
     """Sleep through a database outage for up to OUTAGE_S, then let the error through."""
     if waited >= OUTAGE_S:
         raise exc

@@ -74,7 +74,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, statement_cache_size=0, timeout=10)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise exceptions.DatabaseError(f"cannot reach the queue on HQ PostgreSQL: {exc}") from exc
+        raise exceptions.Unreachable(f"cannot reach the queue on HQ PostgreSQL: {exc}") from exc
 
 
 async def pg_queries(conn: asyncpg.Connection) -> Queries:

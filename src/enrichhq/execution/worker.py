@@ -13,10 +13,11 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 import asyncpg
 
-from enrichhq import exceptions
+from enrichhq import exceptions, metrics
 from enrichhq.db import engines
 from enrichhq.db import limits as worker_rows
 from enrichhq.execution import queue
@@ -30,7 +31,9 @@ log = logging.getLogger("enrichhq.worker")
 RECONNECT_S = 1.0
 
 
-async def work(settings: Settings, *, concurrency: int, stop: asyncio.Event) -> None:
+async def work(
+    settings: Settings, *, concurrency: int, stop: asyncio.Event, metrics_port: int | None = None
+) -> None:
     """Run jobs from the HQ queue until `stop` is set; reconnects when PostgreSQL goes away."""
     if settings.queue_dsn() is None:
         raise exceptions.ConfigError(
@@ -43,6 +46,7 @@ async def work(settings: Settings, *, concurrency: int, stop: asyncio.Event) -> 
     pipeline = Pipeline(dbs, settings)
     engine = Engine(dbs, settings, pipeline=pipeline, shared=True, worker_id=me, concurrency=concurrency)
     housekeeping = asyncio.create_task(_housekeeping(dbs, engine, me, concurrency, stop))
+    monitor = asyncio.create_task(_monitor(dbs, me, metrics_port)) if metrics_port else None
     try:
         while not stop.is_set():
             try:
@@ -54,9 +58,11 @@ async def work(settings: Settings, *, concurrency: int, stop: asyncio.Event) -> 
                 await asyncio.sleep(RECONNECT_S)
     finally:
         engine.hand_back()
-        housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await housekeeping
+        for task in (housekeeping, monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await engine.aclose()
         with contextlib.suppress(exceptions.DatabaseError):
             async with dbs.begin("hq") as conn:
@@ -102,3 +108,27 @@ async def _housekeeping(
             log.warning("heartbeat failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
+
+
+async def _monitor(dbs: engines.Databases, me: str, port: int) -> None:
+    """/healthz and Prometheus /metrics for this worker, on its own port."""
+    import uvicorn
+    from fastapi import FastAPI, Response
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        return {"ok": True, "worker": me}
+
+    @app.get("/metrics")
+    async def scrape() -> Response:
+        return Response(await metrics.exposition(dbs), media_type="text/plain; version=0.0.4")
+
+    class Quiet(uvicorn.Server):
+        # The worker owns SIGTERM and SIGINT (graceful stop); the monitor must not take them.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    await Quiet(uvicorn.Config(app, host="0.0.0.0", port=port, log_level="warning")).serve()

@@ -1,0 +1,279 @@
+"""Distributed execution under faults: real `enrichhq worker` processes on PostgreSQL, a real site stub.
+
+(a) kill -9 of a worker mid-batch, (b) a shared concurrency cap against a 429-ing provider,
+(c) 30% errors and timeouts, (d) PostgreSQL restarted mid-batch, (e) a poison item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from enrichhq import runs, settings
+from enrichhq.db import engines, migrate
+from enrichhq.db import limits as worker_rows
+from tests.conftest import _reset_pg
+from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
+from tests.workers.fleet import FaultSite, Fleet, OwnPostgres
+
+pytestmark = pytest.mark.postgres
+
+STEP = "homepage-over-http"
+JOB_SIZE = 20
+CHUNK_SIZE = 100
+
+
+@dataclass
+class Cluster:
+    """HQ and Workspace on PostgreSQL, settings that queue batches for workers, and the workers."""
+
+    dbs: engines.Databases
+    conf: settings.Settings
+    fleet: Fleet
+
+
+def _environ(hq_url: str, ws_url: str, data_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HQ_DATABASE_URL": hq_url,
+        "WORKSPACE_DATABASE_URL": ws_url,
+        "ENRICHHQ_DATA_DIR": str(data_dir),
+        "ENRICHHQ_HEARTBEAT_S": "3",
+        "ENRICHHQ_JOB_SIZE": str(JOB_SIZE),
+        "ENRICHHQ_CHUNK_SIZE": str(CHUNK_SIZE),
+        "ENRICHHQ_RETRY_BASE_DELAY": "0.05",
+    }
+
+
+@pytest.fixture
+async def cluster(pg_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
+    hq_url, ws_url = pg_urls
+    _reset_pg(hq_url, ws_url)
+    async with _cluster(hq_url, ws_url, tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
+    yield server
+    server.close()
+
+
+class _cluster:
+    def __init__(self, hq_url: str, ws_url: str, tmp_path: Path) -> None:
+        self.hq_url, self.ws_url, self.tmp = hq_url, ws_url, tmp_path
+
+    async def __aenter__(self) -> Cluster:
+        conf = settings.Settings(
+            hq_database_url=self.hq_url,
+            workspace_database_url=self.ws_url,
+            enrichhq_data_dir=self.tmp,
+            enrichhq_queue="postgres",
+            enrichhq_job_size=JOB_SIZE,
+        )
+        logs = self.tmp / "logs"
+        logs.mkdir()
+        self.made = Cluster(
+            engines.Databases(self.hq_url, self.ws_url),
+            conf,
+            Fleet(_environ(self.hq_url, self.ws_url, self.tmp), logs),
+        )
+        return self.made
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.made.fleet.stop()
+        await self.made.dbs.dispose()
+
+
+async def _step(c: Cluster, site: FaultSite, domains: list[str], config: str) -> runs.Prepared:
+    await sql(c.dbs, "workspace", homepage_ddl("postgresql", unique_company=True))
+    row = workflow_row(STEP, provider="http", provider_config=config, write_mode="upsert")
+    await sql(c.dbs, "hq", INSERT_WORKFLOW, row)
+    await add_companies(c.dbs, domains)
+    return await runs.prepare(c.dbs, c.conf, STEP, runs.Selection(all=True))
+
+
+def _config(site: FaultSite, **options: object) -> str:
+    import json
+
+    return json.dumps({"url_template": site.url_template, **options})
+
+
+async def _alive(c: Cluster, n: int, timeout: float = 60) -> None:
+    async def enough() -> bool:
+        async with c.dbs.begin("hq") as conn:
+            return len(await worker_rows.live_workers(conn, 15)) >= n
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await enough():
+        dead = [p for p in c.fleet.procs if p.poll() is not None]
+        assert not dead, f"a worker exited at start:\n{c.fleet.output()}"
+        assert asyncio.get_running_loop().time() < deadline, f"workers not alive:\n{c.fleet.output()}"
+        await asyncio.sleep(0.2)
+
+
+async def _succeeded(c: Cluster, batch_id: str) -> int:
+    rows = await sql(
+        c.dbs,
+        "hq",
+        "SELECT count(*) FROM enrichment_batch_items WHERE batch_id = :b AND state = 'succeeded'",
+        {"b": batch_id},
+    )
+    return int(rows[0][0])
+
+
+async def _run(c: Cluster, prepared: runs.Prepared, timeout: float = 240) -> runs.BatchSummary:
+    try:
+        return await asyncio.wait_for(runs.execute(c.dbs, c.conf, prepared), timeout)
+    except TimeoutError:
+        pytest.fail(f"batch did not finish in {timeout}s:\n{c.fleet.output()}")
+
+
+async def _states(c: Cluster, batch_id: str) -> dict[str, int]:
+    rows = await sql(
+        c.dbs,
+        "hq",
+        "SELECT state, count(*) FROM enrichment_batch_items WHERE batch_id = :b GROUP BY state",
+        {"b": batch_id},
+    )
+    return {state: int(n) for state, n in rows}
+
+
+async def test_kill_9_one_of_two_workers_mid_batch(cluster: Cluster) -> None:
+    site = FaultSite(delay=0.005)
+    domains = [f"co-{i}.com" for i in range(2000)]
+    prepared = await _step(cluster, site, domains, _config(site, max_concurrency=16))
+    victim = cluster.fleet.start(8)
+    cluster.fleet.start(8)
+    await _alive(cluster, 2)
+    running = asyncio.create_task(_run(cluster, prepared))
+    while await _succeeded(cluster, prepared.batch_id) < 300:
+        assert not running.done(), "batch ended before the kill"
+        await asyncio.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    summary = await running
+    site.close()
+    assert summary.status == "completed", cluster.fleet.output()
+    assert summary.counts == {"succeeded": 2000}
+    assert await count(cluster.dbs, "workspace", "company_homepage_scrapes") == 2000
+    distinct = await sql(
+        cluster.dbs, "workspace", "SELECT count(DISTINCT company_id) FROM company_homepage_scrapes"
+    )
+    assert distinct[0][0] == 2000
+    assert set(site.calls) == set(domains)
+    again = [d for d, n in site.calls.items() if n > 1]
+    # Only what the dead worker had in flight (calls out, results not yet written) is called again.
+    assert max(site.calls.values()) <= 2
+    assert len(again) <= 8 + CHUNK_SIZE, f"{len(again)} companies called twice"
+
+
+async def test_concurrency_cap_holds_across_three_workers(cluster: Cluster) -> None:
+    site = FaultSite(delay=0.05, limit=10)
+    prepared = await _step(
+        cluster, site, [f"co-{i}.com" for i in range(300)], _config(site, max_concurrency=10)
+    )
+    for _ in range(3):
+        cluster.fleet.start(10)
+    await _alive(cluster, 3)
+    summary = await _run(cluster, prepared)
+    site.close()
+    assert summary.counts == {"succeeded": 300}, cluster.fleet.output()
+    assert site.statuses[429] == 0 and site.peak <= 10
+    assert sum(site.calls.values()) == 300
+
+
+async def test_errors_and_timeouts_end_every_company_after_max_attempts(cluster: Cluster) -> None:
+    site = FaultSite(error_rate=0.3, hang_s=1.2)
+    prepared = await _step(
+        cluster,
+        site,
+        [f"co-{i}.com" for i in range(200)],
+        _config(site, max_concurrency=24, timeout_s=0.4, max_attempts=3),
+    )
+    cluster.fleet.start(12)
+    cluster.fleet.start(12)
+    await _alive(cluster, 2)
+    summary = await _run(cluster, prepared)
+    site.close()
+    assert summary.status == "completed", cluster.fleet.output()
+    states = await _states(cluster, prepared.batch_id)
+    assert set(states) <= {"succeeded", "failed"} and sum(states.values()) == 200
+    assert states["succeeded"] > 150
+    failed = await sql(
+        cluster.dbs,
+        "hq",
+        "SELECT attempts, last_error FROM enrichment_batch_items WHERE batch_id = :b AND state = 'failed'",
+        {"b": prepared.batch_id},
+    )
+    assert all(attempts == 3 and error for attempts, error in failed)
+    assert site.statuses[500] > 0
+
+
+async def test_postgres_restart_mid_batch(own_pg: OwnPostgres, tmp_path: Path) -> None:
+    admin = sa.create_engine(
+        sa.make_url(own_pg.url()).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE hq"))
+        conn.execute(sa.text("CREATE DATABASE ws"))
+    admin.dispose()
+    migrate.upgrade(own_pg.url("hq"))
+    site = FaultSite(delay=0.01)
+    async with _cluster(own_pg.url("hq"), own_pg.url("ws"), tmp_path) as c:
+        prepared = await _step(c, site, [f"co-{i}.com" for i in range(800)], _config(site, max_concurrency=8))
+        c.fleet.start(8)
+        c.fleet.start(8)
+        await _alive(c, 2)
+        running = asyncio.create_task(_run(c, prepared))
+        while await _succeeded(c, prepared.batch_id) < 150:
+            assert not running.done()
+            await asyncio.sleep(0.05)
+        own_pg.stop()
+        await asyncio.sleep(2)
+        own_pg.start()
+        summary = await running
+        site.close()
+        assert summary.status == "completed", c.fleet.output()
+        assert summary.counts == {"succeeded": 800}, summary.failures[:3]
+        assert all(p.poll() is None for p in c.fleet.procs), "a worker died with the database"
+
+
+async def test_poison_item_fails_after_three_deliveries(cluster: Cluster) -> None:
+    victims: list[int] = []
+
+    def kill_caller(domain: str) -> None:
+        if domain.startswith("poison-") and victims:
+            os.kill(victims[-1], signal.SIGKILL)
+
+    site = FaultSite(on_call=kill_caller)
+    domains = ["poison-1.com"] + [f"co-{i}.com" for i in range(5)]
+    prepared = await _step(cluster, site, domains, _config(site, max_concurrency=1))
+    victims.append(cluster.fleet.start(1).pid)
+    await _alive(cluster, 1)
+    running = asyncio.create_task(_run(cluster, prepared, timeout=120))
+    while not running.done():
+        last = cluster.fleet.procs[-1]
+        if last.poll() is not None:  # killed by its poison call: a supervisor starts another
+            victims.append(cluster.fleet.start(1).pid)
+        await asyncio.sleep(0.1)
+    summary = await running
+    site.close()
+    assert summary.status == "completed", cluster.fleet.output()
+    assert summary.counts == {"succeeded": 5, "failed": 1}
+    item = await sql(
+        cluster.dbs,
+        "hq",
+        "SELECT i.attempts, i.last_error FROM enrichment_batch_items i JOIN companies c "
+        "ON c.id = i.company_id WHERE c.domain = 'poison-1.com'",
+    )
+    attempts, error = item[0]
+    assert error.startswith("poison") and attempts == 3
+    assert site.calls["poison-1.com"] == 3
