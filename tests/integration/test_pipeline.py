@@ -100,7 +100,9 @@ async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
     statuses = await sql(
         env.dbs, "hq", "SELECT status, count(*) FROM enrichment_results_log GROUP BY status ORDER BY status"
     )
-    assert [tuple(r) for r in statuses] == [("failed", 1), ("retrying", 1), ("succeeded", 3)]
+    # One 429 retried, and RESP001 ("could not get content") tried max_attempts (3) times.
+    assert [tuple(r) for r in statuses] == [("failed", 1), ("retrying", 3), ("succeeded", 3)]
+    assert stub.calls["unprocessable-b.com"] == 3
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'q4'") == 3
 
 

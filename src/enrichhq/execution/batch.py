@@ -34,6 +34,7 @@ log = logging.getLogger("enrichhq.batch")
 CANCELLED = "cancelled by the user"
 FLUSH_SECONDS = 0.25
 WATCH_SECONDS = 1.0
+REMAINING_PAUSE_S = 0.25
 
 T = TypeVar("T")
 
@@ -338,7 +339,12 @@ class BatchWork:
             try:
                 async with self.limits.call():
                     began = time.monotonic()
-                    fetched = await self.provider.fetch(company, self._context(company))
+                    try:
+                        fetched = await self.provider.fetch(company, self._context(company))
+                    finally:
+                        if self.provider.concurrency_remaining == 0:
+                            # The plan is at its cap: hold new calls a moment rather than meet a 429.
+                            self.gate.pause(REMAINING_PAUSE_S)
             except exceptions.ProviderError as exc:
                 metrics.observe(self.workflow.provider, time.monotonic() - began, "error", exc.status)
                 self.purse.settle(exc.cost)

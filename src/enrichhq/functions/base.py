@@ -71,6 +71,8 @@ class Provider(abc.ABC):
         self.options = ProviderOptions.model_validate(workflow.provider_config)
         self.concurrency = self.options.max_concurrency or self.default_concurrency
         self.max_rps = self.options.max_rps
+        #: the provider's own count of calls it would still take at once (Concurrency-Remaining).
+        self.concurrency_remaining: int | None = None
         self.max_attempts = self.options.max_attempts
         self.callback_timeout_s = self.options.callback_timeout_s
         self.retry_base_delay = (
@@ -117,6 +119,12 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:
         """Release the HTTP connections."""
         await self.client.aclose()
+
+    def note_remaining(self, response: httpx.Response) -> None:
+        """Read a Concurrency-Remaining header, where the provider sends one."""
+        value = response.headers.get("concurrency-remaining")
+        if value is not None and value.strip().isdigit():
+            self.concurrency_remaining = int(value)
 
     def cost(self, response: httpx.Response | None = None) -> float | None:
         """What a call cost: the provider's own figure if it gave one, else the configured one."""

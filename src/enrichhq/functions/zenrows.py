@@ -74,6 +74,7 @@ class ZenrowsProvider(base.Provider):
             response = await self.client.get(self.settings.zenrows_api_url, params=params)
         except httpx.HTTPError as exc:
             raise self._scrub(base.transport_error(exc, "Zenrows", self.client.timeout.read)) from None
+        self.note_remaining(response)
         if response.status_code == 200:
             return ProviderResult(
                 data={
@@ -105,6 +106,8 @@ class ZenrowsProvider(base.Provider):
             return exceptions.ProviderError(
                 message, retryable=True, retry_after=base.retry_after(response, 1.0), cost=cost
             )
+        if status == 422 and code == "RESP001":  # "could not get content": often fine on another try
+            return exceptions.ProviderError(message, retryable=True, cost=cost)
         return exceptions.ProviderError(message, cost=cost)
 
     def _scrub(self, error: exceptions.ProviderError) -> exceptions.ProviderError:
