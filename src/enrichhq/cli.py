@@ -163,6 +163,7 @@ def worker(
     from enrichhq.execution import worker as worker_module
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider call is noise
     conf = settings.load()
 
     async def go() -> None:

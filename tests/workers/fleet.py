@@ -133,6 +133,10 @@ class Fleet:
         self.procs.append(proc)
         return proc
 
+    def text(self) -> str:
+        """Every worker's whole output."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
     def output(self) -> str:
         return "\n".join(
             p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("worker-*.log"))

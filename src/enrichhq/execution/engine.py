@@ -141,6 +141,7 @@ class Engine:
             spent=spent,
             per_call=per_call,
         )
+        log.info("batch %s: working on %s (%d calls at once here)", batch_id, workflow.workflow_slug, workers)
         if self.stop_message:
             work.stop(self.stop_message)
         if self.handing_back:
