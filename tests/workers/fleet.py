@@ -235,7 +235,7 @@ class PgBouncer:
             shutil.chown(config, "postgres", "postgres")
             prefix = ["runuser", "-u", "postgres", "--"]
         self.proc = subprocess.Popen(
-            [*prefix, binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*prefix, binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         import socket
