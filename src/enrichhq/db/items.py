@@ -46,30 +46,6 @@ async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int
     return [dict(r._mapping) for r in result]
 
 
-async def pending_items(
-    conn: AsyncConnection, batch_id: str, *, after: str, limit: int
-) -> list[tuple[Company, int]]:
-    """The next page of unfinished items (keyset on company_id), with their attempt counts."""
-    result = await conn.execute(
-        sa.select(
-            batch_items.c.company_id, batch_items.c.company_domain, batch_items.c.attempts, companies.c.name
-        )
-        .select_from(
-            batch_items.outerjoin(
-                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
-            )
-        )
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("queued", "running")),
-            batch_items.c.company_id > after,
-        )
-        .order_by(batch_items.c.company_id)
-        .limit(limit)
-    )
-    return [(Company(r.company_id, r.company_domain, r.name), r.attempts) for r in result]
-
-
 async def deliver(
     conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, poison_after: int
 ) -> tuple[list[tuple[Company, int]], list[tuple[str, str, int]]]:
@@ -179,16 +155,6 @@ async def unfinished_ids(conn: AsyncConnection, batch_id: str, *, after: str, li
         .limit(limit)
     )
     return [r.company_id for r in result]
-
-
-async def mark_running(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Show a page of items as running (one statement per page, not per company)."""
-    for chunk in chunked(company_ids):
-        await conn.execute(
-            sa.update(batch_items)
-            .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk))
-            .values(state="running", updated_at=now())
-        )
 
 
 async def finish_items(
