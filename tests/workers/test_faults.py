@@ -277,3 +277,30 @@ async def test_poison_item_fails_after_three_deliveries(cluster: Cluster) -> Non
     attempts, error = item[0]
     assert error.startswith("poison") and attempts == 3
     assert site.calls["poison-1.com"] == 3
+
+
+async def test_a_batch_in_the_workers_hands_is_not_queued_twice(cluster: Cluster) -> None:
+    from enrichhq.execution import queue
+
+    site = FaultSite()
+    prepared = await _step(cluster, site, [f"co-{i}.com" for i in range(50)], _config(site))
+    conn = await queue.connect(cluster.conf)
+    try:
+        queries = await queue.pg_queries(conn)
+        assert await queue.enqueue_batch(cluster.dbs, queries, prepared.batch_id, JOB_SIZE) == 3
+        assert await queue.has_jobs(queries, prepared.batch_id)
+    finally:
+        await conn.close()
+    # A run (or serve adopting the batch) follows it without queueing it again.
+    cluster.fleet.start(4)
+    await _alive(cluster, 1)
+    summary = await _run(cluster, prepared)
+    site.close()
+    assert summary.counts == {"succeeded": 50}
+    assert set(site.calls.values()) == {1}
+    jobs = await sql(
+        cluster.dbs,
+        "hq",
+        "SELECT count(DISTINCT job_id) FROM enrichhq_queue.pgqueuer_log WHERE status = 'successful'",
+    )
+    assert jobs[0][0] == 3

@@ -90,7 +90,8 @@ async def run_on_workers(
     conn = await queue.connect(settings)
     try:
         queries = await queue.pg_queries(conn)
-        await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
+        if not await queue.has_jobs(queries, batch_id):  # else the workers hold it already
+            await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
     finally:
         await conn.close()
     outage = 0.0

@@ -114,6 +114,22 @@ async def enqueue_batch(dbs: engines.Databases, queries: AnyQueries, batch_id: s
         after = page[-1]
 
 
+async def has_jobs(queries: Queries, batch_id: str) -> bool:
+    """Whether the HQ queue still holds jobs of the batch (queued, or held by a worker).
+
+    Such a batch is in the workers' hands: queueing its items again would have two workers
+    deliver the same items at once.
+    """
+    table = names().qualified.queue_table  # a validated identifier, not input
+    rows = await queries.driver.fetch(
+        f"SELECT 1 FROM {table} WHERE entrypoint = $1 AND status IN ('queued', 'picked') "
+        "AND position($2::bytea in payload) > 0 LIMIT 1",
+        ENTRYPOINT,
+        batch_id.encode(),
+    )
+    return bool(rows)
+
+
 def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
     """A QueueManager whose one entrypoint runs a chunk through the engine."""
     qm = QueueManager(queries, channel=names().channel)
