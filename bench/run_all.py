@@ -20,6 +20,7 @@ import latency
 import limit
 import memory
 import pipeline
+import scale_out
 import seed_design
 from common import machine
 
@@ -72,6 +73,25 @@ def main() -> None:
             f"{r['stored']:.0f} answered, {r['rows']:.0f} rows",
             "equal",
             once,
+        )
+    )
+
+    one, too_many_one = scale_out.measure(1_000, 1)
+    two, too_many_two = scale_out.measure(1_000, 2)
+    rows.append(
+        (
+            "workers: 1,000 x 200 ms, cap 50, 1 vs 2 workers",
+            f"{one:.2f}s vs {two:.2f}s = {one / two:.2f}x",
+            ">= 1.5x",
+            one / two >= 1.5,
+        )
+    )
+    rows.append(
+        (
+            "workers: 429s past the shared cap",
+            str(too_many_one + too_many_two),
+            "0",
+            too_many_one + too_many_two == 0,
         )
     )
 

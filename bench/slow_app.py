@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-LIMIT = 25
+LIMIT = int(os.environ.get("SLOW_APP_LIMIT", "25"))
 state = {"in_flight": 0, "peak": 0, "calls": 0, "429": 0}
 
 

@@ -48,11 +48,11 @@ async def take_slot(conn: AsyncConnection, key: str, count: int, holder: str, le
     return slot
 
 
-async def renew_slot(conn: AsyncConnection, key: str, slot: int, holder: str, lease_s: float) -> None:
-    """Extend a held slot's lease (its call is still running)."""
+async def renew_slots(conn: AsyncConnection, key: str, slots: list[int], holder: str, lease_s: float) -> None:
+    """Extend the leases of the slots a worker holds (its calls are still running)."""
     await conn.execute(
         sa.update(limit_slots)
-        .where(limit_slots.c.key == key, limit_slots.c.slot == slot, limit_slots.c.holder == holder)
+        .where(limit_slots.c.key == key, limit_slots.c.slot.in_(slots), limit_slots.c.holder == holder)
         .values(expires_at=dialect.epoch_now() + lease_s)
     )
 

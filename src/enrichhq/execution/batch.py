@@ -417,20 +417,26 @@ class BatchWork:
         settling: set[asyncio.Task[None]] = set()
         room = asyncio.Semaphore(dialect.write_concurrency(self.dbs.hq.dialect))
         done = False
+        first = 0.0
         while not done:
+            # A result waits at most FLUSH_SECONDS for company: its job ends only once it is written.
+            wait = max(0.0, first + FLUSH_SECONDS - time.monotonic()) if chunk else None
             try:
-                item = await asyncio.wait_for(self.results.get(), timeout=FLUSH_SECONDS if chunk else None)
+                item = await asyncio.wait_for(self.results.get(), timeout=wait)
             except TimeoutError:
                 item = _FLUSH
             if item is None:
                 done = True
             elif item is not _FLUSH:
+                if not chunk:
+                    first = time.monotonic()
                 chunk.append(item)
                 # Wait for more only while calls are still out: a finished job should not idle.
                 if len(chunk) < self.settings.enrichhq_chunk_size and (
                     self.outstanding or not self.results.empty()
                 ):
-                    continue
+                    if time.monotonic() - first < FLUSH_SECONDS:
+                        continue
             if chunk:
                 # Chunks settle side by side: one waits on the database while the next is mapped.
                 await room.acquire()

@@ -70,7 +70,16 @@ class LocalLimits:
 
 
 class SharedLimits:
-    """Limits kept in HQ, so `max_concurrency` and `max_rps` hold across all workers together."""
+    """Limits kept in HQ, so `max_concurrency` and `max_rps` hold across all workers together.
+
+    A slot taken from HQ is reused for this worker's next calls for up to HOLD_S, then it goes
+    back so other workers get their share; one left idle for IDLE_S goes back at once. Every held
+    slot is renewed in one statement each third of a lease, so a dead worker's slots free within
+    one lease.
+    """
+
+    HOLD_S = 1.0
+    IDLE_S = 0.05
 
     def __init__(
         self,
@@ -91,27 +100,47 @@ class SharedLimits:
         self.lease_s = lease_s
         self.room = asyncio.Semaphore(max(1, min(local, concurrency)))
         self.ready = False
+        #: slots held from HQ and idle here: (slot, when taken, when last used).
+        self.spare: list[tuple[int, float, float]] = []
+        self.held: set[int] = set()
+        self.keeper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def call(self) -> AsyncIterator[None]:
-        async with self.room:
-            slot = await self._slot()
-            # Held slots are renewed while the call runs, so a dead worker's slot frees within a lease.
-            keeper = asyncio.create_task(self._renew(slot))
+        await self.room.acquire()
+        try:
+            slot, taken, _ = self.spare.pop() if self.spare else (await self._slot(), time.monotonic(), 0.0)
+            if self.keeper is None or self.keeper.done():
+                self.keeper = asyncio.create_task(self._renew())
             try:
                 if self.rate:
                     await self._token()
                 yield
             finally:
-                keeper.cancel()
-                await asyncio.shield(self._free(slot))
+                now = time.monotonic()
+                if now - taken < self.HOLD_S:
+                    self.spare.append((slot, taken, now))  # the next call here takes it without a round trip
+                else:
+                    await asyncio.shield(self._free(slot))
+        finally:
+            self.room.release()
 
-    async def _renew(self, slot: int) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            with contextlib.suppress(exceptions.DatabaseError):
-                async with self.dbs.begin("hq") as conn:
-                    await queries.renew_slot(conn, self.key, slot, self.holder, self.lease_s)
+    async def _renew(self) -> None:
+        renewed = time.monotonic()
+        while self.held:
+            await asyncio.sleep(self.IDLE_S)
+            now = time.monotonic()
+            idle = [s for s in self.spare if now - s[2] >= self.IDLE_S]
+            for entry in idle:
+                self.spare.remove(entry)
+                await self._free(entry[0])
+            if now - renewed >= self.lease_s / 3 and self.held:
+                renewed = now
+                with contextlib.suppress(exceptions.DatabaseError):
+                    async with self.dbs.begin("hq") as conn:
+                        await queries.renew_slots(
+                            conn, self.key, sorted(self.held), self.holder, self.lease_s
+                        )
 
     async def _slot(self) -> int:
         delay = 0.005
@@ -129,6 +158,7 @@ class SharedLimits:
                 outage = await _wait_out(exc, outage)
                 continue
             if slot is not None:
+                self.held.add(slot)
                 return slot
             # All slots are held elsewhere: poll with a growing, jittered pause.
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -149,6 +179,7 @@ class SharedLimits:
             await asyncio.sleep(wait * random.uniform(1.0, 1.2))
 
     async def _free(self, slot: int) -> None:
+        self.held.discard(slot)
         try:
             async with self.dbs.begin("hq") as conn:
                 await queries.free_slot(conn, self.key, slot, self.holder)
@@ -156,6 +187,10 @@ class SharedLimits:
             log.warning("could not free slot %s of %s: %s", slot, self.key, exc)
 
     async def aclose(self) -> None:
+        if self.keeper is not None:
+            self.keeper.cancel()
+        self.spare.clear()
+        self.held.clear()
         with contextlib.suppress(exceptions.DatabaseError):
             async with self.dbs.begin("hq") as conn:
                 await queries.free_holder(conn, self.holder)

@@ -161,8 +161,12 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
     return qm
 
 
-def jobs_at_once(concurrency: int, job_size: int, chunk_size: int) -> int:
-    """Jobs a process takes per fetch: enough items to keep every call slot busy and writes batched."""
+def jobs_at_once(concurrency: int, job_size: int, chunk_size: int = 0) -> int:
+    """Jobs a process takes per fetch: enough items to keep every call slot busy.
+
+    Alone (embedded), it also takes enough for full write chunks; a worker takes no more than it
+    can start soon, so the other workers get their share.
+    """
     return max(1, math.ceil(2 * concurrency / job_size), math.ceil(chunk_size / job_size))
 
 

@@ -76,7 +76,7 @@ async def _serve(settings: Settings, engine: Engine, concurrency: int, stop: asy
     try:
         queries = await queue.pg_queries(conn)
         qm = queue.manager(queries, engine)
-        size = queue.jobs_at_once(concurrency, settings.enrichhq_job_size, settings.enrichhq_chunk_size)
+        size = queue.jobs_at_once(concurrency, settings.enrichhq_job_size)
         runner = asyncio.create_task(
             queue.run_manager(qm, batch_size=size, drain=False, heartbeat_s=settings.enrichhq_heartbeat_s)
         )
