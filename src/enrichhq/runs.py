@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import batches, engines, hq, items
+from enrichhq.db import batches, dialect, engines, hq, items, schema
 from enrichhq.execution import embedded, queue
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.functions.base import ProviderOptions
@@ -168,6 +168,8 @@ async def prepare(
     except DryRun as finished:
         finished.workflow = workflow
         raise
+    async with dbs.begin("hq") as conn:
+        await dialect.analyze(conn, schema.batch_items)
     return Prepared(
         batch_id, workflow, destination, play_name, budget or workflow.option("max_cost_per_batch")
     )

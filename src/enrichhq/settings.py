@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     enrichhq_heartbeat_s: float = Field(
         default=30.0, ge=1, description="a job whose worker is silent this long goes to another worker"
     )
+    redis_url: str | None = Field(
+        default=None, description="keep provider limits shared by workers in Redis instead of HQ"
+    )
     storage_worker_url: str | None = None
     enrichment_logger_url: str | None = None
 

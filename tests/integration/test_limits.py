@@ -1,13 +1,23 @@
-"""Provider limits shared by workers, kept in HQ: the same test bodies on SQLite and PostgreSQL."""
+"""Provider limits shared by workers, in HQ (SQLite and PostgreSQL, the same test bodies) or Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+import redis.exceptions
 
 from enrichhq.db import limits as queries
-from enrichhq.execution.limits import LocalLimits, SharedLimits
+from enrichhq.execution.limits import LocalLimits, RedisLimits, SharedLimits
 from tests.conftest import Env
+
+REDIS_URL = os.environ.get("ENRICHHQ_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
 class Peak:
@@ -17,7 +27,7 @@ class Peak:
         self.now = 0
         self.peak = 0
 
-    async def call(self, limits: LocalLimits | SharedLimits, seconds: float) -> None:
+    async def call(self, limits: LocalLimits | SharedLimits | RedisLimits, seconds: float) -> None:
         async with limits.call():
             self.now += 1
             self.peak = max(self.peak, self.now)
@@ -25,16 +35,37 @@ class Peak:
             self.now -= 1
 
 
+@pytest.fixture(params=["hq", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Where shared limits live: HQ (the env's database) or Redis (REDIS_URL)."""
+    if request.param == "hq":
+        yield None
+        return
+    client = redis.asyncio.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        await client.aclose()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI and is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    yield client
+    await client.aclose()
+
+
 def shared(
-    env: Env, holder: str, *, concurrency: int = 3, rate: float | None = None, local: int = 10
-) -> SharedLimits:
-    return SharedLimits(
-        env.dbs, "workflow:test", concurrency=concurrency, rate=rate, holder=holder, lease_s=5, local=local
-    )
+    env: Env, store: Any, holder: str, key: str, *, concurrency: int = 3, rate: float | None = None
+) -> SharedLimits | RedisLimits:
+    if store is None:
+        return SharedLimits(
+            env.dbs, key, concurrency=concurrency, rate=rate, holder=holder, lease_s=5, local=10
+        )
+    return RedisLimits(store, key, concurrency=concurrency, rate=rate, holder=holder, lease_s=5, local=10)
 
 
-async def test_concurrency_holds_across_two_workers(env: Env) -> None:
-    one, two = shared(env, "w1"), shared(env, "w2")
+async def test_concurrency_holds_across_two_workers(env: Env, store: Any) -> None:
+    key = f"test:{uuid.uuid4()}"
+    one, two = shared(env, store, "w1", key), shared(env, store, "w2", key)
     peak = Peak()
     await asyncio.gather(*(peak.call(one if i % 2 else two, 0.05) for i in range(24)))
     assert peak.peak == 3
@@ -53,8 +84,10 @@ async def test_a_dead_workers_slots_come_back_when_its_lease_runs_out(env: Env) 
         assert await queries.take_slot(conn, "k", 2, "alive", 5) is not None
 
 
-async def test_rate_holds_across_two_workers(env: Env) -> None:
-    one, two = shared(env, "w1", concurrency=50, rate=20), shared(env, "w2", concurrency=50, rate=20)
+async def test_rate_holds_across_two_workers(env: Env, store: Any) -> None:
+    key = f"test:{uuid.uuid4()}"
+    one = shared(env, store, "w1", key, concurrency=50, rate=20)
+    two = shared(env, store, "w2", key, concurrency=50, rate=20)
     began = time.monotonic()
     await asyncio.gather(*(Peak().call(one if i % 2 else two, 0) for i in range(40)))
     # The bucket starts with one second of calls (20), then refills at 20/s: 40 calls take about 1 s.

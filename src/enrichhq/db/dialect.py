@@ -135,6 +135,15 @@ def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[
     )
 
 
+async def analyze(conn: Any, table: sa.Table) -> None:
+    """Refresh the planner's statistics of one of our tables (both databases spell it alike).
+
+    A batch adds thousands of rows at once; until autovacuum notices, the planner takes the table
+    for nearly empty and may scan a whole batch where the primary key would reach a few rows.
+    """
+    await conn.execute(sa.text(f"ANALYZE {table.name}"))  # our own table's name, not input
+
+
 def least(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
     """The smallest of the values: SQLite's scalar min() is PostgreSQL's least()."""
     return sa.func.min(*values) if is_sqlite(dialect) else sa.func.least(*values)

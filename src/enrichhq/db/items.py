@@ -15,6 +15,21 @@ from enrichhq.db.schema import FINAL_STATES, batch_items, batches, companies
 from enrichhq.models import Company
 
 
+def _unindexed_state() -> sa.ColumnElement[str]:
+    """The state column as an expression no index covers.
+
+    Statements that name their items by id must reach them through the primary key. Offered
+    `state IN (...)`, the planner may pick the (batch_id, state) index instead and filter the whole
+    batch for each chunk: with statistics not yet gathered on a fresh batch, it does.
+    """
+    return batch_items.c.state.concat("")
+
+
+def _among(states: Sequence[str]) -> sa.ColumnElement[bool]:
+    """state IN states, through the primary key (see _unindexed_state)."""
+    return _unindexed_state().in_(states)
+
+
 async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
     """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
     chosen = (
@@ -48,43 +63,57 @@ async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int
 
 async def deliver(
     conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, poison_after: int
-) -> tuple[list[tuple[Company, int]], list[tuple[str, str, int]]]:
+) -> tuple[dict[str, tuple[int, bool]], list[tuple[str, str, int]]]:
     """Take a job's items for a worker; returns (runnable, poisoned).
 
-    Items already final (or waiting for a callback) are left alone, so a redelivered job changes
-    nothing. An item whose call was started `poison_after` times without ever ending (each time
-    its worker died: see `mark_started`) is poison: it ends failed instead of looping.
-    Runnable items come with their attempts so far.
+    runnable maps each company id to (attempts before this delivery, counted): items already
+    final (or waiting for a callback) are left alone, so a redelivered job changes nothing.
+
+    A call counts as an attempt and a delivery before it goes out, so one that kills its worker
+    is still counted. Items delivered for the first time are counted here, in the same statement
+    (counted=True); items whose earlier delivery ended with the worker gone are counted one by
+    one as their call starts (`mark_started`), so a company that merely shared a job with a
+    crashing one is not blamed. One whose call was started `poison_after` times without ever
+    ending is poison: it ends failed instead of looping.
     """
-    found: list[Any] = []
+    runnable: dict[str, tuple[int, bool]] = {}
+    suspects: list[Any] = []
+    open_states = ("queued", "running")
     for chunk in chunked(company_ids):
+        # Suspects first: after the second statement a fresh item looks like one delivered once.
         result = await conn.execute(
-            sa.select(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id.in_(chunk),
+                _among(open_states),
+                batch_items.c.deliveries > 0,
+            )
+            .values(state="running", updated_at=now())
+            .returning(
                 batch_items.c.company_id,
                 batch_items.c.company_domain,
                 batch_items.c.attempts,
                 batch_items.c.deliveries,
-                batch_items.c.state,
-                companies.c.name,
             )
-            .select_from(
-                batch_items.outerjoin(
-                    companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
-                )
-            )
+        )
+        suspects.extend(result)
+        result = await conn.execute(
+            sa.update(batch_items)
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state.in_(("queued", "running")),
+                _among(open_states),
+                batch_items.c.deliveries == 0,
             )
+            .values(state="running", attempts=batch_items.c.attempts + 1, deliveries=1, updated_at=now())
+            .returning(batch_items.c.company_id, batch_items.c.attempts)
         )
-        found.extend(result)
-    poisoned = [(r.company_id, r.company_domain, r.attempts) for r in found if r.deliveries >= poison_after]
-    runnable = [
-        (Company(r.company_id, r.company_domain, r.name), r.attempts)
-        for r in found
-        if r.deliveries < poison_after
+        runnable.update({r.company_id: (r.attempts - 1, True) for r in result})
+    poisoned = [
+        (r.company_id, r.company_domain, r.attempts) for r in suspects if r.deliveries >= poison_after
     ]
+    runnable.update({r.company_id: (r.attempts, False) for r in suspects if r.deliveries < poison_after})
     if poisoned:
         reason = (
             f"poison: {poison_after} deliveries of this company ended with its worker gone; "
@@ -98,17 +127,24 @@ async def deliver(
                 for cid, _, attempts in poisoned
             ],
         )
-    for chunk in chunked([c.id for c, _ in runnable]):
+    return runnable, poisoned
+
+
+async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+    """Take back the attempt and delivery counted at delivery for items whose call never started."""
+    for chunk in chunked(company_ids):
         await conn.execute(
             sa.update(batch_items)
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state.in_(("queued", "running")),
+                batch_items.c.attempts > 0,
             )
-            .values(state="running", updated_at=now())
+            .values(
+                attempts=batch_items.c.attempts - 1,
+                deliveries=sa.case((batch_items.c.deliveries > 0, batch_items.c.deliveries - 1), else_=0),
+            )
         )
-    return runnable, poisoned
 
 
 async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
@@ -122,7 +158,7 @@ async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequen
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state == "running",
+                _among(("running",)),
             )
             .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
         )
@@ -136,16 +172,21 @@ async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state == "running",
+                _among(("running",)),
             )
             .values(state="queued", updated_at=now())
         )
 
 
-async def unfinished_ids(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[str]:
+async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
     """The next page of a batch's items still to run (queued or running), keyset on company_id."""
     result = await conn.execute(
-        sa.select(batch_items.c.company_id)
+        sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
+        .select_from(
+            batch_items.outerjoin(
+                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+            )
+        )
         .where(
             batch_items.c.batch_id == batch_id,
             batch_items.c.state.in_(("queued", "running")),
@@ -154,7 +195,7 @@ async def unfinished_ids(conn: AsyncConnection, batch_id: str, *, after: str, li
         .order_by(batch_items.c.company_id)
         .limit(limit)
     )
-    return [r.company_id for r in result]
+    return [Company(r.company_id, r.company_domain, r.name) for r in result]
 
 
 async def finish_items(
@@ -188,7 +229,7 @@ async def finish_items(
                 .where(
                     batch_items.c.batch_id == batch_id,
                     batch_items.c.company_id.in_(chunk),
-                    batch_items.c.state.in_(from_states),
+                    _among(from_states),
                 )
                 .values(
                     state=state,
@@ -209,7 +250,7 @@ async def finish_items(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
             # executemany takes no expanding IN: spell the states out.
-            sa.or_(*(batch_items.c.state == state for state in from_states)),
+            sa.or_(*(_unindexed_state() == state for state in from_states)),
         )
         .values(
             state=sa.bindparam("b_state"),
@@ -262,7 +303,7 @@ async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[s
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state.in_(("queued", "running")),
+                _among(("queued", "running")),
             )
             .values(state="skipped", last_error=reason, deliveries=0, updated_at=now(), finished_at=now())
         )
@@ -306,7 +347,7 @@ async def mark_waiting(
         .where(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
-            batch_items.c.state == "running",
+            _unindexed_state() == "running",  # executemany: no IN
         )
         .values(
             state="waiting_callback",
@@ -342,7 +383,7 @@ async def claim_many(
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                batch_items.c.state.in_(("waiting_callback", "running")),
+                _among(("waiting_callback", "running")),
             )
             .values(state="storing", updated_at=now())
             .returning(

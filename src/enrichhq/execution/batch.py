@@ -45,7 +45,7 @@ class _Ticket:
 
     left: int
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    handed_back: list[str] = field(default_factory=list)
+    handed_back: list[Company] = field(default_factory=list)
     unrun: list[str] = field(default_factory=list)
 
     def one(self) -> None:
@@ -147,7 +147,7 @@ class BatchWork:
         self.gate = _Gate()
         self.stop_message: str | None = None
         self.handing_back = False
-        self.work: asyncio.Queue[tuple[Company, int, _Ticket] | None] = asyncio.Queue()
+        self.work: asyncio.Queue[tuple[Company, int, bool, _Ticket] | None] = asyncio.Queue()
         self.results: asyncio.Queue[_Result | None] = asyncio.Queue()
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(max(1, workers))]
         self.writer = asyncio.create_task(self._writer())
@@ -159,24 +159,24 @@ class BatchWork:
         self.outstanding = 0
         self.last_used = time.monotonic()
 
-    async def run_chunk(self, company_ids: Sequence[str], *, poison_after: int) -> list[str]:
+    async def run_chunk(self, companies: Sequence[Company], *, poison_after: int) -> list[Company]:
         """Run a job's items to a final state; returns those handed back unstarted."""
         self.jobs += 1
         try:
-            return await self._run_chunk(company_ids, poison_after)
+            return await self._run_chunk(companies, poison_after)
         finally:
             self.jobs -= 1
             self.last_used = time.monotonic()
 
-    async def _run_chunk(self, company_ids: Sequence[str], poison_after: int) -> list[str]:
-        async def take() -> tuple[str | None, list[tuple[Company, int]], list[tuple[str, str, int]]]:
+    async def _run_chunk(self, companies: Sequence[Company], poison_after: int) -> list[Company]:
+        ids = [c.id for c in companies]
+
+        async def take() -> tuple[str | None, dict[str, tuple[int, bool]], list[tuple[str, str, int]]]:
             async with self.dbs.begin("hq") as conn:
                 status = await batches.batch_status(conn, self.batch_id)
                 if status != "running":
-                    return status, [], []
-                runnable, poisoned = await items.deliver(
-                    conn, self.batch_id, company_ids, poison_after=poison_after
-                )
+                    return status, {}, []
+                runnable, poisoned = await items.deliver(conn, self.batch_id, ids, poison_after=poison_after)
                 await enrichment_logger.write(
                     conn,
                     [
@@ -188,26 +188,31 @@ class BatchWork:
 
         status, runnable, poisoned = await _through_outage(take)
         if status != "running":
-            await self._skip(company_ids, status)
+            await self._skip(ids, status)
             return []
+        mine = [c for c in companies if c.id in runnable]
+        counted = {cid for cid, (_, was_counted) in runnable.items() if was_counted}
         if self.handing_back:
-            return await self._hand_back([c.id for c, _ in runnable])
+            return await self._hand_back(mine, counted)
         if poisoned:
             log.error("batch %s: %d poison item(s) failed", self.batch_id, len(poisoned))
-        ticket = _Ticket(len(runnable))
-        if not runnable:
+        if not mine:
             return []
-        self.outstanding += len(runnable)
-        for company, attempts in runnable:
-            self.work.put_nowait((company, attempts, ticket))
+        ticket = _Ticket(len(mine))
+        self.outstanding += len(mine)
+        for company in mine:
+            attempts, was_counted = runnable[company.id]
+            self.work.put_nowait((company, attempts, was_counted, ticket))
         await ticket.done.wait()
         if ticket.unrun or self.stop_message:
-            await self._skip(ticket.unrun, None)
+            await self._skip(ticket.unrun, None, counted)
         if ticket.handed_back:
-            return await self._hand_back(ticket.handed_back)
+            return await self._hand_back(ticket.handed_back, counted)
         return []
 
-    async def _skip(self, company_ids: Sequence[str], status: str | None) -> None:
+    async def _skip(
+        self, company_ids: Sequence[str], status: str | None, counted: frozenset[str] | set[str] = frozenset()
+    ) -> None:
         """Items a stopped or cancelled batch will not run: skipped with the reason, resumable."""
         reason = self.stop_message or (CANCELLED if status == "cancelled" else "the batch was stopped")
 
@@ -215,17 +220,19 @@ class BatchWork:
             async with self.dbs.begin("hq") as conn:
                 if self.stop_message:  # before the batch can be closed as completed
                     await batches.stop_batch(conn, self.batch_id, self.stop_message)
+                await items.uncount(conn, self.batch_id, [c for c in company_ids if c in counted])
                 await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
 
         await _through_outage(skip)
 
-    async def _hand_back(self, company_ids: list[str]) -> list[str]:
+    async def _hand_back(self, companies: list[Company], counted: set[str]) -> list[Company]:
         async def give() -> None:
             async with self.dbs.begin("hq") as conn:
-                await items.release(conn, self.batch_id, company_ids)
+                await items.uncount(conn, self.batch_id, [c.id for c in companies if c.id in counted])
+                await items.release(conn, self.batch_id, [c.id for c in companies])
 
         await _through_outage(give)
-        return company_ids
+        return companies
 
     async def _started(self, company_id: str) -> None:
         """Count a call as started before it goes out; starts close together share one write."""
@@ -296,9 +303,9 @@ class BatchWork:
             finally:
                 self.outstanding -= 1
 
-    async def _work_on(self, company: Company, attempts: int, ticket: _Ticket) -> None:
+    async def _work_on(self, company: Company, attempts: int, counted: bool, ticket: _Ticket) -> None:
         if self.handing_back:
-            ticket.handed_back.append(company.id)
+            ticket.handed_back.append(company)
             ticket.one()
             return
         if self.stop_message:
@@ -306,7 +313,7 @@ class BatchWork:
             ticket.one()
             return
         try:
-            result = await self._call(company, attempts, ticket)
+            result = await self._call(company, attempts, counted, ticket)
         except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
             result = _Result(
                 company, attempts, 1, ticket, error=f"internal error: {type(exc).__name__}: {exc}"
@@ -314,10 +321,20 @@ class BatchWork:
         if result is None:  # a stop left it unrun
             ticket.unrun.append(company.id)
             ticket.one()
+        elif not counted:
+            # A suspect (its last delivery ended with the worker gone) is written before this
+            # worker calls anything else: should the next call kill the worker, this company's
+            # finished call is not counted against it.
+            try:
+                await self._settle([result])
+            except Exception:
+                log.exception("batch %s: the result of %s could not be written", self.batch_id, company.id)
+            finally:
+                ticket.one()
         else:
             self.results.put_nowait(result)
 
-    async def _call(self, company: Company, attempts: int, ticket: _Ticket) -> _Result | None:
+    async def _call(self, company: Company, attempts: int, counted: bool, ticket: _Ticket) -> _Result | None:
         """One company through the provider, with retries; None if a stop left it unrun."""
         result = _Result(company, attempts, 0, ticket)
         base_delay = self.provider.retry_base_delay
@@ -331,7 +348,7 @@ class BatchWork:
                     f"{result.retries[-1].error if result.retries else 'stopped'} ({self.stop_message})"
                 )
                 return result
-            if result.tries == 0:
+            if result.tries == 0 and not counted:  # a suspect: counted as its call starts
                 await self._started(company.id)
             result.tries += 1
             attempt = attempts + result.tries

@@ -44,13 +44,13 @@ async def run_here(
     queries = queue.memory_queries()
     engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
     qm = queue.manager(queries, engine)
-    await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
+    # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
+    job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
+    await queue.enqueue_batch(dbs, queries, batch_id, job_size)
     runner = asyncio.create_task(
         queue.run_manager(
             qm,
-            batch_size=queue.jobs_at_once(
-                concurrency, settings.enrichhq_job_size, settings.enrichhq_chunk_size
-            ),
+            batch_size=queue.jobs_at_once(concurrency, job_size, settings.enrichhq_chunk_size),
             drain=True,
             heartbeat_s=settings.enrichhq_heartbeat_s,
         )

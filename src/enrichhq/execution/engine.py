@@ -12,11 +12,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
 
 from enrichhq import exceptions, functions, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.execution.batch import BatchWork, close_quietly
-from enrichhq.execution.limits import Limits, LocalLimits, SharedLimits
+from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
+from enrichhq.models import Company
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -28,21 +32,25 @@ IDLE_S = 30.0
 
 @dataclass(frozen=True)
 class Chunk:
-    """A queue job's payload: which batch, which companies."""
+    """A queue job's payload: which batch, which companies (with domain and name, so no lookup)."""
 
     batch_id: str
-    company_ids: tuple[str, ...]
+    companies: tuple[Company, ...]
 
     def dump(self) -> bytes:
         """The payload as stored in the queue."""
-        return json.dumps({"batch_id": self.batch_id, "company_ids": list(self.company_ids)}).encode()
+        rows = [[c.id, c.domain, c.name] for c in self.companies]
+        return json.dumps({"batch_id": self.batch_id, "companies": rows}).encode()
 
     @classmethod
     def load(cls, raw: bytes | None) -> Chunk:
         """A payload back; a malformed one is an InputError (it can never succeed)."""
         try:
             data = json.loads(raw or b"")
-            return cls(str(data["batch_id"]), tuple(str(c) for c in data["company_ids"]))
+            rows = tuple(
+                Company(str(i), str(d), None if n is None else str(n)) for i, d, n in data["companies"]
+            )
+            return cls(str(data["batch_id"]), rows)
         except (ValueError, KeyError, TypeError) as exc:
             raise exceptions.InputError(f"malformed queue job payload: {exc}") from exc
 
@@ -70,16 +78,18 @@ class Engine:
         self.opening: dict[str, asyncio.Lock] = {}
         self.stop_message: str | None = None
         self.handing_back = False
+        self.redis: Any = None
 
-    async def handle(self, chunk: Chunk) -> list[str]:
+    async def handle(self, chunk: Chunk) -> list[Company]:
         """Run one job; returns the companies handed back unstarted (the worker is stopping)."""
         if self.handing_back:
-            return list(chunk.company_ids)
+            return list(chunk.companies)
         work = await self._work(chunk.batch_id)
         if work is None:
             return []
-        back = await work.run_chunk(chunk.company_ids, poison_after=self.settings.enrichhq_poison_after)
-        await self.finish_if_done(chunk.batch_id)
+        back = await work.run_chunk(chunk.companies, poison_after=self.settings.enrichhq_poison_after)
+        if work.jobs == 0:  # the last of this batch's jobs here: maybe the batch's last job anywhere
+            await self.finish_if_done(chunk.batch_id)
         return back
 
     async def _work(self, batch_id: str) -> BatchWork | None:
@@ -114,7 +124,17 @@ class Engine:
             provider.concurrency if self.concurrency is None else min(provider.concurrency, self.concurrency)
         )
         limits: Limits
-        if self.shared:
+        if self.shared and self.settings.redis_url:
+            limits = RedisLimits(
+                self._redis(),
+                f"workflow:{workflow.id}",
+                concurrency=provider.concurrency,
+                rate=provider.max_rps,
+                holder=f"{self.worker_id}:{batch_id}",
+                lease_s=self.settings.enrichhq_heartbeat_s,
+                local=workers,
+            )
+        elif self.shared:
             limits = SharedLimits(
                 self.dbs,
                 f"workflow:{workflow.id}",
@@ -193,11 +213,18 @@ class Engine:
                 del self.work[batch_id]
                 await self._close(work)
 
+    def _redis(self) -> Any:
+        if self.redis is None:
+            self.redis = redis.asyncio.from_url(self.settings.redis_url or "")
+        return self.redis
+
     async def aclose(self) -> None:
         """Close every batch's workers, writer and provider client."""
         works, self.work = list(self.work.values()), {}
         for work in works:
             await self._close(work)
+        if self.redis is not None:
+            await self.redis.aclose()
 
     async def _close(self, work: BatchWork) -> None:
         await work.close()

@@ -2,7 +2,8 @@
 
 `LocalLimits` serves the embedded default (one process is the only caller); `SharedLimits` keeps
 the counts in HQ (slots leased for a bounded time, a token bucket) so they hold across every
-worker machine, and a worker killed mid-call gives its slots back when their lease runs out.
+worker machine, and a worker killed mid-call gives its slots back when their lease runs out;
+`RedisLimits` keeps the same counts in Redis when REDIS_URL is set.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
+
+from redis import exceptions as redis_errors
 
 from enrichhq import exceptions
 from enrichhq.db import engines
@@ -194,6 +198,116 @@ class SharedLimits:
         with contextlib.suppress(exceptions.DatabaseError):
             async with self.dbs.begin("hq") as conn:
                 await queries.free_holder(conn, self.holder)
+
+
+# Redis keeps both counts with its own clock (TIME), in scripts, so each check-and-take is atomic.
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+return 0
+"""
+_TAKE_TOKEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local rate = tonumber(ARGV[1])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or rate
+local at = tonumber(state[2]) or now
+tokens = math.min(rate, tokens + (now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], 3600)
+return tostring(wait)
+"""
+
+
+class RedisLimits:
+    """The same limits kept in Redis (REDIS_URL), for deployments that would rather spare HQ."""
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        *,
+        concurrency: int,
+        rate: float | None,
+        holder: str,
+        lease_s: float,
+        local: int,
+    ) -> None:
+        self.client = client
+        self.slots = f"enrichhq:{key}:slots"
+        self.bucket = f"enrichhq:{key}:rate"
+        self.concurrency = concurrency
+        self.rate = rate
+        self.holder = holder
+        self.lease_s = lease_s
+        self.room = asyncio.Semaphore(max(1, min(local, concurrency)))
+        self.held: set[str] = set()
+        self.keeper: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[None]:
+        async with self.room:
+            member = f"{self.holder}:{uuid.uuid4().hex}"
+            delay = 0.005
+            while not await self._eval(_TAKE_SLOT, self.slots, self.concurrency, self.lease_s, member):
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.1)
+            self.held.add(member)
+            if self.keeper is None or self.keeper.done():
+                self.keeper = asyncio.create_task(self._renew())
+            try:
+                while self.rate:
+                    wait = float(await self._eval(_TAKE_TOKEN, self.bucket, self.rate))
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait * random.uniform(1.0, 1.2))
+                yield
+            finally:
+                self.held.discard(member)
+                with contextlib.suppress(redis_errors.RedisError):  # the lease runs out on its own
+                    await asyncio.shield(self.client.zrem(self.slots, member))
+
+    async def _eval(self, script: str, key: str, *args: Any) -> Any:
+        """Run a script, waiting out a Redis restart for up to OUTAGE_S."""
+        waited = 0.0
+        while True:
+            try:
+                return await self.client.eval(script, 1, key, *args)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                if waited >= OUTAGE_S:
+                    raise exceptions.Unreachable(f"Redis unreachable: {exc}") from exc
+                log.warning("Redis unreachable, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+                waited += 1.0
+
+    async def _renew(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.lease_s / 3)
+            if self.held:
+                with contextlib.suppress(redis_errors.RedisError, exceptions.Unreachable):
+                    await self._eval(_RENEW, self.slots, self.lease_s, *sorted(self.held))
+
+    async def aclose(self) -> None:
+        if self.keeper is not None:
+            self.keeper.cancel()
+        if self.held:
+            with contextlib.suppress(redis_errors.RedisError):
+                await self.client.zrem(self.slots, *self.held)
+            self.held.clear()
 
 
 async def _wait_out(exc: exceptions.Unreachable, waited: float) -> float:
