@@ -109,6 +109,32 @@ def run_batch(hq_url: str, ws_url: str, companies: int) -> float:
     return aio.run(go())
 
 
+@contextlib.contextmanager
+def slow_stub(limit: int) -> Iterator[str]:
+    """bench/slow_app.py (200 ms a call, 429 above `limit` at once) under uvicorn; yields its URL."""
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "slow_app:app", "--port", str(port), "--log-level", "warning"],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "SLOW_APP_LIMIT": str(limit)},
+    )
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/stats")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 def machine() -> str:
     """What the figures were measured on."""
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"

@@ -10,44 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
-from common import add_workflow, databases, free_port, load_companies, machine, run_batch
+from common import add_workflow, databases, load_companies, machine, run_batch, slow_stub
 
 CONCURRENCY, CALL_S = 25, 0.2
 
 
 def measure(companies: int) -> tuple[float, float, int]:
     """(wall seconds, ideal seconds, 429s provoked)."""
-    port = free_port()
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "slow_app:app", "--port", str(port), "--log-level", "warning"],
-        cwd=Path(__file__).parent,
-    )
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/stats")
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        with databases("latency") as (hq_url, ws_url):
-            load_companies(hq_url, companies)
-            config = {
-                "url_template": f"http://127.0.0.1:{port}/sites/{{domain}}/",
-                "max_concurrency": CONCURRENCY,
-            }
-            add_workflow(hq_url, "http", json.dumps(config))
-            wall = run_batch(hq_url, ws_url, companies)
-        stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
-        return wall, companies * CALL_S / CONCURRENCY, int(stats["429"])
-    finally:
-        stub.terminate()
-        stub.wait(timeout=15)
+    with slow_stub(CONCURRENCY) as url, databases("latency") as (hq_url, ws_url):
+        load_companies(hq_url, companies)
+        config = {"url_template": f"{url}/sites/{{domain}}/", "max_concurrency": CONCURRENCY}
+        add_workflow(hq_url, "http", json.dumps(config))
+        wall = run_batch(hq_url, ws_url, companies)
+        stats = httpx.get(f"{url}/stats").json()
+    return wall, companies * CALL_S / CONCURRENCY, int(stats["429"])
 
 
 def main() -> None:

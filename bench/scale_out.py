@@ -20,35 +20,18 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from common import add_workflow, databases, free_port, load_companies, machine, run_batch, sync_url
+from common import add_workflow, databases, load_companies, machine, run_batch, slow_stub, sync_url
 
 CALL_S, CAP, PER_WORKER = 0.2, 50, 25
 ENRICHHQ = str(Path(sys.executable).with_name("enrichhq"))
 
 
-def _stub() -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "slow_app:app", "--port", str(port), "--log-level", "warning"],
-        cwd=Path(__file__).parent,
-        env={**os.environ, "SLOW_APP_LIMIT": str(CAP)},
-    )
-    for _ in range(100):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/stats")
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    return proc, port
-
-
 def measure(companies: int, workers: int) -> tuple[float, int]:
     """(wall seconds, 429s) for one batch through this many workers."""
-    stub, port = _stub()
-    try:
+    with slow_stub(CAP) as url:
         with databases(f"workers{workers}") as (hq_url, ws_url):
             load_companies(hq_url, companies)
-            config = {"url_template": f"http://127.0.0.1:{port}/sites/{{domain}}/", "max_concurrency": CAP}
+            config = {"url_template": f"{url}/sites/{{domain}}/", "max_concurrency": CAP}
             add_workflow(hq_url, "http", json.dumps(config))
             env = {**os.environ, "HQ_DATABASE_URL": hq_url, "WORKSPACE_DATABASE_URL": ws_url}
             procs = [
@@ -74,10 +57,7 @@ def measure(companies: int, workers: int) -> tuple[float, int]:
                     proc.terminate()
                 for proc in procs:
                     proc.wait(timeout=60)
-        return wall, int(httpx.get(f"http://127.0.0.1:{port}/stats").json()["429"])
-    finally:
-        stub.terminate()
-        stub.wait(timeout=15)
+        return wall, int(httpx.get(f"{url}/stats").json()["429"])
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq import destinations, enrichment_logger, tokens, workflows
+from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.models import LogEntry, StoreRecord
 from enrichhq.pipeline import Pipeline
@@ -35,6 +35,9 @@ class Receipt:
     body: dict[str, Any] = field(default_factory=dict)
 
 
+Forward = Callable[[tokens.Claims, dict[str, Any]], Awaitable[None]]
+
+
 async def receive(
     dbs: engines.Databases,
     settings: Settings,
@@ -42,8 +45,10 @@ async def receive(
     token: str | None,
     data: Any,
     batcher: Batcher | None = None,
+    forward: Forward | None = None,
 ) -> Receipt:
-    """Handle one callback: verify it here, store it with the others arriving at the same moment."""
+    """Handle one callback: verify it here, then store it with the others arriving at the same moment,
+    or, when `enrichhq worker`s run the batches (`forward`), queue its storage step for them."""
     if not token:
         return Receipt(
             401, {"error": "callback_token missing: send it in the body or the X-Callback-Token header"}
@@ -57,6 +62,12 @@ async def receive(
         return Receipt(401 if exc.reason == "expired" else 403, {"error": str(exc)})
     if not isinstance(data, dict):
         return Receipt(400, {"error": "data must be a JSON object with the step's result fields"})
+    if forward is not None:
+        try:
+            await forward(claims, data)
+        except exceptions.DatabaseError as exc:
+            return Receipt(503, {"error": f"could not queue the callback now: {exc}; send it again"})
+        return Receipt(202, {"status": "queued", "stored": False})
     if batcher is None:
         return (await Batcher(dbs, pipeline).settle([(claims, data)]))[0]
     return await batcher.submit(claims, data)

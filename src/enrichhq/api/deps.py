@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 from fastapi import Request
 
 from enrichhq import exceptions, receiver, settings
 from enrichhq.db import engines
+from enrichhq.execution import queue
 from enrichhq.execution.background import BatchRunner
 from enrichhq.pipeline import Pipeline
+
+#: how long the answer to "do workers run the batches?" is reused.
+MODE_TTL_S = 5.0
 
 
 class Services:
@@ -21,10 +26,21 @@ class Services:
         self.pipeline = Pipeline(self.dbs, conf)
         self.runner = BatchRunner(self.dbs, conf, self.pipeline)
         self.batcher = receiver.Batcher(self.dbs, self.pipeline)
+        self.forwarder = queue.Forwarder(conf)
+        self.mode = ("memory", 0.0)
+
+    async def forward(self) -> receiver.Forward | None:
+        """Where callbacks go: to the workers' queue while workers run the batches, else stored here."""
+        mode, checked = self.mode
+        if time.monotonic() - checked > MODE_TTL_S:
+            mode = await queue.queue_mode(self.dbs, self.settings)
+            self.mode = (mode, time.monotonic())
+        return self.forwarder if mode == "postgres" else None
 
     async def close(self) -> None:
         """Stop background batches and close connections."""
         await self.runner.shutdown()
+        await self.forwarder.aclose()
         if self.batcher.task is not None:
             self.batcher.task.cancel()
         await self.pipeline.aclose()

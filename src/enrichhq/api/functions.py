@@ -145,5 +145,7 @@ async def receiver_v1(
         else None
     )
     token = body.callback_token or x_callback_token or bearer
-    receipt = await receiver.receive(svc.dbs, svc.settings, svc.pipeline, token, body.data, svc.batcher)
+    receipt = await receiver.receive(
+        svc.dbs, svc.settings, svc.pipeline, token, body.data, svc.batcher, await svc.forward()
+    )
     return JSONResponse(receipt.body, status_code=receipt.status_code)

@@ -9,13 +9,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import dialect
 from enrichhq.db.hq import chunked, is_uuid, now
-from enrichhq.db.schema import FINAL_STATES, batch_items, batches, companies
-from enrichhq.models import Company
+from enrichhq.db.schema import FINAL_STATES, batch_items, batches
 
 
-def _unindexed_state() -> sa.ColumnElement[str]:
+def unindexed_state() -> sa.ColumnElement[str]:
     """The state column as an expression no index covers.
 
     Statements that name their items by id must reach them through the primary key. Offered
@@ -25,9 +23,9 @@ def _unindexed_state() -> sa.ColumnElement[str]:
     return batch_items.c.state.concat("")
 
 
-def _among(states: Sequence[str]) -> sa.ColumnElement[bool]:
+def among(states: Sequence[str]) -> sa.ColumnElement[bool]:
     """state IN states, through the primary key (see _unindexed_state)."""
-    return _unindexed_state().in_(states)
+    return unindexed_state().in_(states)
 
 
 async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
@@ -61,141 +59,20 @@ async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int
     return [dict(r._mapping) for r in result]
 
 
-async def deliver(
-    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, poison_after: int
-) -> tuple[dict[str, tuple[int, bool]], list[tuple[str, str, int]]]:
-    """Take a job's items for a worker; returns (runnable, poisoned).
-
-    runnable maps each company id to (attempts before this delivery, counted): items already
-    final (or waiting for a callback) are left alone, so a redelivered job changes nothing.
-
-    A call counts as an attempt and a delivery before it goes out, so one that kills its worker
-    is still counted. Items delivered for the first time are counted here, in the same statement
-    (counted=True); items whose earlier delivery ended with the worker gone are counted one by
-    one as their call starts (`mark_started`), so a company that merely shared a job with a
-    crashing one is not blamed. One whose call was started `poison_after` times without ever
-    ending is poison: it ends failed instead of looping.
-    """
-    runnable: dict[str, tuple[int, bool]] = {}
-    suspects: list[Any] = []
-    open_states = ("queued", "running")
-    for chunk in chunked(company_ids):
-        # Suspects first: after the second statement a fresh item looks like one delivered once.
-        result = await conn.execute(
-            sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                _among(open_states),
-                batch_items.c.deliveries > 0,
-            )
-            .values(state="running", updated_at=now())
-            .returning(
-                batch_items.c.company_id,
-                batch_items.c.company_domain,
-                batch_items.c.attempts,
-                batch_items.c.deliveries,
-            )
-        )
-        suspects.extend(result)
-        result = await conn.execute(
-            sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                _among(open_states),
-                batch_items.c.deliveries == 0,
-            )
-            .values(state="running", attempts=batch_items.c.attempts + 1, deliveries=1, updated_at=now())
-            .returning(batch_items.c.company_id, batch_items.c.attempts)
-        )
-        runnable.update({r.company_id: (r.attempts - 1, True) for r in result})
-    poisoned = [
-        (r.company_id, r.company_domain, r.attempts) for r in suspects if r.deliveries >= poison_after
-    ]
-    runnable.update({r.company_id: (r.attempts, False) for r in suspects if r.deliveries < poison_after})
-    if poisoned:
-        reason = (
-            f"poison: {poison_after} deliveries of this company ended with its worker gone; "
-            "it is not run again (check the worker's log for a crash)"
-        )
-        await finish_items(
-            conn,
-            batch_id,
-            [
-                {"company_id": cid, "state": "failed", "attempts": attempts, "error": reason}
-                for cid, _, attempts in poisoned
-            ],
-        )
-    return runnable, poisoned
-
-
-async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Take back the attempt and delivery counted at delivery for items whose call never started."""
+async def update_ids(
+    conn: AsyncConnection,
+    batch_id: str,
+    company_ids: Sequence[str],
+    where: Sequence[sa.ColumnElement[bool]],
+    **values: Any,
+) -> None:
+    """One UPDATE per chunk of ids (through the primary key), with extra conditions."""
     for chunk in chunked(company_ids):
         await conn.execute(
             sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                batch_items.c.attempts > 0,
-            )
-            .values(
-                attempts=batch_items.c.attempts - 1,
-                deliveries=sa.case((batch_items.c.deliveries > 0, batch_items.c.deliveries - 1), else_=0),
-            )
+            .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk), *where)
+            .values(**values)
         )
-
-
-async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Calls are about to start: each counts as an attempt and as a delivery not yet ended.
-
-    Written before the call goes out, so a call that kills its worker is still counted.
-    """
-    for chunk in chunked(company_ids):
-        await conn.execute(
-            sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                _among(("running",)),
-            )
-            .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
-        )
-
-
-async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Give back delivered items whose call never started (a worker stopping): queued again."""
-    for chunk in chunked(company_ids):
-        await conn.execute(
-            sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                _among(("running",)),
-            )
-            .values(state="queued", updated_at=now())
-        )
-
-
-async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
-    """The next page of a batch's items still to run (queued or running), keyset on company_id."""
-    result = await conn.execute(
-        sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
-        .select_from(
-            batch_items.outerjoin(
-                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
-            )
-        )
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("queued", "running")),
-            batch_items.c.company_id > after,
-        )
-        .order_by(batch_items.c.company_id)
-        .limit(limit)
-    )
-    return [Company(r.company_id, r.company_domain, r.name) for r in result]
 
 
 async def finish_items(
@@ -229,7 +106,7 @@ async def finish_items(
                 .where(
                     batch_items.c.batch_id == batch_id,
                     batch_items.c.company_id.in_(chunk),
-                    _among(from_states),
+                    among(from_states),
                 )
                 .values(
                     state=state,
@@ -250,7 +127,7 @@ async def finish_items(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
             # executemany takes no expanding IN: spell the states out.
-            sa.or_(*(_unindexed_state() == state for state in from_states)),
+            sa.or_(*(unindexed_state() == state for state in from_states)),
         )
         .values(
             state=sa.bindparam("b_state"),
@@ -297,16 +174,17 @@ async def skip_unfinished(
 
 async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
     """End these items, if still queued or running, as skipped with the reason."""
-    for chunk in chunked(company_ids):
-        await conn.execute(
-            sa.update(batch_items)
-            .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
-                _among(("queued", "running")),
-            )
-            .values(state="skipped", last_error=reason, deliveries=0, updated_at=now(), finished_at=now())
-        )
+    await update_ids(
+        conn,
+        batch_id,
+        company_ids,
+        [among(("queued", "running"))],
+        state="skipped",
+        last_error=reason,
+        deliveries=0,
+        updated_at=now(),
+        finished_at=now(),
+    )
 
 
 async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
@@ -347,7 +225,7 @@ async def mark_waiting(
         .where(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
-            _unindexed_state() == "running",  # executemany: no IN
+            unindexed_state() == "running",  # executemany: no IN
         )
         .values(
             state="waiting_callback",
@@ -383,7 +261,7 @@ async def claim_many(
             .where(
                 batch_items.c.batch_id == batch_id,
                 batch_items.c.company_id.in_(chunk),
-                _among(("waiting_callback", "running")),
+                among(("waiting_callback", "running")),
             )
             .values(state="storing", updated_at=now())
             .returning(

@@ -4,7 +4,7 @@ Queue jobs hand it chunks of company ids (`run_chunk`). Workers call the provide
 provider's limits (with retries and a shared back-off gate for 429s), and one writer stores, logs
 and settles results a few hundred at a time, across jobs (one statement per table per chunk).
 A job returns only once its items are written, so a worker that dies loses nothing: the queue
-delivers the job again and `items.deliver` skips what is already final.
+delivers the job again and `delivery.deliver` skips what is already final.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
-from enrichhq.db import batches, dialect, engines, hq, items
+from enrichhq.db import batches, delivery, dialect, engines, hq, items
 from enrichhq.execution.limits import OUTAGE_S, Limits
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
@@ -176,7 +176,9 @@ class BatchWork:
                 status = await batches.batch_status(conn, self.batch_id)
                 if status != "running":
                     return status, {}, []
-                runnable, poisoned = await items.deliver(conn, self.batch_id, ids, poison_after=poison_after)
+                runnable, poisoned = await delivery.deliver(
+                    conn, self.batch_id, ids, poison_after=poison_after
+                )
                 await enrichment_logger.write(
                     conn,
                     [
@@ -220,7 +222,7 @@ class BatchWork:
             async with self.dbs.begin("hq") as conn:
                 if self.stop_message:  # before the batch can be closed as completed
                     await batches.stop_batch(conn, self.batch_id, self.stop_message)
-                await items.uncount(conn, self.batch_id, [c for c in company_ids if c in counted])
+                await delivery.uncount(conn, self.batch_id, [c for c in company_ids if c in counted])
                 await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
 
         await _through_outage(skip)
@@ -228,8 +230,8 @@ class BatchWork:
     async def _hand_back(self, companies: list[Company], counted: set[str]) -> list[Company]:
         async def give() -> None:
             async with self.dbs.begin("hq") as conn:
-                await items.uncount(conn, self.batch_id, [c.id for c in companies if c.id in counted])
-                await items.release(conn, self.batch_id, [c.id for c in companies])
+                await delivery.uncount(conn, self.batch_id, [c.id for c in companies if c.id in counted])
+                await delivery.release(conn, self.batch_id, [c.id for c in companies])
 
         await _through_outage(give)
         return companies
@@ -244,7 +246,7 @@ class BatchWork:
 
     async def _mark_started(self, company_ids: list[str]) -> None:
         async with self.dbs.begin("hq") as conn:
-            await items.mark_started(conn, self.batch_id, company_ids)
+            await delivery.mark_started(conn, self.batch_id, company_ids)
 
     async def _write_starts(self) -> None:
         while self.starting:

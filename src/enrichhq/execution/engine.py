@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio
 
-from enrichhq import exceptions, functions, workflows
+from enrichhq import exceptions, functions, receiver, tokens, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.execution.batch import BatchWork, close_quietly
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
@@ -79,6 +79,7 @@ class Engine:
         self.stop_message: str | None = None
         self.handing_back = False
         self.redis: Any = None
+        self.batcher: receiver.Batcher | None = None
 
     async def handle(self, chunk: Chunk) -> list[Company]:
         """Run one job; returns the companies handed back unstarted (the worker is stopping)."""
@@ -123,10 +124,14 @@ class Engine:
         workers = (
             provider.concurrency if self.concurrency is None else min(provider.concurrency, self.concurrency)
         )
-        limits: Limits
-        if self.shared and self.settings.redis_url:
-            limits = RedisLimits(
-                self._redis(),
+        limits: Limits = LocalLimits(provider.concurrency, provider.max_rps)
+        if self.shared:
+            # Across workers: in Redis when REDIS_URL is set, else in HQ.
+            kind, store = (
+                (RedisLimits, self._redis()) if self.settings.redis_url else (SharedLimits, self.dbs)
+            )
+            limits = kind(
+                store,
                 f"workflow:{workflow.id}",
                 concurrency=provider.concurrency,
                 rate=provider.max_rps,
@@ -134,18 +139,6 @@ class Engine:
                 lease_s=self.settings.enrichhq_heartbeat_s,
                 local=workers,
             )
-        elif self.shared:
-            limits = SharedLimits(
-                self.dbs,
-                f"workflow:{workflow.id}",
-                concurrency=provider.concurrency,
-                rate=provider.max_rps,
-                holder=f"{self.worker_id}:{batch_id}",
-                lease_s=self.settings.enrichhq_heartbeat_s,
-                local=workers,
-            )
-        else:
-            limits = LocalLimits(provider.concurrency, provider.max_rps)
         work = BatchWork(
             self.dbs,
             self.settings,
@@ -193,6 +186,16 @@ class Engine:
             if status == "waiting":
                 await items.close_if_done(conn, batch_id)
 
+    async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
+        """A queued callback's storage step: the receiver's own, micro-batched across jobs."""
+        if self.batcher is None:
+            self.batcher = receiver.Batcher(self.dbs, self.pipeline)
+        receipt = await self.batcher.submit(claims, data)
+        if receipt.status_code >= 500:  # the database failed: the job is retried
+            raise exceptions.Unreachable(str(receipt.body.get("error")))
+        if receipt.status_code >= 400:
+            log.warning("callback for %s/%s not stored: %s", claims.batch_id, claims.company_id, receipt.body)
+
     def stop(self, message: str) -> None:
         """Stop starting calls in every batch (Ctrl-C): in-flight calls end and are written."""
         self.stop_message = message
@@ -225,6 +228,8 @@ class Engine:
             await self._close(work)
         if self.redis is not None:
             await self.redis.aclose()
+        if self.batcher is not None and self.batcher.task is not None:
+            self.batcher.task.cancel()
 
     async def _close(self, work: BatchWork) -> None:
         await work.close()

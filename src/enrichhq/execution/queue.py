@@ -7,7 +7,10 @@ company ids, and redelivering it changes nothing for items already final.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -21,8 +24,8 @@ from pgqueuer.adapters.persistence import qb
 from pgqueuer.domain.settings import DBSettings
 from pgqueuer.domain.types import Channel
 
-from enrichhq import exceptions
-from enrichhq.db import engines, items
+from enrichhq import exceptions, tokens
+from enrichhq.db import delivery, engines
 from enrichhq.db import limits as worker_rows
 from enrichhq.execution.engine import Chunk, Engine
 from enrichhq.models import Company
@@ -32,6 +35,8 @@ log = logging.getLogger("enrichhq.queue")
 
 SCHEMA = "enrichhq_queue"
 ENTRYPOINT = "enrichhq_chunk"
+#: the storage step of an async provider's callback, queued by the receiver for the workers.
+CALLBACK = "enrichhq_callback"
 #: a job that keeps failing (not a provider error: those end its items) is retried this often.
 MAX_JOB_RETRIES = 10
 #: a worker seen this recently is alive (workers beat every BEAT_S).
@@ -107,7 +112,7 @@ async def enqueue_batch(dbs: engines.Databases, queries: AnyQueries, batch_id: s
     jobs = 0
     while True:
         async with dbs.begin("hq") as conn:
-            page = await items.unfinished(conn, batch_id, after=after, limit=max(job_size, 1000))
+            page = await delivery.unfinished(conn, batch_id, after=after, limit=max(job_size, 1000))
         if not page:
             return jobs
         jobs += await enqueue(queries, batch_id, page, job_size)
@@ -158,7 +163,51 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
         if back:
             await enqueue(queries, chunk.batch_id, back, len(back))
 
+    @qm.entrypoint(CALLBACK)
+    async def store_callback(job: Job) -> None:
+        try:
+            data = json.loads(job.payload or b"")
+            claims = tokens.Claims(**data["claims"])
+            body = data["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("callback job %s dropped: malformed payload: %s", job.id, exc)
+            return
+        try:
+            await engine.store_callback(claims, body)
+        except Exception as exc:
+            if job.attempts >= MAX_JOB_RETRIES:
+                raise
+            raise RetryRequested(timedelta(seconds=min(60, 2**job.attempts)), str(exc)) from exc
+
     return qm
+
+
+class Forwarder:
+    """The receiver's side of the queue: callbacks go to the workers' storage step."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queries: Queries | None = None
+        self.conn: asyncpg.Connection | None = None
+        self.lock = asyncio.Lock()
+
+    async def __call__(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
+        """Queue one verified callback (its own job: one INSERT, no worker waits for it)."""
+        payload = json.dumps({"claims": dataclasses.asdict(claims), "data": data}).encode()
+        async with self.lock:  # one asyncpg connection serves one statement at a time
+            try:
+                if self.queries is None or self.conn is None or self.conn.is_closed():
+                    self.conn = await connect(self.settings)
+                    self.queries = await pg_queries(self.conn)
+                await self.queries.enqueue(CALLBACK, payload)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.queries = None
+                raise exceptions.Unreachable(f"cannot reach the queue on HQ PostgreSQL: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the queue connection."""
+        if self.conn is not None:
+            await self.conn.close()
 
 
 def jobs_at_once(concurrency: int, job_size: int, chunk_size: int = 0) -> int:

@@ -1,7 +1,7 @@
 """`enrichhq worker`: take chunk jobs from the HQ queue until told to stop.
 
 Any number run side by side, on any machines. A worker that dies loses nothing: PgQueuer gives
-its jobs to another worker once their heartbeat stops, and `items.deliver` skips what is final.
+its jobs to another worker once their heartbeat stops, and `delivery.deliver` skips what is final.
 SIGTERM (or Ctrl-C) stops it gracefully: calls in flight end and are written, items not yet
 called go back to the queue.
 """
