@@ -58,6 +58,8 @@ def _setup(hq_url: str, ws_url: str, items: int) -> list[str]:
             {"b": batch_id},
         )
         ids = [str(r[0]) for r in conn.execute(sa.text("SELECT id FROM companies"))]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE enrichment_batch_items"))  # as `runs.prepare` does for a batch
     engine.dispose()
     ws = sa.create_engine(sync_url(ws_url))
     with ws.begin() as conn:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, engines, items
-from enrichhq.models import LogEntry, StoreRecord
+from enrichhq.models import LogEntry, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -91,6 +92,8 @@ class Batcher:
             asyncio.Queue()
         )
         self.task: asyncio.Task[None] | None = None
+        self.batches: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.workflows: dict[str, tuple[float, WorkflowConfig]] = {}
 
     async def submit(self, claims: tokens.Claims, data: dict[str, Any]) -> Receipt:
         """Queue one verified callback and wait for its receipt."""
@@ -131,6 +134,27 @@ class Batcher:
             if not future.done():
                 future.set_result(receipt)
 
+    async def _batch(self, conn: Any, batch_id: str) -> dict[str, Any] | None:
+        """The batch row, reused for RECENT_S: callbacks come in thousands per batch."""
+        now = time.monotonic()
+        cached = self.batches.get(batch_id)
+        if cached is not None and now - cached[0] < RECENT_S:
+            return cached[1]
+        batch = await batches.get_batch(conn, batch_id)
+        if batch is not None:
+            self.batches[batch_id] = (now, batch)
+        return batch
+
+    async def _workflow(self, workflow_id: str) -> WorkflowConfig:
+        """The step's config, reused for RECENT_S like its reflected destination table."""
+        now = time.monotonic()
+        cached = self.workflows.get(workflow_id)
+        if cached is not None and now - cached[0] < RECENT_S:
+            return cached[1]
+        workflow = await workflows.get(self.dbs, workflow_id)
+        self.workflows[workflow_id] = (now, workflow)
+        return workflow
+
     async def settle(self, callbacks: list[tuple[tokens.Claims, dict[str, Any]]]) -> list[Receipt]:
         """Claim, store, log and settle a chunk of verified callbacks; a receipt for each."""
         receipts: dict[int, Receipt] = {}
@@ -154,7 +178,7 @@ class Batcher:
             else:
                 first[entry[1].company_id] = entry
         async with self.dbs.begin("hq") as conn:
-            batch = await batches.get_batch(conn, batch_id)
+            batch = await self._batch(conn, batch_id)
             claimed = await items.claim_many(conn, batch_id, list(first)) if batch else {}
             others = (
                 await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
@@ -187,7 +211,7 @@ class Batcher:
             for _, c, d in mine
         ]
         try:
-            workflow = await workflows.get(self.dbs, mine[0][1].workflow_id)
+            workflow = await self._workflow(mine[0][1].workflow_id)
             destination = await destinations.reflect(
                 self.dbs, workflow.destination_db, workflow.destination_table_name, max_age=RECENT_S
             )
