@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrichhq import exceptions, metrics, receiver, runs, settings, tokens
@@ -191,6 +192,8 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
         return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
 
+    # The callbacks' hot path, matched before the documented FastAPI route of the same path.
+    app.router.routes.insert(0, Route("/functions/v1/receiver_v1", functions.receiver_fast, methods=["POST"]))
     app.include_router(functions.router)
     app.include_router(rest.router)
     app.include_router(ui_routes.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Annotated, Any
 
@@ -128,6 +129,34 @@ async def enrichment_logger_v1(body: LoggerRequest | list[LoggerRequest], reques
     entries = [LogEntry(**item.model_dump()) for item in items]
     await enrichment_logger.log(services(request).dbs, entries)
     return {"logged": len(entries), "completions": sum(e.succeeded for e in entries)}
+
+
+async def receiver_fast(request: Request) -> JSONResponse:
+    """receiver_v1 as a plain Starlette route, ahead of the documented one below.
+
+    Callbacks arrive by the thousand per second; FastAPI's request machinery (dependencies, body
+    model) cost about a third of the receiver's time. This does the same checks by hand.
+    """
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return JSONResponse({"error": "the body must be JSON: {callback_token, data}"}, status_code=422)
+    if not isinstance(body, dict) or not isinstance(body.get("callback_token"), str | None):
+        return JSONResponse(
+            {"error": "the body must be a JSON object: {callback_token, data}"}, status_code=422
+        )
+    svc = services(request)
+    authorization = request.headers.get("authorization")
+    bearer = (
+        authorization.partition(" ")[2]
+        if authorization and authorization.lower().startswith("bearer ")
+        else None
+    )
+    token = body.get("callback_token") or request.headers.get("x-callback-token") or bearer
+    receipt = await receiver.receive(
+        svc.dbs, svc.settings, svc.pipeline, token, body.get("data"), svc.batcher, await svc.forward()
+    )
+    return JSONResponse(receipt.body, status_code=receipt.status_code)
 
 
 @router.post("/receiver_v1")
