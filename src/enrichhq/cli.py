@@ -409,8 +409,9 @@ def _interruptible(interrupt: asyncio.Event, batch_id: str) -> Iterator[None]:
 
     def first() -> None:
         err.print(
-            f"interrupted: finishing the calls in flight (Ctrl-C again to quit now); "
-            f"`enrichhq batches resume {batch_id}` runs the rest",
+            "interrupted: no new calls start; those in flight end and are written (Ctrl-C again to "
+            f"quit now). `enrichhq batches resume {batch_id}` runs the rest; a batch run by "
+            "`enrichhq worker`s goes on there",
             highlight=False,
         )
         interrupt.set()

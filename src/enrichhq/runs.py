@@ -293,14 +293,20 @@ async def execute(
 ) -> BatchSummary:
     """Drive a prepared batch to its end: in this process, or on the `enrichhq worker`s.
 
-    `cancel` cancels the batch; `interrupt` (Ctrl-C) stops it resumably: calls in flight end
-    and are written, the rest waits for `enrichhq batches resume`.
+    `cancel` cancels the batch; `interrupt` (Ctrl-C) stops a batch run here resumably: calls in
+    flight end and are written, the rest waits for `enrichhq batches resume`. A batch run by
+    workers is only no longer followed: it goes on there.
     """
     if await queue.queue_mode(dbs, settings) == "postgres":
         await embedded.run_on_workers(
-            dbs, settings, prepared.batch_id, on_progress=on_progress, cancel=cancel
+            dbs, settings, prepared.batch_id, on_progress=on_progress, cancel=cancel, interrupt=interrupt
         )
         return await summary(dbs, prepared.batch_id)
+    if await queue.queued_elsewhere(settings, prepared.batch_id):
+        raise exceptions.InputError(
+            f"batch {prepared.batch_id} is queued for `enrichhq worker`s and none is alive: start one "
+            "(it takes the batch where it stands)"
+        )
     provider_class = functions.load(prepared.workflow.provider)
     own_pipeline = pipeline is None
     pipeline = pipeline or Pipeline(dbs, settings)

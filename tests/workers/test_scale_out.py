@@ -90,7 +90,10 @@ async def test_readme_scale_out_with_two_workers(pg_urls: tuple[str, str], tmp_p
             text=True,
         )
         site.calls.clear()
-        while sum(site.calls.values()) < 40:
+        for _ in range(1500):
+            if sum(site.calls.values()) >= 40:
+                break
+            assert run.poll() is None, run.communicate()
             await asyncio.sleep(0.02)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0, fleet.output()

@@ -115,7 +115,7 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
         conn,
         batch_id,
         company_ids,
-        [batch_items.c.attempts > 0],
+        [batch_items.c.attempts > 0, among(("running",))],
         attempts=batch_items.c.attempts - 1,
         deliveries=sa.case((batch_items.c.deliveries > 0, batch_items.c.deliveries - 1), else_=0),
     )

@@ -67,9 +67,18 @@ async def free_slot(conn: AsyncConnection, key: str, slot: int, holder: str) -> 
 
 
 async def free_holder(conn: AsyncConnection, holder: str) -> None:
-    """Give back every slot a worker holds (it is stopping)."""
+    """Give back every slot a holder holds (its batch is closed here)."""
     await conn.execute(
         sa.update(limit_slots).where(limit_slots.c.holder == holder).values(holder=None, expires_at=0.0)
+    )
+
+
+async def free_worker(conn: AsyncConnection, worker_id: str) -> None:
+    """Give back every slot a worker holds for any batch (holders are `worker:batch`)."""
+    await conn.execute(
+        sa.update(limit_slots)
+        .where(sa.func.substr(limit_slots.c.holder, 1, len(worker_id) + 1) == worker_id + ":")
+        .values(holder=None, expires_at=0.0)
     )
 
 
@@ -111,7 +120,7 @@ async def beat(conn: AsyncConnection, worker_id: str, host: str, pid: int, concu
 async def leave(conn: AsyncConnection, worker_id: str) -> None:
     """A worker stopped cleanly: forget it and free its slots."""
     await conn.execute(sa.delete(workers).where(workers.c.id == worker_id))
-    await free_holder(conn, worker_id)
+    await free_worker(conn, worker_id)
 
 
 async def live_workers(conn: AsyncConnection, within_s: float) -> list[dict[str, object]]:

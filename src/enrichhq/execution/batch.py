@@ -47,6 +47,8 @@ class _Ticket:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     handed_back: list[Company] = field(default_factory=list)
     unrun: list[str] = field(default_factory=list)
+    #: why some results could not be written: the job fails, so the queue delivers it again.
+    error: BaseException | None = None
 
     def one(self) -> None:
         self.left -= 1
@@ -206,6 +208,8 @@ class BatchWork:
             attempts, was_counted = runnable[company.id]
             self.work.put_nowait((company, attempts, was_counted, ticket))
         await ticket.done.wait()
+        if ticket.error is not None:
+            raise exceptions.DatabaseError(f"results could not be written: {ticket.error}") from ticket.error
         if ticket.unrun or self.stop_message:
             await self._skip(ticket.unrun, None, counted)
         if ticket.handed_back:
@@ -329,8 +333,9 @@ class BatchWork:
             # finished call is not counted against it.
             try:
                 await self._settle([result])
-            except Exception:
+            except Exception as exc:
                 log.exception("batch %s: the result of %s could not be written", self.batch_id, company.id)
+                ticket.error = exc
             finally:
                 ticket.one()
         else:
@@ -468,9 +473,11 @@ class BatchWork:
     async def _settle_guarded(self, chunk: list[_Result], room: asyncio.Semaphore) -> None:
         try:
             await self._settle(chunk)
-        except Exception:
-            # Left `running`: the batch's recovery queues them again (their calls were made).
+        except Exception as exc:
+            # Left `running`: their jobs fail and are delivered again (these calls are made anew).
             log.exception("batch %s: %d results could not be written", self.batch_id, len(chunk))
+            for r in chunk:
+                r.ticket.error = exc
         finally:
             room.release()
             for r in chunk:

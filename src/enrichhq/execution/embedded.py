@@ -68,7 +68,8 @@ async def run_here(
                 stopped = True
         runner.result()
     finally:
-        if not runner.done():
+        if not runner.done():  # cancelled (serve shutting down): nothing new starts, the rest waits
+            engine.hand_back()
             qm.shutdown.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(runner), timeout=30)
@@ -85,8 +86,10 @@ async def run_on_workers(
     *,
     on_progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> None:
-    """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends."""
+    """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends (or until
+    interrupted: the workers go on)."""
     conn = await queue.connect(settings)
     try:
         queries = await queue.pg_queries(conn)
@@ -107,7 +110,7 @@ async def run_on_workers(
             if outage > OUTAGE_S:
                 raise
             status = "running"
-        if status != "running" or (cancel is not None and cancel.is_set()):
+        if status != "running" or any(e is not None and e.is_set() for e in (cancel, interrupt)):
             return
         await asyncio.sleep(POLL_S)
 

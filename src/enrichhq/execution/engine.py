@@ -114,13 +114,19 @@ class Engine:
             workflow = await workflows.get(self.dbs, str(batch["workflow_id"]))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
+        except exceptions.Unreachable:
+            raise  # a database restarting: the job is retried
         except exceptions.EnrichHQError as exc:
             # Whatever this process lacks (a key, a table) it lacks for every item: pause the batch.
             async with self.dbs.begin("hq") as conn:
                 await batches.stop_batch(conn, batch_id, f"cannot run here: {exc}")
             await self._open_stopped(batch_id)
             return None
-        per_call = (await workflows.price(self.dbs, workflow))[0] or 0.0
+        try:
+            per_call = (await workflows.price(self.dbs, workflow))[0] or 0.0
+        except BaseException:
+            await close_quietly(provider)
+            raise
         workers = (
             provider.concurrency if self.concurrency is None else min(provider.concurrency, self.concurrency)
         )
@@ -207,6 +213,21 @@ class Engine:
         self.handing_back = True
         for work in self.work.values():
             work.hand_back()
+
+    def take_again(self) -> None:
+        """Start calls again (the queue connection is back after hand_back)."""
+        self.handing_back = False
+        for work in self.work.values():
+            work.handing_back = False
+
+    async def give_up(self, chunk: Chunk, reason: str) -> None:
+        """A job that keeps failing: its items wait, skipped with the reason, for `batches resume`."""
+        async with self.dbs.begin("hq") as conn:
+            await items.skip_ids(
+                conn, chunk.batch_id, [c.id for c in chunk.companies], batches.STOPPED_PREFIX + reason
+            )
+            await batches.stop_batch(conn, chunk.batch_id, reason)
+        await self.finish_if_done(chunk.batch_id)
 
     async def reap(self) -> None:
         """Close the batches this process has not worked on lately."""

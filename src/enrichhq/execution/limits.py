@@ -136,8 +136,9 @@ class SharedLimits:
             now = time.monotonic()
             idle = [s for s in self.spare if now - s[2] >= self.IDLE_S]
             for entry in idle:
-                self.spare.remove(entry)
-                await self._free(entry[0])
+                if entry in self.spare:  # a call may have taken it while the last one was freed
+                    self.spare.remove(entry)
+                    await self._free(entry[0])
             if now - renewed >= self.lease_s / 3 and self.held:
                 renewed = now
                 with contextlib.suppress(exceptions.DatabaseError):

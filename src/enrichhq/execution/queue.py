@@ -51,7 +51,7 @@ def names() -> DBSettings:
     return DBSettings(db_schema=SCHEMA, channel=Channel("enrichhq_queue"))
 
 
-def _builders() -> dict[str, Any]:
+def builders() -> dict[str, Any]:
     settings = names()
     return {
         "qbe": qb.QueryBuilderEnvironment(settings),
@@ -62,7 +62,7 @@ def _builders() -> dict[str, Any]:
 
 def memory_queries() -> InMemoryQueries:
     """The in-memory queue of the embedded default."""
-    return InMemoryQueries(InMemoryDriver(), **_builders())
+    return InMemoryQueries(InMemoryDriver(), **builders())
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
@@ -85,7 +85,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
 
 async def pg_queries(conn: asyncpg.Connection) -> Queries:
     """PgQueuer over HQ, its schema installed on first use."""
-    queries = Queries(AsyncpgDriver(conn), **_builders())
+    queries = Queries(AsyncpgDriver(conn), **builders())
     if not await queries.schema_is_installed():
         try:
             await queries.install()
@@ -135,6 +135,21 @@ async def has_jobs(queries: Queries, batch_id: str) -> bool:
     return bool(rows)
 
 
+async def queued_elsewhere(settings: Settings, batch_id: str) -> bool:
+    """Whether the HQ queue holds jobs of this batch (so `enrichhq worker`s, not this process, own it)."""
+    if settings.queue_dsn() is None:
+        return False
+    try:
+        conn = await connect(settings)
+    except exceptions.DatabaseError:
+        return False
+    try:
+        queries = Queries(AsyncpgDriver(conn), **builders())
+        return await queries.schema_is_installed() and await has_jobs(queries, batch_id)
+    finally:
+        await conn.close()
+
+
 def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
     """A QueueManager whose one entrypoint runs a chunk through the engine."""
     qm = QueueManager(queries, channel=names().channel)
@@ -148,20 +163,17 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
             return
         try:
             back = await engine.handle(chunk)
+            if back:  # the worker is stopping: what it did not start goes to the others
+                await enqueue(queries, chunk.batch_id, back, len(back))
         except Exception as exc:
             if job.attempts >= MAX_JOB_RETRIES:
                 log.error(
-                    "job %s for batch %s gave up after %d tries: %s",
-                    job.id,
-                    chunk.batch_id,
-                    job.attempts,
-                    exc,
+                    "job %s of batch %s gave up after %d tries: %s", job.id, chunk.batch_id, job.attempts, exc
                 )
-                raise
-            log.warning("job %s for batch %s failed, retrying: %s", job.id, chunk.batch_id, exc)
+                await engine.give_up(chunk, f"gave up after {job.attempts} tries: {exc}")
+                return
+            log.warning("job %s of batch %s failed, retrying: %s", job.id, chunk.batch_id, exc)
             raise RetryRequested(timedelta(seconds=min(60, 2**job.attempts)), str(exc)) from exc
-        if back:
-            await enqueue(queries, chunk.batch_id, back, len(back))
 
     @qm.entrypoint(CALLBACK)
     async def store_callback(job: Job) -> None:
@@ -197,6 +209,7 @@ class Forwarder:
         async with self.lock:  # one asyncpg connection serves one statement at a time
             try:
                 if self.queries is None or self.conn is None or self.conn.is_closed():
+                    await self.aclose()
                     self.conn = await connect(self.settings)
                     self.queries = await pg_queries(self.conn)
                 await self.queries.enqueue(CALLBACK, payload)
@@ -206,8 +219,10 @@ class Forwarder:
 
     async def aclose(self) -> None:
         """Close the queue connection."""
-        if self.conn is not None:
-            await self.conn.close()
+        conn, self.conn, self.queries = self.conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 def jobs_at_once(concurrency: int, job_size: int, chunk_size: int = 0) -> int:

@@ -50,6 +50,7 @@ async def work(
     try:
         while not stop.is_set():
             try:
+                engine.take_again()
                 await _serve(settings, engine, concurrency, stop)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, exceptions.DatabaseError) as exc:
                 if stop.is_set():
@@ -83,10 +84,10 @@ async def _serve(settings: Settings, engine: Engine, concurrency: int, stop: asy
         stopping = asyncio.create_task(stop.wait())
         log.info("worker ready: %d calls at once, %d jobs per fetch", concurrency, size)
         await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            # Hand back what has not started, so the jobs in flight end quickly; then stop fetching.
-            engine.hand_back()
-            qm.shutdown.set()
+        # Stopping, or the queue connection is gone (so are this worker's job heartbeats, and other
+        # workers will take its jobs): hand back what has not started, let the calls in flight end.
+        engine.hand_back()
+        qm.shutdown.set()
         stopping.cancel()
         await runner
     finally:
@@ -104,7 +105,7 @@ async def _housekeeping(
             async with dbs.begin("hq") as conn:
                 await worker_rows.beat(conn, me, host, os.getpid(), concurrency)
             await engine.reap()
-        except exceptions.DatabaseError as exc:
+        except Exception as exc:  # housekeeping must outlive any one failure
             log.warning("heartbeat failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
