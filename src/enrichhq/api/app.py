@@ -18,7 +18,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enrichhq import exceptions, metrics, receiver, runs, settings, tokens
+from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
 from enrichhq.api.deps import Services, require_api_key, services
 from enrichhq.db import dialect
@@ -132,6 +132,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         svc = Services(conf)
         app.state.services = svc
         await _adopt_orphans(svc)
+        aio.tune_gc()
         sweeper = asyncio.create_task(_sweeper(svc, conf.enrichhq_sweep_interval_s))
         try:
             yield
