@@ -56,12 +56,17 @@ async def test_callbacks_are_queued_by_the_receiver_and_stored_by_workers(
                 )
                 sent = await _run(c, prepared)
                 assert sent.status in ("waiting", "completed"), c.fleet.output()
-                for _ in range(300):
+                for _ in range(600):
                     summary = await runs.summary(c.dbs, prepared.batch_id)
                     if summary.status == "completed":
                         break
                     await asyncio.sleep(0.1)
-                assert summary.status == "completed", (summary, c.fleet.output())
+                states = await sql(
+                    c.dbs,
+                    "hq",
+                    "SELECT company_domain, state, last_error FROM enrichment_batch_items WHERE state <> 'succeeded'",
+                )
+                assert summary.status == "completed", (summary, states, webhook.callbacks, c.fleet.output())
             assert summary.counts == {"succeeded": len(domains)}
             assert await count(c.dbs, "workspace", "company_case_studies") == len(domains)
             # Every callback was verified by serve and queued (202); none was stored there.
