@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, engines, items
@@ -21,6 +21,7 @@ from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.receiver")
+V = TypeVar("V")
 # A callback being stored longer than this was lost with its process: its item waits again.
 STALE_CLAIM_S = 300.0
 # How long a reflected destination table is reused between callbacks (DDL changes show after this).
@@ -136,24 +137,13 @@ class Batcher:
 
     async def _batch(self, conn: Any, batch_id: str) -> dict[str, Any] | None:
         """The batch row, reused for RECENT_S: callbacks come in thousands per batch."""
-        now = time.monotonic()
-        cached = self.batches.get(batch_id)
-        if cached is not None and now - cached[0] < RECENT_S:
-            return cached[1]
-        batch = await batches.get_batch(conn, batch_id)
-        if batch is not None:
-            self.batches[batch_id] = (now, batch)
-        return batch
+        return await _recent(self.batches, batch_id, lambda: batches.get_batch(conn, batch_id))
 
     async def _workflow(self, workflow_id: str) -> WorkflowConfig:
         """The step's config, reused for RECENT_S like its reflected destination table."""
-        now = time.monotonic()
-        cached = self.workflows.get(workflow_id)
-        if cached is not None and now - cached[0] < RECENT_S:
-            return cached[1]
-        workflow = await workflows.get(self.dbs, workflow_id)
-        self.workflows[workflow_id] = (now, workflow)
-        return workflow
+        found = await _recent(self.workflows, workflow_id, lambda: workflows.get(self.dbs, workflow_id))
+        assert found is not None  # workflows.get raises NotFound rather than return None
+        return found
 
     async def settle(self, callbacks: list[tuple[tokens.Claims, dict[str, Any]]]) -> list[Receipt]:
         """Claim, store, log and settle a chunk of verified callbacks; a receipt for each."""
@@ -255,6 +245,22 @@ class Batcher:
             await items.finish_items(conn, batch_id, updates, from_states=("storing",))
             await items.close_if_done(conn, batch_id)
         return receipts
+
+
+async def _recent(
+    cache: dict[str, tuple[float, V]], key: str, load: Callable[[], Awaitable[V | None]]
+) -> V | None:
+    """A value loaded at most RECENT_S ago, else loaded now (and stale entries dropped)."""
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and now - hit[0] < RECENT_S:
+        return hit[1]
+    value = await load()
+    for stale in [k for k, (at, _) in cache.items() if now - at >= RECENT_S]:
+        del cache[stale]
+    if value is not None:
+        cache[key] = (now, value)
+    return value
 
 
 async def _log_rejection(

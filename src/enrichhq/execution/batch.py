@@ -16,14 +16,16 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
 from enrichhq.db import batches, delivery, dialect, engines, hq, items
-from enrichhq.execution.limits import OUTAGE_S, Limits
+from enrichhq.execution import outage
+from enrichhq.execution.limits import Limits
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
@@ -35,8 +37,6 @@ CANCELLED = "cancelled by the user"
 FLUSH_SECONDS = 0.25
 WATCH_SECONDS = 1.0
 REMAINING_PAUSE_S = 0.25
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -190,7 +190,7 @@ class BatchWork:
                 )
                 return status, runnable, poisoned
 
-        status, runnable, poisoned = await _through_outage(take)
+        status, runnable, poisoned = await outage.through(take)
         if status != "running":
             await self._skip(ids, status)
             return []
@@ -217,7 +217,7 @@ class BatchWork:
         return []
 
     async def _skip(
-        self, company_ids: Sequence[str], status: str | None, counted: frozenset[str] | set[str] = frozenset()
+        self, company_ids: Sequence[str], status: str | None, counted: AbstractSet[str] = frozenset()
     ) -> None:
         """Items a stopped or cancelled batch will not run: skipped with the reason, resumable."""
         reason = self.stop_message or (CANCELLED if status == "cancelled" else "the batch was stopped")
@@ -229,7 +229,7 @@ class BatchWork:
                 await delivery.uncount(conn, self.batch_id, [c for c in company_ids if c in counted])
                 await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
 
-        await _through_outage(skip)
+        await outage.through(skip)
 
     async def _hand_back(self, companies: list[Company], counted: set[str]) -> list[Company]:
         async def give() -> None:
@@ -237,7 +237,7 @@ class BatchWork:
                 await delivery.uncount(conn, self.batch_id, [c.id for c in companies if c.id in counted])
                 await delivery.release(conn, self.batch_id, [c.id for c in companies])
 
-        await _through_outage(give)
+        await outage.through(give)
         return companies
 
     async def _started(self, company_id: str) -> None:
@@ -256,7 +256,7 @@ class BatchWork:
         while self.starting:
             taken, self.starting = self.starting, []
             try:
-                await _through_outage(functools.partial(self._mark_started, [cid for cid, _ in taken]))
+                await outage.through(functools.partial(self._mark_started, [cid for cid, _ in taken]))
             except Exception as exc:
                 for _, done in taken:
                     done.set_exception(exc)
@@ -359,7 +359,6 @@ class BatchWork:
                 await self._started(company.id)
             result.tries += 1
             attempt = attempts + result.tries
-            began = time.monotonic()
             try:
                 async with self.limits.call():
                     began = time.monotonic()
@@ -456,11 +455,12 @@ class BatchWork:
                     first = time.monotonic()
                 chunk.append(item)
                 # Wait for more only while calls are still out: a finished job should not idle.
-                if len(chunk) < self.settings.enrichhq_chunk_size and (
-                    self.outstanding or not self.results.empty()
+                if (
+                    len(chunk) < self.settings.enrichhq_chunk_size
+                    and (self.outstanding or not self.results.empty())
+                    and time.monotonic() - first < FLUSH_SECONDS
                 ):
-                    if time.monotonic() - first < FLUSH_SECONDS:
-                        continue
+                    continue
             if chunk:
                 # Chunks settle side by side: one waits on the database while the next is mapped.
                 await room.acquire()
@@ -501,7 +501,7 @@ class BatchWork:
                 # In-process, the storage worker's log entries are written below with the items' states,
                 # in one HQ transaction; a remote storage worker logs them itself.
                 # A database restarting is waited out; a destination that refuses rows is not.
-                stored = await _through_outage(
+                stored = await outage.through(
                     functools.partial(
                         self.pipeline.store,
                         self.workflow,
@@ -558,7 +558,7 @@ class BatchWork:
                 await items.mark_waiting(conn, self.batch_id, waiting, deadline)
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
-        await _through_outage(write)
+        await outage.through(write)
 
     def _final_state(self, r: _Result, outcome: StoreOutcome | None) -> dict[str, Any]:
         stored = outcome is not None and outcome.stored
@@ -582,22 +582,6 @@ _FLUSH: Any = object()
 
 def _add(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else a + b
-
-
-async def _through_outage(step: Callable[[], Awaitable[T]]) -> T:
-    """Run a database step, retrying while HQ is unreachable (a restart, a failover) for OUTAGE_S."""
-    waited = 0.0
-    delay = 0.25
-    while True:
-        try:
-            return await step()
-        except exceptions.Unreachable as exc:
-            if waited >= OUTAGE_S:
-                raise
-            log.warning("HQ unreachable, retrying in %.1fs: %s", delay, exc)
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
 
 
 async def close_quietly(provider: Provider) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import os
 import uuid
 from collections.abc import Awaitable, Callable
 
-from enrichhq import exceptions
 from enrichhq.db import batches, engines
-from enrichhq.execution import queue
+from enrichhq.execution import outage, queue
 from enrichhq.execution.batch import CANCELLED
 from enrichhq.execution.engine import Engine
-from enrichhq.execution.limits import OUTAGE_S
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
@@ -97,22 +96,18 @@ async def run_on_workers(
             await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
     finally:
         await conn.close()
-    outage = 0.0
     while True:
-        try:
-            await _report(dbs, batch_id, on_progress)
-            async with dbs.begin("hq") as conn2:
-                status = await batches.batch_status(conn2, batch_id)
-            outage = 0.0
-        except exceptions.Unreachable:
-            # HQ restarting: the workers wait it out too.
-            outage += POLL_S
-            if outage > OUTAGE_S:
-                raise
-            status = "running"
+        # A restarting HQ is waited out here as by the workers.
+        await outage.through(functools.partial(_report, dbs, batch_id, on_progress))
+        status = await outage.through(functools.partial(_status, dbs, batch_id))
         if status != "running" or any(e is not None and e.is_set() for e in (cancel, interrupt)):
             return
         await asyncio.sleep(POLL_S)
+
+
+async def _status(dbs: engines.Databases, batch_id: str) -> str | None:
+    async with dbs.begin("hq") as conn:
+        return await batches.batch_status(conn, batch_id)
 
 
 async def _report(dbs: engines.Databases, batch_id: str, on_progress: ProgressCallback | None) -> None:

@@ -189,7 +189,7 @@ class Engine:
             elif status not in ("stopped", "cancelled"):
                 return
             await batches.finish_batch(conn, batch_id, status, batch["message"])
-            if status == "waiting":
+            if status == "waiting":  # the last callback may have settled since has_waiting looked
                 await items.close_if_done(conn, batch_id)
 
     async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
@@ -235,6 +235,7 @@ class Engine:
         for batch_id, work in list(self.work.items()):
             if work.jobs == 0 and now - work.last_used > IDLE_S:
                 del self.work[batch_id]
+                self.opening.pop(batch_id, None)
                 await self._close(work)
 
     def _redis(self) -> Any:

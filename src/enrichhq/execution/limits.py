@@ -22,11 +22,9 @@ from redis import exceptions as redis_errors
 from enrichhq import exceptions
 from enrichhq.db import engines
 from enrichhq.db import limits as queries
+from enrichhq.execution import outage
 
 log = logging.getLogger("enrichhq.limits")
-
-#: how long a database outage is waited out before a call gives up on its limits.
-OUTAGE_S = 120.0
 
 
 class Limits(Protocol):
@@ -147,40 +145,29 @@ class SharedLimits:
                             conn, self.key, sorted(self.held), self.holder, self.lease_s
                         )
 
+    async def _take_slot(self) -> int | None:
+        async with self.dbs.begin("hq") as conn:
+            if not self.ready:
+                await queries.ensure_slots(conn, self.key, self.concurrency)
+                self.ready = True
+            return await queries.take_slot(conn, self.key, self.concurrency, self.holder, self.lease_s)
+
     async def _slot(self) -> int:
         delay = 0.005
-        outage = 0.0
-        while True:
-            try:
-                async with self.dbs.begin("hq") as conn:
-                    if not self.ready:
-                        await queries.ensure_slots(conn, self.key, self.concurrency)
-                        self.ready = True
-                    slot = await queries.take_slot(
-                        conn, self.key, self.concurrency, self.holder, self.lease_s
-                    )
-            except exceptions.Unreachable as exc:
-                outage = await _wait_out(exc, outage)
-                continue
-            if slot is not None:
-                self.held.add(slot)
-                return slot
+        while (slot := await outage.through(self._take_slot)) is None:
             # All slots are held elsewhere: poll with a growing, jittered pause.
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.1)
+        self.held.add(slot)
+        return slot
+
+    async def _take_token(self) -> float:
+        assert self.rate is not None
+        async with self.dbs.begin("hq") as conn:
+            return await queries.take_token(conn, self.key, self.rate)
 
     async def _token(self) -> None:
-        assert self.rate is not None
-        outage = 0.0
-        while True:
-            try:
-                async with self.dbs.begin("hq") as conn:
-                    wait = await queries.take_token(conn, self.key, self.rate)
-            except exceptions.Unreachable as exc:
-                outage = await _wait_out(exc, outage)
-                continue
-            if wait <= 0:
-                return
+        while (wait := await outage.through(self._take_token)) > 0:
             await asyncio.sleep(wait * random.uniform(1.0, 1.2))
 
     async def _free(self, slot: int) -> None:
@@ -283,17 +270,15 @@ class RedisLimits:
                     await asyncio.shield(self.client.zrem(self.slots, member))
 
     async def _eval(self, script: str, key: str, *args: Any) -> Any:
-        """Run a script, waiting out a Redis restart for up to OUTAGE_S."""
-        waited = 0.0
-        while True:
+        """Run a script, waiting out a Redis restart like a database's."""
+
+        async def once() -> Any:
             try:
                 return await self.client.eval(script, 1, key, *args)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-                if waited >= OUTAGE_S:
-                    raise exceptions.Unreachable(f"Redis unreachable: {exc}") from exc
-                log.warning("Redis unreachable, retrying: %s", exc)
-                await asyncio.sleep(1.0)
-                waited += 1.0
+                raise exceptions.Unreachable(f"Redis unreachable: {exc}") from exc
+
+        return await outage.through(once)
 
     async def _renew(self) -> None:
         while self.held:
@@ -309,12 +294,3 @@ class RedisLimits:
             with contextlib.suppress(redis_errors.RedisError):
                 await self.client.zrem(self.slots, *self.held)
             self.held.clear()
-
-
-async def _wait_out(exc: exceptions.Unreachable, waited: float) -> float:
-    """Sleep through a database outage for up to OUTAGE_S, then let the error through."""
-    if waited >= OUTAGE_S:
-        raise exc
-    log.warning("HQ unreachable, retrying: %s", exc)
-    await asyncio.sleep(1.0)
-    return waited + 1.0
