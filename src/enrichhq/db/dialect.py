@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -133,6 +134,50 @@ def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=conflict, set_={c: stmt.excluded[c] for c in update}
     )
+
+
+async def insert_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+) -> None:
+    """Insert rows that all have the first row's keys (upsert on `conflict` when given).
+
+    On PostgreSQL as one INSERT ... SELECT FROM unnest(arrays): the server parses one statement
+    per chunk rather than one per row, and values alike in every row (the batch, the step, the
+    time) go once. Scalar columns only: unnest would flatten an array column's values.
+    SQLite takes the rows as an executemany.
+    """
+    if not rows:
+        return
+    stmt: Any = upsert(conn.dialect, table, list(conflict), list(update)) if conflict else sa.insert(table)
+    if conn.dialect.name != "postgresql":
+        await conn.execute(stmt, list(rows))
+        return
+    names = list(rows[0])
+    first = rows[0]
+    # Rows alike in every column still need one array, or N rows would go in as one.
+    varying = [n for n in names if any(row[n] != first[n] for row in rows)] or names[:1]
+    values: dict[str, Any] = {
+        n: sa.cast(sa.bindparam(f"one_{n}", first[n], type_=table.c[n].type), table.c[n].type)
+        for n in names
+        if n not in varying
+    }
+    params: dict[str, Any] = {}
+    if varying:
+        source = (
+            sa.func.unnest(
+                *[sa.bindparam(f"all_{n}", type_=postgresql.ARRAY(table.c[n].type)) for n in varying]
+            )
+            .table_valued(*varying)
+            .render_derived()
+        )
+        values.update({n: source.c[n] for n in varying})
+        params = {f"all_{n}": [row[n] for row in rows] for n in varying}
+    await conn.execute(stmt.from_select(names, sa.select(*[values[n] for n in names])), params)
 
 
 async def analyze(conn: Any, table: sa.Table) -> None:

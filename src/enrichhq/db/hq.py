@@ -144,8 +144,9 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
     """One enrichment_results_log row per entry, in one statement per chunk."""
     stamp = now()
     for chunk in chunked(entries):
-        await conn.execute(
-            sa.insert(results_log),
+        await dialect.insert_rows(
+            conn,
+            results_log,
             [
                 {
                     "workflow_id": e.workflow_id,
@@ -184,13 +185,13 @@ async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry])
         for e in latest.values()
     ]
     for chunk in chunked(rows):
-        stmt = dialect.upsert(
-            conn.dialect,
+        await dialect.insert_rows(
+            conn,
             completions,
-            ["company_id", "play_name", "step_number"],
-            ["workflow_id", "batch_id", "completed_at"],
+            chunk,
+            conflict=["company_id", "play_name", "step_number"],
+            update=["workflow_id", "batch_id", "completed_at"],
         )
-        await conn.execute(stmt, list(chunk))
 
 
 async def delete_workflow(conn: AsyncConnection, workflow_id: str) -> None:
