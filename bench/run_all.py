@@ -32,18 +32,22 @@ def main() -> None:
     rows: list[tuple[str, str, str, bool]] = []
 
     # Three rounds, interleaved, best of each: single runs on a shared 2-core machine swing by a third.
-    lims, seeds, pipes = [], [], []
+    lims, lz4s, seeds, pipes = [], [], [], []
     for _ in range(ROUNDS):
         lims.append(limit.measure(10_000))
+        lz4s.append(limit.measure(10_000, lz4=True))
         seeds.append(seed_design.measure(2_000))
         pipes.append(pipeline.measure(10_000))
-    lim, seed, pipe = max(lims), max(seeds), max(pipes)
-    print(f"rounds: limit {lims}, seed {seeds}, pipeline {pipes}")
+    lim, lz4, seed, pipe = max(lims), max(lz4s), max(seeds), max(pipes)
+    print(f"rounds: limit {lims}, limit lz4 {lz4s}, seed {seeds}, pipeline {pipes}")
     rows.append(("limit: 3 rows/company via the driver (best of 3)", f"{lim:,.0f} companies/s", "-", True))
+    rows.append(("limit, pages compressed with lz4 as enrichhq does", f"{lz4:,.0f} companies/s", "-", True))
     rows.append(("seed_design: HTTP hop + config query (best of 3)", f"{seed:,.0f} companies/s", "-", True))
     rows.append(("pipeline: enrichhq run, 10,000 (best of 3)", f"{pipe:,.0f} companies/s", "-", True))
     rows.append(("pipeline / seed_design", f"{pipe / seed:.1f}x", ">= 20x", pipe / seed >= 20))
     rows.append(("pipeline / limit", f"{100 * pipe / lim:.0f}%", ">= 45%", pipe / lim >= 0.45))
+    # Not a target of the issue, shown so the lz4 gain is not mistaken for a gain over the database.
+    rows.append(("pipeline / limit with lz4", f"{100 * pipe / lz4:.0f}%", "-", True))
 
     wall, ideal, too_many = latency.measure(1_000)
     rows.append(

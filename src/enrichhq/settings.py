@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     enrichhq_heartbeat_s: float = Field(
         default=30.0, ge=1, description="a job whose worker is silent this long goes to another worker"
     )
+    enrichhq_toast_compression: Literal["lz4", "server"] = Field(
+        default="lz4",
+        description="how PostgreSQL compresses the large values enrichhq writes (scraped pages): lz4 where "
+        "the server has it (PostgreSQL 14+; many times cheaper than pglz), or the server's own default",
+    )
     redis_url: str | None = Field(
         default=None, description="keep provider limits shared by workers in Redis instead of HQ"
     )

@@ -127,7 +127,7 @@ async def _write(
     values = list(rows.values())
     try:
         async with dbs.begin(destination.db) as conn:
-            # executemany of one cached statement: SQLAlchemy sends it as multi-row INSERTs.
+            await dialect.compress_with(conn, dbs.toast_compression)
             await conn.execute(_statement(conn.dialect, config, destination, values[0]), values)
         return {cid: StoreOutcome(cid, True) for cid in rows}
     except sa.exc.DBAPIError as exc:
@@ -138,6 +138,7 @@ async def _write(
     for company_id, row in rows.items():
         try:
             async with dbs.begin(destination.db) as conn:
+                await dialect.compress_with(conn, dbs.toast_compression)
                 await conn.execute(_statement(conn.dialect, config, destination, row), [row])
             outcomes[company_id] = StoreOutcome(company_id, True)
         except sa.exc.DBAPIError as exc:

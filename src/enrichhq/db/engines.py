@@ -18,8 +18,10 @@ DESTINATIONS = ("workspace", "hq")
 class Databases:
     """HQ and Workspace engines; one engine when both URLs are the same database."""
 
-    def __init__(self, hq_url: str, workspace_url: str) -> None:
+    def __init__(self, hq_url: str, workspace_url: str, *, toast_compression: str = "lz4") -> None:
         self.urls = {"hq": hq_url, "workspace": workspace_url}
+        #: how large values written to destination tables are compressed (see dialect.compress_with).
+        self.toast_compression = toast_compression
         self.hq: AsyncEngine = dialect.create_async(hq_url)
         self.workspace: AsyncEngine = (
             self.hq if workspace_url == hq_url else dialect.create_async(workspace_url)
@@ -28,7 +30,11 @@ class Databases:
     @classmethod
     def from_settings(cls, settings: Settings) -> Databases:
         """The databases the settings name (SQLite files in the data dir by default)."""
-        return cls(settings.resolved_hq_url(), settings.resolved_workspace_url())
+        return cls(
+            settings.resolved_hq_url(),
+            settings.resolved_workspace_url(),
+            toast_compression=settings.enrichhq_toast_compression,
+        )
 
     def engine(self, name: str) -> AsyncEngine:
         """The engine for a destination_db value ('workspace' or 'hq')."""

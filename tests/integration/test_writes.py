@@ -1,0 +1,129 @@
+"""Bulk writes on real SQLite and real PostgreSQL: set-based inserts and page compression."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from enrichhq import storage_worker, workflows
+from enrichhq.db import dialect, engines, schema
+from enrichhq.models import StoreRecord
+from tests.conftest import Env
+from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
+
+
+def _completion(company_id: str, batch_id: str, stamp: datetime) -> dict[str, object]:
+    return {
+        "company_id": company_id,
+        "play_name": "default",
+        "step_number": 1,
+        "workflow_id": None,
+        "batch_id": batch_id,
+        "completed_at": stamp,
+    }
+
+
+async def test_insert_rows_keeps_every_row_alike_or_not(env: Env) -> None:
+    """Rows equal in every column stay N rows; values alike across rows are stored in each."""
+    stamp = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    batch = str(uuid.uuid4())
+    alike = {"workflow_slug": "s", "company_domain": "a.com", "status": "succeeded", "batch_id": batch}
+    mixed = [
+        {"workflow_slug": "s", "company_domain": f"c{i}.com", "status": "failed", "batch_id": batch}
+        for i in range(3)
+    ]
+    async with env.dbs.begin("hq") as conn:
+        await dialect.insert_rows(conn, schema.results_log, [alike, alike, alike])
+        await dialect.insert_rows(conn, schema.results_log, mixed)
+        await dialect.insert_rows(conn, schema.results_log, [])
+    rows = await sql(
+        env.dbs,
+        "hq",
+        "SELECT company_domain, status, batch_id, created_at FROM enrichment_results_log ORDER BY company_domain",
+    )
+    assert [(r[0], r[1]) for r in rows] == [("a.com", "succeeded")] * 3 + [
+        (f"c{i}.com", "failed") for i in range(3)
+    ]
+    assert {str(r[2]) for r in rows} == {batch}
+    assert all(r[3] is not None for r in rows)  # the server default fills what no row gives
+
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    companies = [str(uuid.uuid4()) for _ in range(3)]
+    key = ["company_id", "play_name", "step_number"]
+    update = ["workflow_id", "batch_id", "completed_at"]
+    async with env.dbs.begin("hq") as conn:
+        rows_one = [_completion(c, first, stamp) for c in companies]
+        await dialect.insert_rows(conn, schema.completions, rows_one, conflict=key, update=update)
+        rows_two = [_completion(c, second, stamp) for c in companies[:2]]
+        await dialect.insert_rows(conn, schema.completions, rows_two, conflict=key, update=update)
+    got = await sql(env.dbs, "hq", "SELECT company_id, batch_id FROM company_play_step_completions")
+    assert sorted((str(c), str(b)) for c, b in got) == sorted(
+        [(c, second) for c in companies[:2]] + [(companies[2], first)]
+    )
+
+
+async def test_a_chunk_is_one_log_and_one_completion_statement(env: Env) -> None:
+    """500 results are written with a handful of statements, not one per company."""
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    found = await add_companies(env.dbs, [f"ok-{i:03}.com" for i in range(500)])
+    workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
+    statements: list[tuple[str, bool]] = []
+
+    def spy(
+        conn: object, cursor: object, statement: str, params: object, context: object, many: bool
+    ) -> None:
+        statements.append((statement.lstrip().split("(")[0].upper(), many))
+
+    sa.event.listen(env.dbs.hq.sync_engine, "before_cursor_execute", spy)
+    try:
+        records = [StoreRecord(c.id, c.domain, {"homepage_html": "<html/>"}) for c in found]
+        outcomes = await storage_worker.store(env.dbs, workflow, records)
+    finally:
+        sa.event.remove(env.dbs.hq.sync_engine, "before_cursor_execute", spy)
+    assert all(o.stored for o in outcomes) and len(outcomes) == 500
+    log_writes = [s for s in statements if "ENRICHMENT_RESULTS_LOG" in s[0]]
+    completion_writes = [s for s in statements if "COMPANY_PLAY_STEP_COMPLETIONS" in s[0]]
+    # One statement each for up to hq.MAX_ROWS_PER_STATEMENT rows, on either database.
+    assert len(log_writes) == len(completion_writes) == 1
+    if env.backend == "postgresql":  # one statement for the server to parse, not an executemany of 500
+        assert not any(many for _, many in log_writes + completion_writes)
+    log_rows = await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_results_log")
+    completion_rows = await sql(env.dbs, "hq", "SELECT count(*) FROM company_play_step_completions")
+    assert log_rows[0][0] == completion_rows[0][0] == 500
+
+
+async def test_pages_are_compressed_with_lz4_unless_told_otherwise(env: Env) -> None:
+    """On PostgreSQL a stored page is lz4-compressed (ENRICHHQ_TOAST_COMPRESSION=lz4, the default);
+    'server' leaves the server's pglz. SQLite has no such thing and stores the page as given."""
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    page = "<html>" + "enrich " * 4000 + "</html>"  # large enough to be compressed
+    workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
+    (company,) = await add_companies(env.dbs, ["ok-b.com"])
+    server_default = engines.Databases(env.hq_url, env.workspace_url, toast_compression="server")
+    try:
+        for dbs in (env.dbs, server_default):
+            (outcome,) = await storage_worker.store(
+                dbs, workflow, [StoreRecord(company.id, company.domain, {"homepage_html": page})]
+            )
+            assert outcome.stored, outcome
+    finally:
+        await server_default.dispose()
+    stored = await sql(env.dbs, "workspace", "SELECT homepage_html FROM company_homepage_scrapes")
+    assert [r[0] for r in stored] == [page, page]
+    if env.backend == "postgresql":
+        methods = await sql(
+            env.dbs,
+            "workspace",
+            "SELECT pg_column_compression(homepage_html) FROM company_homepage_scrapes",
+        )
+        has_lz4 = await sql(
+            env.dbs,
+            "workspace",
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+        )
+        expected = {"lz4", "pglz"} if has_lz4[0][0] else {"pglz"}
+        assert {m[0] for m in methods} == expected
