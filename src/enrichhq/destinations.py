@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -109,27 +108,10 @@ def split_name(name: str, *, allow_hq: bool = False) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-_recent: dict[tuple[int, str, str], tuple[float, Destination]] = {}
-
-
 async def reflect(
-    dbs: engines.Databases, db_name: str, table_name: str, *, allow_hq: bool = False, max_age: float = 0.0
+    dbs: engines.Databases, db_name: str, table_name: str, *, allow_hq: bool = False
 ) -> Destination:
-    """Look up a destination table as it is now (so config and DDL changes apply at once).
-
-    With max_age, a reflection that recent is reused: the receiver, storing one callback at
-    a time, would otherwise ask the catalog for the same table on every call.
-    """
-    key = (id(dbs), db_name, table_name)
-    if max_age > 0 and (hit := _recent.get(key)) and time.monotonic() - hit[0] < max_age:
-        return hit[1]
-    destination = await _reflect(dbs, db_name, table_name, allow_hq=allow_hq)
-    if max_age > 0:
-        _recent[key] = (time.monotonic(), destination)
-    return destination
-
-
-async def _reflect(dbs: engines.Databases, db_name: str, table_name: str, *, allow_hq: bool) -> Destination:
+    """Look up a destination table as it is now (so config and DDL changes apply at once)."""
     table_schema, bare = split_name(table_name, allow_hq=allow_hq)
     async with dbs.begin(db_name) as conn:
         table = await conn.run_sync(_reflect_sync, bare, table_schema)

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from enrichhq import destinations, enrichment_logger, exceptions, tokens, workflows
+from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.models import LogEntry, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.receiver")
-V = TypeVar("V")
 # A callback being stored longer than this was lost with its process: its item waits again.
 STALE_CLAIM_S = 300.0
-# How long a reflected destination table is reused between callbacks (DDL changes show after this).
+# How long a batch row, a step's config and its reflected table are reused between callbacks
+# (config and DDL changes show after this, or up to twice this while a fresh copy loads).
 RECENT_S = 5.0
 TIMED_OUT = "no callback before the deadline (provider_config.callback_timeout_s); retry to send again"
 
@@ -93,8 +92,9 @@ class Batcher:
             asyncio.Queue()
         )
         self.task: asyncio.Task[None] | None = None
-        self.batches: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.workflows: dict[str, tuple[float, WorkflowConfig]] = {}
+        self.batches: aio.Recent[str, dict[str, Any]] = aio.Recent(RECENT_S)
+        self.workflows: aio.Recent[str, WorkflowConfig] = aio.Recent(RECENT_S)
+        self.destinations: aio.Recent[tuple[str, str], destinations.Destination] = aio.Recent(RECENT_S)
 
     async def submit(self, claims: tokens.Claims, data: dict[str, Any]) -> Receipt:
         """Queue one verified callback and wait for its receipt."""
@@ -135,14 +135,26 @@ class Batcher:
             if not future.done():
                 future.set_result(receipt)
 
-    async def _batch(self, conn: Any, batch_id: str) -> dict[str, Any] | None:
+    async def _batch(self, batch_id: str) -> dict[str, Any] | None:
         """The batch row, reused for RECENT_S: callbacks come in thousands per batch."""
-        return await _recent(self.batches, batch_id, lambda: batches.get_batch(conn, batch_id))
+
+        async def load() -> dict[str, Any] | None:
+            async with self.dbs.begin("hq") as conn:
+                return await batches.get_batch(conn, batch_id)
+
+        return await self.batches.get(batch_id, load)
 
     async def _workflow(self, workflow_id: str) -> WorkflowConfig:
         """The step's config, reused for RECENT_S like its reflected destination table."""
-        found = await _recent(self.workflows, workflow_id, lambda: workflows.get(self.dbs, workflow_id))
+        found = await self.workflows.get(workflow_id, lambda: workflows.get(self.dbs, workflow_id))
         assert found is not None  # workflows.get raises NotFound rather than return None
+        return found
+
+    async def _destination(self, workflow: WorkflowConfig) -> destinations.Destination:
+        """The destination table as reflected at most RECENT_S ago (DDL changes show after that)."""
+        where = (workflow.destination_db, workflow.destination_table_name)
+        found = await self.destinations.get(where, lambda: destinations.reflect(self.dbs, *where))
+        assert found is not None  # reflect raises ConfigError rather than return None
         return found
 
     async def settle(self, callbacks: list[tuple[tokens.Claims, dict[str, Any]]]) -> list[Receipt]:
@@ -167,8 +179,8 @@ class Batcher:
                 )
             else:
                 first[entry[1].company_id] = entry
+        batch = await self._batch(batch_id)
         async with self.dbs.begin("hq") as conn:
-            batch = await self._batch(conn, batch_id)
             claimed = await items.claim_many(conn, batch_id, list(first)) if batch else {}
             others = (
                 await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
@@ -202,9 +214,7 @@ class Batcher:
         ]
         try:
             workflow = await self._workflow(mine[0][1].workflow_id)
-            destination = await destinations.reflect(
-                self.dbs, workflow.destination_db, workflow.destination_table_name, max_age=RECENT_S
-            )
+            destination = await self._destination(workflow)
             outcomes = {
                 o.company_id: o
                 for o in await self.pipeline.store(
@@ -245,22 +255,6 @@ class Batcher:
             await items.finish_items(conn, batch_id, updates, from_states=("storing",))
             await items.close_if_done(conn, batch_id)
         return receipts
-
-
-async def _recent(
-    cache: dict[str, tuple[float, V]], key: str, load: Callable[[], Awaitable[V | None]]
-) -> V | None:
-    """A value loaded at most RECENT_S ago, else loaded now (and stale entries dropped)."""
-    now = time.monotonic()
-    hit = cache.get(key)
-    if hit is not None and now - hit[0] < RECENT_S:
-        return hit[1]
-    value = await load()
-    for stale in [k for k, (at, _) in cache.items() if now - at >= RECENT_S]:
-        del cache[stale]
-    if value is not None:
-        cache[key] = (now, value)
-    return value
 
 
 async def _log_rejection(

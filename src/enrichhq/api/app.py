@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
@@ -26,6 +25,7 @@ from enrichhq.ui import auth
 from enrichhq.ui import routes as ui_routes
 
 log = logging.getLogger("enrichhq.api")
+RECEIVER_PATH = "/functions/v1/receiver_v1"
 
 STATUS = {
     exceptions.InputError: 400,
@@ -76,6 +76,24 @@ class BodyLimit:
             status_code=413,
         )
         await response({"type": "http"}, _nothing, send)
+
+
+class CallbacksFirst:
+    """POST /functions/v1/receiver_v1 straight to `functions.receiver_fast`, past the session and routing.
+
+    Callbacks arrive by the thousand per second and need no session, UI error pages or routing;
+    everything else goes on to the app. (Inside BodyLimit, so the body limit holds for them too.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == RECEIVER_PATH:
+            response = await functions.receiver_fast(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -148,7 +166,9 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         description="The seed's enrichment functions and a REST API (Authorization: Bearer).",
         lifespan=lifespan,
     )
+    # The last added runs first: BodyLimit, then callbacks, then the session for everything else.
     app.add_middleware(SessionMiddleware, **auth.session_options(conf))
+    app.add_middleware(CallbacksFirst)
     app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
     app.mount("/static", StaticFiles(directory=Path(ui_routes.__file__).parent / "static"), name="static")
 
@@ -193,8 +213,6 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
         return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
 
-    # The callbacks' hot path, matched before the documented FastAPI route of the same path.
-    app.router.routes.insert(0, Route("/functions/v1/receiver_v1", functions.receiver_fast, methods=["POST"]))
     app.include_router(functions.router)
     app.include_router(rest.router)
     app.include_router(ui_routes.router)

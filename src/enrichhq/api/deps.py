@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hmac
-import time
 
 from fastapi import Request
 
-from enrichhq import exceptions, receiver, settings
+from enrichhq import aio, exceptions, receiver, settings
 from enrichhq.db import engines
 from enrichhq.execution import queue
 from enrichhq.execution.background import BatchRunner
@@ -27,14 +26,11 @@ class Services:
         self.runner = BatchRunner(self.dbs, conf, self.pipeline)
         self.batcher = receiver.Batcher(self.dbs, self.pipeline)
         self.forwarder = queue.Forwarder(conf)
-        self.mode = ("memory", 0.0)
+        self.modes: aio.Recent[str, str] = aio.Recent(MODE_TTL_S)
 
     async def forward(self) -> receiver.Forward | None:
         """Where callbacks go: to the workers' queue while workers run the batches, else stored here."""
-        mode, checked = self.mode
-        if time.monotonic() - checked > MODE_TTL_S:
-            mode = await queue.queue_mode(self.dbs, self.settings)
-            self.mode = (mode, time.monotonic())
+        mode = await self.modes.get("mode", lambda: queue.queue_mode(self.dbs, self.settings))
         return self.forwarder if mode == "postgres" else None
 
     async def close(self) -> None:

@@ -132,7 +132,7 @@ async def enrichment_logger_v1(body: LoggerRequest | list[LoggerRequest], reques
 
 
 async def receiver_fast(request: Request) -> JSONResponse:
-    """receiver_v1 as a plain Starlette route, ahead of the documented one below.
+    """receiver_v1 without FastAPI's machinery, called by app.CallbacksFirst ahead of the routes.
 
     Callbacks arrive by the thousand per second; FastAPI's request machinery (dependencies, body
     model) cost about a third of the receiver's time. This does the same checks by hand.
@@ -153,9 +153,12 @@ async def receiver_fast(request: Request) -> JSONResponse:
         else None
     )
     token = body.get("callback_token") or request.headers.get("x-callback-token") or bearer
-    receipt = await receiver.receive(
-        svc.dbs, svc.settings, svc.pipeline, token, body.get("data"), svc.batcher, await svc.forward()
-    )
+    try:
+        receipt = await receiver.receive(
+            svc.dbs, svc.settings, svc.pipeline, token, body.get("data"), svc.batcher, await svc.forward()
+        )
+    except exceptions.DatabaseError as exc:  # HQ down while logging a refusal, say: the sender retries
+        return JSONResponse({"error": f"{exc}; send the callback again"}, status_code=503)
     return JSONResponse(receipt.body, status_code=receipt.status_code)
 
 
@@ -168,6 +171,6 @@ async def receiver_v1(
 ) -> JSONResponse:
     """Async providers' callbacks: `{callback_token, data}`, the token also accepted in a header.
 
-    Declared for the API docs; requests are served by `receiver_fast`, matched first.
+    Declared for the API docs; requests are served by `receiver_fast` (app.CallbacksFirst) before routing.
     """
     return await receiver_fast(request)
