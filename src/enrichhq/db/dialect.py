@@ -6,6 +6,7 @@ that need a dialect: URLs and engines, upserts, server-side defaults for ids.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -153,31 +154,46 @@ async def insert_rows(
     """
     if not rows:
         return
-    stmt: Any = upsert(conn.dialect, table, list(conflict), list(update)) if conflict else sa.insert(table)
     if conn.dialect.name != "postgresql":
-        await conn.execute(stmt, list(rows))
+        await conn.execute(_insert(conn.dialect, table, tuple(conflict), tuple(update)), list(rows))
         return
-    names = list(rows[0])
+    names = tuple(rows[0])
     first = rows[0]
     # Rows alike in every column still need one array, or N rows would go in as one.
-    varying = [n for n in names if any(row[n] != first[n] for row in rows)] or names[:1]
+    varying = tuple(n for n in names if any(row[n] != first[n] for row in rows)) or names[:1]
+    params: dict[str, Any] = {f"one_{n}": first[n] for n in names if n not in varying}
+    params.update({f"all_{n}": [row[n] for row in rows] for n in varying})
+    stmt = _unnest_insert(conn.dialect, table, names, varying, tuple(conflict), tuple(update))
+    await conn.execute(stmt, params)
+
+
+def _insert(db_dialect: Dialect, table: sa.Table, conflict: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    return upsert(db_dialect, table, list(conflict), list(update)) if conflict else sa.insert(table)
+
+
+@functools.lru_cache(maxsize=256)
+def _unnest_insert(
+    db_dialect: Dialect,
+    table: sa.Table,
+    names: tuple[str, ...],
+    varying: tuple[str, ...],
+    conflict: tuple[str, ...],
+    update: tuple[str, ...],
+) -> Any:
+    """INSERT ... SELECT FROM unnest(...), built once per shape (building it costs more than running it)."""
     values: dict[str, Any] = {
-        n: sa.cast(sa.bindparam(f"one_{n}", first[n], type_=table.c[n].type), table.c[n].type)
+        n: sa.cast(sa.bindparam(f"one_{n}", type_=table.c[n].type), table.c[n].type)
         for n in names
         if n not in varying
     }
-    params: dict[str, Any] = {}
-    if varying:
-        source = (
-            sa.func.unnest(
-                *[sa.bindparam(f"all_{n}", type_=postgresql.ARRAY(table.c[n].type)) for n in varying]
-            )
-            .table_valued(*varying)
-            .render_derived()
-        )
-        values.update({n: source.c[n] for n in varying})
-        params = {f"all_{n}": [row[n] for row in rows] for n in varying}
-    await conn.execute(stmt.from_select(names, sa.select(*[values[n] for n in names])), params)
+    source = (
+        sa.func.unnest(*[sa.bindparam(f"all_{n}", type_=postgresql.ARRAY(table.c[n].type)) for n in varying])
+        .table_valued(*varying)
+        .render_derived()
+    )
+    values.update({n: source.c[n] for n in varying})
+    stmt = _insert(db_dialect, table, conflict, update)
+    return stmt.from_select(list(names), sa.select(*[values[n] for n in names]))
 
 
 _has_lz4: dict[str, bool] = {}
