@@ -107,18 +107,24 @@ class Batcher:
     async def _loop(self) -> None:
         # Several chunks settle at once: each spends most of its time waiting for a commit.
         room = asyncio.Semaphore(2)
+        loop = asyncio.get_running_loop()
         while True:
+            # A chunk forms once a room is free, from everything queued meanwhile: formed first and
+            # closed after wait_s, chunks of 2 or 3 left a hundred callbacks queued behind them.
+            await room.acquire()
             waiting = [await self.queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.wait_s
+            deadline = loop.time() + self.wait_s
             while len(waiting) < self.max_chunk:
-                timeout = deadline - asyncio.get_running_loop().time()
+                if not self.queue.empty():
+                    waiting.append(self.queue.get_nowait())
+                    continue
+                timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
                 try:
                     waiting.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except TimeoutError:
                     break
-            await room.acquire()
             task = asyncio.create_task(self._answer(waiting))
             task.add_done_callback(lambda _: room.release())
 

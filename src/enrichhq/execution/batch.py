@@ -445,7 +445,12 @@ class BatchWork:
             # A result waits at most FLUSH_SECONDS for company: its job ends only once it is written.
             wait = max(0.0, first + FLUSH_SECONDS - time.monotonic()) if chunk else None
             try:
-                item = await asyncio.wait_for(self.results.get(), timeout=wait)
+                # wait_for makes a task per call: only when nothing is queued already.
+                item = (
+                    self.results.get_nowait()
+                    if not self.results.empty()
+                    else await asyncio.wait_for(self.results.get(), timeout=wait)
+                )
             except TimeoutError:
                 item = _FLUSH
             if item is None:

@@ -1,4 +1,5 @@
-"""aio.Recent, the receiver's refresh-ahead cache, on a clock the test moves. No I/O."""
+"""The receiver's batching: its refresh-ahead cache (aio.Recent, on a clock the test moves) and how
+callbacks are gathered into chunks. No I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from enrichhq import aio
+from enrichhq import aio, receiver
 
 
 class Clock:
@@ -107,3 +108,41 @@ async def test_none_is_not_kept(clock: Clock) -> None:
     assert await cache.get("k", missing) is None
     assert await cache.get("k", missing) is None
     assert loads == 2
+
+
+class HeldBatcher(receiver.Batcher):
+    """A Batcher whose chunks settle only when the test lets them, recording each chunk's size."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)  # type: ignore[arg-type]  # settle below needs no database
+        self.chunks: list[int] = []
+        self.release = asyncio.Event()
+
+    async def settle(self, callbacks: list[tuple[object, dict[str, object]]]) -> list[receiver.Receipt]:  # type: ignore[override]
+        self.chunks.append(len(callbacks))
+        await self.release.wait()
+        return [receiver.Receipt(200, {"stored": True})] * len(callbacks)
+
+
+async def test_callbacks_arriving_while_chunks_settle_go_in_one_chunk() -> None:
+    """Both chunk slots busy, 100 callbacks arrive over ~100 ms: they wait, then go as one chunk
+    (chunks closed on a 3 ms timer while the slots were busy sent them 3 or 4 at a time)."""
+    batcher = HeldBatcher()
+    answers = []
+    async with asyncio.timeout(10):
+        for settling in (1, 2):  # one callback per slot: both are then settling
+            answers.append(asyncio.create_task(batcher.submit(object(), {})))
+            while len(batcher.chunks) < settling:
+                await asyncio.sleep(0.005)
+    for _ in range(100):
+        answers.append(asyncio.create_task(batcher.submit(object(), {})))
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.02)
+    assert batcher.chunks == [1, 1]  # nothing formed while no slot was free
+    batcher.release.set()
+    async with asyncio.timeout(10):
+        receipts = await asyncio.gather(*answers)
+    assert all(r.status_code == 200 for r in receipts) and len(receipts) == 102
+    assert batcher.chunks == [1, 1, 100]
+    assert batcher.task is not None
+    batcher.task.cancel()
