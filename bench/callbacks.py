@@ -75,43 +75,49 @@ def _setup(hq_url: str, ws_url: str, items: int) -> list[str]:
     return [tokens.issue(SECRET.encode(), batch_id, cid, str(workflow_id), 3600) for cid in ids]
 
 
-async def _post(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, body: bytes
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 POST on a kept-alive connection (httpx's pool is the bottleneck at 64 in flight)."""
-    writer.write(
+def _requests(port: int, signed: list[str]) -> list[bytes]:
+    """Every callback as the bytes of its HTTP request, made before the clock starts."""
+    data = {"case_study_urls": ["https://example.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+    head = (
         b"POST /functions/v1/receiver_v1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body)
+        b"Content-Length: %d\r\n\r\n"
     )
+    made = []
+    for token in signed:
+        body = json.dumps({"callback_token": token, "data": data}).encode()
+        made.append(head % (port, len(body)) + body)
+    return made
+
+
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bool:
+    """One request on a kept-alive connection (httpx's pool is the bottleneck at 64 in flight): stored?"""
+    writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
     length = 0
     for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return status, await reader.readexactly(length)
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    answer = await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200") and b'"stored":true' in answer
 
 
 async def _load(port: int, signed: list[str], seconds: float) -> tuple[list[float], int, int]:
+    """Closed loop: 64 connections, each sending its next callback once the last is answered."""
     latencies: list[float] = []
     stored = refused = 0
-    queue = list(reversed(signed))
+    queue = list(reversed(_requests(port, signed)))
     deadline = time.perf_counter() + seconds
-    data = {"case_study_urls": ["https://example.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
 
     async def worker() -> None:
         nonlocal stored, refused
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while queue and time.perf_counter() < deadline:
-                body = json.dumps({"callback_token": queue.pop(), "data": data}).encode()
+                request = queue.pop()
                 begin = time.perf_counter()
-                status, answer = await _post(reader, writer, port, body)
+                ok = await _post(reader, writer, request)
                 latencies.append(time.perf_counter() - begin)
-                if status == 200 and json.loads(answer).get("stored"):
-                    stored += 1
-                else:
-                    refused += 1
+                stored, refused = (stored + 1, refused) if ok else (stored, refused + 1)
         finally:
             writer.close()
 
@@ -127,8 +133,7 @@ async def _offer(port: int, signed: list[str], rate: float, seconds: float) -> t
     """
     latencies: list[float] = []
     stored = refused = 0
-    due = min(len(signed), int(rate * seconds))
-    data = {"case_study_urls": ["https://example.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+    requests = _requests(port, signed[: int(rate * seconds)])
     start = time.perf_counter() + 0.1
     nxt = 0
 
@@ -136,17 +141,13 @@ async def _offer(port: int, signed: list[str], rate: float, seconds: float) -> t
         nonlocal stored, refused, nxt
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            while nxt < due:
+            while nxt < len(requests):
                 index, nxt = nxt, nxt + 1
                 scheduled = start + index / rate
                 await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-                body = json.dumps({"callback_token": signed[index], "data": data}).encode()
-                status, answer = await _post(reader, writer, port, body)
+                ok = await _post(reader, writer, requests[index])
                 latencies.append(time.perf_counter() - scheduled)
-                if status == 200 and json.loads(answer).get("stored"):
-                    stored += 1
-                else:
-                    refused += 1
+                stored, refused = (stored + 1, refused) if ok else (stored, refused + 1)
         finally:
             writer.close()
 

@@ -65,20 +65,32 @@ def main() -> None:
         ("memory: 100,000-company batch, peak RSS", f"{rss:.0f} MB ({seconds:.0f}s)", "<= 300 MB", rss <= 300)
     )
 
-    r = callbacks.measure(30, 60_000)
+    r = callbacks.measure(30, 80_000)
     rows.append(
         ("callbacks: receiver, 30 s, 64 in flight", f"{r['rate']:,.0f}/s", ">= 1,000/s", r["rate"] >= 1000)
     )
-    rows.append(("callbacks: p99 latency", f"{r['p99_ms']:.0f} ms", "<= 100 ms", r["p99_ms"] <= 100))
-    once = r["rows"] == r["stored"] == r["distinct"] and r["refused"] == 0
+    rows.append(
+        ("callbacks: p99 latency, 64 in flight", f"{r['p99_ms']:.0f} ms", "<= 100 ms", r["p99_ms"] <= 100)
+    )
+    offered = callbacks.measure(30, 31_000, rate=1000)
     rows.append(
         (
-            "callbacks: stored once, none lost",
-            f"{r['stored']:.0f} answered, {r['rows']:.0f} rows",
-            "equal",
-            once,
+            "callbacks: 1,000/s offered for 30 s, p99",
+            f"{offered['p99_ms']:.0f} ms (p50 {offered['p50_ms']:.0f})",
+            "<= 100 ms",
+            offered["p99_ms"] <= 100 and offered["callbacks"] >= 30_000,
         )
     )
+    for run in (r, offered):
+        once = run["rows"] == run["stored"] == run["distinct"] == run["callbacks"] and run["refused"] == 0
+        rows.append(
+            (
+                "callbacks: stored once, none lost",
+                f"{run['stored']:.0f} answered, {run['rows']:.0f} rows",
+                "equal",
+                once,
+            )
+        )
 
     one, too_many_one = scale_out.measure(1_000, 1)
     two, too_many_two = scale_out.measure(1_000, 2)

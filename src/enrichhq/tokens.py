@@ -7,7 +7,6 @@ receiver trusts the ids inside a token only when the signature holds and it has 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import math
@@ -53,7 +52,7 @@ def sign(secret: bytes, claims: Claims) -> str:
             separators=(",", ":"),
         ).encode()
     )
-    mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
+    mac = hmac.digest(secret, payload.encode(), "sha256")
     return f"{payload}.{_b64(mac)}"
 
 
@@ -69,7 +68,7 @@ def verify(secret: bytes, token: str, *, now: float | None = None) -> Claims:
         raise TokenError("malformed", "callback token is malformed")
     try:
         given = _unb64(mac)
-        expected = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
+        expected = hmac.digest(secret, payload.encode(), "sha256")  # one-shot: a callback is one verify
     except (ValueError, TypeError):
         raise TokenError("malformed", "callback token is malformed") from None
     if not hmac.compare_digest(given, expected):

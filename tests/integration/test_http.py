@@ -252,6 +252,13 @@ async def test_auth_limits_and_bad_bodies(env: Env, tmp_path: Path) -> None:
         assert not_json.status_code == 422
         big = client.post("/api/v1/companies/import", headers=AUTH, content=b"domain\n" + b"a.com\n" * 2000)
         assert big.status_code == 413 and "ENRICHHQ_MAX_BODY_BYTES" in big.json()["error"]
+        # Callbacks skip the app's middleware, not the limit.
+        big_callback = client.post(
+            "/functions/v1/receiver_v1",
+            headers={"Content-Type": "application/json"},
+            content=b'{"callback_token": "t", "data": {"page": "' + b"x" * 20_000 + b'"}}',
+        )
+        assert big_callback.status_code == 413 and "ENRICHHQ_MAX_BODY_BYTES" in big_callback.json()["error"]
         missing = client.post(
             "/functions/v1/run_step", headers=AUTH, json={"workflow_slug": "nope", "all": True}
         )

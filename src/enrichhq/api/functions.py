@@ -171,6 +171,6 @@ async def receiver_v1(
 ) -> JSONResponse:
     """Async providers' callbacks: `{callback_token, data}`, the token also accepted in a header.
 
-    Declared for the API docs; requests are served by `receiver_fast` (app.CallbacksFirst) before routing.
+    Declared for the API docs; requests are served by `receiver_fast` (app.CallbacksFirst) first.
     """
     return await receiver_fast(request)

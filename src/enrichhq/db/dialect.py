@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from enrichhq import exceptions
 
+# A pooled connection idle this long is checked before use.
+IDLE_PING_S = 5.0
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -88,13 +91,34 @@ def create_async(raw: str) -> AsyncEngine:
         return engine
     # prepare_threshold=None: no server-side prepared statements, so PgBouncer in
     # transaction mode (Supabase's pooler) works.
-    return create_async_engine(
-        url,
-        pool_size=10,
-        max_overflow=10,
-        pool_pre_ping=True,
-        connect_args={"prepare_threshold": None},
-    )
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, connect_args={"prepare_threshold": None})
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use once it has sat idle IDLE_PING_S (pool_pre_ping checks every
+    use: a round trip per transaction, three per chunk of callbacks).
+
+    One that fails is replaced at once; a server restarted in the last seconds fails the
+    transactions in flight, which the callers retry (outage.through) and which clear the pool.
+    """
+    sync = engine.sync_engine
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            sync.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool takes a fresh connection instead
+            raise sa.exc.DisconnectionError(str(exc)) from exc
+
+    sa.event.listen(sync, "checkin", checkin)
+    sa.event.listen(sync, "checkout", checkout)
 
 
 def create_sync(raw: str) -> sa.Engine:
