@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 
 from enrichhq import storage_worker, workflows
-from enrichhq.db import dialect, engines, schema
+from enrichhq.db import batches, dialect, engines, items, schema
 from enrichhq.models import StoreRecord
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
@@ -127,3 +129,40 @@ async def test_pages_are_compressed_with_lz4_unless_told_otherwise(env: Env) -> 
         )
         expected = {"lz4", "pglz"} if has_lz4[0][0] else {"pglz"}
         assert {m[0] for m in methods} == expected
+
+
+async def test_the_last_callback_and_the_sender_close_the_batch_whichever_commits_last(env: Env) -> None:
+    """The sender marks the batch `waiting` while the last callback settles: both look, one closes it."""
+    if env.backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: these two transactions cannot overlap")
+    batch_id = str(uuid.uuid4())
+    (company,) = await add_companies(env.dbs, ["last.com"])
+    await sql(
+        env.dbs,
+        "hq",
+        "INSERT INTO enrichment_batches (id, workflow_slug, play_name, step_number, status, total) "
+        "VALUES (:b, 's', 'default', 1, 'running', 1)",
+        {"b": batch_id},
+    )
+    await sql(
+        env.dbs,
+        "hq",
+        "INSERT INTO enrichment_batch_items (batch_id, company_id, company_domain, state, attempts) "
+        "VALUES (:b, :c, 'last.com', 'storing', 1)",
+        {"b": batch_id, "c": company.id},
+    )
+    async with env.dbs.hq.connect() as sender, env.dbs.hq.connect() as callback:
+        await sender.begin()
+        await batches.finish_batch(sender, batch_id, "waiting", None)
+        assert not await items.close_if_done(sender, batch_id)  # the callback has not committed
+        await callback.begin()
+        update = {"company_id": company.id, "state": "succeeded", "attempts": 1, "cost": None}
+        await items.finish_items(callback, batch_id, [update], from_states=("storing",))
+        closing = asyncio.create_task(items.close_if_done(callback, batch_id))
+        await asyncio.sleep(0.2)
+        assert not closing.done()  # it waits for the sender's transaction
+        await sender.commit()
+        assert await closing
+        await callback.commit()
+    status = await sql(env.dbs, "hq", "SELECT status FROM enrichment_batches WHERE id = :b", {"b": batch_id})
+    assert status[0][0] == "completed"

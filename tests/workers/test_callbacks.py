@@ -66,7 +66,10 @@ async def test_callbacks_are_queued_by_the_receiver_and_stored_by_workers(
                     "hq",
                     "SELECT company_domain, state, last_error FROM enrichment_batch_items WHERE state <> 'succeeded'",
                 )
-                assert summary.status == "completed", (summary, states, webhook.callbacks, c.fleet.output())
+                assert summary.status == "completed", (
+                    f"unfinished items: {states}; callbacks (domain, status): {sorted(webhook.callbacks)}; "
+                    f"counts {summary.counts}; workers said: {c.fleet.output()[-3000:]}"
+                )
             assert summary.counts == {"succeeded": len(domains)}
             assert await count(c.dbs, "workspace", "company_case_studies") == len(domains)
             # Every callback was verified by serve and queued (202); none was stored there.

@@ -354,7 +354,12 @@ async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason
 
 
 async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
-    """Mark a waiting batch completed once none of its items is unfinished."""
+    """Mark a waiting batch completed once none of its items is unfinished.
+
+    The batch row is locked first: the last callback settling and the sender marking the batch
+    `waiting` could otherwise each look before the other committed, and neither close it.
+    """
+    await conn.execute(sa.select(batches.c.id).where(batches.c.id == batch_id).with_for_update())
     unfinished = await conn.execute(
         sa.select(batch_items.c.company_id)
         .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
