@@ -1,6 +1,6 @@
 """Run every benchmark against the local PostgreSQL, side by side, and print one table with its targets.
 
-    python bench/run_all.py            # about 4 minutes on 2 cores
+    python bench/run_all.py            # about 3-4 minutes on 2 cores
 
 Ratios (pipeline against the seed's design and against the physical limit) are measured in
 this one run, so the machine's mood moves both sides together.
@@ -39,7 +39,13 @@ def main() -> None:
         seeds.append(seed_design.measure(2_000))
         pipes.append(pipeline.measure(10_000))
     lim, lz4, seed, pipe = max(lims), max(lz4s), max(seeds), max(pipes)
-    print(f"rounds: limit {lims}, limit lz4 {lz4s}, seed {seeds}, pipeline {pipes}")
+    print(
+        "rounds (companies/s): "
+        + "; ".join(
+            f"{name} {', '.join(f'{v:,.0f}' for v in values)}"
+            for name, values in (("limit", lims), ("limit lz4", lz4s), ("seed", seeds), ("pipeline", pipes))
+        )
+    )
     rows.append(("limit: 3 rows/company via the driver (best of 3)", f"{lim:,.0f} companies/s", "-", True))
     rows.append(("limit, pages compressed with lz4 as enrichhq does", f"{lz4:,.0f} companies/s", "-", True))
     rows.append(("seed_design: HTTP hop + config query (best of 3)", f"{seed:,.0f} companies/s", "-", True))
