@@ -107,6 +107,35 @@ async def add_companies(dbs: engines.Databases, domains: list[str]) -> list[Comp
     return rows
 
 
+async def add_batch_item(
+    dbs: engines.Databases,
+    company: Company,
+    *,
+    status: str,
+    state: str,
+    workflow_id: str | None = None,
+    slug: str = "extract-case-studies-via-n8n",
+    step: int = 3,
+) -> str:
+    """A batch of one company's item, written directly (a batch mid-flight); returns the batch id."""
+    batch_id = str(uuid.uuid4())
+    await sql(
+        dbs,
+        "hq",
+        "INSERT INTO enrichment_batches (id, workflow_id, workflow_slug, play_name, step_number, status, total) "
+        "VALUES (:b, :w, :slug, 'default', :step, :status, 1)",
+        {"b": batch_id, "w": workflow_id, "slug": slug, "step": step, "status": status},
+    )
+    await sql(
+        dbs,
+        "hq",
+        "INSERT INTO enrichment_batch_items (batch_id, company_id, company_domain, state, attempts) "
+        "VALUES (:b, :c, :d, :state, 1)",
+        {"b": batch_id, "c": company.id, "d": company.domain, "state": state},
+    )
+    return batch_id
+
+
 async def count(dbs: engines.Databases, db: str, table: str, where: str = "") -> int:
     """Rows in a table."""
     rows = await sql(dbs, db, f"SELECT count(*) FROM {table} {where}")

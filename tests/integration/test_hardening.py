@@ -17,6 +17,7 @@ from tests.helpers import (
     SEED_CASE_STUDIES,
     SEED_INSERT,
     accept_rows,
+    add_batch_item,
     add_companies,
     count,
     homepage_ddl,
@@ -52,20 +53,8 @@ async def test_callback_into_a_changed_table_fails_the_item_and_keeps_the_data(
     await sql(env.dbs, "hq", SEED_INSERT)
     (company,) = await add_companies(env.dbs, ["cb.com"])
     workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
-    batch_id = str(uuid.uuid4())
-    await sql(
-        env.dbs,
-        "hq",
-        "INSERT INTO enrichment_batches (id, workflow_id, workflow_slug, play_name, step_number, status, total) "
-        "VALUES (:b, :w, 'extract-case-studies-via-n8n', 'default', 3, 'waiting', 1)",
-        {"b": batch_id, "w": workflow_id},
-    )
-    await sql(
-        env.dbs,
-        "hq",
-        "INSERT INTO enrichment_batch_items (batch_id, company_id, company_domain, state, attempts) "
-        "VALUES (:b, :c, 'cb.com', 'waiting_callback', 1)",
-        {"b": batch_id, "c": company.id},
+    batch_id = await add_batch_item(
+        env.dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
     )
     token = tokens.issue(b"test-secret", batch_id, company.id, workflow_id, 60)
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:

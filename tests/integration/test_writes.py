@@ -13,7 +13,7 @@ from enrichhq import storage_worker, workflows
 from enrichhq.db import batches, dialect, engines, items, schema
 from enrichhq.models import StoreRecord
 from tests.conftest import Env
-from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
+from tests.helpers import INSERT_WORKFLOW, add_batch_item, add_companies, homepage_ddl, sql, workflow_row
 
 
 def _completion(company_id: str, batch_id: str, stamp: datetime) -> dict[str, object]:
@@ -135,22 +135,8 @@ async def test_the_last_callback_and_the_sender_close_the_batch_whichever_commit
     """The sender marks the batch `waiting` while the last callback settles: both look, one closes it."""
     if env.backend == "sqlite":
         pytest.skip("SQLite has one writer at a time: these two transactions cannot overlap")
-    batch_id = str(uuid.uuid4())
     (company,) = await add_companies(env.dbs, ["last.com"])
-    await sql(
-        env.dbs,
-        "hq",
-        "INSERT INTO enrichment_batches (id, workflow_slug, play_name, step_number, status, total) "
-        "VALUES (:b, 's', 'default', 1, 'running', 1)",
-        {"b": batch_id},
-    )
-    await sql(
-        env.dbs,
-        "hq",
-        "INSERT INTO enrichment_batch_items (batch_id, company_id, company_domain, state, attempts) "
-        "VALUES (:b, :c, 'last.com', 'storing', 1)",
-        {"b": batch_id, "c": company.id},
-    )
+    batch_id = await add_batch_item(env.dbs, company, status="running", state="storing")
     async with env.dbs.hq.connect() as sender, env.dbs.hq.connect() as callback:
         await sender.begin()
         await batches.finish_batch(sender, batch_id, "waiting", None)
