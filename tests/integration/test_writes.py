@@ -32,9 +32,16 @@ async def test_insert_rows_keeps_every_row_alike_or_not(env: Env) -> None:
     stamp = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
     batch = str(uuid.uuid4())
     alike = {"workflow_slug": "s", "company_domain": "a.com", "status": "succeeded", "batch_id": batch}
+    # Costs mix whole numbers, fractions and none, as cost_per_call makes them.
     mixed = [
-        {"workflow_slug": "s", "company_domain": f"c{i}.com", "status": "failed", "batch_id": batch}
-        for i in range(3)
+        {
+            "workflow_slug": "s",
+            "company_domain": f"c{i}.com",
+            "status": "failed",
+            "batch_id": batch,
+            "cost": cost,
+        }
+        for i, cost in enumerate([1, 0.5, None])
     ]
     async with env.dbs.begin("hq") as conn:
         await dialect.insert_rows(conn, schema.results_log, [alike, alike, alike])
@@ -48,6 +55,12 @@ async def test_insert_rows_keeps_every_row_alike_or_not(env: Env) -> None:
     assert [(r[0], r[1]) for r in rows] == [("a.com", "succeeded")] * 3 + [
         (f"c{i}.com", "failed") for i in range(3)
     ]
+    costs = await sql(
+        env.dbs,
+        "hq",
+        "SELECT cost FROM enrichment_results_log WHERE status = 'failed' ORDER BY company_domain",
+    )
+    assert [r[0] for r in costs] == [1.0, 0.5, None]
     assert {str(r[2]) for r in rows} == {batch}
     assert all(r[3] is not None for r in rows)  # the server default fills what no row gives
 

@@ -186,7 +186,11 @@ async def insert_rows(
     # Rows alike in every column still need one array, or N rows would go in as one.
     varying = tuple(n for n in names if any(row[n] != first[n] for row in rows)) or names[:1]
     params: dict[str, Any] = {f"one_{n}": first[n] for n in names if n not in varying}
-    params.update({f"all_{n}": [row[n] for row in rows] for n in varying})
+    for n in varying:
+        values = [row[n] for row in rows]
+        if isinstance(table.c[n].type, sa.Float):  # psycopg cannot send a list of ints and floats
+            values = [None if v is None else float(v) for v in values]
+        params[f"all_{n}"] = values
     stmt = _unnest_insert(conn.dialect, table, names, varying, tuple(conflict), tuple(update))
     await conn.execute(stmt, params)
 
