@@ -62,6 +62,17 @@ class Recent(Generic[K, V]):
         # One caller's cancellation must not cancel the load the others wait for.
         return await asyncio.shield(self._start(key, load))
 
+    def forget(self, key: K) -> None:
+        """Drop a value that turned out wrong (the next caller loads it again)."""
+        self.values.pop(key, None)
+
+    async def aclose(self) -> None:
+        """Cancel the loads still running (before their connections' engine is disposed)."""
+        tasks, self.loading = list(self.loading.values()), {}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _start(self, key: K, load: Callable[[], Awaitable[V | None]]) -> asyncio.Task[V | None]:
         task = self.loading.get(key)
         if task is None:

@@ -163,6 +163,20 @@ class Batcher:
         assert found is not None  # reflect raises ConfigError rather than return None
         return found
 
+    def _forget(self, workflow_id: str) -> None:
+        """Reload the step's config and table next time: a failure may come from either changing."""
+        hit = self.workflows.values.get(workflow_id)
+        self.workflows.forget(workflow_id)
+        if hit is not None:
+            self.destinations.forget((hit[1].destination_db, hit[1].destination_table_name))
+
+    async def aclose(self) -> None:
+        """Stop gathering callbacks and the cache loads still running."""
+        if self.task is not None:
+            self.task.cancel()
+        for cache in (self.batches, self.workflows, self.destinations):
+            await cache.aclose()
+
     async def settle(self, callbacks: list[tuple[tokens.Claims, dict[str, Any]]]) -> list[Receipt]:
         """Claim, store, log and settle a chunk of verified callbacks; a receipt for each."""
         receipts: dict[int, Receipt] = {}
@@ -237,6 +251,9 @@ class Batcher:
             # The data stays on the items, which fail with the reason; replay stores it later.
             log.error("storing %d callbacks of batch %s failed: %s", len(mine), batch_id, exc)
             outcomes, problem = {}, f"storage: {exc}"
+            self._forget(mine[0][1].workflow_id)
+        if any(not o.stored for o in outcomes.values()):  # a mapping or table may have just changed
+            self._forget(mine[0][1].workflow_id)
         updates = []
         for index, claims, data in mine:
             outcome = outcomes.get(claims.company_id)
@@ -320,7 +337,7 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
                             attempt=item["attempts"],
                         )
                     )
-            for batch_id in touched:
+            for batch_id in sorted(touched):  # one lock order across sweeping processes
                 await items.close_if_done(conn, batch_id)
         await pipeline.log(entries)
         total += len(entries)

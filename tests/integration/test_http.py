@@ -17,6 +17,8 @@ from tests.helpers import (
     INSERT_WORKFLOW,
     SEED_CASE_STUDIES,
     SEED_INSERT,
+    add_batch_item,
+    add_companies,
     count,
     homepage_ddl,
     sql,
@@ -348,3 +350,21 @@ async def test_split_deployment_gives_the_same_results(env: Env, tmp_path: Path,
     assert [r[0] for r in rows] == ["ok-split1.com", "ok-split2.com"]
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'split'") == 2
     assert API_KEY not in str(batch)
+
+
+async def test_callback_errors_are_json_with_their_status(env: Env, tmp_path: Path) -> None:
+    """Callbacks skip the app's exception handlers; their errors still come back as JSON, not a bare 500."""
+    await sql(env.dbs, "hq", SEED_INSERT)
+    (company,) = await add_companies(env.dbs, ["late.com"])
+    workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
+    batch_id = await add_batch_item(
+        env.dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
+    )
+    expired = tokens.issue(b"test-secret", batch_id, company.id, workflow_id, -60)
+    # The refusal is logged through a logger that is down: a StorageError on the callbacks' path.
+    with serve(env, tmp_path, enrichment_logger_url=f"http://127.0.0.1:{free_port()}/log") as server:
+        answer = httpx.post(
+            f"{server.url}/functions/v1/receiver_v1", json={"callback_token": expired, "data": {}}, timeout=30
+        )
+    assert answer.status_code == 502, answer.text
+    assert "logger" in answer.json()["error"]

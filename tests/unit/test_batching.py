@@ -146,3 +146,19 @@ async def test_callbacks_arriving_while_chunks_settle_go_in_one_chunk() -> None:
     assert batcher.chunks == [1, 1, 100]
     assert batcher.task is not None
     batcher.task.cancel()
+
+
+async def test_forget_reloads_and_aclose_stops_loads(clock: Clock) -> None:
+    cache: aio.Recent[str, str] = aio.Recent(5.0, clock)
+    source = Source()
+    await cache.get("k", source)
+    source.value = "v2"
+    cache.forget("k")  # a value found wrong is loaded again at once, not after max_age
+    assert await cache.get("k", source) == "v2"
+    source.gate = asyncio.Event()
+    clock.now += 6
+    await cache.get("k", source)  # starts a background reload, held open
+    await asyncio.sleep(0)
+    (held,) = cache.loading.values()
+    await cache.aclose()
+    assert held.cancelled() and not cache.loading

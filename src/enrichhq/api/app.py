@@ -97,8 +97,35 @@ class CallbacksFirst:
             await self.app(scope, receive, send)
 
     async def _receive_callback(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await functions.receiver_fast(Request(scope, receive))
+        try:
+            response: Response = await functions.receiver_fast(Request(scope, receive))
+        except (exceptions.EnrichHQError, sa.exc.StatementError) as exc:  # as the app's handlers answer
+            response = _error_json(exc)
         await response(scope, receive, send)
+
+
+def _refused(exc: sa.exc.StatementError) -> tuple[int, str]:
+    """A database error's status and message: the request's fault unless the database is unreachable."""
+    if dialect.connection_problem(exc):
+        return 503, "the database cannot be reached; try again shortly"
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return 400, f"the database refused a value in this request: {reason}"
+
+
+def _error_json(exc: exceptions.EnrichHQError | sa.exc.StatementError) -> JSONResponse:
+    """An API error as JSON with its status (the app's handlers, and the callbacks' path, which has none)."""
+    if isinstance(exc, sa.exc.StatementError):
+        status, message = _refused(exc)
+        return JSONResponse({"error": message}, status_code=status)
+    if isinstance(exc, exceptions.AuthError):
+        return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    status = 401 if isinstance(exc, tokens.TokenError) else _status(exc)
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def _status(exc: exceptions.EnrichHQError) -> int:
+    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
 
 
 class App(FastAPI):
@@ -197,28 +224,20 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
 
     @app.exception_handler(exceptions.EnrichHQError)
     async def enrichhq_error(request: Request, exc: exceptions.EnrichHQError) -> Response:
-        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
         if not request.url.path.startswith(("/api/", "/functions/")) and request.session.get("user"):
-            return ui_routes.render(request, "error.html", status, title="That did not work", error=str(exc))
-        if isinstance(exc, exceptions.AuthError):
-            return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        if isinstance(exc, tokens.TokenError):
-            status = 401
-        return JSONResponse({"error": str(exc)}, status_code=status)
+            return ui_routes.render(
+                request, "error.html", _status(exc), title="That did not work", error=str(exc)
+            )
+        return _error_json(exc)
 
     @app.exception_handler(sa.exc.StatementError)
     async def database_refused(request: Request, exc: sa.exc.StatementError) -> Response:
         """A value the database (or a column type) refused: the request's fault unless it is unreachable."""
-        if dialect.connection_problem(exc):
-            return JSONResponse(
-                {"error": "the database cannot be reached; try again shortly"}, status_code=503
-            )
-        orig = getattr(exc, "orig", None) or exc
-        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        message = f"the database refused a value in this request: {reason}"
-        if not request.url.path.startswith(("/api/", "/functions/")) and request.session.get("user"):
+        status, message = _refused(exc)
+        ui = not request.url.path.startswith(("/api/", "/functions/")) and request.session.get("user")
+        if status == 400 and ui:
             return ui_routes.render(request, "error.html", 400, title="That did not work", error=message)
-        return JSONResponse({"error": message}, status_code=400)
+        return _error_json(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -37,8 +37,8 @@ class Services:
         """Stop background batches and close connections."""
         await self.runner.shutdown()
         await self.forwarder.aclose()
-        if self.batcher.task is not None:
-            self.batcher.task.cancel()
+        await self.batcher.aclose()
+        await self.modes.aclose()
         await self.pipeline.aclose()
         await self.dbs.dispose()
 

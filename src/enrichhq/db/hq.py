@@ -172,7 +172,9 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
 async def upsert_completions(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
     """One completion row per company, play and step; a re-run updates it."""
     stamp = now()
-    latest = {(e.company_id, e.play_name, e.step_number): e for e in entries}
+    # One row per key in one statement (PostgreSQL refuses to upsert a row twice): ids compare
+    # as uuids do, whatever their case.
+    latest = {(e.company_id.lower(), e.play_name, e.step_number): e for e in entries}
     rows = [
         {
             "company_id": e.company_id,

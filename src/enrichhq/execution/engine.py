@@ -250,8 +250,8 @@ class Engine:
             await self._close(work)
         if self.redis is not None:
             await self.redis.aclose()
-        if self.batcher is not None and self.batcher.task is not None:
-            self.batcher.task.cancel()
+        if self.batcher is not None:
+            await self.batcher.aclose()
 
     async def _close(self, work: BatchWork) -> None:
         await work.close()
