@@ -21,9 +21,8 @@ import sys
 import time
 import uuid
 
-import httpx
 import sqlalchemy as sa
-from common import databases, free_port, load_companies, machine, sync_url
+from common import databases, free_port, load_companies, machine, sync_url, wait_until_up
 
 from enrichhq import aio, tokens
 
@@ -188,12 +187,7 @@ def measure(seconds: float, items: int, rate: float | None = None) -> dict[str, 
             env=env,
         )
         try:
-            for _ in range(150):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/healthz")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_until_up(f"http://127.0.0.1:{port}/healthz")
             started = time.perf_counter()
             load = _load(port, signed, seconds) if rate is None else _offer(port, signed, rate, seconds)
             latencies, stored, refused = aio.run(load)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -109,12 +110,23 @@ def run_batch(hq_url: str, ws_url: str, companies: int) -> float:
     return aio.run(go())
 
 
+def wait_until_up(url: str, seconds: float = 15) -> None:
+    """Wait for a server just started to answer at url (any status)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(url)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def slow_stub(limit: int) -> Iterator[str]:
     """bench/slow_app.py (200 ms a call, 429 above `limit` at once) under uvicorn; yields its URL."""
     import subprocess
-
-    import httpx
 
     port = free_port()
     proc = subprocess.Popen(
@@ -123,12 +135,7 @@ def slow_stub(limit: int) -> Iterator[str]:
         env={**os.environ, "SLOW_APP_LIMIT": str(limit)},
     )
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/stats")
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_up(f"http://127.0.0.1:{port}/stats")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from common import add_workflow, databases, free_port, load_companies, machine, sync_url
+from common import add_workflow, databases, free_port, load_companies, machine, sync_url, wait_until_up
 
 IN_FLIGHT = 16
 
@@ -46,6 +46,7 @@ def measure(companies: int) -> float:
             env=env,
         )
         try:
+            wait_until_up(f"http://127.0.0.1:{port}/")
             return asyncio.run(_drive(port, workflow_id, rows))
         finally:
             server.terminate()
@@ -55,12 +56,6 @@ def measure(companies: int) -> float:
 async def _drive(port: int, workflow_id: str, rows: list[tuple[str, str]]) -> float:
     html = "<html>" + "x" * 20_000 + "</html>"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        for _ in range(100):
-            try:
-                await client.get("/")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         for row in rows:
             queue.put_nowait(row)

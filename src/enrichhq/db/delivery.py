@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db import dialect
 from enrichhq.db.hq import chunked, now
-from enrichhq.db.items import among, finish_items, update_ids
+from enrichhq.db.items import among, finish_items, these, update_ids
 from enrichhq.db.schema import batch_items, companies
 from enrichhq.models import Company
 
@@ -63,8 +63,7 @@ async def deliver(
         result = await conn.execute(
             sa.update(batch_items)
             .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
+                these(batch_id, chunk),
                 among(open_states),
                 batch_items.c.deliveries > 0,
             )
@@ -80,8 +79,7 @@ async def deliver(
         result = await conn.execute(
             sa.update(batch_items)
             .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
+                these(batch_id, chunk),
                 among(open_states),
                 batch_items.c.deliveries == 0,
             )

@@ -23,6 +23,11 @@ def unindexed_state() -> sa.ColumnElement[str]:
     return batch_items.c.state.concat("")
 
 
+def these(batch_id: str, company_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """A batch's items with these company ids, through the primary key."""
+    return sa.and_(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(company_ids))
+
+
 def among(states: Sequence[str]) -> sa.ColumnElement[bool]:
     """state IN states, through the primary key (see _unindexed_state)."""
     return unindexed_state().in_(states)
@@ -68,11 +73,7 @@ async def update_ids(
 ) -> None:
     """One UPDATE per chunk of ids (through the primary key), with extra conditions."""
     for chunk in chunked(company_ids):
-        await conn.execute(
-            sa.update(batch_items)
-            .where(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk), *where)
-            .values(**values)
-        )
+        await conn.execute(sa.update(batch_items).where(these(batch_id, chunk), *where).values(**values))
 
 
 async def finish_items(
@@ -104,8 +105,7 @@ async def finish_items(
             await conn.execute(
                 sa.update(batch_items)
                 .where(
-                    batch_items.c.batch_id == batch_id,
-                    batch_items.c.company_id.in_(chunk),
+                    these(batch_id, chunk),
                     among(from_states),
                 )
                 .values(
@@ -259,8 +259,7 @@ async def claim_many(
         result = await conn.execute(
             sa.update(batch_items)
             .where(
-                batch_items.c.batch_id == batch_id,
-                batch_items.c.company_id.in_(chunk),
+                these(batch_id, chunk),
                 among(("waiting_callback", "running")),
             )
             .values(state="storing", updated_at=now())
@@ -280,9 +279,7 @@ async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequenc
     states: dict[str, str] = {}
     for chunk in chunked(company_ids):
         result = await conn.execute(
-            sa.select(batch_items.c.company_id, batch_items.c.state).where(
-                batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(chunk)
-            )
+            sa.select(batch_items.c.company_id, batch_items.c.state).where(these(batch_id, chunk))
         )
         states.update({r.company_id: r.state for r in result})
     return states
