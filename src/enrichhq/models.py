@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from enrichhq.states import ItemState
+
 
 @dataclass(frozen=True, slots=True)
 class Company:
@@ -133,3 +135,33 @@ class LogEntry:
     def succeeded(self) -> bool:
         """Whether this entry marks a completed step (the seed also says 'success')."""
         return self.status in ("succeeded", "success")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """How one item of a batch ended: what `items.finish_items` writes."""
+
+    company_id: str
+    state: ItemState
+    attempts: int
+    error: str | None = None
+    cost: float | None = None
+    #: data fetched but not stored, kept on the item so it can be stored again without a new call.
+    result: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of_store(
+        cls,
+        company_id: str,
+        outcome: StoreOutcome | None,
+        *,
+        attempts: int,
+        cost: float | None,
+        data: Mapping[str, Any],
+        problem: str | None = None,
+    ) -> ItemOutcome:
+        """The end of an item whose data went to the storage worker (stored, or kept with the reason)."""
+        if outcome is not None and outcome.stored:
+            return cls(company_id, ItemState.SUCCEEDED, attempts, None, cost, None)
+        error = problem or f"storage: {outcome.error if outcome else 'not stored'}"
+        return cls(company_id, ItemState.FAILED, attempts, error, cost, data)

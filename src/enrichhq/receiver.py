@@ -15,9 +15,10 @@ from typing import Any
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, engines, items
-from enrichhq.models import LogEntry, StoreRecord, WorkflowConfig
+from enrichhq.models import ItemOutcome, LogEntry, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import ItemState
 
 log = logging.getLogger("enrichhq.receiver")
 # A callback being stored longer than this was lost with its process: its item waits again.
@@ -256,26 +257,23 @@ class Batcher:
             self._forget(mine[0][1].workflow_id)
         updates = []
         for index, claims, data in mine:
-            outcome = outcomes.get(claims.company_id)
-            stored = outcome is not None and outcome.stored
-            error = None if stored else (problem or f"storage: {outcome.error if outcome else 'not stored'}")
             item = claimed[claims.company_id]
-            updates.append(
-                {
-                    "company_id": claims.company_id,
-                    "state": "succeeded" if stored else "failed",
-                    "attempts": item["attempts"],
-                    "cost": item["cost"],
-                    "error": error,
-                    "result": None if stored else data,
-                }
+            end = ItemOutcome.of_store(
+                claims.company_id,
+                outcomes.get(claims.company_id),
+                attempts=item["attempts"],
+                cost=item["cost"],
+                data=data,
+                problem=problem,
             )
+            updates.append(end)
+            stored = end.state is ItemState.SUCCEEDED
             receipts[index] = Receipt(
-                200, {"status": "stored" if stored else "failed", "stored": stored, "error": error}
+                200, {"status": "stored" if stored else "failed", "stored": stored, "error": end.error}
             )
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
-            await items.finish_items(conn, batch_id, updates, from_states=("storing",))
+            await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
             await items.close_if_done(conn, batch_id)
         return receipts
 

@@ -20,9 +20,10 @@ from enrichhq.db import batches, dialect, engines, hq, items, schema
 from enrichhq.execution import embedded, queue
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.functions.base import ProviderOptions
-from enrichhq.models import StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.models import ItemOutcome, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import ItemState
 
 DEFAULT_PLAY = "default"
 
@@ -441,20 +442,17 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
                 stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
             outcomes = {o.company_id: o for o in stored}
             updates = [
-                {
-                    "company_id": k["company_id"],
-                    "attempts": k["attempts"],
-                    "cost": k["cost"],
-                    "state": "succeeded" if outcomes[k["company_id"]].stored else "failed",
-                    "error": None
-                    if outcomes[k["company_id"]].stored
-                    else f"storage: {outcomes[k['company_id']].error}",
-                    "result": None if outcomes[k["company_id"]].stored else k["result"],
-                }
+                ItemOutcome.of_store(
+                    k["company_id"],
+                    outcomes.get(k["company_id"]),
+                    attempts=k["attempts"],
+                    cost=k["cost"],
+                    data=k["result"],
+                )
                 for k in kept
             ]
             async with dbs.begin("hq") as conn:
-                await items.finish_items(conn, batch_id, updates, from_states=("storing",))
+                await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
     finally:
         await pipeline.aclose()
     return await summary(dbs, batch_id)

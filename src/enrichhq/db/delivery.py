@@ -17,7 +17,8 @@ from enrichhq.db import dialect
 from enrichhq.db.hq import chunked, now
 from enrichhq.db.items import among, finish_items, these, update_ids
 from enrichhq.db.schema import batch_items, companies
-from enrichhq.models import Company
+from enrichhq.models import Company, ItemOutcome
+from enrichhq.states import ItemState
 
 
 async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
@@ -99,10 +100,7 @@ async def deliver(
         await finish_items(
             conn,
             batch_id,
-            [
-                {"company_id": cid, "state": "failed", "attempts": attempts, "error": reason}
-                for cid, _, attempts in poisoned
-            ],
+            [ItemOutcome(cid, ItemState.FAILED, attempts, reason) for cid, _, attempts in poisoned],
         )
     return runnable, poisoned
 

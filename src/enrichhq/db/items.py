@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db.hq import chunked, is_uuid, now
-from enrichhq.db.schema import FINAL_STATES, batch_items, batches
+from enrichhq.db.schema import batch_items, batches
+from enrichhq.models import ItemOutcome
+from enrichhq.states import FINAL_STATES, ItemState
 
 
 def unindexed_state() -> sa.ColumnElement[str]:
@@ -79,10 +81,10 @@ async def update_ids(
 async def finish_items(
     conn: AsyncConnection,
     batch_id: str,
-    updates: Sequence[Mapping[str, Any]],
-    from_states: Sequence[str] = ("queued", "running"),
+    outcomes: Sequence[ItemOutcome],
+    from_states: Sequence[ItemState] = (ItemState.QUEUED, ItemState.RUNNING),
 ) -> None:
-    """Write each item's final state (keys: company_id, state, attempts, error, cost, result).
+    """Write each item's final state.
 
     Only items still in from_states change: an outcome another path settled first (a callback
     that beat its sender's answer, say) is never overwritten.
@@ -90,16 +92,16 @@ async def finish_items(
     Items that end alike (most of a chunk: succeeded, first attempt, same cost) share one
     UPDATE ... WHERE company_id IN (...); the rest go one statement each, in one executemany.
     """
-    if not updates:
+    if not outcomes:
         return
     stamp = now()
     alike: dict[tuple[Any, ...], list[str]] = {}
-    odd: list[Mapping[str, Any]] = []
-    for u in updates:
-        if u.get("error") is None and u.get("result") is None:
-            alike.setdefault((u["state"], u["attempts"], u.get("cost")), []).append(u["company_id"])
+    odd: list[ItemOutcome] = []
+    for o in outcomes:
+        if o.error is None and o.result is None:
+            alike.setdefault((o.state, o.attempts, o.cost), []).append(o.company_id)
         else:
-            odd.append(u)
+            odd.append(o)
     for (state, attempts, cost), ids in alike.items():
         for chunk in chunked(ids):
             await conn.execute(
@@ -145,14 +147,14 @@ async def finish_items(
         [
             {
                 "b_batch": batch_id,
-                "b_company": u["company_id"],
-                "b_state": u["state"],
-                "b_attempts": u["attempts"],
-                "b_error": u.get("error"),
-                "b_cost": u.get("cost"),
-                "b_result": u.get("result"),
+                "b_company": o.company_id,
+                "b_state": o.state,
+                "b_attempts": o.attempts,
+                "b_error": o.error,
+                "b_cost": o.cost,
+                "b_result": None if o.result is None else dict(o.result),
             }
-            for u in odd
+            for o in odd
         ],
     )
 

@@ -151,16 +151,3 @@ UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
 
 #: enrichhq's own tables: a workflow may never write into these.
 HQ_TABLES = frozenset(metadata.tables) | {"enrichment_logs", "enrichhq_alembic_version"}
-
-# "storing" is transient: the receiver holds an item while it stores its callback.
-ITEM_STATES = (
-    "queued",
-    "running",
-    "waiting_callback",
-    "storing",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "skipped",
-)
-FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "skipped"})

@@ -27,9 +27,18 @@ from enrichhq.db import batches, delivery, dialect, engines, hq, items
 from enrichhq.execution import outage
 from enrichhq.execution.limits import Limits
 from enrichhq.functions import Provider
-from enrichhq.models import CallContext, Company, LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.models import (
+    CallContext,
+    Company,
+    ItemOutcome,
+    LogEntry,
+    StoreOutcome,
+    StoreRecord,
+    WorkflowConfig,
+)
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import ItemState
 
 log = logging.getLogger("enrichhq.batch")
 
@@ -565,21 +574,11 @@ class BatchWork:
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
         await outage.through(write)
 
-    def _final_state(self, r: _Result, outcome: StoreOutcome | None) -> dict[str, Any]:
-        stored = outcome is not None and outcome.stored
+    def _final_state(self, r: _Result, outcome: StoreOutcome | None) -> ItemOutcome:
+        attempts = r.attempts + r.tries
         if r.data is None:
-            error = r.error
-        else:
-            error = None if stored else f"storage: {outcome.error if outcome else 'not stored'}"
-        return {
-            "company_id": r.company.id,
-            "state": "succeeded" if stored else "failed",
-            "attempts": r.attempts + r.tries,
-            "error": error,
-            "cost": r.cost,
-            # A result fetched but not stored is kept, so it can be stored again without a new call.
-            "result": r.data if r.data is not None and not stored else None,
-        }
+            return ItemOutcome(r.company.id, ItemState.FAILED, attempts, r.error, r.cost)
+        return ItemOutcome.of_store(r.company.id, outcome, attempts=attempts, cost=r.cost, data=r.data)
 
 
 _FLUSH: Any = object()

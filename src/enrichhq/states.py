@@ -1,0 +1,73 @@
+"""The states an item and a batch move through, and the statuses a log row carries.
+
+`StrEnum`s (procrastinate's `jobs.Status`): they are stored as their plain values, so the seed's
+text columns and SQL written by hand keep working, and they compare equal to those strings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ItemState(enum.StrEnum):
+    """Where one company stands in one batch (`enrichment_batch_items.state`)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_CALLBACK = "waiting_callback"
+    #: a callback's (or a replay's) data is being written; claimed so it is stored once.
+    STORING = "storing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing more happens to the item unless someone retries or resumes."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES: frozenset[ItemState] = frozenset(
+    {ItemState.SUCCEEDED, ItemState.FAILED, ItemState.TIMED_OUT, ItemState.SKIPPED}
+)
+#: items a run has not finished: the ones a company may be "in flight" in.
+OPEN_STATES: tuple[ItemState, ...] = (
+    ItemState.QUEUED,
+    ItemState.RUNNING,
+    ItemState.WAITING_CALLBACK,
+    ItemState.STORING,
+)
+
+
+class BatchStatus(enum.StrEnum):
+    """Where a batch stands (`enrichment_batches.status`)."""
+
+    RUNNING = "running"
+    #: every call is made; some results are still to come through the receiver.
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    #: paused for a reason the user can fix (out of credits, budget, interrupted); resumable.
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """Whether the batch is over (a stopped batch can still be resumed)."""
+        return self in (BatchStatus.COMPLETED, BatchStatus.CANCELLED)
+
+
+class LogStatus(enum.StrEnum):
+    """`enrichment_results_log.status`: item states, plus the events between them."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    WAITING_CALLBACK = "waiting_callback"
+    #: an attempt that will be retried.
+    RETRYING = "retrying"
+    #: one stage of a waterfall.
+    ATTEMPT = "attempt"
+    #: a callback that could not be used.
+    REJECTED = "rejected"
