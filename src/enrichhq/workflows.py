@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pydantic
 import sqlalchemy as sa
 
-from enrichhq import destinations, exceptions, functions
+from enrichhq import destinations, exceptions, functions, run_if
 from enrichhq.db import engines, hq, views
 from enrichhq.models import WorkflowConfig
 from enrichhq.settings import Settings
@@ -94,6 +94,7 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
     else:
         outputs = provider.outputs
         problems += provider.option_problems(workflow)
+    problems += run_if.problems(workflow.provider_config)
     if workflow.write_mode not in ("append", "upsert"):
         problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
     if workflow.destination_db not in engines.DESTINATIONS:
@@ -157,12 +158,7 @@ def _check_columns(
                     f"column {column.name} of {destination.name} is NOT NULL without a default and "
                     "no mapping fills it"
                 )
-    run_if = workflow.provider_config.get("run_if")
-    empty = run_if.get("field_empty") if isinstance(run_if, dict) else None
-    if isinstance(empty, str) and empty not in table.c:
-        problems.append(
-            f"run_if.field_empty: {destination.name} has no column {empty!r} (its columns: {columns})"
-        )
+    problems += _run_if_columns(workflow, destination)
     if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
         problems.append(
             f"write_mode 'upsert' needs a unique key on {destination.name}.company_id; create one with: "
@@ -171,6 +167,16 @@ def _check_columns(
     if not workflow.destination_field_mappings:
         warnings.append("destination_field_mappings is empty: only company_id and company_domain are stored")
     return problems
+
+
+def _run_if_columns(workflow: WorkflowConfig, destination: destinations.Destination) -> list[str]:
+    """run_if.field_empty must name a column of the destination table."""
+    conditions = workflow.provider_config.get("run_if")
+    empty = conditions.get("field_empty") if isinstance(conditions, dict) else None
+    if isinstance(empty, str) and empty not in destination.table.c:
+        columns = ", ".join(destination.table.c.keys())
+        return [f"run_if.field_empty: {destination.name} has no column {empty!r} (its columns: {columns})"]
+    return []
 
 
 async def validate_all(dbs: engines.Databases) -> list[Validation]:
