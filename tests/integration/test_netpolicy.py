@@ -143,7 +143,9 @@ async def test_the_checked_address_is_the_one_connected_to(
     assert hits == []
 
 
-@pytest.mark.parametrize("domain", ["127.0.0.1", "169.254.169.254", "10.0.0.1", "127.1", "https://192.168.0.1:8080/"])
+@pytest.mark.parametrize(
+    "domain", ["127.0.0.1", "169.254.169.254", "10.0.0.1", "127.1", "https://192.168.0.1:8080/"]
+)
 def test_an_address_is_not_imported_as_a_company_domain(domain: str) -> None:
     with pytest.raises(exceptions.InputError, match="is an IP address, not a domain"):
         companies.parse_csv(f"domain\n{domain}\n".encode(), "companies.csv")
