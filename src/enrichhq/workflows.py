@@ -123,41 +123,11 @@ def _check_columns(
         for name in RESERVED
         if name not in table.c
     ]
-    columns = ", ".join(table.c.keys())
     targets: dict[str, str] = {}
     for key, column_name in workflow.destination_field_mappings.items():
-        if key == "__invalid__":
-            continue
-        if not isinstance(column_name, str) or column_name not in table.c:
-            problems.append(
-                f"mapping {key!r} -> {column_name!r}: {destination.name} has no such column "
-                f"(its columns: {columns})"
-            )
-            continue
-        if column_name in RESERVED:
-            problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
-        if column_name in targets:
-            problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
-        targets[column_name] = key
-        column_kind = destinations.kind_of(table.c[column_name].type)
-        if outputs is not None and key not in outputs:
-            warnings.append(
-                f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL"
-            )
-        elif outputs is not None and column_kind in destinations.COMPATIBLE:
-            if outputs[key] not in destinations.COMPATIBLE[column_kind]:
-                problems.append(
-                    f"mapping {key!r} -> {column_name!r}: a {outputs[key]} value cannot be stored in "
-                    f"a {table.c[column_name].type} column"
-                )
-    filled = set(targets) | set(RESERVED) | {"id"}
-    for column in table.c:
-        if column.name not in filled and not column.nullable and column.server_default is None:
-            if not (column.primary_key and column.autoincrement in (True, "auto")):
-                problems.append(
-                    f"column {column.name} of {destination.name} is NOT NULL without a default and "
-                    "no mapping fills it"
-                )
+        if key != "__invalid__":
+            problems += _mapping_problems(workflow, destination, outputs, warnings, targets, key, column_name)
+    problems += _unfilled_columns(destination, set(targets) | set(RESERVED) | {"id"})
     problems += _run_if_columns(workflow, destination)
     if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
         problems.append(
@@ -167,6 +137,56 @@ def _check_columns(
     if not workflow.destination_field_mappings:
         warnings.append("destination_field_mappings is empty: only company_id and company_domain are stored")
     return problems
+
+
+def _mapping_problems(
+    workflow: WorkflowConfig,
+    destination: destinations.Destination,
+    outputs: Any,
+    warnings: list[str],
+    targets: dict[str, str],
+    key: str,
+    column_name: Any,
+) -> list[str]:
+    """One mapping's problems; `targets` (column -> key) collects the columns mapped so far."""
+    table = destination.table
+    if not isinstance(column_name, str) or column_name not in table.c:
+        return [
+            f"mapping {key!r} -> {column_name!r}: {destination.name} has no such column "
+            f"(its columns: {', '.join(table.c.keys())})"
+        ]
+    problems = []
+    if column_name in RESERVED:
+        problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
+    if column_name in targets:
+        problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
+    targets[column_name] = key
+    if outputs is None:
+        return problems
+    if key not in outputs:
+        warnings.append(
+            f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL"
+        )
+        return problems
+    compatible = destinations.COMPATIBLE.get(destinations.kind_of(table.c[column_name].type))
+    if compatible is not None and outputs[key] not in compatible:
+        problems.append(
+            f"mapping {key!r} -> {column_name!r}: a {outputs[key]} value cannot be stored in "
+            f"a {table.c[column_name].type} column"
+        )
+    return problems
+
+
+def _unfilled_columns(destination: destinations.Destination, filled: set[str]) -> list[str]:
+    """NOT NULL columns without a default that nothing writes: every insert would fail."""
+    return [
+        f"column {column.name} of {destination.name} is NOT NULL without a default and no mapping fills it"
+        for column in destination.table.c
+        if column.name not in filled
+        and not column.nullable
+        and column.server_default is None
+        and not (column.primary_key and column.autoincrement in (True, "auto"))
+    ]
 
 
 def _run_if_columns(workflow: WorkflowConfig, destination: destinations.Destination) -> list[str]:
