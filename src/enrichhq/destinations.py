@@ -246,6 +246,12 @@ async def create_table(
     unique_company: bool,
 ) -> None:
     """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
+    for name in columns:
+        if not dialect.IDENTIFIER.match(name):
+            raise exceptions.ConfigError(
+                f"column name {name!r} is not a valid identifier: use letters, digits and _, "
+                "starting with a letter or _ (at most 63)"
+            )
     table_schema, bare = split_name(table_name)
     table = sa.Table(
         bare,
@@ -261,9 +267,6 @@ async def create_table(
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         schema=table_schema,
     )
-    for name in columns:
-        if not dialect.IDENTIFIER.match(name):
-            raise exceptions.ConfigError(f"column name {name!r} is not a valid identifier")
     if unique_company:
         sa.Index(f"uq_{bare}_company_id", table.c.company_id, unique=True)
     async with dbs.begin(db_name) as conn:

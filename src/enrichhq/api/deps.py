@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from enrichhq import aio, exceptions, receiver, settings
 from enrichhq.db import engines
@@ -49,10 +51,20 @@ def services(request: Request) -> Services:
     return found
 
 
-def require_api_key(request: Request) -> None:
-    """Authorization: Bearer $ENRICHHQ_API_KEY (or the key generated into the data dir)."""
-    key, _ = services(request).settings.api_key()
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
+#: declares the scheme in the OpenAPI document; the check itself is `check_api_key`.
+bearer = HTTPBearer(auto_error=False, description="ENRICHHQ_API_KEY (or the key `enrichhq serve` printed)")
+
+
+def check_api_key(conf: settings.Settings, authorization: str | None) -> None:
+    """Raise AuthError unless the header is `Bearer $ENRICHHQ_API_KEY` (or the key kept in the data dir)."""
+    key, _ = conf.api_key()
+    scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise exceptions.AuthError("missing or wrong API key: send Authorization: Bearer $ENRICHHQ_API_KEY")
+
+
+def require_api_key(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """Authorization: Bearer $ENRICHHQ_API_KEY (a FastAPI dependency; `ApiKeyFirst` checked it already)."""
+    check_api_key(services(request).settings, request.headers.get("authorization"))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from enrichhq import companies, enrichment_logger, exceptions, receiver, runs, storage_worker, workflows
+from enrichhq.api import schemas
 from enrichhq.api.deps import require_api_key, services
 from enrichhq.api.schemas import (
     CompanyIn,
@@ -22,7 +23,7 @@ from enrichhq.api.schemas import (
 from enrichhq.db import batches
 from enrichhq.models import Company, LogEntry, StoreRecord
 
-router = APIRouter(prefix="/functions/v1", tags=["functions"])
+router = APIRouter(prefix="/functions/v1", tags=["functions"], responses=schemas.ERRORS)
 Auth = Depends(require_api_key)
 HOMEPAGE_PROVIDERS = ("zenrows", "http")
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from enrichhq import companies, runs, workflows
+from enrichhq.api import schemas
 from enrichhq.api.deps import require_api_key, services
 from enrichhq.db import batches, hq
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses=schemas.ERRORS)
 
 
 def _validation(v: workflows.Validation) -> dict[str, Any]:
