@@ -281,24 +281,36 @@ async def stream_rows(conn: AsyncConnection, table: sa.Table, page: int = 1000) 
             yield row
 
 
-async def export_csv(dbs: engines.Databases, db_name: str, table_name: str, out: Path) -> int:
-    """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count."""
+async def export_csv(
+    dbs: engines.Databases, db_name: str, table_name: str, out: Path, *, raw: bool = False
+) -> int:
+    """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count.
+
+    Cells a spreadsheet would run as a formula are neutralised unless `raw` (see `csv_cell`).
+    """
     destination = await reflect(dbs, db_name, table_name, allow_hq=True)
     count = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(destination.table.c.keys())
+        writer.writerow([csv_cell(name, raw=raw) for name in destination.table.c.keys()])
         async with dbs.begin(db_name) as conn:
             async for row in stream_rows(conn, destination.table):
-                writer.writerow([_cell(v) for v in row])
+                writer.writerow([csv_cell(v, raw=raw) for v in row])
                 count += 1
     return count
 
 
-def _cell(value: Any) -> Any:
+#: what makes a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any, *, raw: bool = False) -> Any:
+    """A value as a CSV cell: JSON for objects, ISO 8601 for times, formulas defused with a leading '."""
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, (datetime, date)):
+        value = json.dumps(value)
+    elif isinstance(value, (datetime, date)):
         return value.isoformat()
+    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
