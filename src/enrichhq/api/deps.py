@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from enrichhq import aio, exceptions, receiver, settings
+from enrichhq import aio, exceptions, jsonsafe, receiver, settings
 from enrichhq.db import engines
 from enrichhq.execution import queue
 from enrichhq.execution.background import BatchRunner
@@ -68,3 +70,29 @@ def require_api_key(
 ) -> None:
     """Authorization: Bearer $ENRICHHQ_API_KEY (a FastAPI dependency; `ApiKeyFirst` checked it already)."""
     check_api_key(services(request).settings, request.headers.get("authorization"))
+
+
+class SafeJsonRequest(Request):
+    """A request whose JSON body is parsed by `jsonsafe` (NaN, NUL and deep nesting refused with 400)."""
+
+    async def json(self) -> Any:
+        """The parsed body; an HTTPException FastAPI passes on, carrying jsonsafe's message."""
+        if not hasattr(self, "_json"):
+            try:
+                self._json = jsonsafe.loads(await self.body())
+            except exceptions.InputError as exc:
+                raise HTTPException(400, str(exc)) from None
+        return self._json
+
+
+class SafeJsonRoute(APIRoute):
+    """Routes that read their JSON bodies through SafeJsonRequest."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, given the safer request."""
+        handler = super().get_route_handler()
+
+        async def safe(request: Request) -> Response:
+            return await handler(SafeJsonRequest(request.scope, request.receive))
+
+        return safe

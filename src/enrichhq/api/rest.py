@@ -10,10 +10,15 @@ from fastapi.responses import JSONResponse
 
 from enrichhq import companies, runs, workflows
 from enrichhq.api import schemas
-from enrichhq.api.deps import require_api_key, services
+from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
 from enrichhq.db import batches, hq
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses=schemas.ERRORS)
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_api_key)],
+    responses=schemas.ERRORS,
+    route_class=SafeJsonRoute,
+)
 
 
 def _validation(v: workflows.Validation) -> dict[str, Any]:
