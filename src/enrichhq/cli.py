@@ -471,7 +471,7 @@ def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
         )
     for item in summary.failures[:failures]:
         out.print(
-            f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}",
+            f"  [red]{item.state}[/red] {item.company_domain}: {item.last_error}",
             highlight=False,
             soft_wrap=True,
         )
@@ -537,9 +537,7 @@ def batches_list(limit: int = 20) -> None:
     rows = _run(lambda dbs: runs.list_batches(dbs, limit))
     table = Table("id", "workflow", "play", "status", "companies", "created")
     for b in rows:
-        table.add_row(
-            b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"])
-        )
+        table.add_row(b.id, b.workflow_slug, b.play_name, b.status, str(b.total), str(b.created_at))
     out.print(table)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import batches, dialect, engines, hq, items, schema
+from enrichhq.db import batches, dialect, engines, hq, items, rows, schema
 from enrichhq.execution import embedded, queue
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.functions.base import ProviderOptions
@@ -54,7 +54,7 @@ class BatchSummary:
     counts: dict[str, int]
     cost: float
     seconds: float | None
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[rows.FailedItem] = field(default_factory=list)
     budget: float | None = None
     #: what this step has cost over all its batches.
     workflow_cost: float = 0.0
@@ -356,7 +356,7 @@ async def prepare_resume(
     again; finished items are not touched, so nothing done is paid for twice.
     """
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     if budget is not None and budget <= 0:
         raise exceptions.InputError("--budget must be above 0")
@@ -364,21 +364,21 @@ async def prepare_resume(
         if budget is not None:
             await batches.set_budget(conn, batch_id, budget)
         await batches.requeue_for_resume(conn, batch_id)
-    return Prepared(batch_id, workflow, destination, batch["play_name"], budget or batch.get("budget"))
+    return Prepared(batch_id, workflow, destination, batch.play_name, budget or batch.budget)
 
 
 # A batch whose items changed this recently is taken to be in the hands of a live process.
 ACTIVE_WITHIN_S = 60.0
 
 
-async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
+async def _idle_batch(dbs: engines.Databases, batch_id: str) -> rows.BatchRow:
     """The batch, unless a process is still working on it (so no item is worked twice)."""
     async with dbs.begin("hq") as conn:
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
         since = await batches.seconds_since_progress(conn, batch_id)
-    if batch["status"] == "running" and since is not None and since < ACTIVE_WITHIN_S:
+    if batch.status == "running" and since is not None and since < ACTIVE_WITHIN_S:
         raise exceptions.InputError(
             f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
             f"or if its process died, try again after {ACTIVE_WITHIN_S:.0f}s without progress"
@@ -404,20 +404,20 @@ async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: st
     never got a result are queued for the provider. None when nothing needs a call.
     """
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
         requeued = await batches.requeue_failed(conn, batch_id)
     if not requeued:
         return None
-    return Prepared(batch_id, workflow, destination, batch["play_name"], batch.get("budget"))
+    return Prepared(batch_id, workflow, destination, batch.play_name, batch.budget)
 
 
 async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> BatchSummary:
     """Store again the results a batch fetched but could not store, without calling anyone."""
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     pipeline = Pipeline(dbs, settings)
     try:
@@ -427,15 +427,14 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
             if not kept:
                 break
             records = [
-                StoreRecord(k["company_id"], k["company_domain"], k["result"], k["attempts"], k["cost"])
-                for k in kept
+                StoreRecord(k.company_id, k.company_domain, k.result, k.attempts, k.cost) for k in kept
             ]
             try:
                 stored = await pipeline.store(
                     workflow,
                     records,
                     batch_id=batch_id,
-                    play_name=batch["play_name"],
+                    play_name=batch.play_name,
                     destination=destination,
                 )
             except Exception as exc:  # never leave claimed items behind: they fail again, results kept
@@ -443,11 +442,11 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
             outcomes = {o.company_id: o for o in stored}
             updates = [
                 ItemOutcome.of_store(
-                    k["company_id"],
-                    outcomes.get(k["company_id"]),
-                    attempts=k["attempts"],
-                    cost=k["cost"],
-                    data=k["result"],
+                    k.company_id,
+                    outcomes.get(k.company_id),
+                    attempts=k.attempts,
+                    cost=k.cost,
+                    data=k.result,
                 )
                 for k in kept
             ]
@@ -464,7 +463,7 @@ async def cancel(dbs: engines.Databases, batch_id: str) -> BatchSummary:
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        if batch["status"] not in ("completed", "cancelled"):
+        if batch.status not in ("completed", "cancelled"):
             await items.skip_unfinished(
                 conn,
                 batch_id,
@@ -484,25 +483,25 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         counts, cost = await batches.state_counts(conn, batch_id)
         failed = await batches.failed_items(conn, batch_id, failures)
         workflow_cost = (
-            await batches.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
+            await batches.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
-    started, finished = batch["created_at"], batch["finished_at"]
+    started, finished = batch.created_at, batch.finished_at
     seconds = None
     if started is not None:
         end = finished or hq.now()
         seconds = max(0.0, (_aware(end) - _aware(started)).total_seconds())
     return BatchSummary(
         batch_id=batch_id,
-        workflow_slug=batch["workflow_slug"],
-        play_name=batch["play_name"],
-        status=batch["status"],
-        message=batch["message"],
-        total=batch["total"],
+        workflow_slug=batch.workflow_slug,
+        play_name=batch.play_name,
+        status=batch.status,
+        message=batch.message,
+        total=batch.total,
         counts=counts,
         cost=cost,
         seconds=seconds,
         failures=failed,
-        budget=batch.get("budget"),
+        budget=batch.budget,
         workflow_cost=workflow_cost,
     )
 
@@ -511,7 +510,7 @@ def _aware(value: Any) -> Any:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str, Any]]:
+async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[rows.BatchRow]:
     """The newest batches."""
     async with dbs.begin("hq") as conn:
         return await batches.list_batches(conn, limit)

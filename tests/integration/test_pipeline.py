@@ -86,8 +86,9 @@ async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
     assert summary.counts == {"succeeded": 3, "failed": 1}
     assert summary.cost == 5 * 3  # js_render is on by default: 5 credits per answered page; errors are free
     (failure,) = summary.failures
-    assert failure["company_domain"] == "unprocessable-b.com"
-    assert "RESP001" in failure["last_error"] and "Could not get content" in failure["last_error"]
+    assert failure.company_domain == "unprocessable-b.com"
+    assert failure.last_error is not None
+    assert "RESP001" in failure.last_error and "Could not get content" in failure.last_error
     assert stub.calls["ratelimit-a.com"] == 2  # backed off once, then succeeded
     assert all(q["js_render"] == "true" for q in stub.queries)
     rows = await sql(

@@ -95,7 +95,7 @@ async def list_batches(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 20
 ) -> list[dict[str, Any]]:
     """The newest batches."""
-    return await runs.list_batches(services(request).dbs, limit)
+    return [dataclasses.asdict(b) for b in await runs.list_batches(services(request).dbs, limit)]
 
 
 @router.get("/batches/{batch_id}", tags=["batches"])
@@ -117,7 +117,7 @@ async def batch_items(
     summary = await runs.summary(dbs, batch_id, failures=0)
     async with dbs.begin("hq") as conn:
         items = await batches.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
-    return {"total": summary.total, "counts": summary.counts, "items": items}
+    return {"total": summary.total, "counts": summary.counts, "items": [dataclasses.asdict(i) for i in items]}
 
 
 @router.post("/batches/{batch_id}/retry-failed", status_code=202, tags=["batches"])

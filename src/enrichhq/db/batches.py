@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db import dialect
 from enrichhq.db.hq import chunked, is_uuid, now
+from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches, companies, completions
 
 
@@ -264,7 +265,7 @@ async def finish_batch(conn: AsyncConnection, batch_id: str, status: str, messag
 
 async def list_items(
     conn: AsyncConnection, batch_id: str, *, state: str | None = None, limit: int = 100, offset: int = 0
-) -> list[dict[str, Any]]:
+) -> list[ItemSummary]:
     """A page of a batch's items, optionally of one state."""
     stmt = sa.select(
         batch_items.c.company_id,
@@ -279,21 +280,21 @@ async def list_items(
     if state:
         stmt = stmt.where(batch_items.c.state == state)
     result = await conn.execute(stmt.order_by(batch_items.c.company_domain).limit(limit).offset(offset))
-    return [dict(r) for r in result.mappings()]
+    return [ItemSummary.of(r) for r in result.mappings()]
 
 
-async def get_batch(conn: AsyncConnection, batch_id: str) -> dict[str, Any] | None:
-    """One enrichment_batches row, as a dict."""
+async def get_batch(conn: AsyncConnection, batch_id: str) -> BatchRow | None:
+    """One enrichment_batches row."""
     if not is_uuid(batch_id):
         return None
     row = (await conn.execute(sa.select(batches).where(batches.c.id == batch_id))).mappings().first()
-    return dict(row) if row else None
+    return BatchRow.of(row) if row else None
 
 
-async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[dict[str, Any]]:
+async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[BatchRow]:
     """The newest batches first."""
     result = await conn.execute(sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit))
-    return [dict(r) for r in result.mappings()]
+    return [BatchRow.of(r) for r in result.mappings()]
 
 
 async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
@@ -328,7 +329,7 @@ async def open_item_states(conn: AsyncConnection) -> dict[str, int]:
     return {state: int(count) for state, count in result}
 
 
-async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[dict[str, Any]]:
+async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
     """Items that ended failed or timed out, with their errors."""
     result = await conn.execute(
         sa.select(
@@ -341,4 +342,4 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
         .order_by(batch_items.c.company_domain)
         .limit(limit)
     )
-    return [dict(r) for r in result.mappings()]
+    return [FailedItem.of(r) for r in result.mappings()]

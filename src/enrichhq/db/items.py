@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db.hq import chunked, is_uuid, now
+from enrichhq.db.rows import ClaimedItem, ItemRow, KeptResult, OverdueItem
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.models import ItemOutcome
 from enrichhq.states import FINAL_STATES, ItemState
@@ -35,7 +36,7 @@ def among(states: Sequence[str]) -> sa.ColumnElement[bool]:
     return unindexed_state().in_(states)
 
 
-async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
+async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[KeptResult]:
     """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
     chosen = (
         sa.select(batch_items.c.company_id)
@@ -63,7 +64,7 @@ async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int
             batch_items.c.cost,
         )
     )
-    return [dict(r._mapping) for r in result]
+    return [KeptResult.of(r._mapping) for r in result]
 
 
 async def update_ids(
@@ -254,9 +255,9 @@ async def mark_waiting(
 
 async def claim_many(
     conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Take waiting items to store their callbacks; returns those taken (domain, attempts, cost)."""
-    claimed: dict[str, dict[str, Any]] = {}
+) -> dict[str, ClaimedItem]:
+    """Take waiting items to store their callbacks; returns those taken, by company id."""
+    claimed: dict[str, ClaimedItem] = {}
     for chunk in chunked(company_ids):
         result = await conn.execute(
             sa.update(batch_items)
@@ -272,7 +273,7 @@ async def claim_many(
                 batch_items.c.cost,
             )
         )
-        claimed.update({r.company_id: dict(r._mapping) for r in result})
+        claimed.update({r.company_id: ClaimedItem.of(r._mapping) for r in result})
     return claimed
 
 
@@ -287,8 +288,8 @@ async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequenc
     return states
 
 
-async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dict[str, Any] | None:
-    """One batch item, as a dict."""
+async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> ItemRow | None:
+    """One batch item."""
     if not (is_uuid(batch_id) and is_uuid(company_id)):
         return None
     row = (
@@ -302,10 +303,10 @@ async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dic
         .mappings()
         .first()
     )
-    return dict(row) if row else None
+    return ItemRow.of(row) if row else None
 
 
-async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
+async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[OverdueItem]:
     """Items whose callback deadline has passed, with their batch's workflow and play."""
     result = await conn.execute(
         sa.select(
@@ -322,7 +323,7 @@ async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[st
         .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
         .limit(limit)
     )
-    return [dict(r) for r in result.mappings()]
+    return [OverdueItem.of(r) for r in result.mappings()]
 
 
 async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:

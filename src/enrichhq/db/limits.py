@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db import dialect
 from enrichhq.db.hq import now
+from enrichhq.db.rows import WorkerRow
 from enrichhq.db.schema import limit_slots, rate_buckets, workers
 
 
@@ -123,11 +124,11 @@ async def leave(conn: AsyncConnection, worker_id: str) -> None:
     await free_worker(conn, worker_id)
 
 
-async def live_workers(conn: AsyncConnection, within_s: float) -> list[dict[str, object]]:
+async def live_workers(conn: AsyncConnection, within_s: float) -> list[WorkerRow]:
     """Workers seen in the last within_s seconds."""
     result = await conn.execute(
         sa.select(workers)
         .where(workers.c.seen_at > now() - timedelta(seconds=within_s))
         .order_by(workers.c.host)
     )
-    return [dict(r) for r in result.mappings()]
+    return [WorkerRow.of(r) for r in result.mappings()]

@@ -306,10 +306,10 @@ class BatchWork:
                     batch = await batches.get_batch(conn, self.batch_id)
             except exceptions.DatabaseError:
                 continue
-            if batch is None or batch["status"] == "cancelled":
+            if batch is None or batch.status == "cancelled":
                 self.stop_message = self.stop_message or CANCELLED
-            elif batch["status"] == "stopped":
-                self.stop_message = self.stop_message or batch["message"] or "the batch was stopped"
+            elif batch.status == "stopped":
+                self.stop_message = self.stop_message or batch.message or "the batch was stopped"
 
     async def _worker(self) -> None:
         while (job := await self.work.get()) is not None:
