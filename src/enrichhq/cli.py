@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from enrichhq import aio, companies, destinations, exceptions, runs, settings, workflows
-from enrichhq.db import engines, migrate
+from enrichhq.db import engines, migrate, urls
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -178,9 +178,8 @@ def worker(
 
 
 def _masked(url: str) -> str:
-    from enrichhq.db import dialect
 
-    return dialect.mask(url)
+    return urls.mask(url)
 
 
 # --- companies --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
-from enrichhq.db import batches, engines, items, rows
+from enrichhq.db import batches, callback_items, engines, items, rows
 from enrichhq.models import ItemOutcome, LogEntry, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
@@ -202,7 +202,7 @@ class Batcher:
                 first[entry[1].company_id] = entry
         batch = await self._batch(batch_id)
         async with self.dbs.begin("hq") as conn:
-            claimed = await items.claim_many(conn, batch_id, list(first)) if batch else {}
+            claimed = await callback_items.claim_many(conn, batch_id, list(first)) if batch else {}
             others = (
                 await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
                 if batch
@@ -272,7 +272,7 @@ class Batcher:
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
             await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
-            await items.close_if_done(conn, batch_id)
+            await batches.close_if_done(conn, batch_id)
         return receipts
 
 
@@ -306,17 +306,17 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
     """Time out every item whose callback deadline has passed; returns how many."""
     total = 0
     async with dbs.begin("hq") as conn:
-        await items.release_stale_claims(conn, STALE_CLAIM_S)
+        await callback_items.release_stale_claims(conn, STALE_CLAIM_S)
     while True:
         async with dbs.begin("hq") as conn:
-            overdue = await items.overdue_items(conn)
+            overdue = await callback_items.overdue_items(conn)
         if not overdue:
             return total
         entries: list[LogEntry] = []
         touched: set[str] = set()
         async with dbs.begin("hq") as conn:
             for item in overdue:
-                if await items.time_out(conn, item.batch_id, item.company_id, TIMED_OUT):
+                if await callback_items.time_out(conn, item.batch_id, item.company_id, TIMED_OUT):
                     touched.add(item.batch_id)
                     entries.append(
                         LogEntry(
@@ -334,6 +334,6 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
                         )
                     )
             for batch_id in sorted(touched):  # one lock order across sweeping processes
-                await items.close_if_done(conn, batch_id)
+                await batches.close_if_done(conn, batch_id)
         await pipeline.log(entries)
         total += len(entries)

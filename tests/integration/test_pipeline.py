@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from enrichhq import exceptions, runs, storage_worker, workflows
-from enrichhq.db import hq, schema
+from enrichhq.db import common, schema
 from enrichhq.models import StoreRecord
 from tests.conftest import Env
 from tests.helpers import (
@@ -289,7 +289,7 @@ async def test_resume_after_a_crash_runs_only_unfinished_items(env: Env, stub: S
         env.dbs,
         "hq",
         "UPDATE enrichment_batch_items SET updated_at = :t",
-        {"t": hq.now() - timedelta(minutes=2)},
+        {"t": common.now() - timedelta(minutes=2)},
     )
     summary = await runs.execute(
         env.dbs, env.settings, await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)

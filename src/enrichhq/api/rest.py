@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from enrichhq import companies, runs, workflows
 from enrichhq.api.deps import require_api_key, services
-from enrichhq.db import batches, hq
+from enrichhq.db import reports, workflow_rows
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 
@@ -83,7 +83,7 @@ async def delete_workflow(ref: str, request: Request) -> Response:
     dbs = services(request).dbs
     workflow = await workflows.get(dbs, ref)
     async with dbs.begin("hq") as conn:
-        await hq.delete_workflow(conn, workflow.id)
+        await workflow_rows.delete_workflow(conn, workflow.id)
     return Response(status_code=204)
 
 
@@ -116,7 +116,7 @@ async def batch_items(
     dbs = services(request).dbs
     summary = await runs.summary(dbs, batch_id, failures=0)
     async with dbs.begin("hq") as conn:
-        items = await batches.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
+        items = await reports.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
     return {"total": summary.total, "counts": summary.counts, "items": [dataclasses.asdict(i) for i in items]}
 
 

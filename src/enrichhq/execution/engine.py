@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio
 
 from enrichhq import exceptions, functions, receiver, tokens, workflows
-from enrichhq.db import batches, engines, items
+from enrichhq.db import batches, callback_items, engines, items, reports
 from enrichhq.execution.batch import BatchWork, close_quietly
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
 from enrichhq.models import Company
@@ -107,7 +107,7 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await batches.spent(conn, batch_id) if batch else 0.0
+            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
@@ -186,13 +186,13 @@ class Engine:
                 return
             status = batch.status
             if status is BatchStatus.RUNNING:
-                waiting = await items.has_waiting(conn, batch_id)
-                status = BatchStatus.WAITING if waiting else BatchStatus.COMPLETED
+                pending = await callback_items.has_waiting(conn, batch_id)
+                status = BatchStatus.WAITING if pending else BatchStatus.COMPLETED
             elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
             await batches.finish_batch(conn, batch_id, status, batch.message)
             if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
-                await items.close_if_done(conn, batch_id)
+                await batches.close_if_done(conn, batch_id)
 
     async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
         """A queued callback's storage step: the receiver's own, micro-batched across jobs."""
