@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,7 +78,7 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
     sa.event.listen(sync, "checkout", checkout)
 
 
-async def _database_missing(raw_url: str) -> bool:
+def database_missing(raw_url: str) -> bool:
     """Whether the server says the URL's database does not exist (asked of its `postgres` database).
 
     libpq gives no SQLSTATE for a connection refused with 3D000, so the server's catalog is asked
@@ -88,9 +89,8 @@ async def _database_missing(raw_url: str) -> bool:
         return False
     conninfo = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     try:
-        async with await psycopg.AsyncConnection.connect(conninfo, connect_timeout=PROBE_TIMEOUT_S) as conn:
-            cursor = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
-            found = await cursor.fetchone()
+        with psycopg.connect(conninfo, connect_timeout=PROBE_TIMEOUT_S) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone()
     except psycopg.Error:
         return False
     return found is None
@@ -143,9 +143,9 @@ class Databases:
         if (
             found is errors.Kind.UNREACHABLE
             and errors.failed_connecting(exc)
-            and await _database_missing(raw_url)
+            and await asyncio.to_thread(database_missing, raw_url)
         ):
-            return errors.misconfigured(name, raw_url, f"database {_database_name(raw_url)!r} does not exist")
+            return missing_database(name, raw_url)
         if name == "hq" and errors.may_be_missing_table(exc):
             return None if await self._initialised() else self._not_initialised()
         return errors.translate(name, raw_url, exc)
@@ -178,5 +178,7 @@ class Databases:
             await self.workspace.dispose()
 
 
-def _database_name(raw_url: str) -> str:
-    return urls.parse_url(raw_url, asynchronous=False).database or ""
+def missing_database(name: str, raw_url: str) -> exceptions.DatabaseConfigError:
+    """The error for a URL naming a database the server does not have."""
+    database = urls.parse_url(raw_url, asynchronous=False).database or ""
+    return errors.misconfigured(name, raw_url, f"database {database!r} does not exist")

@@ -34,7 +34,8 @@ def upgrade(hq_url: str) -> str | None:
             command.upgrade(alembic_config(connection), "head")
             return current_revision(connection)
     except sa.exc.DBAPIError as exc:
-        problem = errors.translate("hq", hq_url, exc)
+        missing = errors.failed_connecting(exc) and engines.database_missing(hq_url)
+        problem = engines.missing_database("hq", hq_url) if missing else errors.translate("hq", hq_url, exc)
         if problem is None:
             raise
         raise problem from exc
