@@ -375,7 +375,7 @@ async def _idle_batch(dbs: engines.Databases, batch_id: str) -> rows.BatchRow:
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        since = await items.seconds_since_progress(conn, batch_id)
+        since = await reports.seconds_since_progress(conn, batch_id)
     if batch.status == "running" and since is not None and since < ACTIVE_WITHIN_S:
         raise exceptions.InputError(
             f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
@@ -389,7 +389,7 @@ async def orphans(dbs: engines.Databases) -> list[str]:
     async with dbs.begin("hq") as conn:
         found = []
         for batch_id in await batches.running_batch_ids(conn):
-            since = await items.seconds_since_progress(conn, batch_id)
+            since = await reports.seconds_since_progress(conn, batch_id)
             if since is None or since >= ACTIVE_WITHIN_S:
                 found.append(batch_id)
     return found

@@ -7,7 +7,7 @@ workers in `db/delivery.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -241,18 +241,6 @@ async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
     if result.rowcount:
         await batches.reopen(conn, batch_id)
     return result.rowcount
-
-
-async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float | None:
-    """How long ago any item of the batch last changed (None for a batch without items)."""
-    result = await conn.execute(
-        sa.select(sa.func.max(batch_items.c.updated_at)).where(batch_items.c.batch_id == batch_id)
-    )
-    last = result.scalar()
-    if last is None:
-        return None
-    last = last if last.tzinfo else last.replace(tzinfo=UTC)
-    return float((now() - last).total_seconds())
 
 
 async def finish_items(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
 
@@ -103,3 +106,15 @@ async def workflow_cost(conn: AsyncConnection, workflow_id: str) -> float:
         .where(batches.c.workflow_id == workflow_id)
     )
     return float(result.scalar() or 0)
+
+
+async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float | None:
+    """How long ago any item of the batch last changed (None for a batch without items)."""
+    result = await conn.execute(
+        sa.select(sa.func.max(batch_items.c.updated_at)).where(batch_items.c.batch_id == batch_id)
+    )
+    last = result.scalar()
+    if last is None:
+        return None
+    last = last if last.tzinfo else last.replace(tzinfo=UTC)
+    return float((now() - last).total_seconds())
