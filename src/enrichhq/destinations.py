@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
-from enrichhq.db import dialect, engines, schema
+from enrichhq.db import dialect, engines, schema, types
 
 # What a provider says a data key holds; destination column types are read the same way.
 TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE, OTHER = (
@@ -64,7 +64,7 @@ def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
     for sa_type, kind in checks:
         if isinstance(column_type, sa_type):
             return kind
-    if isinstance(column_type, dialect.GUID) or type(column_type).__name__ == "UUID":
+    if isinstance(column_type, types.GUID) or type(column_type).__name__ == "UUID":
         return UUID
     return OTHER
 
@@ -229,10 +229,10 @@ def _to_bool(value: Any) -> bool:
 _KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     TEXT: sa.Text(),
     DATETIME: sa.DateTime(timezone=True),
-    JSON: dialect.JSONType,
+    JSON: types.JSONType,
     NUMBER: sa.Float(),
     BOOL: sa.Boolean(),
-    UUID: dialect.GUID(),
+    UUID: types.GUID(),
     DATE: sa.Date(),
 }
 
@@ -256,8 +256,8 @@ async def create_table(
     table = sa.Table(
         bare,
         sa.MetaData(),
-        sa.Column("id", dialect.GUID, primary_key=True, server_default=dialect.gen_uuid()),
-        sa.Column("company_id", dialect.GUID, nullable=False),
+        sa.Column("id", types.GUID, primary_key=True, server_default=types.gen_uuid()),
+        sa.Column("company_id", types.GUID, nullable=False),
         sa.Column("company_domain", sa.Text),
         *[
             sa.Column(name, _KIND_TYPES.get(kind, sa.Text()))

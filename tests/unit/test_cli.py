@@ -8,8 +8,9 @@ from typer.testing import CliRunner
 
 from enrichhq import cli, exceptions, runs
 from enrichhq.cli import batches, output, steps
+from enrichhq.db import rows
 from enrichhq.models import WorkflowConfig
-from enrichhq.states import BatchStatus
+from enrichhq.states import BatchStatus, ItemState
 
 runner = CliRunner()
 
@@ -60,9 +61,7 @@ def test_selection_of_flags() -> None:
 
 
 def test_summary_names_the_stop_and_points_at_more_failures() -> None:
-    failures = [
-        {"state": "failed", "company_domain": f"c{i}.com", "last_error": "HTTP 500"} for i in range(3)
-    ]
+    failures = [rows.FailedItem(f"c{i}.com", ItemState.FAILED, 1, "HTTP 500") for i in range(3)]
     summary = runs.BatchSummary(
         "b1",
         "scrape",

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
 from enrichhq.api.deps import Services, check_api_key, require_api_key, services
-from enrichhq.db import dialect
+from enrichhq.db import errors
 from enrichhq.ui import auth, security
 from enrichhq.ui import routes as ui_routes
 
@@ -107,7 +107,7 @@ class CallbacksFirst:
 
 def _refused(exc: sa.exc.StatementError) -> tuple[int, str]:
     """A database error's status and message: the request's fault unless the database is unreachable."""
-    if dialect.connection_problem(exc):
+    if errors.kind(exc) is errors.Kind.UNREACHABLE:
         return 503, "the database cannot be reached; try again shortly"
     orig = getattr(exc, "orig", None) or exc
     reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]

@@ -13,7 +13,7 @@ import typer
 
 from enrichhq import aio, exceptions, settings
 from enrichhq.cli.common import app, command, err, out, run
-from enrichhq.db import dialect, migrate
+from enrichhq.db import migrate, urls
 
 
 @command(app)
@@ -22,8 +22,8 @@ def init() -> None:
     conf = settings.load()
     revision = migrate.upgrade(conf.resolved_hq_url())
     run(lambda dbs: dbs.check())
-    out.print(f"HQ schema at revision {revision} in {dialect.mask(conf.resolved_hq_url())}")
-    out.print(f"Workspace database: {dialect.mask(conf.resolved_workspace_url())}")
+    out.print(f"HQ schema at revision {revision} in {urls.mask(conf.resolved_hq_url())}")
+    out.print(f"Workspace database: {urls.mask(conf.resolved_workspace_url())}")
 
 
 @command(app)

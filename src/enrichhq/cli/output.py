@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from enrichhq import runs
+from enrichhq.db import rows
 from enrichhq.states import ItemState
 
 
@@ -57,7 +57,7 @@ def print_summary(console: Console, summary: runs.BatchSummary, failures: int = 
         )
     for item in summary.failures[:failures]:
         console.print(
-            f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}",
+            f"  [red]{item.state}[/red] {item.company_domain}: {item.last_error}",
             highlight=False,
             soft_wrap=True,
         )
@@ -78,13 +78,11 @@ def print_counts(console: Console, summary: runs.BatchSummary) -> None:
     console.print(counts)
 
 
-def print_batches(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+def print_batches(console: Console, batches: Sequence[rows.BatchRow]) -> None:
     """The newest batches, one line each."""
     table = Table("id", "workflow", "play", "status", "companies", "created")
-    for b in rows:
-        table.add_row(
-            b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"])
-        )
+    for b in batches:
+        table.add_row(b.id, b.workflow_slug, b.play_name, b.status, str(b.total), str(b.created_at))
     console.print(table)
 
 

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from enrichhq import destinations, enrichment_logger, exceptions, metrics, tokens
-from enrichhq.db import batches, delivery, dialect, engines, hq, items
+from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
 from enrichhq.execution import outage
 from enrichhq.execution.limits import Limits
 from enrichhq.functions import Provider
@@ -306,10 +306,10 @@ class BatchWork:
                     batch = await batches.get_batch(conn, self.batch_id)
             except exceptions.DatabaseError:
                 continue
-            if batch is None or batch["status"] == "cancelled":
+            if batch is None or batch.status == "cancelled":
                 self.stop_message = self.stop_message or CANCELLED
-            elif batch["status"] == "stopped":
-                self.stop_message = self.stop_message or batch["message"] or "the batch was stopped"
+            elif batch.status == "stopped":
+                self.stop_message = self.stop_message or batch.message or "the batch was stopped"
 
     async def _worker(self) -> None:
         while (job := await self.work.get()) is not None:
@@ -563,13 +563,13 @@ class BatchWork:
         if not self.pipeline.logs_locally:
             await self.pipeline.log(entries)
             entries = []
-        deadline = hq.now() + timedelta(seconds=self.provider.callback_timeout_s)
+        deadline = common.now() + timedelta(seconds=self.provider.callback_timeout_s)
 
         async def write() -> None:
             async with self.dbs.begin("hq") as conn:
                 await enrichment_logger.write(conn, entries)
                 await items.finish_items(conn, self.batch_id, updates)
-                await items.mark_waiting(conn, self.batch_id, waiting, deadline)
+                await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
         await outage.through(write)

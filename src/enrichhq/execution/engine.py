@@ -17,12 +17,13 @@ from typing import Any
 import redis.asyncio
 
 from enrichhq import exceptions, functions, receiver, tokens, workflows
-from enrichhq.db import batches, engines, items
+from enrichhq.db import batches, callback_items, engines, items, reports
 from enrichhq.execution.batch import BatchWork, close_quietly
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
 from enrichhq.models import Company
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import BatchStatus
 
 log = logging.getLogger("enrichhq.engine")
 
@@ -106,12 +107,12 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await batches.spent(conn, batch_id) if batch else 0.0
+            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
         try:
-            workflow = await workflows.get(self.dbs, str(batch["workflow_id"]))
+            workflow = await workflows.get(self.dbs, str(batch.workflow_id))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
         except exceptions.Unreachable:
@@ -149,14 +150,14 @@ class Engine:
             self.dbs,
             self.settings,
             batch_id=batch_id,
-            play_name=batch["play_name"],
+            play_name=batch.play_name,
             workflow=workflow,
             destination=destination,
             provider=provider,
             pipeline=self.pipeline,
             limits=limits,
             workers=workers,
-            budget=batch.get("budget"),
+            budget=batch.budget,
             spent=spent,
             per_call=per_call,
         )
@@ -171,7 +172,7 @@ class Engine:
         """The batch was just paused: its remaining items wait, skipped with the reason."""
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            reason = (batch or {}).get("message") or "the batch was stopped"
+            reason = (batch.message if batch else None) or "the batch was stopped"
             await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, ("queued",))
         await self.finish_if_done(batch_id)
 
@@ -181,16 +182,17 @@ class Engine:
             if await items.has_unrun(conn, batch_id):
                 return
             batch = await batches.get_batch(conn, batch_id)
-            if batch is None or batch["finished_at"] is not None:
+            if batch is None or batch.finished_at is not None:
                 return
-            status = batch["status"]
-            if status == "running":
-                status = "waiting" if await items.has_waiting(conn, batch_id) else "completed"
-            elif status not in ("stopped", "cancelled"):
+            status = batch.status
+            if status is BatchStatus.RUNNING:
+                pending = await callback_items.has_waiting(conn, batch_id)
+                status = BatchStatus.WAITING if pending else BatchStatus.COMPLETED
+            elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
-            await batches.finish_batch(conn, batch_id, status, batch["message"])
-            if status == "waiting":  # the last callback may have settled since has_waiting looked
-                await items.close_if_done(conn, batch_id)
+            await batches.finish_batch(conn, batch_id, status, batch.message)
+            if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
+                await batches.close_if_done(conn, batch_id)
 
     async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
         """A queued callback's storage step: the receiver's own, micro-batched across jobs."""

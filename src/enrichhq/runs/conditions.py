@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, run_if, workflows
-from enrichhq.db import batches, engines, hq
+from enrichhq.db import common, engines, items
 from enrichhq.models import WorkflowConfig
 
 #: below every UUID, where the keyset paging over a batch's items starts.
@@ -54,7 +54,7 @@ class PreviousStepSucceeded(Condition):
 
     async def exclude(self, scope: Scope) -> int:
         """Skip companies without a completion of `step` in the play."""
-        return await batches.skip_queued(
+        return await items.skip_queued(
             scope.conn,
             scope.batch_id,
             f"run_if: step {self.step} not completed in play {scope.play_name!r}",
@@ -77,14 +77,14 @@ class FieldEmpty(Condition):
         """Skip companies whose row in the destination table has the column filled."""
         skipped = 0
         after = _FIRST_ID
-        while page := await batches.queued_ids(
-            scope.conn, scope.batch_id, after=after, limit=hq.MAX_ROWS_PER_STATEMENT
+        while page := await items.queued_ids(
+            scope.conn, scope.batch_id, after=after, limit=common.MAX_ROWS_PER_STATEMENT
         ):
             # The destination may be the other database: its own short transaction per page.
             async with scope.dbs.begin(scope.destination.db) as dest:
                 filled = [str(r[0]) for r in await dest.execute(self.filled(scope.destination, page))]
             if filled:
-                skipped += await batches.skip_queued(
+                skipped += await items.skip_queued(
                     scope.conn, scope.batch_id, self.reason, company_ids=filled
                 )
             after = page[-1]
@@ -145,7 +145,7 @@ async def for_workflow(dbs: engines.Databases, workflow: WorkflowConfig) -> list
     steps: list[int] = []
     if config.previous_step_succeeded:
         steps = [w.overall_step_number for w in await workflows.list_all(dbs) if w.is_active]
-    return from_config(config, workflow, steps, hq.now())
+    return from_config(config, workflow, steps, common.now())
 
 
 def completed_since(conditions: Sequence[Condition]) -> datetime | None:

@@ -6,12 +6,11 @@ worked twice, and never touches an item that is finished: nothing done is paid f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, engines, items
+from enrichhq.db import batches, engines, items, reports, rows
 from enrichhq.models import ItemOutcome, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, summaries
@@ -29,7 +28,7 @@ class _Idle:
     """A batch no process is working on, with its workflow checked and ready to run."""
 
     batch_id: str
-    batch: Mapping[str, Any]
+    batch: rows.BatchRow
     workflow: WorkflowConfig
     destination: destinations.Destination
 
@@ -39,8 +38,8 @@ class _Idle:
             self.batch_id,
             self.workflow,
             self.destination,
-            self.batch["play_name"],
-            budget or self.batch.get("budget"),
+            self.batch.play_name,
+            budget or self.batch.budget,
         )
 
 
@@ -57,7 +56,7 @@ async def prepare_resume(
     async with dbs.begin("hq") as conn:
         if budget is not None:
             await batches.set_budget(conn, batch_id, budget)
-        await batches.requeue_for_resume(conn, batch_id)
+        await items.requeue_for_resume(conn, batch_id)
     return idle.prepared(budget)
 
 
@@ -72,7 +71,7 @@ async def prepare_retry(
     idle = await _runnable(dbs, settings, batch_id)
     await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
-        requeued = await batches.requeue_failed(conn, batch_id)
+        requeued = await items.requeue_failed(conn, batch_id)
     return idle.prepared() if requeued else None
 
 
@@ -94,31 +93,27 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
     return await summaries.summary(dbs, batch_id)
 
 
-async def _store_kept(
-    pipeline: Pipeline, idle: _Idle, kept: Sequence[Mapping[str, Any]]
-) -> list[ItemOutcome]:
+async def _store_kept(pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptResult]) -> list[ItemOutcome]:
     """Store one chunk of kept results; how each of their items ends."""
-    records = [
-        StoreRecord(k["company_id"], k["company_domain"], k["result"], k["attempts"], k["cost"]) for k in kept
-    ]
+    records = [StoreRecord(k.company_id, k.company_domain, k.result, k.attempts, k.cost) for k in kept]
     try:
         stored = await pipeline.store(
             idle.workflow,
             records,
             batch_id=idle.batch_id,
-            play_name=idle.batch["play_name"],
+            play_name=idle.batch.play_name,
             destination=idle.destination,
         )
-    except Exception as exc:  # noqa: BLE001 - claimed items must not stay claimed: they fail again, results kept
+    except Exception as exc:  # noqa: BLE001 - claimed items must fail, not stay claimed
         stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
     outcomes = {o.company_id: o for o in stored}
     return [
         ItemOutcome.of_store(
-            k["company_id"],
-            outcomes.get(k["company_id"]),
-            attempts=k["attempts"],
-            cost=k["cost"],
-            data=k["result"],
+            k.company_id,
+            outcomes.get(k.company_id),
+            attempts=k.attempts,
+            cost=k.cost,
+            data=k.result,
         )
         for k in kept
     ]
@@ -128,7 +123,7 @@ async def cancel(dbs: engines.Databases, batch_id: str) -> summaries.BatchSummar
     """Mark a batch cancelled and every unfinished item skipped (finished items stay as they are)."""
     async with dbs.begin("hq") as conn:
         batch = await summaries.existing_batch(conn, batch_id)
-        if not BatchStatus(batch["status"]).final:
+        if not batch.status.final:
             await items.skip_unfinished(
                 conn,
                 batch_id,
@@ -144,7 +139,7 @@ async def orphans(dbs: engines.Databases) -> list[str]:
     async with dbs.begin("hq") as conn:
         found = []
         for batch_id in await batches.running_batch_ids(conn):
-            since = await batches.seconds_since_progress(conn, batch_id)
+            since = await reports.seconds_since_progress(conn, batch_id)
             if since is None or since >= ACTIVE_WITHIN_S:
                 found.append(batch_id)
     return found
@@ -153,17 +148,17 @@ async def orphans(dbs: engines.Databases) -> list[str]:
 async def _runnable(dbs: engines.Databases, settings: Settings, batch_id: str) -> _Idle:
     """The batch, unless a process is still working on it, with its workflow checked to run."""
     batch = await idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     return _Idle(batch_id, batch, workflow, destination)
 
 
-async def idle_batch(dbs: engines.Databases, batch_id: str) -> Mapping[str, Any]:
+async def idle_batch(dbs: engines.Databases, batch_id: str) -> rows.BatchRow:
     """The batch, unless a process is still working on it (so no item is worked twice)."""
     async with dbs.begin("hq") as conn:
         batch = await summaries.existing_batch(conn, batch_id)
-        since = await batches.seconds_since_progress(conn, batch_id)
-    if still_active(batch["status"], since):
+        since = await reports.seconds_since_progress(conn, batch_id)
+    if still_active(batch.status, since):
         raise exceptions.InputError(
             f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
             f"or if its process died, try again after {ACTIVE_WITHIN_S:.0f}s without progress"

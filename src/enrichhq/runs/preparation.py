@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, dialect, engines, schema
+from enrichhq.db import batches, dialect, engines, items, reports, schema
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
 from enrichhq.settings import Settings
@@ -103,7 +103,7 @@ async def estimate(
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, None, sample)
     async with dbs.begin("hq") as conn:
         batch_id = await _build(dbs, conn, plan, chosen, None)
-        breakdown = await batches.item_breakdown(conn, batch_id)
+        breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
         await conn.rollback()
     will_run, skipped = tally(breakdown)
@@ -173,7 +173,7 @@ async def _build(
             "budget": plan.budget,
         },
     )
-    await batches.add_batch_items(
+    await items.add_batch_items(
         conn,
         batch_id,
         play_name=plan.play_name,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import companies, exceptions
-from enrichhq.db import hq
+from enrichhq.db import company_rows
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,13 @@ async def _known_ids(conn: AsyncConnection, selection: Selection) -> list[str]:
     given = selection.canonical_ids()
     ids: dict[str, None] = dict.fromkeys(given)
     if given:
-        known = await hq.companies_by_id(conn, given)
+        known = await company_rows.companies_by_id(conn, given)
         missing = [i for i in given if i not in known]
         if missing:
             raise exceptions.InputError(f"unknown company ids: {few(missing)}")
     wanted = selection.wanted_domains()
     if wanted:
-        found = await hq.companies_by_domain(conn, wanted)
+        found = await company_rows.companies_by_domain(conn, wanted)
         missing = [d for d in wanted if d not in found]
         if missing:
             raise exceptions.InputError(

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
-from enrichhq.db import batches, engines, hq
+from enrichhq.db import batches, common, engines, reports, rows
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
 
@@ -27,7 +26,7 @@ class BatchSummary:
     counts: dict[str, int]
     cost: float
     seconds: float | None
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[rows.FailedItem] = field(default_factory=list)
     budget: float | None = None
     #: what this step has cost over all its batches.
     workflow_cost: float = 0.0
@@ -42,7 +41,7 @@ def finished(counts: Mapping[str, int]) -> int:
     return sum(counts.get(state, 0) for state in FINAL_STATES)
 
 
-async def existing_batch(conn: AsyncConnection, batch_id: str) -> Mapping[str, Any]:
+async def existing_batch(conn: AsyncConnection, batch_id: str) -> rows.BatchRow:
     """A batch's row; NotFound says where to look for the right id."""
     batch = await batches.get_batch(conn, batch_id)
     if batch is None:
@@ -54,23 +53,23 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
     """A batch's state as it is now."""
     async with dbs.begin("hq") as conn:
         batch = await existing_batch(conn, batch_id)
-        counts, cost = await batches.state_counts(conn, batch_id)
-        failed = await batches.failed_items(conn, batch_id, failures)
+        counts, cost = await reports.state_counts(conn, batch_id)
+        failed = await reports.failed_items(conn, batch_id, failures)
         workflow_cost = (
-            await batches.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
+            await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
     return BatchSummary(
         batch_id=batch_id,
-        workflow_slug=batch["workflow_slug"],
-        play_name=batch["play_name"],
-        status=BatchStatus(batch["status"]),
-        message=batch["message"],
-        total=batch["total"],
+        workflow_slug=batch.workflow_slug,
+        play_name=batch.play_name,
+        status=batch.status,
+        message=batch.message,
+        total=batch.total,
         counts=counts,
         cost=cost,
-        seconds=elapsed(batch["created_at"], batch["finished_at"], hq.now()),
+        seconds=elapsed(batch.created_at, batch.finished_at, common.now()),
         failures=failed,
-        budget=batch.get("budget"),
+        budget=batch.budget,
         workflow_cost=workflow_cost,
     )
 
@@ -86,7 +85,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str, Any]]:
+async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[rows.BatchRow]:
     """The newest batches."""
     async with dbs.begin("hq") as conn:
-        return await batches.list_batches(conn, limit)
+        return await reports.list_batches(conn, limit)
