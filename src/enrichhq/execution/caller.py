@@ -125,6 +125,7 @@ class Caller:
         budget: Budget,
         stop: StopFlag,
         policy: retry.RetryPolicy | None = None,
+        gate: Gate | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.provider = provider
@@ -138,7 +139,7 @@ class Caller:
         self.stop = stop
         self.policy = policy or retry.RetryPolicy(provider.max_attempts, provider.retry_base_delay)
         self.sleep = sleep
-        self.gate = Gate(sleep=sleep)
+        self.gate = gate or Gate(sleep=sleep)
 
     async def call(
         self, company: Company, attempts: int, *, start: Callable[[], Awaitable[None]] | None = None
