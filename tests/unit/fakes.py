@@ -89,7 +89,7 @@ class Scripted(base.Provider):
         self.options = base.ProviderOptions.model_validate(self.workflow.provider_config)
         self.concurrency = self.options.max_concurrency or self.default_concurrency
         self.max_rps = self.options.max_rps
-        self.concurrency_remaining = None
+        self.concurrency_remaining: int | None = None
         self.max_attempts = self.options.max_attempts
         self.callback_timeout_s = self.options.callback_timeout_s
         self.retry_base_delay = self.options.retry_base_delay or 0.0
@@ -204,7 +204,11 @@ class Storage:
             raise self.fail
         self.stored.append(list(records))
         outcomes = [
-            StoreOutcome(r.company_id, r.company_id not in self.refuse, "refused" if r.company_id in self.refuse else None)
+            StoreOutcome(
+                r.company_id,
+                r.company_id not in self.refuse,
+                "refused" if r.company_id in self.refuse else None,
+            )
             for r in records
         ]
         ref = StepRef.of(workflow, batch_id=batch_id, play_name=play_name)

@@ -20,8 +20,16 @@ from tests.unit import fakes
 ACME = Company("c1", "acme.test")
 
 
-def busy(message: str = "busy", **kwargs: object) -> exceptions.ProviderError:
-    return exceptions.ProviderError(message, retryable=True, **kwargs)  # type: ignore[arg-type]
+def busy(
+    message: str = "busy",
+    *,
+    retry_after: float | None = None,
+    status: int | None = None,
+    cost: float | None = None,
+) -> exceptions.ProviderError:
+    return exceptions.ProviderError(
+        message, retryable=True, retry_after=retry_after, status=status, cost=cost
+    )
 
 
 class Rig:
@@ -237,7 +245,11 @@ async def test_an_async_provider_gets_a_signed_token_for_its_company() -> None:
     assert context.callback_url == fakes.Signing().receiver_url()
     assert context.callback_token is not None
     claims = tokens.verify(fakes.Signing.secret, context.callback_token)
-    assert (claims.batch_id, claims.company_id, claims.workflow_id) == (fakes.BATCH, "c1", fakes.workflow().id)
+    assert (claims.batch_id, claims.company_id, claims.workflow_id) == (
+        fakes.BATCH,
+        "c1",
+        fakes.workflow().id,
+    )
 
 
 async def test_the_gate_waits_out_the_longest_pause() -> None:

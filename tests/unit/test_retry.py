@@ -12,8 +12,20 @@ from enrichhq.execution import retry
 POLICY = retry.RetryPolicy(max_attempts=3, base_delay=2.0, jitter=lambda: 1.0)
 
 
-def error(**kwargs: object) -> exceptions.ProviderError:
-    return exceptions.ProviderError("zenrows: 503 unavailable", **kwargs)  # type: ignore[arg-type]
+def error(
+    *,
+    retryable: bool = False,
+    stop_batch: bool = False,
+    retry_after: float | None = None,
+    status: int | None = None,
+) -> exceptions.ProviderError:
+    return exceptions.ProviderError(
+        "zenrows: 503 unavailable",
+        retryable=retryable,
+        stop_batch=stop_batch,
+        retry_after=retry_after,
+        status=status,
+    )
 
 
 def test_a_retryable_error_backs_off_exponentially_from_the_base_delay() -> None:
