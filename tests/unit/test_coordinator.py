@@ -112,8 +112,10 @@ async def test_a_cancel_made_elsewhere_is_seen_by_the_watcher() -> None:
         job = asyncio.create_task(work.run_chunk(companies, poison_after=POISON_AFTER))
         await until(lambda: "c0" in provider.started)
         store.status = BatchStatus.CANCELLED  # the UI cancels it
-        await until(lambda: work.stop_message is not None)
-        provider.hold["c0"].set()
+        try:
+            await until(lambda: work.stop_message is not None)
+        finally:
+            provider.hold["c0"].set()  # else a failure here would hang the test
         await job
     assert work.stop_message == CANCELLED
     assert provider.called() == ["c0"]
