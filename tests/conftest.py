@@ -14,6 +14,10 @@ from enrichhq import settings
 from enrichhq.db import engines, migrate, schema
 from tests.stubs import API_KEY, Stub
 
+# The provider stubs listen on loopback, which the network policy closes by default; every
+# subprocess inherits this. Tests of the policy itself build their own.
+os.environ.setdefault("ENRICHHQ_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
+
 PG_ADMIN = os.environ.get("ENRICHHQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 
