@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from enrichhq.db import batches, engines
+from enrichhq.db import engines, reports
 from enrichhq.states import ItemState
 
 PROVIDER_CALLS = Counter(
@@ -31,7 +31,7 @@ def observe(provider: str, seconds: float, outcome: str, status: int | None = No
 async def exposition(dbs: engines.Databases) -> bytes:
     """The text format Prometheus scrapes: the counters above plus items by state and queue depth."""
     async with dbs.begin("hq") as conn:
-        states = await batches.open_item_states(conn)
+        states = await reports.open_item_states(conn)
     registry = CollectorRegistry()
     items = GaugeMetricFamily("enrichhq_items", "Items of unfinished batches, by state", labels=["state"])
     for state, count in sorted(states.items()):

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, enrichment_logger, exceptions
-from enrichhq.db import dialect, engines, hq
+from enrichhq.db import dialect, engines, workflow_rows
 from enrichhq.models import LogEntry, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.states import LogStatus
 
@@ -24,7 +24,7 @@ RESERVED = ("company_id", "company_domain")
 async def load_config(dbs: engines.Databases, ref: str) -> WorkflowConfig:
     """The workflow config by id or slug (the seed's `SELECT * ... WHERE id = workflow_id`)."""
     async with dbs.begin("hq") as conn:
-        workflow = await hq.get_workflow(conn, ref)
+        workflow = await workflow_rows.get_workflow(conn, ref)
     if workflow is None:
         raise exceptions.NotFound(
             f"no workflow with id or slug {ref!r}; `enrichhq workflows list` shows the ones there are"

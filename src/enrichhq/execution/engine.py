@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio
 
 from enrichhq import exceptions, functions, receiver, tokens, workflows
-from enrichhq.db import batches, engines, items
+from enrichhq.db import batches, callback_items, engines, items, reports
 from enrichhq.execution.batch import BatchWork, Calling
 from enrichhq.execution.budget import Purse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
@@ -114,12 +114,12 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await batches.spent(conn, batch_id) if batch else 0.0
+            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
         try:
-            workflow = await workflows.get(self.dbs, str(batch["workflow_id"]))
+            workflow = await workflows.get(self.dbs, str(batch.workflow_id))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
         except exceptions.Unreachable:
@@ -153,10 +153,8 @@ class Engine:
                 lease_s=self.settings.enrichhq_heartbeat_s,
                 local=workers,
             )
-        step = BatchStep(batch_id, batch["play_name"], workflow, destination)
-        calling = Calling(
-            provider, limits, Purse(batch.get("budget"), spent, per_call), workers, self.settings
-        )
+        step = BatchStep(batch_id, batch.play_name, workflow, destination)
+        calling = Calling(provider, limits, Purse(batch.budget, spent, per_call), workers, self.settings)
         closing = contextlib.AsyncExitStack()
         closing.push_async_callback(close_quietly, provider)
         work = await closing.enter_async_context(
@@ -180,7 +178,7 @@ class Engine:
         """The batch was just paused: its remaining items wait, skipped with the reason."""
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            reason = (batch or {}).get("message") or "the batch was stopped"
+            reason = (batch.message if batch else None) or "the batch was stopped"
             await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, (ItemState.QUEUED,))
         await self.finish_if_done(batch_id)
 
@@ -190,17 +188,17 @@ class Engine:
             if await items.has_unrun(conn, batch_id):
                 return
             batch = await batches.get_batch(conn, batch_id)
-            if batch is None or batch["finished_at"] is not None:
+            if batch is None or batch.finished_at is not None:
                 return
-            status = batch["status"]
-            if status == BatchStatus.RUNNING:
-                waiting = await items.has_waiting(conn, batch_id)
-                status = BatchStatus.WAITING if waiting else BatchStatus.COMPLETED
+            status = batch.status
+            if status is BatchStatus.RUNNING:
+                pending = await callback_items.has_waiting(conn, batch_id)
+                status = BatchStatus.WAITING if pending else BatchStatus.COMPLETED
             elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
-            await batches.finish_batch(conn, batch_id, status, batch["message"])
-            if status == BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
-                await items.close_if_done(conn, batch_id)
+            await batches.finish_batch(conn, batch_id, status, batch.message)
+            if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
+                await batches.close_if_done(conn, batch_id)
 
     async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
         """A queued callback's storage step: the receiver's own, micro-batched across jobs."""

@@ -25,8 +25,7 @@ from pgqueuer.domain.settings import DBSettings
 from pgqueuer.domain.types import Channel
 
 from enrichhq import exceptions, tokens
-from enrichhq.db import delivery, engines
-from enrichhq.db import limits as worker_rows
+from enrichhq.db import delivery, engines, workers
 from enrichhq.execution.engine import Chunk, Engine
 from enrichhq.models import Company
 from enrichhq.settings import Settings
@@ -259,6 +258,6 @@ async def queue_mode(dbs: engines.Databases, settings: Settings) -> str:
         return "memory"
     with contextlib.suppress(exceptions.DatabaseError):
         async with dbs.begin("hq") as conn:
-            if await worker_rows.live_workers(conn, ALIVE_S):
+            if await workers.live_workers(conn, ALIVE_S):
                 return "postgres"
     return "memory"

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from enrichhq import enrichment_logger
-from enrichhq.db import batches, delivery, dialect, engines, hq, items
+from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
 from enrichhq.execution import outage
 from enrichhq.models import ItemOutcome, LogEntry, StepRef
 from enrichhq.states import BatchStatus, ItemState, LogStatus
@@ -153,7 +153,7 @@ class DbItemStore:
             if stop:
                 await batches.stop_batch(conn, self.batch_id, stop)
             batch = await batches.get_batch(conn, self.batch_id)
-        return None if batch is None else BatchState(batch["status"], batch["message"])
+        return None if batch is None else BatchState(batch.status, batch.message)
 
     async def finish(
         self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
@@ -165,13 +165,13 @@ class DbItemStore:
             for o in outcomes
             if o.state is ItemState.WAITING_CALLBACK
         ]
-        deadline = hq.now() + timedelta(seconds=callback_timeout_s)
+        deadline = common.now() + timedelta(seconds=callback_timeout_s)
 
         async def write() -> None:
             async with self.dbs.begin("hq") as conn:
                 await enrichment_logger.write(conn, entries)
                 await items.finish_items(conn, self.batch_id, final)
-                await items.mark_waiting(conn, self.batch_id, waiting, deadline)
+                await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
         await outage.through(write)
