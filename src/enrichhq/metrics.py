@@ -6,6 +6,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import GaugeMetricFamily
 
 from enrichhq.db import engines, reports
+from enrichhq.states import ItemState
 
 PROVIDER_CALLS = Counter(
     "enrichhq_provider_calls_total", "Calls to providers, by outcome", ["provider", "outcome"]
@@ -36,7 +37,7 @@ async def exposition(dbs: engines.Databases) -> bytes:
     for state, count in sorted(states.items()):
         items.add_metric([state], count)
     depth = GaugeMetricFamily("enrichhq_queue_depth", "Items queued or running, not yet settled")
-    depth.add_metric([], states.get("queued", 0) + states.get("running", 0))
+    depth.add_metric([], states.get(ItemState.QUEUED, 0) + states.get(ItemState.RUNNING, 0))
 
     class Snapshot:
         def collect(self) -> list[GaugeMetricFamily]:

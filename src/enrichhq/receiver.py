@@ -15,10 +15,10 @@ from typing import Any
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, callback_items, engines, items, rows
-from enrichhq.models import ItemOutcome, LogEntry, StoreRecord, WorkflowConfig
+from enrichhq.models import ItemOutcome, LogEntry, StepRef, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
-from enrichhq.states import ItemState
+from enrichhq.states import ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.receiver")
 # A callback being stored longer than this was lost with its process: its item waits again.
@@ -286,16 +286,17 @@ async def _log_rejection(
         return
     await pipeline.log(
         [
-            LogEntry(
-                workflow_id=claims.workflow_id,
-                workflow_slug=batch.workflow_slug,
-                company_id=claims.company_id,
-                company_domain=item.company_domain,
-                play_name=batch.play_name,
-                step_number=batch.step_number,
-                status="rejected",
-                result_table=None,
-                batch_id=claims.batch_id,
+            StepRef(
+                claims.workflow_id,
+                batch.workflow_slug,
+                batch.step_number,
+                batch.play_name,
+                claims.batch_id,
+                None,
+            ).entry(
+                claims.company_id,
+                item.company_domain,
+                LogStatus.REJECTED,
                 error=f"callback refused: {error}",
             )
         ]
@@ -319,16 +320,17 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
                 if await callback_items.time_out(conn, item.batch_id, item.company_id, TIMED_OUT):
                     touched.add(item.batch_id)
                     entries.append(
-                        LogEntry(
-                            workflow_id=item.workflow_id,
-                            workflow_slug=item.workflow_slug,
-                            company_id=item.company_id,
-                            company_domain=item.company_domain,
-                            play_name=item.play_name,
-                            step_number=item.step_number,
-                            status="timed_out",
-                            result_table=None,
-                            batch_id=item.batch_id,
+                        StepRef(
+                            item.workflow_id,
+                            item.workflow_slug,
+                            item.step_number,
+                            item.play_name,
+                            item.batch_id,
+                            None,
+                        ).entry(
+                            item.company_id,
+                            item.company_domain,
+                            LogStatus.TIMED_OUT,
                             error=TIMED_OUT,
                             attempt=item.attempts,
                         )

@@ -104,8 +104,10 @@ async def _housekeeping(
             async with dbs.begin("hq") as conn:
                 await workers.beat(conn, me, host, os.getpid(), concurrency)
             await engine.reap()
-        except Exception as exc:  # housekeeping must outlive any one failure
+        except exceptions.DatabaseError as exc:  # HQ restarting: the next beat tries again
             log.warning("heartbeat failed: %s", exc)
+        except Exception:  # housekeeping must outlive any one failure; a bug shows its stack
+            log.exception("heartbeat failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
 
