@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from enrichhq import runs, settings
 from enrichhq.db import engines, migrate
 from enrichhq.db import limits as worker_rows
-from tests.conftest import _reset_pg
 from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
 from tests.workers.fleet import FaultSite, Fleet, OwnPostgres
 
@@ -55,7 +54,6 @@ def _environ(hq_url: str, ws_url: str, data_dir: Path) -> dict[str, str]:
 @pytest.fixture
 async def cluster(pg_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
     hq_url, ws_url = pg_urls
-    _reset_pg(hq_url, ws_url)
     async with _cluster(hq_url, ws_url, tmp_path) as made:
         yield made
 

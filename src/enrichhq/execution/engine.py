@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
 
-from enrichhq import exceptions, functions, receiver, tokens, workflows
+from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.execution.batch import BatchWork, close_quietly
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
@@ -240,7 +239,7 @@ class Engine:
 
     def _redis(self) -> Any:
         if self.redis is None:
-            self.redis = redis.asyncio.from_url(self.settings.redis_url or "")
+            self.redis = extras.redis().asyncio.from_url(self.settings.redis_url or "")
         return self.redis
 
     async def aclose(self) -> None:
