@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from enrichhq import settings
 from enrichhq.db import engines, migrate
@@ -63,8 +64,9 @@ class PgServer:
 
     def __init__(self, admin_url: str) -> None:
         self.base = sa.make_url(admin_url)
-        self.admin = sa.create_engine(self.base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-        self.tag = f"{DB_PREFIX}%_{os.getpid()}"
+        self.admin = sa.create_engine(
+            self.base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+        )
 
     def url(self, database: str) -> str:
         """The URL of a database on this server, as enrichhq takes it."""
@@ -92,7 +94,9 @@ class PgServer:
         """Databases of this session (prefix and pid) still on the server."""
         pattern = DB_PREFIX.replace("_", r"\_") + r"%\_" + str(os.getpid()) + "%"
         with self.admin.connect() as conn:
-            rows = conn.execute(sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": pattern})
+            rows = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": pattern}
+            )
             return sorted(name for (name,) in rows)
 
 
@@ -177,7 +181,7 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path, stub: Stub) -> Asy
         hq_database_url=hq_url,
         workspace_database_url=ws_url,
         enrichhq_data_dir=tmp_path,
-        zenrows_api_key=API_KEY,
+        zenrows_api_key=SecretStr(API_KEY),
         zenrows_api_url=stub.zenrows_url,
         enrichhq_retry_base_delay=0.01,
     )

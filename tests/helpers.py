@@ -28,6 +28,20 @@ def unavailable(service: str, reason: str) -> NoReturn:
     pytest.skip(f"{service} missing: {reason}")
 
 
+def redis_url() -> str:
+    """ENRICHHQ_TEST_REDIS, once it answers a PING; unavailable() otherwise."""
+    import redis  # the redis extra: installed with dev, needed only here
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        unavailable("Redis", f"not reachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
 # The seed's "Adding a New Enrichment Step" DDL, verbatim on PostgreSQL; SQLite needs its
 # own default expressions but keeps the seed's type names.
 SEED_CASE_STUDIES = {

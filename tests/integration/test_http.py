@@ -50,7 +50,7 @@ def wait_for(client: httpx.Client, batch_id: str, timeout: float = 30) -> dict[s
     """Poll a batch until it has finished."""
     deadline = time.monotonic() + timeout
     while True:
-        batch = client.get(f"/api/v1/batches/{batch_id}", headers=AUTH).json()
+        batch: dict[str, Any] = client.get(f"/api/v1/batches/{batch_id}", headers=AUTH).json()
         if batch["status"] not in ("running", "waiting"):
             return batch
         assert time.monotonic() < deadline, batch

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from enrichhq import storage_worker, workflows
 from enrichhq.db import batches, dialect, engines, items, schema
-from enrichhq.models import StoreRecord
+from enrichhq.models import ItemOutcome, StoreRecord
+from enrichhq.states import ItemState
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, add_batch_item, add_companies, homepage_ddl, sql, workflow_row
 
@@ -82,7 +83,7 @@ async def test_insert_rows_keeps_every_row_alike_or_not(env: Env) -> None:
 async def test_a_chunk_is_one_log_and_one_completion_statement(env: Env) -> None:
     """500 results are written with a handful of statements, not one per company."""
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
-    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
     found = await add_companies(env.dbs, [f"ok-{i:03}.com" for i in range(500)])
     workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
     statements: list[tuple[str, bool]] = []
@@ -114,7 +115,7 @@ async def test_pages_are_compressed_with_lz4_unless_told_otherwise(env: Env) -> 
     """On PostgreSQL a stored page is lz4-compressed (ENRICHHQ_TOAST_COMPRESSION=lz4, the default);
     'server' leaves the server's pglz. SQLite has no such thing and stores the page as given."""
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
-    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
     page = "<html>" + "enrich " * 4000 + "</html>"  # large enough to be compressed
     workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
     (company,) = await add_companies(env.dbs, ["ok-b.com"])
@@ -155,8 +156,8 @@ async def test_the_last_callback_and_the_sender_close_the_batch_whichever_commit
         await batches.finish_batch(sender, batch_id, "waiting", None)
         assert not await items.close_if_done(sender, batch_id)  # the callback has not committed
         await callback.begin()
-        update = {"company_id": company.id, "state": "succeeded", "attempts": 1, "cost": None}
-        await items.finish_items(callback, batch_id, [update], from_states=("storing",))
+        update = ItemOutcome(company.id, ItemState.SUCCEEDED, 1)
+        await items.finish_items(callback, batch_id, [update], from_states=(ItemState.STORING,))
         closing = asyncio.create_task(items.close_if_done(callback, batch_id))
         await asyncio.sleep(0.2)
         assert not closing.done()  # it waits for the sender's transaction
