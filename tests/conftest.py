@@ -24,6 +24,10 @@ from enrichhq.db import engines, migrate
 from tests import helpers
 from tests.stubs import API_KEY, Stub
 
+# The provider stubs listen on loopback, which the network policy closes by default; every
+# subprocess inherits this. Tests of the policy itself build their own.
+os.environ.setdefault("ENRICHHQ_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
+
 PG_ADMIN = os.environ.get("ENRICHHQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 #: every database a test creates starts with this, so a shared server can tell (and clean) them.
 DB_PREFIX = os.environ.get("ENRICHHQ_TEST_DB_PREFIX", "enrichhq_test_")

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from enrichhq import exceptions
+from enrichhq import exceptions, netpolicy
 from enrichhq.db import engines, hq
 from enrichhq.models import Company
 
@@ -35,6 +35,17 @@ def normalize_domain(raw: str) -> str:
     text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text)
     text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     return text.rsplit(":", 1)[0].rstrip(".") if ":" in text else text.rstrip(".")
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why a normalised domain cannot be a company's, or None when it can."""
+    if netpolicy.literal_address(domain) is not None or domain.rsplit(".", 1)[-1].isdigit():
+        # An address (127.1 too: no top-level domain is a number) is never a company's domain,
+        # and would point the providers at it.
+        return "is an IP address, not a domain"
+    if not DOMAIN.match(domain):
+        return "is not a domain"
+    return None
 
 
 def decode(data: bytes, source: str) -> str:
@@ -77,8 +88,8 @@ def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> 
             )
         cell = {name: (row[i].strip() if i < len(row) else "") for name, i in at.items()}
         domain = normalize_domain(cell["domain"])
-        if not DOMAIN.match(domain):
-            raise exceptions.InputError(f"{source}: line {line}: {cell['domain']!r} is not a domain")
+        if (problem := domain_problem(domain)) is not None:
+            raise exceptions.InputError(f"{source}: line {line}: {cell['domain']!r} {problem}")
         if domain in seen:
             raise exceptions.InputError(
                 f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; "
@@ -166,8 +177,8 @@ async def ensure(dbs: engines.Databases, given: list[Company]) -> list[str]:
     cleaned = []
     for company in given:
         domain = normalize_domain(company.domain)
-        if not DOMAIN.match(domain):
-            raise exceptions.InputError(f"{company.domain!r} is not a domain")
+        if (problem := domain_problem(domain)) is not None:
+            raise exceptions.InputError(f"{company.domain!r} {problem}")
         cleaned.append(Company(company.id or str(uuid.uuid4()), domain, company.name))
     unique = list({c.domain: c for c in cleaned}.values())
     await import_companies(dbs, unique)

@@ -125,6 +125,8 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         hq_database_url=None,
         workspace_database_url=None,
         enrichhq_retry_base_delay=0.2,
+        # The sample sites are served on loopback, which providers may not reach by default.
+        enrichhq_allow_private_networks="127.0.0.1/32",
     )
     console.print(f"[bold]1.[/bold] enrichhq init -> {data_dir / 'hq.db'}")
     migrate.upgrade(conf.resolved_hq_url())

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from enrichhq import netpolicy
+
 ZENROWS_DEFAULT_URL = "https://api.zenrows.com/v1/"
 
 
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
         description="how PostgreSQL compresses the large values enrichhq writes (scraped pages): lz4 where "
         "the server has it (PostgreSQL 14+; many times cheaper than pglz), or the server's own default",
     )
+    enrichhq_allow_private_networks: str = Field(
+        default="",
+        description="let providers connect to loopback, private and link-local addresses: true, or "
+        "networks such as 10.0.0.0/8,127.0.0.1/32 (default: public addresses only)",
+    )
     redis_url: str | None = Field(
         default=None, description="keep provider limits shared by workers in Redis instead of HQ"
     )
@@ -100,6 +107,10 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(size))
         return path.read_text().strip()
+
+    def network_policy(self) -> netpolicy.NetworkPolicy:
+        """Which addresses providers may connect to (ENRICHHQ_ALLOW_PRIVATE_NETWORKS)."""
+        return netpolicy.NetworkPolicy.parse(self.enrichhq_allow_private_networks)
 
     def receiver_url(self) -> str | None:
         """Where async providers post their results back, or None when no public URL is set."""

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 from pydantic import SecretStr
 
 from enrichhq import settings
@@ -83,9 +83,17 @@ def page(browser: Browser, server: LiveServer) -> Iterator[Page]:
         dialog.dismiss()
 
     page.on("dialog", refuse)
+    refused: list[str] = []
+
+    def csp(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            refused.append(message.text)
+
+    page.on("console", csp)
     yield page
     context.close()
     assert dialogs == [], f"a script ran in the UI: {dialogs}"
+    assert refused == [], f"the page needed something its Content-Security-Policy refuses: {refused}"
 
 
 def log_in(page: Page) -> None:
@@ -113,9 +121,20 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     expect(page.locator(".flash")).to_contain_text("Imported 5 companies")
     expect(page.locator("table.grid")).to_contain_text("<script>alert(1)</script>")  # shown as text
 
+    # The page's select-all box (a script of our own, as the CSP allows) checks every row and clears them.
+    boxes = page.locator("input[name=company_ids]")
+    page.check("input[aria-label='select page']")
+    expect(boxes.and_(page.locator(":checked"))).to_have_count(5)
+    page.uncheck("input[aria-label='select page']")
+    expect(boxes.and_(page.locator(":checked"))).to_have_count(0)
+
     # Select three companies by hand, ask for Run step 1, and read the confirmation.
     for domain in ("ok-acme.com", "ok-globex.com", "ratelimit-initech.com"):
         page.check(f"input[aria-label='select {domain}']")
+    page.click("button.run[data-step='1']")
+    expect(page.locator(".confirm")).to_contain_text("3 companies will run")
+    page.click(".confirm button:has-text('Cancel')")
+    expect(page.locator(".confirm")).to_have_count(0)
     page.click("button.run[data-step='1']")
     expect(page.locator(".confirm")).to_contain_text("3 companies will run")
     expect(page.locator(".confirm .cost")).to_have_text("15")  # 3 x 5 credits (js_render)

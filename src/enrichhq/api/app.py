@@ -21,7 +21,7 @@ from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
 from enrichhq.api.deps import Services, require_api_key, services
 from enrichhq.db import dialect
-from enrichhq.ui import auth
+from enrichhq.ui import auth, security
 from enrichhq.ui import routes as ui_routes
 
 log = logging.getLogger("enrichhq.api")
@@ -209,6 +209,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
     )
     app.callback_max_bytes = conf.enrichhq_max_body_bytes
     app.add_middleware(SessionMiddleware, **auth.session_options(conf))
+    app.add_middleware(security.SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
     app.mount("/static", StaticFiles(directory=Path(ui_routes.__file__).parent / "static"), name="static")
 

@@ -142,6 +142,23 @@ rate_buckets = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# UI sessions: the cookie carries the id, so logging out (or expiry) ends it on the server too.
+ui_sessions = sa.Table(
+    "enrichhq_ui_sessions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+# Login attempts per client address and per account, counted in fixed windows (epoch seconds).
+login_attempts = sa.Table(
+    "enrichhq_login_attempts",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "companies": ("domain",),

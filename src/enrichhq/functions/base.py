@@ -11,7 +11,7 @@ from typing import ClassVar
 import httpx
 import pydantic
 
-from enrichhq import exceptions
+from enrichhq import exceptions, netpolicy
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
 
@@ -80,9 +80,11 @@ class Provider(abc.ABC):
             if self.options.retry_base_delay is None
             else self.options.retry_base_delay
         )
-        self.client = httpx.AsyncClient(
+        # Every URL a provider calls comes from data: the network policy guards each connection.
+        self.client = netpolicy.client(
+            settings.network_policy(),
             timeout=self.options.timeout_s or self.default_timeout_s,
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            concurrency=self.concurrency,
             headers={"User-Agent": "enrichhq/0.1"},
         )
 

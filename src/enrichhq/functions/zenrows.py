@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from typing import Any, ClassVar
 
 import httpx
@@ -11,6 +13,8 @@ from enrichhq import exceptions
 from enrichhq.functions import base
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.zenrows")
 
 # Answers that no other company in the batch would get past either.
 STOPS_BATCH = {401: "invalid or missing API key", 402: "out of credits or plan limit reached"}
@@ -60,12 +64,21 @@ class ZenrowsProvider(base.Provider):
 
     def cost(self, response: httpx.Response | None = None) -> float | None:
         """Zenrows' X-Request-Cost header, else provider_config.cost_per_call."""
-        if response is not None and response.headers.get("x-request-cost"):
-            try:
-                return float(response.headers["x-request-cost"])
-            except ValueError:
-                pass
-        return super().cost()
+        header = None if response is None else response.headers.get("x-request-cost")
+        if not header:
+            return super().cost()
+        try:
+            value = float(header)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+        # NaN, infinity or a negative price would poison the step's average and the budget.
+        price = self.estimated_cost(self.workflow)
+        log.warning(
+            "ignoring Zenrows' X-Request-Cost %r; counting the configured price %s", header[:40], price
+        )
+        return price
 
     async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Scrape one homepage; Zenrows' error contract becomes ProviderError flags."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from typing import Any
 from urllib.parse import quote
@@ -11,9 +12,13 @@ from urllib.parse import quote
 from fastapi import Request
 
 from enrichhq import exceptions
+from enrichhq.db import engines, logins
 from enrichhq.settings import Settings
 
 SESSION_HOURS = 12
+#: failed logins allowed per client address, and per account, in each window.
+LOGIN_LIMIT = 10
+LOGIN_WINDOW_S = 60.0
 
 
 class LoginRequired(exceptions.EnrichHQError):
@@ -22,6 +27,14 @@ class LoginRequired(exceptions.EnrichHQError):
     def __init__(self, next_url: str) -> None:
         super().__init__("log in first")
         self.next_url = next_url
+
+
+class TooManyLogins(exceptions.EnrichHQError):
+    """Too many login attempts from one address or for the account: wait, then try again."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"Too many login attempts: try again in {self.retry_after} s.")
 
 
 class CsrfError(exceptions.EnrichHQError):
@@ -49,11 +62,45 @@ def csrf_token(request: Request) -> str:
     return str(token)
 
 
-def require_user(request: Request) -> None:
-    """Let logged-in users through; send everyone else to the login page."""
-    if not request.session.get("user"):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise LoginRequired(quote(target, safe="/?=&"))
+async def require_user(request: Request) -> None:
+    """Let users whose session is alive on the server through; send everyone else to the login page."""
+    session_id = request.session.get("sid")
+    if request.session.get("user") and isinstance(session_id, str):
+        async with request.app.state.services.dbs.begin("hq") as conn:
+            if await logins.session_alive(conn, session_id):
+                return
+    request.session.pop("user", None)
+    request.session.pop("sid", None)
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    raise LoginRequired(quote(target, safe="/?=&"))
+
+
+async def log_in(dbs: engines.Databases, settings: Settings, address: str, password: str) -> str | None:
+    """A new session's id for the right password, None for a wrong one; TooManyLogins past the limit.
+
+    Every attempt is counted before the password is looked at, per address and for the account,
+    so neither a fast client nor many clients guess on.
+    """
+    keys = (f"address:{address}", "account:admin")
+    async with dbs.begin("hq") as conn:
+        counted = [await logins.count_attempt(conn, key, window_s=LOGIN_WINDOW_S) for key in keys]
+    waits = [left for attempts, left in counted if attempts > LOGIN_LIMIT]
+    if waits:
+        raise TooManyLogins(max(waits))
+    if not check_password(settings, password):
+        return None
+    async with dbs.begin("hq") as conn:
+        await logins.clear_attempts(conn, keys)
+        return await logins.open_session(conn, SESSION_HOURS * 3600)
+
+
+async def log_out(dbs: engines.Databases, request: Request) -> None:
+    """End the session on the server and in the cookie."""
+    session_id = request.session.get("sid")
+    if isinstance(session_id, str):
+        async with dbs.begin("hq") as conn:
+            await logins.close_session(conn, session_id)
+    request.session.clear()
 
 
 async def require_csrf(request: Request) -> None:

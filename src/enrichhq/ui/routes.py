@@ -48,15 +48,24 @@ async def login_page(request: Request, next: str = "/") -> HTMLResponse:
 async def login(request: Request) -> Response:
     form = await request.form()
     target = str(form.get("next") or "/")
-    if not auth.check_password(services(request).settings, str(form.get("password") or "")):
+    svc = services(request)
+    address = request.client.host if request.client else "unknown"
+    try:
+        session_id = await auth.log_in(svc.dbs, svc.settings, address, str(form.get("password") or ""))
+    except auth.TooManyLogins as exc:
+        page = render(request, "login.html", 429, next=target, error=str(exc))
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
+    if session_id is None:
         return render(request, "login.html", 401, next=target, error="That password is not right.")
     request.session["user"] = "admin"
+    request.session["sid"] = session_id
     return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/", 303)
 
 
 @router.post("/logout", dependencies=Posting)
 async def logout(request: Request) -> Response:
-    request.session.clear()
+    await auth.log_out(services(request).dbs, request)
     return RedirectResponse("/login", 303)
 
 
