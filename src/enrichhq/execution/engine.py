@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-
 from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
 from enrichhq.db import batches, engines, items
 from enrichhq.execution.batch import BatchWork, close_quietly

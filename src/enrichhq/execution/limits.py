@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-
 from enrichhq import exceptions, extras
 from enrichhq.db import engines
 from enrichhq.db import limits as queries
