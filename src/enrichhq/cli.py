@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from enrichhq import aio, companies, destinations, exceptions, runs, settings, workflows
-from enrichhq.db import engines, migrate
+from enrichhq.db import engines, migrate, urls
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -178,9 +178,8 @@ def worker(
 
 
 def _masked(url: str) -> str:
-    from enrichhq.db import dialect
 
-    return dialect.mask(url)
+    return urls.mask(url)
 
 
 # --- companies --------------------------------------------------------------------------------
@@ -471,7 +470,7 @@ def _print_summary(summary: runs.BatchSummary, failures: int = 10) -> None:
         )
     for item in summary.failures[:failures]:
         out.print(
-            f"  [red]{item['state']}[/red] {item['company_domain']}: {item['last_error']}",
+            f"  [red]{item.state}[/red] {item.company_domain}: {item.last_error}",
             highlight=False,
             soft_wrap=True,
         )
@@ -537,9 +536,7 @@ def batches_list(limit: int = 20) -> None:
     rows = _run(lambda dbs: runs.list_batches(dbs, limit))
     table = Table("id", "workflow", "play", "status", "companies", "created")
     for b in rows:
-        table.add_row(
-            b["id"], b["workflow_slug"], b["play_name"], b["status"], str(b["total"]), str(b["created_at"])
-        )
+        table.add_row(b.id, b.workflow_slug, b.play_name, b.status, str(b.total), str(b.created_at))
     out.print(table)
 
 

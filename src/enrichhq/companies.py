@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enrichhq import exceptions, netpolicy
-from enrichhq.db import engines, hq
+from enrichhq.db import common, company_rows, engines
 from enrichhq.models import Company
 
 DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}$")
@@ -138,14 +138,16 @@ async def import_file(dbs: engines.Databases, path: Path, *, skip_blank: bool = 
 async def import_companies(dbs: engines.Databases, companies: list[Company]) -> ImportResult:
     """Add new companies and rename known ones, in one transaction."""
     async with dbs.begin("hq") as conn:
-        existing = await hq.companies_by_domain(conn, [c.domain for c in companies])
-        clashing = await hq.companies_by_id(conn, [c.id for c in companies if c.domain not in existing])
+        existing = await company_rows.companies_by_domain(conn, [c.domain for c in companies])
+        clashing = await company_rows.companies_by_id(
+            conn, [c.id for c in companies if c.domain not in existing]
+        )
         if clashing:
             taken = next(iter(clashing.values()))
             raise exceptions.InputError(
                 f"id {taken.id} is already used by {taken.domain}; give each company its own id"
             )
-        await hq.upsert_companies(
+        await company_rows.upsert_companies(
             conn,
             [
                 {
@@ -154,7 +156,7 @@ async def import_companies(dbs: engines.Databases, companies: list[Company]) -> 
                     "name": c.name
                     if c.name is not None
                     else (existing[c.domain].name if c.domain in existing else None),
-                    "created_at": hq.now(),
+                    "created_at": common.now(),
                 }
                 for c in companies
             ],
@@ -167,7 +169,7 @@ async def listing(
 ) -> tuple[int, list[Company]]:
     """How many companies there are, and one page of them."""
     async with dbs.begin("hq") as conn:
-        return await hq.count_companies(conn, search), await hq.list_companies(
+        return await company_rows.count_companies(conn, search), await company_rows.list_companies(
             conn, search=search, limit=limit, offset=offset
         )
 
@@ -183,5 +185,5 @@ async def ensure(dbs: engines.Databases, given: list[Company]) -> list[str]:
     unique = list({c.domain: c for c in cleaned}.values())
     await import_companies(dbs, unique)
     async with dbs.begin("hq") as conn:
-        found = await hq.companies_by_domain(conn, [c.domain for c in unique])
+        found = await company_rows.companies_by_domain(conn, [c.domain for c in unique])
     return [found[c.domain].id for c in unique]

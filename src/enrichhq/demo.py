@@ -190,4 +190,4 @@ async def _show(dbs: engines.Databases, console: Console, summary: runs.BatchSum
         highlight=False,
     )
     for item in summary.failures:
-        console.print(f"  [red]failed[/red] {item['company_domain']}: {item['last_error']}", highlight=False)
+        console.print(f"  [red]failed[/red] {item.company_domain}: {item.last_error}", highlight=False)

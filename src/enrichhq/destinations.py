@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
-from enrichhq.db import dialect, engines, schema
+from enrichhq.db import dialect, engines, schema, types
 
 # What a provider says a data key holds; destination column types are read the same way.
 TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE, OTHER = (
@@ -64,7 +64,7 @@ def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
     for sa_type, kind in checks:
         if isinstance(column_type, sa_type):
             return kind
-    if isinstance(column_type, dialect.GUID) or type(column_type).__name__ == "UUID":
+    if isinstance(column_type, types.GUID) or type(column_type).__name__ == "UUID":
         return UUID
     return OTHER
 
@@ -229,10 +229,10 @@ def _to_bool(value: Any) -> bool:
 _KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     TEXT: sa.Text(),
     DATETIME: sa.DateTime(timezone=True),
-    JSON: dialect.JSONType,
+    JSON: types.JSONType,
     NUMBER: sa.Float(),
     BOOL: sa.Boolean(),
-    UUID: dialect.GUID(),
+    UUID: types.GUID(),
     DATE: sa.Date(),
 }
 
@@ -246,12 +246,18 @@ async def create_table(
     unique_company: bool,
 ) -> None:
     """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
+    for name in columns:
+        if not dialect.IDENTIFIER.match(name):
+            raise exceptions.ConfigError(
+                f"column name {name!r} is not a valid identifier: use letters, digits and _, "
+                "starting with a letter or _ (at most 63)"
+            )
     table_schema, bare = split_name(table_name)
     table = sa.Table(
         bare,
         sa.MetaData(),
-        sa.Column("id", dialect.GUID, primary_key=True, server_default=dialect.gen_uuid()),
-        sa.Column("company_id", dialect.GUID, nullable=False),
+        sa.Column("id", types.GUID, primary_key=True, server_default=types.gen_uuid()),
+        sa.Column("company_id", types.GUID, nullable=False),
         sa.Column("company_domain", sa.Text),
         *[
             sa.Column(name, _KIND_TYPES.get(kind, sa.Text()))
@@ -261,9 +267,6 @@ async def create_table(
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         schema=table_schema,
     )
-    for name in columns:
-        if not dialect.IDENTIFIER.match(name):
-            raise exceptions.ConfigError(f"column name {name!r} is not a valid identifier")
     if unique_company:
         sa.Index(f"uq_{bare}_company_id", table.c.company_id, unique=True)
     async with dbs.begin(db_name) as conn:
@@ -278,24 +281,36 @@ async def stream_rows(conn: AsyncConnection, table: sa.Table, page: int = 1000) 
             yield row
 
 
-async def export_csv(dbs: engines.Databases, db_name: str, table_name: str, out: Path) -> int:
-    """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count."""
+async def export_csv(
+    dbs: engines.Databases, db_name: str, table_name: str, out: Path, *, raw: bool = False
+) -> int:
+    """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count.
+
+    Cells a spreadsheet would run as a formula are neutralised unless `raw` (see `csv_cell`).
+    """
     destination = await reflect(dbs, db_name, table_name, allow_hq=True)
     count = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(destination.table.c.keys())
+        writer.writerow([csv_cell(name, raw=raw) for name in destination.table.c.keys()])
         async with dbs.begin(db_name) as conn:
             async for row in stream_rows(conn, destination.table):
-                writer.writerow([_cell(v) for v in row])
+                writer.writerow([csv_cell(v, raw=raw) for v in row])
                 count += 1
     return count
 
 
-def _cell(value: Any) -> Any:
+#: what makes a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any, *, raw: bool = False) -> Any:
+    """A value as a CSV cell: JSON for objects, ISO 8601 for times, formulas defused with a leading '."""
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, (datetime, date)):
+        value = json.dumps(value)
+    elif isinstance(value, (datetime, date)):
         return value.isoformat()
+    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import engines, hq
+from enrichhq.db import engines, results_log
 from enrichhq.models import LogEntry
 
 
@@ -26,7 +26,7 @@ async def write(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
     """Write log entries and completions inside a caller's HQ transaction."""
     if not entries:
         return
-    await hq.insert_log_entries(conn, entries)
+    await results_log.insert_log_entries(conn, entries)
     succeeded = [e for e in entries if e.succeeded]
     if succeeded:
-        await hq.upsert_completions(conn, succeeded)
+        await results_log.upsert_completions(conn, succeeded)

@@ -31,6 +31,10 @@ class Unreachable(DatabaseError):
     """A database that cannot be reached right now (down, restarting): worth waiting for."""
 
 
+class DatabaseConfigError(ConfigError, DatabaseError):
+    """A database URL the server refuses (no such database, role or password): waiting will not help."""
+
+
 class ProviderError(EnrichHQError):
     """A provider answered with an error (or not at all).
 

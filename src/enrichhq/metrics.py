@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from enrichhq.db import batches, engines
+from enrichhq.db import engines, reports
+from enrichhq.states import ItemState
 
 PROVIDER_CALLS = Counter(
     "enrichhq_provider_calls_total", "Calls to providers, by outcome", ["provider", "outcome"]
@@ -30,13 +31,13 @@ def observe(provider: str, seconds: float, outcome: str, status: int | None = No
 async def exposition(dbs: engines.Databases) -> bytes:
     """The text format Prometheus scrapes: the counters above plus items by state and queue depth."""
     async with dbs.begin("hq") as conn:
-        states = await batches.open_item_states(conn)
+        states = await reports.open_item_states(conn)
     registry = CollectorRegistry()
     items = GaugeMetricFamily("enrichhq_items", "Items of unfinished batches, by state", labels=["state"])
     for state, count in sorted(states.items()):
         items.add_metric([state], count)
     depth = GaugeMetricFamily("enrichhq_queue_depth", "Items queued or running, not yet settled")
-    depth.add_metric([], states.get("queued", 0) + states.get("running", 0))
+    depth.add_metric([], states.get(ItemState.QUEUED, 0) + states.get(ItemState.RUNNING, 0))
 
     class Snapshot:
         def collect(self) -> list[GaugeMetricFamily]:

@@ -138,6 +138,59 @@ class LogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class StepRef:
+    """The step and batch a log entry belongs to: the one way to make a `LogEntry` for an item."""
+
+    workflow_id: str
+    workflow_slug: str
+    step_number: int
+    play_name: str
+    batch_id: str | None
+    #: None for entries that wrote nothing (a refused callback, a timeout).
+    result_table: str | None
+
+    @classmethod
+    def of(cls, workflow: WorkflowConfig, *, batch_id: str | None, play_name: str) -> StepRef:
+        """The reference for a step run from its config."""
+        return cls(
+            workflow.id,
+            workflow.workflow_slug,
+            workflow.overall_step_number,
+            play_name,
+            batch_id,
+            workflow.destination_table_name,
+        )
+
+    def entry(
+        self,
+        company_id: str,
+        company_domain: str,
+        status: str,
+        *,
+        error: str | None = None,
+        attempt: int | None = None,
+        cost: float | None = None,
+        provider: str | None = None,
+    ) -> LogEntry:
+        """A log entry about one company in this step."""
+        return LogEntry(
+            workflow_id=self.workflow_id,
+            workflow_slug=self.workflow_slug,
+            company_id=company_id,
+            company_domain=company_domain,
+            play_name=self.play_name,
+            step_number=self.step_number,
+            status=status,
+            result_table=self.result_table,
+            batch_id=self.batch_id,
+            error=error,
+            attempt=attempt,
+            cost=cost,
+            provider=provider,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ItemOutcome:
     """How one item of a batch ended: what `items.finish_items` writes."""
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import engines, hq, views
+from enrichhq.db import common, engines, views
 from enrichhq.models import Company, WorkflowConfig
 
 PER_PAGE = 50
@@ -138,7 +138,7 @@ class CompanyPage:
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
     """Everything enrichhq knows about one company."""
-    if not hq.is_uuid(company_id):
+    if not common.is_uuid(company_id):
         raise exceptions.NotFound(f"no company {company_id!r}")
     async with dbs.begin("hq") as conn:
         found = await views.company(conn, company_id.lower())
@@ -195,7 +195,7 @@ async def log_page(
     """The log, newest first, filtered by workflow, status and batch."""
     page = min(max(1, page), MAX_PAGE)
     for name, value in (("workflow", workflow_id), ("batch", batch_id)):
-        if value and not hq.is_uuid(value):
+        if value and not common.is_uuid(value):
             raise exceptions.InputError(f"{name} must be an id (a UUID), not {value!r}")
     async with dbs.begin("hq") as conn:
         total, entries = await views.log_entries(

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
-from enrichhq.db import batches, engines, items
-from enrichhq.models import ItemOutcome, LogEntry, StoreRecord, WorkflowConfig
+from enrichhq.db import batches, callback_items, engines, items, rows
+from enrichhq.models import ItemOutcome, LogEntry, StepRef, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
-from enrichhq.states import ItemState
+from enrichhq.states import ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.receiver")
 # A callback being stored longer than this was lost with its process: its item waits again.
@@ -93,7 +93,7 @@ class Batcher:
             asyncio.Queue()
         )
         self.task: asyncio.Task[None] | None = None
-        self.batches: aio.Recent[str, dict[str, Any]] = aio.Recent(RECENT_S)
+        self.batches: aio.Recent[str, rows.BatchRow] = aio.Recent(RECENT_S)
         self.workflows: aio.Recent[str, WorkflowConfig] = aio.Recent(RECENT_S)
         self.destinations: aio.Recent[tuple[str, str], destinations.Destination] = aio.Recent(RECENT_S)
 
@@ -142,10 +142,10 @@ class Batcher:
             if not future.done():
                 future.set_result(receipt)
 
-    async def _batch(self, batch_id: str) -> dict[str, Any] | None:
+    async def _batch(self, batch_id: str) -> rows.BatchRow | None:
         """The batch row, reused for RECENT_S: callbacks come in thousands per batch."""
 
-        async def load() -> dict[str, Any] | None:
+        async def load() -> rows.BatchRow | None:
             async with self.dbs.begin("hq") as conn:
                 return await batches.get_batch(conn, batch_id)
 
@@ -202,7 +202,7 @@ class Batcher:
                 first[entry[1].company_id] = entry
         batch = await self._batch(batch_id)
         async with self.dbs.begin("hq") as conn:
-            claimed = await items.claim_many(conn, batch_id, list(first)) if batch else {}
+            claimed = await callback_items.claim_many(conn, batch_id, list(first)) if batch else {}
             others = (
                 await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
                 if batch
@@ -228,9 +228,7 @@ class Batcher:
             entries.extend(logged)
 
         records = [
-            StoreRecord(
-                c.company_id, claimed[c.company_id]["company_domain"], d, claimed[c.company_id]["attempts"]
-            )
+            StoreRecord(c.company_id, claimed[c.company_id].company_domain, d, claimed[c.company_id].attempts)
             for _, c, d in mine
         ]
         try:
@@ -242,7 +240,7 @@ class Batcher:
                     workflow,
                     records,
                     batch_id=batch_id,
-                    play_name=batch["play_name"],
+                    play_name=batch.play_name,
                     destination=destination,
                     log=collect if self.pipeline.logs_locally else None,
                 )
@@ -261,8 +259,8 @@ class Batcher:
             end = ItemOutcome.of_store(
                 claims.company_id,
                 outcomes.get(claims.company_id),
-                attempts=item["attempts"],
-                cost=item["cost"],
+                attempts=item.attempts,
+                cost=item.cost,
                 data=data,
                 problem=problem,
             )
@@ -274,7 +272,7 @@ class Batcher:
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
             await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
-            await items.close_if_done(conn, batch_id)
+            await batches.close_if_done(conn, batch_id)
         return receipts
 
 
@@ -288,16 +286,17 @@ async def _log_rejection(
         return
     await pipeline.log(
         [
-            LogEntry(
-                workflow_id=claims.workflow_id,
-                workflow_slug=batch["workflow_slug"],
-                company_id=claims.company_id,
-                company_domain=item["company_domain"],
-                play_name=batch["play_name"],
-                step_number=batch["step_number"],
-                status="rejected",
-                result_table=None,
-                batch_id=claims.batch_id,
+            StepRef(
+                claims.workflow_id,
+                batch.workflow_slug,
+                batch.step_number,
+                batch.play_name,
+                claims.batch_id,
+                None,
+            ).entry(
+                claims.company_id,
+                item.company_domain,
+                LogStatus.REJECTED,
                 error=f"callback refused: {error}",
             )
         ]
@@ -308,34 +307,35 @@ async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
     """Time out every item whose callback deadline has passed; returns how many."""
     total = 0
     async with dbs.begin("hq") as conn:
-        await items.release_stale_claims(conn, STALE_CLAIM_S)
+        await callback_items.release_stale_claims(conn, STALE_CLAIM_S)
     while True:
         async with dbs.begin("hq") as conn:
-            overdue = await items.overdue_items(conn)
+            overdue = await callback_items.overdue_items(conn)
         if not overdue:
             return total
         entries: list[LogEntry] = []
         touched: set[str] = set()
         async with dbs.begin("hq") as conn:
             for item in overdue:
-                if await items.time_out(conn, item["batch_id"], item["company_id"], TIMED_OUT):
-                    touched.add(item["batch_id"])
+                if await callback_items.time_out(conn, item.batch_id, item.company_id, TIMED_OUT):
+                    touched.add(item.batch_id)
                     entries.append(
-                        LogEntry(
-                            workflow_id=item["workflow_id"],
-                            workflow_slug=item["workflow_slug"],
-                            company_id=item["company_id"],
-                            company_domain=item["company_domain"],
-                            play_name=item["play_name"],
-                            step_number=item["step_number"],
-                            status="timed_out",
-                            result_table=None,
-                            batch_id=item["batch_id"],
+                        StepRef(
+                            item.workflow_id,
+                            item.workflow_slug,
+                            item.step_number,
+                            item.play_name,
+                            item.batch_id,
+                            None,
+                        ).entry(
+                            item.company_id,
+                            item.company_domain,
+                            LogStatus.TIMED_OUT,
                             error=TIMED_OUT,
-                            attempt=item["attempts"],
+                            attempt=item.attempts,
                         )
                     )
             for batch_id in sorted(touched):  # one lock order across sweeping processes
-                await items.close_if_done(conn, batch_id)
+                await batches.close_if_done(conn, batch_id)
         await pipeline.log(entries)
         total += len(entries)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, functions, workflows
-from enrichhq.db import batches, dialect, engines, hq, items, schema
+from enrichhq.db import batches, common, company_rows, dialect, engines, items, reports, rows, schema
 from enrichhq.execution import embedded, queue
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.functions.base import ProviderOptions
@@ -54,7 +54,7 @@ class BatchSummary:
     counts: dict[str, int]
     cost: float
     seconds: float | None
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[rows.FailedItem] = field(default_factory=list)
     budget: float | None = None
     #: what this step has cost over all its batches.
     workflow_cost: float = 0.0
@@ -124,7 +124,7 @@ async def prepare(
     destination = await workflows.runnable(dbs, settings, workflow)
     run_if = ProviderOptions.model_validate(workflow.provider_config).run_if
     previous = await _previous_step(dbs, workflow) if run_if.previous_step_succeeded else None
-    fresh_after = hq.now() - timedelta(days=run_if.older_than_days) if run_if.older_than_days else None
+    fresh_after = common.now() - timedelta(days=run_if.older_than_days) if run_if.older_than_days else None
     try:
         async with dbs.begin("hq") as conn:
             ids = None if selection.all else await _resolve(conn, selection)
@@ -144,7 +144,7 @@ async def prepare(
                     "budget": budget if budget is not None else workflow.option("max_cost_per_batch"),
                 },
             )
-            await batches.add_batch_items(
+            await items.add_batch_items(
                 conn,
                 batch_id,
                 play_name=play_name,
@@ -156,7 +156,7 @@ async def prepare(
                 sample=sample if ids is None else None,
             )
             if previous is not None:
-                await batches.skip_queued(
+                await items.skip_queued(
                     conn,
                     batch_id,
                     f"run_if: step {previous} not completed in play {play_name!r}",
@@ -165,7 +165,7 @@ async def prepare(
             if run_if.field_empty:
                 await _skip_filled(dbs, conn, batch_id, destination, run_if.field_empty)
             if dry_run:
-                raise DryRun(await batches.item_breakdown(conn, batch_id))
+                raise DryRun(await reports.item_breakdown(conn, batch_id))
     except DryRun as finished:
         finished.workflow = workflow
         raise
@@ -206,16 +206,14 @@ async def _skip_filled(
     table = destination.table
     filled_value = sa.and_(table.c[column].is_not(None), sa.cast(table.c[column], sa.Text) != "")
     after = "00000000-0000-0000-0000-000000000000"
-    while page := await batches.queued_ids(conn, batch_id, after=after, limit=hq.MAX_ROWS_PER_STATEMENT):
+    while page := await items.queued_ids(conn, batch_id, after=after, limit=common.MAX_ROWS_PER_STATEMENT):
         async with dbs.begin(destination.db) as dest:
             rows = await dest.execute(
                 sa.select(table.c.company_id).where(table.c.company_id.in_(page), filled_value).distinct()
             )
             filled = [str(r[0]) for r in rows]
         if filled:
-            await batches.skip_queued(
-                conn, batch_id, f"run_if: {column} is already filled", company_ids=filled
-            )
+            await items.skip_queued(conn, batch_id, f"run_if: {column} is already filled", company_ids=filled)
         after = page[-1]
 
 
@@ -261,13 +259,13 @@ async def _resolve(conn: Any, selection: Selection) -> list[str]:
         raise exceptions.InputError("company ids must be UUIDs") from None
     ids: dict[str, None] = dict.fromkeys(given)
     if given:
-        known = await hq.companies_by_id(conn, given)
+        known = await company_rows.companies_by_id(conn, given)
         missing = [i for i in given if i not in known]
         if missing:
             raise exceptions.InputError(f"unknown company ids: {_few(missing)}")
     if selection.domains:
         wanted = [companies.normalize_domain(d) for d in selection.domains if d.strip()]
-        found = await hq.companies_by_domain(conn, wanted)
+        found = await company_rows.companies_by_domain(conn, wanted)
         missing = [d for d in wanted if d not in found]
         if missing:
             raise exceptions.InputError(
@@ -356,29 +354,29 @@ async def prepare_resume(
     again; finished items are not touched, so nothing done is paid for twice.
     """
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     if budget is not None and budget <= 0:
         raise exceptions.InputError("--budget must be above 0")
     async with dbs.begin("hq") as conn:
         if budget is not None:
             await batches.set_budget(conn, batch_id, budget)
-        await batches.requeue_for_resume(conn, batch_id)
-    return Prepared(batch_id, workflow, destination, batch["play_name"], budget or batch.get("budget"))
+        await items.requeue_for_resume(conn, batch_id)
+    return Prepared(batch_id, workflow, destination, batch.play_name, budget or batch.budget)
 
 
 # A batch whose items changed this recently is taken to be in the hands of a live process.
 ACTIVE_WITHIN_S = 60.0
 
 
-async def _idle_batch(dbs: engines.Databases, batch_id: str) -> dict[str, Any]:
+async def _idle_batch(dbs: engines.Databases, batch_id: str) -> rows.BatchRow:
     """The batch, unless a process is still working on it (so no item is worked twice)."""
     async with dbs.begin("hq") as conn:
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        since = await batches.seconds_since_progress(conn, batch_id)
-    if batch["status"] == "running" and since is not None and since < ACTIVE_WITHIN_S:
+        since = await reports.seconds_since_progress(conn, batch_id)
+    if batch.status == "running" and since is not None and since < ACTIVE_WITHIN_S:
         raise exceptions.InputError(
             f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
             f"or if its process died, try again after {ACTIVE_WITHIN_S:.0f}s without progress"
@@ -391,7 +389,7 @@ async def orphans(dbs: engines.Databases) -> list[str]:
     async with dbs.begin("hq") as conn:
         found = []
         for batch_id in await batches.running_batch_ids(conn):
-            since = await batches.seconds_since_progress(conn, batch_id)
+            since = await reports.seconds_since_progress(conn, batch_id)
             if since is None or since >= ACTIVE_WITHIN_S:
                 found.append(batch_id)
     return found
@@ -404,20 +402,20 @@ async def prepare_retry(dbs: engines.Databases, settings: Settings, batch_id: st
     never got a result are queued for the provider. None when nothing needs a call.
     """
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     await replay(dbs, settings, batch_id)
     async with dbs.begin("hq") as conn:
-        requeued = await batches.requeue_failed(conn, batch_id)
+        requeued = await items.requeue_failed(conn, batch_id)
     if not requeued:
         return None
-    return Prepared(batch_id, workflow, destination, batch["play_name"], batch.get("budget"))
+    return Prepared(batch_id, workflow, destination, batch.play_name, batch.budget)
 
 
 async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> BatchSummary:
     """Store again the results a batch fetched but could not store, without calling anyone."""
     batch = await _idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch["workflow_id"]))
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
     destination = await workflows.runnable(dbs, settings, workflow)
     pipeline = Pipeline(dbs, settings)
     try:
@@ -427,15 +425,14 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
             if not kept:
                 break
             records = [
-                StoreRecord(k["company_id"], k["company_domain"], k["result"], k["attempts"], k["cost"])
-                for k in kept
+                StoreRecord(k.company_id, k.company_domain, k.result, k.attempts, k.cost) for k in kept
             ]
             try:
                 stored = await pipeline.store(
                     workflow,
                     records,
                     batch_id=batch_id,
-                    play_name=batch["play_name"],
+                    play_name=batch.play_name,
                     destination=destination,
                 )
             except Exception as exc:  # never leave claimed items behind: they fail again, results kept
@@ -443,11 +440,11 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> B
             outcomes = {o.company_id: o for o in stored}
             updates = [
                 ItemOutcome.of_store(
-                    k["company_id"],
-                    outcomes.get(k["company_id"]),
-                    attempts=k["attempts"],
-                    cost=k["cost"],
-                    data=k["result"],
+                    k.company_id,
+                    outcomes.get(k.company_id),
+                    attempts=k.attempts,
+                    cost=k.cost,
+                    data=k.result,
                 )
                 for k in kept
             ]
@@ -464,7 +461,7 @@ async def cancel(dbs: engines.Databases, batch_id: str) -> BatchSummary:
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        if batch["status"] not in ("completed", "cancelled"):
+        if batch.status not in ("completed", "cancelled"):
             await items.skip_unfinished(
                 conn,
                 batch_id,
@@ -481,28 +478,28 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         batch = await batches.get_batch(conn, batch_id)
         if batch is None:
             raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
-        counts, cost = await batches.state_counts(conn, batch_id)
-        failed = await batches.failed_items(conn, batch_id, failures)
+        counts, cost = await reports.state_counts(conn, batch_id)
+        failed = await reports.failed_items(conn, batch_id, failures)
         workflow_cost = (
-            await batches.workflow_cost(conn, str(batch["workflow_id"])) if batch["workflow_id"] else cost
+            await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
-    started, finished = batch["created_at"], batch["finished_at"]
+    started, finished = batch.created_at, batch.finished_at
     seconds = None
     if started is not None:
-        end = finished or hq.now()
+        end = finished or common.now()
         seconds = max(0.0, (_aware(end) - _aware(started)).total_seconds())
     return BatchSummary(
         batch_id=batch_id,
-        workflow_slug=batch["workflow_slug"],
-        play_name=batch["play_name"],
-        status=batch["status"],
-        message=batch["message"],
-        total=batch["total"],
+        workflow_slug=batch.workflow_slug,
+        play_name=batch.play_name,
+        status=batch.status,
+        message=batch.message,
+        total=batch.total,
         counts=counts,
         cost=cost,
         seconds=seconds,
         failures=failed,
-        budget=batch.get("budget"),
+        budget=batch.budget,
         workflow_cost=workflow_cost,
     )
 
@@ -511,7 +508,7 @@ def _aware(value: Any) -> Any:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[dict[str, Any]]:
+async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[rows.BatchRow]:
     """The newest batches."""
     async with dbs.begin("hq") as conn:
-        return await batches.list_batches(conn, limit)
+        return await reports.list_batches(conn, limit)

@@ -14,8 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, enrichment_logger, exceptions
-from enrichhq.db import dialect, engines, hq
-from enrichhq.models import LogEntry, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.db import dialect, engines, workflow_rows
+from enrichhq.models import LogEntry, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.states import LogStatus
 
 RESERVED = ("company_id", "company_domain")
 
@@ -23,7 +24,7 @@ RESERVED = ("company_id", "company_domain")
 async def load_config(dbs: engines.Databases, ref: str) -> WorkflowConfig:
     """The workflow config by id or slug (the seed's `SELECT * ... WHERE id = workflow_id`)."""
     async with dbs.begin("hq") as conn:
-        workflow = await hq.get_workflow(conn, ref)
+        workflow = await workflow_rows.get_workflow(conn, ref)
     if workflow is None:
         raise exceptions.NotFound(
             f"no workflow with id or slug {ref!r}; `enrichhq workflows list` shows the ones there are"
@@ -59,17 +60,12 @@ async def store(
     if rows:
         outcomes.update(await _write(dbs, config, destination, rows))
     by_id = {r.company_id: r for r in records}
+    step = StepRef.of(config, batch_id=batch_id, play_name=play_name)
     entries = [
-        LogEntry(
-            workflow_id=config.id,
-            workflow_slug=config.workflow_slug,
-            company_id=o.company_id,
-            company_domain=by_id[o.company_id].company_domain,
-            play_name=play_name,
-            step_number=config.overall_step_number,
-            status="succeeded" if o.stored else "failed",
-            result_table=config.destination_table_name,
-            batch_id=batch_id,
+        step.entry(
+            o.company_id,
+            by_id[o.company_id].company_domain,
+            LogStatus.SUCCEEDED if o.stored else LogStatus.FAILED,
             error=None if o.stored else f"storage: {o.error}",
             attempt=by_id[o.company_id].attempt,
             cost=by_id[o.company_id].cost,

@@ -14,7 +14,7 @@ import pydantic
 import sqlalchemy as sa
 
 from enrichhq import destinations, exceptions, functions
-from enrichhq.db import engines, hq, views
+from enrichhq.db import engines, views, workflow_rows
 from enrichhq.models import WorkflowConfig
 from enrichhq.settings import Settings
 from enrichhq.storage_worker import RESERVED, load_config
@@ -72,7 +72,7 @@ async def get(dbs: engines.Databases, ref: str) -> WorkflowConfig:
 async def list_all(dbs: engines.Databases) -> list[WorkflowConfig]:
     """Every workflow in overall_step_number order."""
     async with dbs.begin("hq") as conn:
-        return await hq.list_workflows(conn)
+        return await workflow_rows.list_workflows(conn)
 
 
 async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validation:
@@ -181,7 +181,7 @@ async def validate_all(dbs: engines.Databases) -> list[Validation]:
 async def add(dbs: engines.Databases, spec: WorkflowSpec, *, create_table: bool = False) -> Validation:
     """Insert a workflow config after validating it; with create_table, create its table first."""
     async with dbs.begin("hq") as conn:
-        if await hq.get_workflow(conn, spec.workflow_slug) is not None:
+        if await workflow_rows.get_workflow(conn, spec.workflow_slug) is not None:
             raise exceptions.InputError(
                 f"a workflow with slug {spec.workflow_slug!r} exists already; pick another slug"
             )
@@ -193,7 +193,7 @@ async def add(dbs: engines.Databases, spec: WorkflowSpec, *, create_table: bool 
     if not result.ok:
         raise exceptions.ConfigError("workflow not saved: " + "; ".join(result.problems))
     async with dbs.begin("hq") as conn:
-        workflow_id = await hq.insert_workflow(conn, values)
+        workflow_id = await workflow_rows.insert_workflow(conn, values)
     return Validation(await get(dbs, workflow_id), result.problems, result.warnings)
 
 
@@ -207,7 +207,7 @@ async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> V
     if not result.ok:
         raise exceptions.ConfigError("workflow not saved: " + "; ".join(result.problems))
     async with dbs.begin("hq") as conn:
-        await hq.update_workflow(conn, current.id, spec.model_dump())
+        await workflow_rows.update_workflow(conn, current.id, spec.model_dump())
     return Validation(await get(dbs, current.id), (), result.warnings)
 
 

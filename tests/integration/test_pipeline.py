@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from enrichhq import exceptions, runs, storage_worker, workflows
-from enrichhq.db import hq, schema
+from enrichhq.db import common, schema
 from enrichhq.models import StoreRecord
 from tests.conftest import Env
 from tests.helpers import (
@@ -88,8 +88,9 @@ async def test_zenrows_run_end_to_end(env: Env, stub: Stub) -> None:
     assert summary.counts == {"succeeded": 3, "failed": 1}
     assert summary.cost == 5 * 3  # js_render is on by default: 5 credits per answered page; errors are free
     (failure,) = summary.failures
-    assert failure["company_domain"] == "unprocessable-b.com"
-    assert "RESP001" in failure["last_error"] and "Could not get content" in failure["last_error"]
+    assert failure.company_domain == "unprocessable-b.com"
+    assert failure.last_error is not None
+    assert "RESP001" in failure.last_error and "Could not get content" in failure.last_error
     assert stub.calls["ratelimit-a.com"] == 2  # backed off once, then succeeded
     assert all(q["js_render"] == "true" for q in stub.queries)
     rows = await sql(
@@ -290,7 +291,7 @@ async def test_resume_after_a_crash_runs_only_unfinished_items(env: Env, stub: S
         env.dbs,
         "hq",
         "UPDATE enrichment_batch_items SET updated_at = :t",
-        {"t": hq.now() - timedelta(minutes=2)},
+        {"t": common.now() - timedelta(minutes=2)},
     )
     summary = await runs.execute(
         env.dbs, env.settings, await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)

@@ -131,7 +131,7 @@ async def test_metrics_and_orphaned_batches_resume_on_start(env: Env, tmp_path: 
     from datetime import timedelta
 
     from enrichhq import runs
-    from enrichhq.db import hq
+    from enrichhq.db import common
 
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
     await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
@@ -148,7 +148,7 @@ async def test_metrics_and_orphaned_batches_resume_on_start(env: Env, tmp_path: 
         env.dbs,
         "hq",
         "UPDATE enrichment_batch_items SET updated_at = :t",
-        {"t": hq.now() - timedelta(minutes=2)},
+        {"t": common.now() - timedelta(minutes=2)},
     )
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
         batch = wait_for(client, prepared.batch_id)

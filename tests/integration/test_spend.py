@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 from enrichhq import runs
-from enrichhq.db import hq
+from enrichhq.db import common
 from tests.conftest import Env
 from tests.helpers import (
     INSERT_WORKFLOW,
@@ -178,7 +178,7 @@ async def test_run_if_conditions_skip_before_any_call(env: Env, stub: Stub) -> N
         env.dbs,
         "hq",
         "UPDATE company_play_step_completions SET completed_at = :t",
-        {"t": hq.now() - timedelta(days=3)},
+        {"t": common.now() - timedelta(days=3)},
     )
     stale = await runs.run(env.dbs, env.settings, STEP, runs.Selection(all=True))
     assert stale.counts == {"succeeded": 2}

@@ -102,7 +102,7 @@ async def test_a_chunk_is_one_log_and_one_completion_statement(env: Env) -> None
     assert all(o.stored for o in outcomes) and len(outcomes) == 500
     log_writes = [s for s in statements if "ENRICHMENT_RESULTS_LOG" in s[0]]
     completion_writes = [s for s in statements if "COMPANY_PLAY_STEP_COMPLETIONS" in s[0]]
-    # One statement each for up to hq.MAX_ROWS_PER_STATEMENT rows, on either database.
+    # One statement each for up to common.MAX_ROWS_PER_STATEMENT rows, on either database.
     assert len(log_writes) == len(completion_writes) == 1
     if env.backend == "postgresql":  # one statement for the server to parse, not an executemany of 500
         assert not any(many for _, many in log_writes + completion_writes)
@@ -154,11 +154,11 @@ async def test_the_last_callback_and_the_sender_close_the_batch_whichever_commit
     async with env.dbs.hq.connect() as sender, env.dbs.hq.connect() as callback:
         await sender.begin()
         await batches.finish_batch(sender, batch_id, "waiting", None)
-        assert not await items.close_if_done(sender, batch_id)  # the callback has not committed
+        assert not await batches.close_if_done(sender, batch_id)  # the callback has not committed
         await callback.begin()
         update = ItemOutcome(company.id, ItemState.SUCCEEDED, 1)
         await items.finish_items(callback, batch_id, [update], from_states=(ItemState.STORING,))
-        closing = asyncio.create_task(items.close_if_done(callback, batch_id))
+        closing = asyncio.create_task(batches.close_if_done(callback, batch_id))
         await asyncio.sleep(0.2)
         assert not closing.done()  # it waits for the sender's transaction
         await sender.commit()

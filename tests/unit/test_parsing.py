@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from enrichhq import companies, destinations, exceptions, workflows
-from enrichhq.db import dialect
+from enrichhq.db import types, urls
 from enrichhq.functions import base
 from enrichhq.models import WorkflowConfig
 
@@ -67,7 +67,7 @@ def test_coerce_to_each_kind() -> None:
     assert destinations.coerce(None, column(sa.Integer())) is None
     value = uuid.uuid4()
     assert destinations.coerce(str(value), column(sa.Uuid())) == value
-    assert destinations.coerce(str(value).upper(), column(dialect.GUID())) == str(value)
+    assert destinations.coerce(str(value).upper(), column(types.GUID())) == str(value)
 
 
 @pytest.mark.parametrize(
@@ -142,12 +142,12 @@ def test_config_row_parsing_tolerates_the_seeds_text_json() -> None:
 
 
 def test_urls_are_masked_and_normalised() -> None:
-    assert dialect.mask("postgresql://u:secret@h:5432/d") == "postgresql://u:***@h:5432/d"
-    assert dialect.parse_url("postgresql://u@h/d", asynchronous=True).drivername == "postgresql+psycopg"
-    assert dialect.parse_url("postgres://u@h/d", asynchronous=False).drivername == "postgresql+psycopg"
-    assert dialect.parse_url("sqlite:///x.db", asynchronous=True).drivername == "sqlite+aiosqlite"
+    assert urls.mask("postgresql://u:secret@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert urls.parse_url("postgresql://u@h/d", asynchronous=True).drivername == "postgresql+psycopg"
+    assert urls.parse_url("postgres://u@h/d", asynchronous=False).drivername == "postgresql+psycopg"
+    assert urls.parse_url("sqlite:///x.db", asynchronous=True).drivername == "sqlite+aiosqlite"
     with pytest.raises(exceptions.InputError, match="unsupported database 'mysql'"):
-        dialect.parse_url("mysql://u@h/d", asynchronous=True)
+        urls.parse_url("mysql://u@h/d", asynchronous=True)
 
 
 def test_retry_after_seconds_and_dates() -> None:

@@ -17,8 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from enrichhq import runs, settings
-from enrichhq.db import engines, migrate
-from enrichhq.db import limits as worker_rows
+from enrichhq.db import engines, migrate, workers
 from tests import helpers
 from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
 from tests.workers.fleet import FaultSite, Fleet, OwnPostgres
@@ -109,7 +108,7 @@ def _config(site: FaultSite, **options: object) -> str:
 async def _alive(c: Cluster, n: int, timeout: float = 60) -> None:
     async def enough() -> bool:
         async with c.dbs.begin("hq") as conn:
-            return len(await worker_rows.live_workers(conn, 15)) >= n
+            return len(await workers.live_workers(conn, 15)) >= n
 
     deadline = asyncio.get_running_loop().time() + timeout
     while not await enough():

@@ -14,13 +14,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
 from enrichhq.api import functions, rest
-from enrichhq.api.deps import Services, require_api_key, services
-from enrichhq.db import dialect
+from enrichhq.api.deps import Services, check_api_key, require_api_key, services
+from enrichhq.db import errors
 from enrichhq.ui import auth, security
 from enrichhq.ui import routes as ui_routes
 
@@ -106,7 +107,7 @@ class CallbacksFirst:
 
 def _refused(exc: sa.exc.StatementError) -> tuple[int, str]:
     """A database error's status and message: the request's fault unless the database is unreachable."""
-    if dialect.connection_problem(exc):
+    if errors.kind(exc) is errors.Kind.UNREACHABLE:
         return 503, "the database cannot be reached; try again shortly"
     orig = getattr(exc, "orig", None) or exc
     reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
@@ -128,13 +129,43 @@ def _status(exc: exceptions.EnrichHQError) -> int:
     return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
 
 
+class ApiKeyFirst:
+    """The API key of /api/ and /functions/ requests checked before anything reads their body.
+
+    So a caller without the key learns nothing from how its body is parsed, and costs no parsing.
+    The receiver's callbacks carry their own signed token instead (answered by CallbacksFirst).
+    """
+
+    def __init__(self, app: ASGIApp, conf: settings.Settings) -> None:
+        self.app = app
+        self.conf = conf
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _keyed(scope["path"]):
+            headers = dict(scope.get("headers") or [])
+            try:
+                check_api_key(self.conf, headers.get(b"authorization", b"").decode("latin-1"))
+            except exceptions.AuthError as exc:
+                await _error_json(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _keyed(path: str) -> bool:
+    return path.startswith(("/api/", "/functions/")) and path != RECEIVER_PATH
+
+
 class App(FastAPI):
-    """The FastAPI app, with callbacks answered before its middleware stack (CallbacksFirst)."""
+    """The FastAPI app: callbacks answered before its middleware stack (CallbacksFirst), keys checked next."""
 
     callback_max_bytes = 10 * 1024 * 1024
+    conf: settings.Settings | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        return CallbacksFirst(super().build_middleware_stack(), self.callback_max_bytes)
+        inner = super().build_middleware_stack()
+        if self.conf is not None:
+            inner = ApiKeyFirst(inner, self.conf)
+        return CallbacksFirst(inner, self.callback_max_bytes)
 
 
 class _TooLarge(Exception):
@@ -208,6 +239,7 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.callback_max_bytes = conf.enrichhq_max_body_bytes
+    app.conf = conf
     app.add_middleware(SessionMiddleware, **auth.session_options(conf))
     app.add_middleware(security.SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
@@ -239,6 +271,11 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         if status == 400 and ui:
             return ui_routes.render(request, "error.html", 400, title="That did not work", error=message)
         return _error_json(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own answers (no such path, method not allowed) in the one error shape."""
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

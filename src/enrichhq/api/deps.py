@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from enrichhq import aio, exceptions, receiver, settings
+from enrichhq import aio, exceptions, jsonsafe, receiver, settings
 from enrichhq.db import engines
 from enrichhq.execution import queue
 from enrichhq.execution.background import BatchRunner
@@ -49,10 +53,46 @@ def services(request: Request) -> Services:
     return found
 
 
-def require_api_key(request: Request) -> None:
-    """Authorization: Bearer $ENRICHHQ_API_KEY (or the key generated into the data dir)."""
-    key, _ = services(request).settings.api_key()
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
+#: declares the scheme in the OpenAPI document; the check itself is `check_api_key`.
+bearer = HTTPBearer(auto_error=False, description="ENRICHHQ_API_KEY (or the key `enrichhq serve` printed)")
+
+
+def check_api_key(conf: settings.Settings, authorization: str | None) -> None:
+    """Raise AuthError unless the header is `Bearer $ENRICHHQ_API_KEY` (or the key kept in the data dir)."""
+    key, _ = conf.api_key()
+    scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise exceptions.AuthError("missing or wrong API key: send Authorization: Bearer $ENRICHHQ_API_KEY")
+
+
+def require_api_key(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """Authorization: Bearer $ENRICHHQ_API_KEY (a FastAPI dependency; `ApiKeyFirst` checked it already)."""
+    check_api_key(services(request).settings, request.headers.get("authorization"))
+
+
+class SafeJsonRequest(Request):
+    """A request whose JSON body is parsed by `jsonsafe` (NaN, NUL and deep nesting refused with 400)."""
+
+    async def json(self) -> Any:
+        """The parsed body; an HTTPException FastAPI passes on, carrying jsonsafe's message."""
+        if not hasattr(self, "_json"):
+            try:
+                self._json = jsonsafe.loads(await self.body())
+            except exceptions.InputError as exc:
+                raise HTTPException(400, str(exc)) from None
+        return self._json
+
+
+class SafeJsonRoute(APIRoute):
+    """Routes that read their JSON bodies through SafeJsonRequest."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, given the safer request."""
+        handler = super().get_route_handler()
+
+        async def safe(request: Request) -> Response:
+            return await handler(SafeJsonRequest(request.scope, request.receive))
+
+        return safe

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
-from enrichhq import companies, enrichment_logger, exceptions, receiver, runs, storage_worker, workflows
-from enrichhq.api.deps import require_api_key, services
+from enrichhq import (
+    companies,
+    enrichment_logger,
+    exceptions,
+    jsonsafe,
+    receiver,
+    runs,
+    storage_worker,
+    workflows,
+)
+from enrichhq.api import schemas
+from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
 from enrichhq.api.schemas import (
     CompanyIn,
     LoggerRequest,
@@ -22,7 +31,9 @@ from enrichhq.api.schemas import (
 from enrichhq.db import batches
 from enrichhq.models import Company, LogEntry, StoreRecord
 
-router = APIRouter(prefix="/functions/v1", tags=["functions"])
+router = APIRouter(
+    prefix="/functions/v1", tags=["functions"], responses=schemas.ERRORS, route_class=SafeJsonRoute
+)
 Auth = Depends(require_api_key)
 HOMEPAGE_PROVIDERS = ("zenrows", "http")
 
@@ -137,8 +148,10 @@ async def receiver_fast(request: Request) -> JSONResponse:
     Callbacks arrive by the thousand per second; FastAPI's request machinery (dependencies, body
     model) cost about a third of the receiver's time. This does the same checks by hand.
     """
-    try:
-        body = json.loads(await request.body() or b"{}")
+    try:  # before any token is looked at
+        body = jsonsafe.loads(await request.body() or b"{}")
+    except exceptions.InputError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
     except ValueError:
         return JSONResponse({"error": "the body must be JSON: {callback_token, data}"}, status_code=422)
     if not isinstance(body, dict) or not isinstance(body.get("callback_token"), str | None):

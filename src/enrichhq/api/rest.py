@@ -9,10 +9,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from enrichhq import companies, runs, workflows
-from enrichhq.api.deps import require_api_key, services
-from enrichhq.db import batches, hq
+from enrichhq.api import schemas
+from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
+from enrichhq.db import reports, workflow_rows
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_api_key)],
+    responses=schemas.ERRORS,
+    route_class=SafeJsonRoute,
+)
 
 
 def _validation(v: workflows.Validation) -> dict[str, Any]:
@@ -83,7 +89,7 @@ async def delete_workflow(ref: str, request: Request) -> Response:
     dbs = services(request).dbs
     workflow = await workflows.get(dbs, ref)
     async with dbs.begin("hq") as conn:
-        await hq.delete_workflow(conn, workflow.id)
+        await workflow_rows.delete_workflow(conn, workflow.id)
     return Response(status_code=204)
 
 
@@ -95,7 +101,7 @@ async def list_batches(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 20
 ) -> list[dict[str, Any]]:
     """The newest batches."""
-    return await runs.list_batches(services(request).dbs, limit)
+    return [dataclasses.asdict(b) for b in await runs.list_batches(services(request).dbs, limit)]
 
 
 @router.get("/batches/{batch_id}", tags=["batches"])
@@ -116,8 +122,8 @@ async def batch_items(
     dbs = services(request).dbs
     summary = await runs.summary(dbs, batch_id, failures=0)
     async with dbs.begin("hq") as conn:
-        items = await batches.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
-    return {"total": summary.total, "counts": summary.counts, "items": items}
+        items = await reports.list_items(conn, batch_id, state=state, limit=limit, offset=offset)
+    return {"total": summary.total, "counts": summary.counts, "items": [dataclasses.asdict(i) for i in items]}
 
 
 @router.post("/batches/{batch_id}/retry-failed", status_code=202, tags=["batches"])

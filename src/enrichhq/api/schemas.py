@@ -130,3 +130,31 @@ class ReceiverRequest(BaseModel):
 
     callback_token: str | None = None
     data: Any = None
+
+
+class FieldProblem(BaseModel):
+    """One field of a request that could not be used."""
+
+    field: str
+    problem: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what is wrong and what to do, and for invalid bodies the fields."""
+
+    error: str
+    fields: list[FieldProblem] | None = None
+
+
+#: the error answers every API route may give, declared in the OpenAPI document.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "bad input (a CSV, a value the database refused)"),
+        (401, "missing or wrong API key"),
+        (404, "no such workflow, batch or company"),
+        (413, "request body over ENRICHHQ_MAX_BODY_BYTES"),
+        (422, "invalid request body or a config that cannot run"),
+        (503, "a database that cannot be reached right now"),
+    )
+}

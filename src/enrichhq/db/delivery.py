@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import dialect
-from enrichhq.db.hq import chunked, now
+from enrichhq.db import types
+from enrichhq.db.common import chunked, now
 from enrichhq.db.items import among, finish_items, these, update_ids
 from enrichhq.db.schema import batch_items, companies
 from enrichhq.models import Company, ItemOutcome
@@ -27,7 +27,7 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
         sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
         .select_from(
             batch_items.outerjoin(
-                companies, dialect.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+                companies, types.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
             )
         )
         .where(

@@ -1,75 +1,62 @@
-"""Everything that differs between SQLite and PostgreSQL lives in this module.
+"""What differs between SQLite and PostgreSQL in statements and engine options lives here.
 
-The rest of the code speaks SQLAlchemy Core and asks this module for the few things
-that need a dialect: URLs and engines, upserts, server-side defaults for ids.
+The rest of the code speaks SQLAlchemy Core and asks this module for the few things that need a
+dialect: upserts, bulk inserts, compression, statistics, and how an engine is set up
+(`engine_options`, `on_connect`). Column types are in `db/types.py`, URLs in `db/urls.py`.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import time
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
 
-# A pooled connection idle this long is checked before use.
-IDLE_PING_S = 5.0
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-# --- URLs and engines -------------------------------------------------------------------
+def is_sqlite(dialect: Dialect) -> bool:
+    """Whether a connection speaks SQLite."""
+    return dialect.name == "sqlite"
 
 
-def parse_url(raw: str, *, asynchronous: bool) -> sa.URL:
-    """Parse a user's database URL and pick our driver (`postgresql://` works as given)."""
-    try:
-        url = sa.make_url(raw)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise exceptions.InputError(
-            f"not a database URL: {mask(raw)!r}; expected e.g. postgresql://user@host:5432/db "
-            "or sqlite:///path/to/file.db"
-        ) from exc
-    backend = url.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return url.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite")
-    raise exceptions.InputError(
-        f"unsupported database {backend!r} in {mask(raw)!r}: enrichhq runs on PostgreSQL or SQLite"
-    )
+def url_is_sqlite(url: sa.URL) -> bool:
+    """Whether a (parsed) URL names a SQLite database."""
+    return url.get_backend_name() == "sqlite"
 
 
-def mask(raw: str | sa.URL) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    try:
-        url = raw if isinstance(raw, sa.URL) else sa.make_url(raw)
-    except (sa.exc.ArgumentError, ValueError):
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", str(raw))
-    return url.render_as_string(hide_password=True)
+def write_concurrency(dialect: Dialect) -> int:
+    """Write transactions worth running side by side: SQLite has one writer at a time."""
+    return 1 if is_sqlite(dialect) else 2
 
 
-def _prepare_sqlite_file(url: sa.URL) -> None:
-    if url.database and url.database != ":memory:":
-        folder = Path(url.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise exceptions.DatabaseError(
-                f"cannot create {folder} for the SQLite database {url.database}: {exc.strerror}; "
-                "check ENRICHHQ_DATA_DIR or the database URL"
-            ) from None
+def engine_options(url: sa.URL, *, asynchronous: bool) -> dict[str, Any]:
+    """Keyword arguments for create_engine / create_async_engine on this URL's database."""
+    if url_is_sqlite(url):
+        return {"connect_args": {"timeout": 30}} if asynchronous else {}
+    # prepare_threshold=None: no server-side prepared statements, so PgBouncer in
+    # transaction mode (Supabase's pooler) works.
+    options: dict[str, Any] = {"connect_args": {"prepare_threshold": None}}
+    if asynchronous:
+        options.update(pool_size=10, max_overflow=10)
+    return options
+
+
+def on_connect(url: sa.URL) -> Any:
+    """A 'connect' event hook for this URL's database, or None when it needs none."""
+    return _sqlite_pragmas if url_is_sqlite(url) else None
+
+
+def pings_idle_connections(url: sa.URL) -> bool:
+    """Whether pooled connections are checked after sitting idle (a server can restart under them)."""
+    return not url_is_sqlite(url)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -79,70 +66,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-
-
-def create_async(raw: str) -> AsyncEngine:
-    """An async engine for a user's URL, tuned for its dialect."""
-    url = parse_url(raw, asynchronous=True)
-    if url.get_backend_name() == "sqlite":
-        _prepare_sqlite_file(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    # prepare_threshold=None: no server-side prepared statements, so PgBouncer in
-    # transaction mode (Supabase's pooler) works.
-    engine = create_async_engine(url, pool_size=10, max_overflow=10, connect_args={"prepare_threshold": None})
-    _ping_after_idle(engine)
-    return engine
-
-
-def _ping_after_idle(engine: AsyncEngine) -> None:
-    """Check a pooled connection before use once it has sat idle IDLE_PING_S (pool_pre_ping checks every
-    use: a round trip per transaction, three per chunk of callbacks).
-
-    One that fails is replaced at once; a server restarted in the last seconds fails the
-    transactions in flight, which the callers retry (outage.through) and which clear the pool.
-    """
-    sync = engine.sync_engine
-
-    def checkin(dbapi_connection: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        since = record.info.get("idle_since")
-        if since is None or time.monotonic() - since < IDLE_PING_S:
-            return
-        try:
-            sync.dialect.do_ping(dbapi_connection)
-        except Exception as exc:  # the pool takes a fresh connection instead
-            raise sa.exc.DisconnectionError(str(exc)) from exc
-
-    sa.event.listen(sync, "checkin", checkin)
-    sa.event.listen(sync, "checkout", checkout)
-
-
-def create_sync(raw: str) -> sa.Engine:
-    """A synchronous engine (Alembic runs on it)."""
-    url = parse_url(raw, asynchronous=False)
-    if url.get_backend_name() == "sqlite":
-        _prepare_sqlite_file(url)
-        engine = sa.create_engine(url)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(url, connect_args={"prepare_threshold": None})
-
-
-def is_sqlite(dialect: Dialect) -> bool:
-    """Whether a connection speaks SQLite."""
-    return dialect.name == "sqlite"
-
-
-def write_concurrency(dialect: Dialect) -> int:
-    """Write transactions worth running side by side: SQLite has one writer at a time."""
-    return 1 if is_sqlite(dialect) else 2
-
-
-# --- statements ---------------------------------------------------------------------------
 
 
 def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[str]) -> sa.Insert:
@@ -258,123 +181,3 @@ async def analyze(conn: Any, table: sa.Table) -> None:
 def least(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
     """The smallest of the values: SQLite's scalar min() is PostgreSQL's least()."""
     return sa.func.min(*values) if is_sqlite(dialect) else sa.func.least(*values)
-
-
-# --- types and server-side defaults -------------------------------------------------------
-
-
-class GUID(sa.types.TypeDecorator[str]):
-    """A UUID held as its canonical string: native uuid on PostgreSQL, text on SQLite."""
-
-    impl = sa.String(36)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
-        return dialect.type_descriptor(sa.String(36))
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        if value is None:
-            return None
-        if type(value) is str and CANONICAL_UUID.fullmatch(value):  # the hot path: already canonical
-            return value
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else str(value)
-
-
-# none_as_null: Python None is SQL NULL, not the JSON value null.
-JSONType = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
-
-
-def uuid_key(column: sa.ColumnElement[Any], dialect_name: str) -> sa.ColumnElement[Any]:
-    """A UUID column as a comparable key: SQLite holds text as typed, so compare it lower-cased."""
-    return sa.func.lower(column) if dialect_name == "sqlite" else column
-
-
-class gen_uuid(sa.sql.expression.FunctionElement[str]):
-    """Server-side random UUID, so the seed's plain INSERTs (which give no id) work."""
-
-    type = sa.String()
-    inherit_cache = True
-
-
-@compiles(gen_uuid, "postgresql")
-def _gen_uuid_pg(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str:
-    return "gen_random_uuid()"
-
-
-@compiles(gen_uuid, "sqlite")
-def _gen_uuid_sqlite(element: gen_uuid, compiler: SQLCompiler, **kw: Any) -> str:
-    # A version-4 UUID string, built from randomblob(): SQLite has no uuid function.
-    return (
-        "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
-        "substr(lower(hex(randomblob(2))), 2) || '-' || "
-        "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) "
-        "|| '-' || lower(hex(randomblob(6))))"
-    )
-
-
-class epoch_now(sa.sql.expression.FunctionElement[float]):
-    """The database server's clock in epoch seconds, so every process shares one clock."""
-
-    type = sa.Float()
-    inherit_cache = True
-
-
-@compiles(epoch_now, "postgresql")
-def _epoch_now_pg(element: epoch_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "extract(epoch from clock_timestamp())::float8"
-
-
-@compiles(epoch_now, "sqlite")
-def _epoch_now_sqlite(element: epoch_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "((julianday('now') - 2440587.5) * 86400.0)"
-
-
-def unreachable(name: str, raw_url: str, exc: BaseException) -> str:
-    """One password-free line for a database that could not be reached."""
-    orig = getattr(exc, "orig", None) or exc
-    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    label, var = ("HQ", "HQ_DATABASE_URL") if name == "hq" else ("Workspace", "WORKSPACE_DATABASE_URL")
-    return f"cannot reach the {label} database at {mask(raw_url)}: {first}; check {var}"
-
-
-def missing_table(exc: BaseException) -> bool:
-    """Whether a database error says a table does not exist."""
-    orig = getattr(exc, "orig", None)
-    return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == "42P01"
-
-
-def connection_problem(exc: BaseException) -> bool:
-    """Whether an exception means the database could not be reached at all."""
-    if isinstance(exc, (OSError, ConnectionError)):
-        return True
-    if isinstance(exc, sa.exc.OperationalError):
-        text = str(exc.orig).lower()
-        return any(
-            marker in text
-            for marker in (
-                "connection",
-                "could not connect",
-                "unable to open database",
-                "timeout",
-                "name or service not known",
-                "does not exist",
-                "password authentication",
-            )
-        )
-    return isinstance(exc, sa.exc.InterfaceError)
-
-
-# SQLite accepts any type name, and the seed's DDL uses PostgreSQL's: teach reflection
-# those names so a table created from the seed's text reflects with real types.
-sqlite.base.SQLiteDialect.ischema_names = {
-    **sqlite.base.SQLiteDialect.ischema_names,
-    "JSONB": sa.JSON,
-    "UUID": GUID,
-    "TIMESTAMPTZ": sa.DateTime,
-    "BOOL": sa.Boolean,
-}

@@ -1,18 +1,99 @@
-"""The two databases, HQ and Workspace, as async engines, with errors made readable."""
+"""The two databases, HQ and Workspace, as engines, with errors made readable."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from enrichhq import exceptions
-from enrichhq.db import dialect
+from enrichhq.db import dialect, errors, schema, types, urls
 from enrichhq.settings import Settings
 
 DESTINATIONS = ("workspace", "hq")
+# A pooled connection idle this long is checked before use.
+IDLE_PING_S = 5.0
+#: how long the maintenance database may take to answer whether a database exists.
+PROBE_TIMEOUT_S = 5
+
+
+def create_async(raw: str) -> AsyncEngine:
+    """An async engine for a user's URL, tuned for its dialect."""
+    url = urls.parse_url(raw, asynchronous=True)
+    if dialect.url_is_sqlite(url):
+        urls.prepare_sqlite_file(url)
+    engine = create_async_engine(url, **dialect.engine_options(url, asynchronous=True))
+    _set_up(engine.sync_engine, url)
+    if dialect.pings_idle_connections(url):
+        _ping_after_idle(engine)
+    return engine
+
+
+def create_sync(raw: str) -> sa.Engine:
+    """A synchronous engine (Alembic runs on it)."""
+    url = urls.parse_url(raw, asynchronous=False)
+    if dialect.url_is_sqlite(url):
+        urls.prepare_sqlite_file(url)
+    engine = sa.create_engine(url, **dialect.engine_options(url, asynchronous=False))
+    _set_up(engine, url)
+    return engine
+
+
+def _set_up(engine: sa.Engine, url: sa.URL) -> None:
+    hook = dialect.on_connect(url)
+    if hook is not None:
+        sa.event.listen(engine, "connect", hook)
+    if dialect.url_is_sqlite(url):
+        types.register_sqlite_names(engine.dialect)
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use once it has sat idle IDLE_PING_S (pool_pre_ping checks every
+    use: a round trip per transaction, three per chunk of callbacks).
+
+    One that fails is replaced at once; a server restarted in the last seconds fails the
+    transactions in flight, which the callers retry (outage.through) and which clear the pool.
+    """
+    sync = engine.sync_engine
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            sync.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool takes a fresh connection instead
+            raise sa.exc.DisconnectionError(str(exc)) from exc
+
+    sa.event.listen(sync, "checkin", checkin)
+    sa.event.listen(sync, "checkout", checkout)
+
+
+def database_missing(raw_url: str) -> bool:
+    """Whether the server says the URL's database does not exist (asked of its `postgres` database).
+
+    libpq gives no SQLSTATE for a connection refused with 3D000, so the server's catalog is asked
+    instead; any failure to ask leaves the question open (False).
+    """
+    url = urls.parse_url(raw_url, asynchronous=False)
+    if dialect.url_is_sqlite(url) or not url.database:
+        return False
+    conninfo = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=PROBE_TIMEOUT_S) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone()
+    except psycopg.Error:
+        return False
+    return found is None
 
 
 class Databases:
@@ -22,10 +103,8 @@ class Databases:
         self.urls = {"hq": hq_url, "workspace": workspace_url}
         #: how large values written to destination tables are compressed (see dialect.compress_with).
         self.toast_compression = toast_compression
-        self.hq: AsyncEngine = dialect.create_async(hq_url)
-        self.workspace: AsyncEngine = (
-            self.hq if workspace_url == hq_url else dialect.create_async(workspace_url)
-        )
+        self.hq: AsyncEngine = create_async(hq_url)
+        self.workspace: AsyncEngine = self.hq if workspace_url == hq_url else create_async(workspace_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Databases:
@@ -46,20 +125,45 @@ class Databases:
 
     @asynccontextmanager
     async def begin(self, name: str = "hq") -> AsyncIterator[AsyncConnection]:
-        """A transaction on one database; unreachable databases raise a one-line DatabaseError."""
+        """A transaction on one database; connection and setup problems raise a one-line DatabaseError."""
         engine = self.engine(name)
         try:
             async with engine.begin() as conn:
                 yield conn
         except (sa.exc.DBAPIError, OSError) as exc:
-            if dialect.connection_problem(exc):
-                raise exceptions.Unreachable(dialect.unreachable(name, self.urls[name], exc)) from exc
-            if name == "hq" and dialect.missing_table(exc):
-                raise exceptions.DatabaseError(
-                    f"the HQ database at {dialect.mask(self.urls[name])} has no enrichhq tables yet "
-                    "(or not all of them): run `enrichhq init` first"
-                ) from exc
-            raise
+            problem = await self._problem(name, exc)
+            if problem is None:
+                raise
+            raise problem from exc
+
+    async def _problem(self, name: str, exc: BaseException) -> exceptions.DatabaseError | None:
+        """What to tell the user about a failed transaction, or None to let the error through as it is."""
+        raw_url = self.urls[name]
+        found = errors.kind(exc)
+        if (
+            found is errors.Kind.UNREACHABLE
+            and errors.failed_connecting(exc)
+            and await asyncio.to_thread(database_missing, raw_url)
+        ):
+            return missing_database(name, raw_url)
+        if name == "hq" and errors.may_be_missing_table(exc):
+            return None if await self._initialised() else self._not_initialised()
+        return errors.translate(name, raw_url, exc)
+
+    async def _initialised(self) -> bool:
+        """Whether HQ holds every enrichhq table (SQLite names a missing one by no code of its own)."""
+        try:
+            async with self.hq.connect() as conn:
+                present = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        except (sa.exc.DBAPIError, OSError):
+            return True  # cannot tell: the original error stands
+        return set(schema.metadata.tables) <= present
+
+    def _not_initialised(self) -> exceptions.DatabaseError:
+        return exceptions.DatabaseError(
+            f"the HQ database at {urls.mask(self.urls['hq'])} has no enrichhq tables yet "
+            "(or not all of them): run `enrichhq init` first"
+        )
 
     async def check(self) -> None:
         """Connect to both databases once, so a bad URL fails before any work starts."""
@@ -72,3 +176,9 @@ class Databases:
         await self.hq.dispose()
         if self.workspace is not self.hq:
             await self.workspace.dispose()
+
+
+def missing_database(name: str, raw_url: str) -> exceptions.DatabaseConfigError:
+    """The error for a URL naming a database the server does not have."""
+    database = urls.parse_url(raw_url, asynchronous=False).database or ""
+    return errors.misconfigured(name, raw_url, f"database {database!r} does not exist")

@@ -1,18 +1,25 @@
-"""Named queries on HQ about batch items moving between states (run, wait, claim, settle)."""
+"""Named queries on HQ's `enrichment_batch_items` table: items entering a batch, running, ending.
+
+Items of async providers waiting for their callbacks are in `db/waiting.py`, their delivery to
+workers in `db/delivery.py`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db.hq import chunked, is_uuid, now
-from enrichhq.db.schema import batch_items, batches
+from enrichhq.db import batches, types
+from enrichhq.db.common import chunked, is_uuid, now
+from enrichhq.db.rows import ItemRow, KeptResult
+from enrichhq.db.schema import batch_items, companies, completions
+from enrichhq.db.schema import batches as batch_rows
 from enrichhq.models import ItemOutcome
-from enrichhq.states import FINAL_STATES, ItemState
+from enrichhq.states import ItemState
 
 
 def unindexed_state() -> sa.ColumnElement[str]:
@@ -35,37 +42,6 @@ def among(states: Sequence[str]) -> sa.ColumnElement[bool]:
     return unindexed_state().in_(states)
 
 
-async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[dict[str, Any]]:
-    """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
-    chosen = (
-        sa.select(batch_items.c.company_id)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "failed",
-            batch_items.c.result.is_not(None),
-        )
-        .limit(limit)
-        .scalar_subquery()
-    )
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "failed",
-            batch_items.c.company_id.in_(chosen),
-        )
-        .values(state="storing", updated_at=now())
-        .returning(
-            batch_items.c.company_id,
-            batch_items.c.company_domain,
-            batch_items.c.result,
-            batch_items.c.attempts,
-            batch_items.c.cost,
-        )
-    )
-    return [dict(r._mapping) for r in result]
-
-
 async def update_ids(
     conn: AsyncConnection,
     batch_id: str,
@@ -76,6 +52,195 @@ async def update_ids(
     """One UPDATE per chunk of ids (through the primary key), with extra conditions."""
     for chunk in chunked(company_ids):
         await conn.execute(sa.update(batch_items).where(these(batch_id, chunk), *where).values(**values))
+
+
+async def add_batch_items(
+    conn: AsyncConnection,
+    batch_id: str,
+    *,
+    play_name: str,
+    step_number: int,
+    force: bool,
+    company_ids: Sequence[str] | None,
+    workflow_id: str | None = None,
+    fresh_after: datetime | None = None,
+    sample: int | None = None,
+) -> None:
+    """One item per company (all of them when company_ids is None), in SQL, not in memory.
+
+    Companies that already completed this step in this play start `skipped` unless forced;
+    with fresh_after, only completions since then count (older results are refreshed).
+    With sample, a random `sample` of the companies (the caller samples given ids itself).
+    """
+    # Ids typed by hand into SQLite may be upper-case; items always hold the canonical form.
+    company_key = types.uuid_key(companies.c.id, conn.dialect.name)
+    done = sa.and_(
+        completions.c.company_id == company_key,
+        completions.c.play_name == play_name,
+        completions.c.step_number == step_number,
+        completions.c.completed_at > fresh_after if fresh_after is not None else sa.true(),
+    )
+    # A company another batch of this step and play is working on now is not paid for twice.
+    other_items, other_batches = batch_items.alias("other_items"), batch_rows.alias("other_batches")
+    in_flight = sa.exists().where(
+        other_items.c.company_id == company_key,
+        other_items.c.batch_id == other_batches.c.id,
+        other_items.c.state.in_(("queued", "running", "waiting_callback", "storing")),
+        other_batches.c.workflow_id == workflow_id,
+        other_batches.c.play_name == play_name,
+        other_batches.c.id != batch_id,
+    )
+    busy = f"already in flight in another batch of this step and play {play_name!r}"
+    if force:
+        state: sa.ColumnElement[Any] = sa.case((in_flight, "skipped"), else_="queued")
+        reason: sa.ColumnElement[Any] = sa.case((in_flight, busy), else_=sa.null())
+    else:
+        already = sa.exists().where(done)
+        state = sa.case((already, "skipped"), (in_flight, "skipped"), else_="queued")
+        reason = sa.case(
+            (already, f"already completed in play {play_name!r}; run with --force to redo"),
+            (in_flight, busy),
+            else_=sa.null(),
+        )
+    columns = ["batch_id", "company_id", "company_domain", "state", "last_error", "updated_at"]
+    stamp = now()
+
+    def select(ids: Sequence[str] | None) -> sa.Select[Any]:
+        stmt = sa.select(
+            sa.literal(batch_id, types.GUID),
+            company_key,
+            companies.c.domain,
+            state,
+            reason,
+            sa.literal(stamp, batch_rows.c.created_at.type),
+        )
+        return stmt if ids is None else stmt.where(company_key.in_(ids))
+
+    if company_ids is None:
+        everyone = select(None)
+        if sample is not None:
+            everyone = everyone.order_by(sa.func.random()).limit(sample)
+        await conn.execute(sa.insert(batch_items).from_select(columns, everyone))
+    else:
+        for chunk in chunked(company_ids):
+            await conn.execute(sa.insert(batch_items).from_select(columns, select(chunk)))
+    total = await conn.execute(
+        sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.batch_id == batch_id)
+    )
+    await batches.set_total(conn, batch_id, total.scalar_one())
+
+
+async def queued_ids(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[str]:
+    """A page of a batch's queued company ids (keyset on company_id)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "queued",
+            batch_items.c.company_id > after,
+        )
+        .order_by(batch_items.c.company_id)
+        .limit(limit)
+    )
+    return [r.company_id for r in result]
+
+
+async def skip_queued(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    *,
+    company_ids: Sequence[str] | None = None,
+    unless_completed: tuple[str, int] | None = None,
+) -> int:
+    """Skip queued items, with a reason: these companies, or those lacking a (play, step) completion."""
+    where = [batch_items.c.batch_id == batch_id, batch_items.c.state == "queued"]
+    if unless_completed is not None:
+        play, step = unless_completed
+        where.append(
+            ~sa.exists().where(
+                completions.c.company_id == batch_items.c.company_id,
+                completions.c.play_name == play,
+                completions.c.step_number == step,
+            )
+        )
+    values = {"state": "skipped", "last_error": reason, "finished_at": now(), "updated_at": now()}
+    if company_ids is None:
+        return (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount
+    skipped = 0
+    for chunk in chunked(company_ids):
+        stmt = sa.update(batch_items).where(*where, batch_items.c.company_id.in_(chunk)).values(values)
+        skipped += (await conn.execute(stmt)).rowcount
+    return skipped
+
+
+async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
+    """End these items, if still queued or running, as skipped with the reason."""
+    await update_ids(
+        conn,
+        batch_id,
+        company_ids,
+        [among(("queued", "running"))],
+        state="skipped",
+        last_error=reason,
+        deliveries=0,
+        updated_at=now(),
+        finished_at=now(),
+    )
+
+
+async def skip_unfinished(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    states: Sequence[str] = ("queued", "running"),
+) -> int:
+    """End the batch's items in these states as skipped, with the reason; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states))
+        .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount
+
+
+async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
+    """Queue again the items a stopped batch never ran; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "skipped",
+            batch_items.c.last_error.like(f"{batches.STOPPED_PREFIX}%"),
+        )
+        .values(state="queued", last_error=None, finished_at=None, deliveries=0, updated_at=now())
+    )
+    await batches.reopen(conn, batch_id)
+    return result.rowcount
+
+
+async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
+    """Queue a batch's failed and timed-out items again; returns how many."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("failed", "timed_out")),
+            # An item holding a fetched result is replayed, never called again.
+            batch_items.c.result.is_(None),
+        )
+        .values(
+            state="queued",
+            last_error=None,
+            finished_at=None,
+            deadline_at=None,
+            deliveries=0,
+            updated_at=now(),
+        )
+    )
+    if result.rowcount:
+        await batches.reopen(conn, batch_id)
+    return result.rowcount
 
 
 async def finish_items(
@@ -159,34 +324,35 @@ async def finish_items(
     )
 
 
-async def skip_unfinished(
-    conn: AsyncConnection,
-    batch_id: str,
-    reason: str,
-    states: Sequence[str] = ("queued", "running"),
-) -> int:
-    """End the batch's items in these states as skipped, with the reason; returns how many."""
+async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[KeptResult]:
+    """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
+    chosen = (
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.result.is_not(None),
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
     result = await conn.execute(
         sa.update(batch_items)
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states))
-        .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == "failed",
+            batch_items.c.company_id.in_(chosen),
+        )
+        .values(state="storing", updated_at=now())
+        .returning(
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.result,
+            batch_items.c.attempts,
+            batch_items.c.cost,
+        )
     )
-    return result.rowcount
-
-
-async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
-    """End these items, if still queued or running, as skipped with the reason."""
-    await update_ids(
-        conn,
-        batch_id,
-        company_ids,
-        [among(("queued", "running"))],
-        state="skipped",
-        last_error=reason,
-        deliveries=0,
-        updated_at=now(),
-        finished_at=now(),
-    )
+    return [KeptResult.of(r._mapping) for r in result]
 
 
 async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
@@ -197,83 +363,6 @@ async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
         .limit(1)
     )
     return result.first() is not None
-
-
-async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
-    """Whether any of the batch's items waits for a callback (or is storing one)."""
-    result = await conn.execute(
-        sa.select(batch_items.c.company_id)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("waiting_callback", "storing")),
-        )
-        .limit(1)
-    )
-    return result.first() is not None
-
-
-async def mark_waiting(
-    conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]], deadline: datetime
-) -> None:
-    """Items whose request an async provider accepted now wait for their callback.
-
-    Only items still `running` change: a callback that beat the sender's answer has
-    already settled its item, and that outcome stands.
-    """
-    if not updates:
-        return
-    stmt = (
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == sa.bindparam("b_batch"),
-            batch_items.c.company_id == sa.bindparam("b_company"),
-            unindexed_state() == "running",  # executemany: no IN
-        )
-        .values(
-            state="waiting_callback",
-            deliveries=0,
-            attempts=sa.bindparam("b_attempts"),
-            cost=sa.bindparam("b_cost"),
-            deadline_at=deadline,
-            updated_at=now(),
-        )
-    )
-    await conn.execute(
-        stmt,
-        [
-            {
-                "b_batch": batch_id,
-                "b_company": u["company_id"],
-                "b_attempts": u["attempts"],
-                "b_cost": u.get("cost"),
-            }
-            for u in updates
-        ],
-    )
-
-
-async def claim_many(
-    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Take waiting items to store their callbacks; returns those taken (domain, attempts, cost)."""
-    claimed: dict[str, dict[str, Any]] = {}
-    for chunk in chunked(company_ids):
-        result = await conn.execute(
-            sa.update(batch_items)
-            .where(
-                these(batch_id, chunk),
-                among(("waiting_callback", "running")),
-            )
-            .values(state="storing", updated_at=now())
-            .returning(
-                batch_items.c.company_id,
-                batch_items.c.company_domain,
-                batch_items.c.attempts,
-                batch_items.c.cost,
-            )
-        )
-        claimed.update({r.company_id: dict(r._mapping) for r in result})
-    return claimed
 
 
 async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
@@ -287,8 +376,8 @@ async def item_states(conn: AsyncConnection, batch_id: str, company_ids: Sequenc
     return states
 
 
-async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dict[str, Any] | None:
-    """One batch item, as a dict."""
+async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> ItemRow | None:
+    """One batch item."""
     if not (is_uuid(batch_id) and is_uuid(company_id)):
         return None
     row = (
@@ -302,73 +391,4 @@ async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> dic
         .mappings()
         .first()
     )
-    return dict(row) if row else None
-
-
-async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
-    """Items whose callback deadline has passed, with their batch's workflow and play."""
-    result = await conn.execute(
-        sa.select(
-            batch_items.c.batch_id,
-            batch_items.c.company_id,
-            batch_items.c.company_domain,
-            batch_items.c.attempts,
-            batches.c.workflow_id,
-            batches.c.workflow_slug,
-            batches.c.play_name,
-            batches.c.step_number,
-        )
-        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
-        .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
-        .limit(limit)
-    )
-    return [dict(r) for r in result.mappings()]
-
-
-async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
-    """Items left `storing` by a process that died mid-callback wait for their callback again."""
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.state == "storing",
-            batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
-        )
-        .values(state="waiting_callback", updated_at=now())
-    )
-    return result.rowcount
-
-
-async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
-    """Turn one overdue waiting item into timed_out; False if a callback settled it first."""
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.company_id == company_id,
-            batch_items.c.state == "waiting_callback",
-        )
-        .values(state="timed_out", last_error=reason, updated_at=now(), finished_at=now())
-    )
-    return result.rowcount == 1
-
-
-async def close_if_done(conn: AsyncConnection, batch_id: str) -> bool:
-    """Mark a waiting batch completed once none of its items is unfinished.
-
-    The batch row is locked first: the last callback settling and the sender marking the batch
-    `waiting` could otherwise each look before the other committed, and neither close it.
-    """
-    await conn.execute(sa.select(batches.c.id).where(batches.c.id == batch_id).with_for_update())
-    unfinished = await conn.execute(
-        sa.select(batch_items.c.company_id)
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.not_in(FINAL_STATES))
-        .limit(1)
-    )
-    if unfinished.first() is not None:
-        return False
-    result = await conn.execute(
-        sa.update(batches)
-        .where(batches.c.id == batch_id, batches.c.status == "waiting")
-        .values(status="completed", finished_at=now())
-    )
-    return result.rowcount == 1
+    return ItemRow.of(row) if row else None

@@ -1,4 +1,4 @@
-"""Named queries on HQ for provider limits that hold across worker processes and for live workers.
+"""Named queries on HQ for provider limits that hold across worker processes.
 
 Concurrency is a set of numbered slots per key, leased for a bounded time (a worker that dies
 loses its slots when the lease runs out); calls per second is a token bucket per key. Both use
@@ -7,14 +7,11 @@ the database's clock, so workers on machines with drifting clocks agree.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import dialect
-from enrichhq.db.hq import now
-from enrichhq.db.schema import limit_slots, rate_buckets, workers
+from enrichhq.db import dialect, types
+from enrichhq.db.schema import limit_slots, rate_buckets
 
 
 async def ensure_slots(conn: AsyncConnection, key: str, count: int) -> None:
@@ -27,7 +24,7 @@ async def ensure_slots(conn: AsyncConnection, key: str, count: int) -> None:
 
 async def take_slot(conn: AsyncConnection, key: str, count: int, holder: str, lease_s: float) -> int | None:
     """Lease one free slot of the key's first `count`; None when all are held."""
-    clock = dialect.epoch_now()
+    clock = types.epoch_now()
     free = sa.or_(limit_slots.c.holder.is_(None), limit_slots.c.expires_at < clock)
     candidate = (
         sa.select(limit_slots.c.slot)
@@ -53,7 +50,7 @@ async def renew_slots(conn: AsyncConnection, key: str, slots: list[int], holder:
     await conn.execute(
         sa.update(limit_slots)
         .where(limit_slots.c.key == key, limit_slots.c.slot.in_(slots), limit_slots.c.holder == holder)
-        .values(expires_at=dialect.epoch_now() + lease_s)
+        .values(expires_at=types.epoch_now() + lease_s)
     )
 
 
@@ -73,21 +70,12 @@ async def free_holder(conn: AsyncConnection, holder: str) -> None:
     )
 
 
-async def free_worker(conn: AsyncConnection, worker_id: str) -> None:
-    """Give back every slot a worker holds for any batch (holders are `worker:batch`)."""
-    await conn.execute(
-        sa.update(limit_slots)
-        .where(sa.func.substr(limit_slots.c.holder, 1, len(worker_id) + 1) == worker_id + ":")
-        .values(holder=None, expires_at=0.0)
-    )
-
-
 async def take_token(conn: AsyncConnection, key: str, rate: float) -> float:
     """Take one call's token from the key's bucket; returns 0 if taken, else seconds until one is due.
 
     The bucket holds at most one second of calls, refilled at `rate` per second.
     """
-    clock = dialect.epoch_now()
+    clock = types.epoch_now()
     stmt = dialect.upsert(conn.dialect, rate_buckets, ["key"], [])
     await conn.execute(stmt.values(key=key, tokens=float(rate), updated_at=clock))
     refilled = dialect.least(
@@ -104,30 +92,3 @@ async def take_token(conn: AsyncConnection, key: str, rate: float) -> float:
     row = (await conn.execute(sa.select(refilled.label("tokens")).where(rate_buckets.c.key == key))).first()
     missing = 1.0 - (row.tokens if row is not None else 0.0)
     return max(0.001, missing / rate)
-
-
-async def beat(conn: AsyncConnection, worker_id: str, host: str, pid: int, concurrency: int) -> None:
-    """Record that a worker is alive."""
-    stmt = dialect.upsert(conn.dialect, workers, ["id"], ["seen_at", "concurrency"])
-    stamp = now()
-    await conn.execute(
-        stmt.values(
-            id=worker_id, host=host, pid=pid, concurrency=concurrency, started_at=stamp, seen_at=stamp
-        )
-    )
-
-
-async def leave(conn: AsyncConnection, worker_id: str) -> None:
-    """A worker stopped cleanly: forget it and free its slots."""
-    await conn.execute(sa.delete(workers).where(workers.c.id == worker_id))
-    await free_worker(conn, worker_id)
-
-
-async def live_workers(conn: AsyncConnection, within_s: float) -> list[dict[str, object]]:
-    """Workers seen in the last within_s seconds."""
-    result = await conn.execute(
-        sa.select(workers)
-        .where(workers.c.seen_at > now() - timedelta(seconds=within_s))
-        .order_by(workers.c.host)
-    )
-    return [dict(r) for r in result.mappings()]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import dialect
+from enrichhq.db import dialect, types
 from enrichhq.db.schema import login_attempts, ui_sessions
 
 
@@ -19,10 +19,10 @@ async def count_attempt(conn: AsyncConnection, key: str, *, window_s: float) -> 
     """
     await conn.execute(
         dialect.upsert(conn.dialect, login_attempts, ["key"], []).values(
-            key=key, window_start=dialect.epoch_now(), attempts=0
+            key=key, window_start=types.epoch_now(), attempts=0
         )
     )
-    clock = dialect.epoch_now()
+    clock = types.epoch_now()
     expired = login_attempts.c.window_start < clock - window_s
     row = (
         await conn.execute(
@@ -45,9 +45,9 @@ async def clear_attempts(conn: AsyncConnection, keys: Sequence[str]) -> None:
 
 async def open_session(conn: AsyncConnection, ttl_s: float) -> str:
     """A new session's id, valid for ttl_s; sessions already expired are removed."""
-    await conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.expires_at < dialect.epoch_now()))
+    await conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.expires_at < types.epoch_now()))
     session_id = secrets.token_urlsafe(32)
-    await conn.execute(sa.insert(ui_sessions).values(id=session_id, expires_at=dialect.epoch_now() + ttl_s))
+    await conn.execute(sa.insert(ui_sessions).values(id=session_id, expires_at=types.epoch_now() + ttl_s))
     return session_id
 
 
@@ -55,7 +55,7 @@ async def session_alive(conn: AsyncConnection, session_id: str) -> bool:
     """Whether a session exists and has not expired."""
     found = await conn.scalar(
         sa.select(sa.literal(1)).where(
-            ui_sessions.c.id == session_id, ui_sessions.c.expires_at > dialect.epoch_now()
+            ui_sessions.c.id == session_id, ui_sessions.c.expires_at > types.epoch_now()
         )
     )
     return found is not None

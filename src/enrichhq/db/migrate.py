@@ -12,7 +12,7 @@ from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 
 from enrichhq import exceptions
-from enrichhq.db import dialect
+from enrichhq.db import dialect, engines, errors
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "enrichhq_alembic_version"
@@ -28,15 +28,17 @@ def alembic_config(connection: sa.Connection) -> Config:
 
 def upgrade(hq_url: str) -> str | None:
     """Bring the HQ schema to the newest revision; returns that revision."""
-    engine = dialect.create_sync(hq_url)
+    engine = engines.create_sync(hq_url)
     try:
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
             return current_revision(connection)
-    except sa.exc.OperationalError as exc:
-        if dialect.connection_problem(exc):
-            raise exceptions.DatabaseError(dialect.unreachable("hq", hq_url, exc)) from exc
-        raise
+    except sa.exc.DBAPIError as exc:
+        missing = errors.failed_connecting(exc) and engines.database_missing(hq_url)
+        problem = engines.missing_database("hq", hq_url) if missing else errors.translate("hq", hq_url, exc)
+        if problem is None:
+            raise
+        raise problem from exc
     finally:
         engine.dispose()
 

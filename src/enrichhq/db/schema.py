@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from enrichhq.db.dialect import GUID, JSONType, gen_uuid
+from enrichhq.db.types import GUID, JSONType, gen_uuid
 
 metadata = sa.MetaData()
 

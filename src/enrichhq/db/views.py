@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import dialect
+from enrichhq.db import types
 from enrichhq.db.schema import batch_items, batches, companies, completions, results_log
 from enrichhq.models import Company
 
@@ -38,7 +38,7 @@ def _company_filters(
         )
     if step is None:
         return clauses
-    key = dialect.uuid_key(companies.c.id, conn.dialect.name)
+    key = types.uuid_key(companies.c.id, conn.dialect.name)
     done = sa.exists().where(
         completions.c.company_id == key,
         completions.c.play_name == play,
@@ -145,7 +145,7 @@ async def company(conn: AsyncConnection, company_id: str) -> Company | None:
     row = (
         await conn.execute(
             sa.select(companies.c.id, companies.c.domain, companies.c.name).where(
-                dialect.uuid_key(companies.c.id, conn.dialect.name) == company_id
+                types.uuid_key(companies.c.id, conn.dialect.name) == company_id
             )
         )
     ).first()

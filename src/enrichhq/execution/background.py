@@ -34,8 +34,8 @@ class BatchRunner:
 
     def _done(self, batch_id: str, task: asyncio.Task[runs.BatchSummary]) -> None:
         self.tasks.pop(batch_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batch %s ended with an error: %s", batch_id, task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("batch %s ended with an error: %s", batch_id, exc, exc_info=exc)
 
     async def cancel(self, batch_id: str) -> runs.BatchSummary:
         """Stop a batch: a running one stops dispatching; every unfinished item ends skipped."""

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 
-from enrichhq.db import batches, engines
+from enrichhq.db import batches, engines, reports
 from enrichhq.execution import outage, queue
 from enrichhq.execution.batch import CANCELLED
 from enrichhq.execution.engine import Engine
@@ -114,7 +114,7 @@ async def _report(dbs: engines.Databases, batch_id: str, on_progress: ProgressCa
     if on_progress is None:
         return
     async with dbs.begin("hq") as conn:
-        counts, _ = await batches.state_counts(conn, batch_id)
+        counts, _ = await reports.state_counts(conn, batch_id)
     maybe = on_progress(counts)
     if inspect.isawaitable(maybe):
         await maybe

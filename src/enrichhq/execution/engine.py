@@ -8,6 +8,7 @@ chunk, and closes the batch once none of its items is left to run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -15,12 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
-from enrichhq.db import batches, engines, items
-from enrichhq.execution.batch import BatchWork, close_quietly
+from enrichhq.db import batches, callback_items, engines, items, reports
+from enrichhq.execution.batch import BatchWork, Calling
+from enrichhq.execution.budget import Purse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
+from enrichhq.execution.store import DbItemStore
+from enrichhq.execution.writer import BatchStep
+from enrichhq.functions import Provider
 from enrichhq.models import Company
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import BatchStatus, ItemState
 
 log = logging.getLogger("enrichhq.engine")
 
@@ -73,6 +79,8 @@ class Engine:
         self.worker_id = worker_id
         self.concurrency = concurrency
         self.work: dict[str, BatchWork] = {}
+        #: what closes each open batch's work and then its provider client.
+        self.closing: dict[str, contextlib.AsyncExitStack] = {}
         self.opening: dict[str, asyncio.Lock] = {}
         self.stop_message: str | None = None
         self.handing_back = False
@@ -104,12 +112,12 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await batches.spent(conn, batch_id) if batch else 0.0
+            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
         try:
-            workflow = await workflows.get(self.dbs, str(batch["workflow_id"]))
+            workflow = await workflows.get(self.dbs, str(batch.workflow_id))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
         except exceptions.Unreachable:
@@ -143,21 +151,20 @@ class Engine:
                 lease_s=self.settings.enrichhq_heartbeat_s,
                 local=workers,
             )
-        work = BatchWork(
-            self.dbs,
-            self.settings,
-            batch_id=batch_id,
-            play_name=batch["play_name"],
-            workflow=workflow,
-            destination=destination,
-            provider=provider,
-            pipeline=self.pipeline,
-            limits=limits,
-            workers=workers,
-            budget=batch.get("budget"),
-            spent=spent,
-            per_call=per_call,
+        step = BatchStep(batch_id, batch.play_name, workflow, destination)
+        calling = Calling(provider, limits, Purse(batch.budget, spent, per_call), workers, self.settings)
+        closing = contextlib.AsyncExitStack()
+        closing.push_async_callback(close_quietly, provider)
+        work = await closing.enter_async_context(
+            BatchWork(
+                step,
+                calling,
+                store=DbItemStore(self.dbs, step.ref),
+                storage=self.pipeline,
+                chunk_size=self.settings.enrichhq_chunk_size,
+            )
         )
+        self.closing[batch_id] = closing
         log.info("batch %s: working on %s (%d calls at once here)", batch_id, workflow.workflow_slug, workers)
         if self.stop_message:
             work.stop(self.stop_message)
@@ -169,8 +176,8 @@ class Engine:
         """The batch was just paused: its remaining items wait, skipped with the reason."""
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            reason = (batch or {}).get("message") or "the batch was stopped"
-            await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, ("queued",))
+            reason = (batch.message if batch else None) or "the batch was stopped"
+            await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, (ItemState.QUEUED,))
         await self.finish_if_done(batch_id)
 
     async def finish_if_done(self, batch_id: str) -> None:
@@ -179,16 +186,17 @@ class Engine:
             if await items.has_unrun(conn, batch_id):
                 return
             batch = await batches.get_batch(conn, batch_id)
-            if batch is None or batch["finished_at"] is not None:
+            if batch is None or batch.finished_at is not None:
                 return
-            status = batch["status"]
-            if status == "running":
-                status = "waiting" if await items.has_waiting(conn, batch_id) else "completed"
-            elif status not in ("stopped", "cancelled"):
+            status = batch.status
+            if status is BatchStatus.RUNNING:
+                pending = await callback_items.has_waiting(conn, batch_id)
+                status = BatchStatus.WAITING if pending else BatchStatus.COMPLETED
+            elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
-            await batches.finish_batch(conn, batch_id, status, batch["message"])
-            if status == "waiting":  # the last callback may have settled since has_waiting looked
-                await items.close_if_done(conn, batch_id)
+            await batches.finish_batch(conn, batch_id, status, batch.message)
+            if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
+                await batches.close_if_done(conn, batch_id)
 
     async def store_callback(self, claims: tokens.Claims, data: dict[str, Any]) -> None:
         """A queued callback's storage step: the receiver's own, micro-batched across jobs."""
@@ -216,7 +224,7 @@ class Engine:
         """Start calls again (the queue connection is back after hand_back)."""
         self.handing_back = False
         for work in self.work.values():
-            work.handing_back = False
+            work.take_again()
 
     async def give_up(self, chunk: Chunk, reason: str) -> None:
         """A job that keeps failing: its items wait, skipped with the reason, for `batches resume`."""
@@ -234,7 +242,7 @@ class Engine:
             if work.jobs == 0 and now - work.last_used > IDLE_S:
                 del self.work[batch_id]
                 self.opening.pop(batch_id, None)
-                await self._close(work)
+                await self._close(batch_id)
 
     def _redis(self) -> Any:
         if self.redis is None:
@@ -243,14 +251,21 @@ class Engine:
 
     async def aclose(self) -> None:
         """Close every batch's workers, writer and provider client."""
-        works, self.work = list(self.work.values()), {}
-        for work in works:
-            await self._close(work)
+        batch_ids, self.work = list(self.work), {}
+        for batch_id in batch_ids:
+            await self._close(batch_id)
         if self.redis is not None:
             await self.redis.aclose()
         if self.batcher is not None:
             await self.batcher.aclose()
 
-    async def _close(self, work: BatchWork) -> None:
-        await work.close()
-        await close_quietly(work.provider)
+    async def _close(self, batch_id: str) -> None:
+        closing = self.closing.pop(batch_id, None)
+        if closing is not None:
+            await closing.aclose()
+
+
+async def close_quietly(provider: Provider) -> None:
+    """Close a provider's connections, whatever state they are in."""
+    with contextlib.suppress(Exception):
+        await provider.aclose()

@@ -165,8 +165,10 @@ class SharedLimits:
             return await queries.take_token(conn, self.key, self.rate)
 
     async def _token(self) -> None:
-        while (wait := await outage.through(self._take_token)) > 0:
+        wait = await outage.through(self._take_token)
+        while wait > 0:  # the bucket says when the next token is due
             await asyncio.sleep(wait * random.uniform(1.0, 1.2))
+            wait = await outage.through(self._take_token)
 
     async def _free(self, slot: int) -> None:
         self.held.discard(slot)

@@ -25,8 +25,7 @@ from pgqueuer.domain.settings import DBSettings
 from pgqueuer.domain.types import Channel
 
 from enrichhq import exceptions, tokens
-from enrichhq.db import delivery, engines
-from enrichhq.db import limits as worker_rows
+from enrichhq.db import delivery, engines, workers
 from enrichhq.execution.engine import Chunk, Engine
 from enrichhq.models import Company
 from enrichhq.settings import Settings
@@ -158,8 +157,8 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
     async def run_chunk(job: Job) -> None:
         try:
             chunk = Chunk.load(job.payload)
-        except exceptions.InputError as exc:
-            log.error("job %s dropped: %s", job.id, exc)
+        except exceptions.InputError:
+            log.exception("job %s dropped", job.id)
             return
         try:
             back = await engine.handle(chunk)
@@ -167,8 +166,8 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
                 await enqueue(queries, chunk.batch_id, back, len(back))
         except Exception as exc:
             if job.attempts >= MAX_JOB_RETRIES:
-                log.error(
-                    "job %s of batch %s gave up after %d tries: %s", job.id, chunk.batch_id, job.attempts, exc
+                log.exception(
+                    "job %s of batch %s gave up after %d tries", job.id, chunk.batch_id, job.attempts
                 )
                 await engine.give_up(chunk, f"gave up after {job.attempts} tries: {exc}")
                 return
@@ -181,8 +180,8 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
             data = json.loads(job.payload or b"")
             claims = tokens.Claims(**data["claims"])
             body = data["data"]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("callback job %s dropped: malformed payload: %s", job.id, exc)
+        except (ValueError, KeyError, TypeError):
+            log.exception("callback job %s dropped: malformed payload", job.id)
             return
         try:
             await engine.store_callback(claims, body)
@@ -259,6 +258,6 @@ async def queue_mode(dbs: engines.Databases, settings: Settings) -> str:
         return "memory"
     with contextlib.suppress(exceptions.DatabaseError):
         async with dbs.begin("hq") as conn:
-            if await worker_rows.live_workers(conn, ALIVE_S):
+            if await workers.live_workers(conn, ALIVE_S):
                 return "postgres"
     return "memory"

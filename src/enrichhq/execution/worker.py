@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import asyncpg
 
 from enrichhq import exceptions, metrics
-from enrichhq.db import engines
-from enrichhq.db import limits as worker_rows
+from enrichhq.db import engines, workers
 from enrichhq.execution import queue
 from enrichhq.execution.embedded import worker_id
 from enrichhq.execution.engine import Engine
@@ -67,7 +66,7 @@ async def work(
         await engine.aclose()
         with contextlib.suppress(exceptions.DatabaseError):
             async with dbs.begin("hq") as conn:
-                await worker_rows.leave(conn, me)
+                await workers.leave(conn, me)
         await pipeline.aclose()
         await dbs.dispose()
 
@@ -103,10 +102,12 @@ async def _housekeeping(
     while not stop.is_set():
         try:
             async with dbs.begin("hq") as conn:
-                await worker_rows.beat(conn, me, host, os.getpid(), concurrency)
+                await workers.beat(conn, me, host, os.getpid(), concurrency)
             await engine.reap()
-        except Exception as exc:  # housekeeping must outlive any one failure
+        except exceptions.DatabaseError as exc:  # HQ restarting: the next beat tries again
             log.warning("heartbeat failed: %s", exc)
+        except Exception:  # housekeeping must outlive any one failure; a bug shows its stack
+            log.exception("heartbeat failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from enrichhq.db.dialect import GUID, JSONType, gen_uuid
 from enrichhq.db.migrate import reconcile
+from enrichhq.db.types import GUID, JSONType, gen_uuid
 
 revision = "0001"
 down_revision = None

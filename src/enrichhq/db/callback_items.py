@@ -1,0 +1,139 @@
+"""Named queries on items of async providers: waiting for their callbacks, claimed to store one, timed out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq.db.common import chunked, now
+from enrichhq.db.items import among, these, unindexed_state
+from enrichhq.db.rows import ClaimedItem, OverdueItem
+from enrichhq.db.schema import batch_items, batches
+
+
+async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
+    """Whether any of the batch's items waits for a callback (or is storing one)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.company_id)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_(("waiting_callback", "storing")),
+        )
+        .limit(1)
+    )
+    return result.first() is not None
+
+
+async def mark_waiting(
+    conn: AsyncConnection, batch_id: str, updates: Sequence[Mapping[str, Any]], deadline: datetime
+) -> None:
+    """Items whose request an async provider accepted now wait for their callback.
+
+    Only items still `running` change: a callback that beat the sender's answer has
+    already settled its item, and that outcome stands.
+    """
+    if not updates:
+        return
+    stmt = (
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == sa.bindparam("b_batch"),
+            batch_items.c.company_id == sa.bindparam("b_company"),
+            unindexed_state() == "running",  # executemany: no IN
+        )
+        .values(
+            state="waiting_callback",
+            deliveries=0,
+            attempts=sa.bindparam("b_attempts"),
+            cost=sa.bindparam("b_cost"),
+            deadline_at=deadline,
+            updated_at=now(),
+        )
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "b_batch": batch_id,
+                "b_company": u["company_id"],
+                "b_attempts": u["attempts"],
+                "b_cost": u.get("cost"),
+            }
+            for u in updates
+        ],
+    )
+
+
+async def claim_many(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]
+) -> dict[str, ClaimedItem]:
+    """Take waiting items to store their callbacks; returns those taken, by company id."""
+    claimed: dict[str, ClaimedItem] = {}
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(
+                these(batch_id, chunk),
+                among(("waiting_callback", "running")),
+            )
+            .values(state="storing", updated_at=now())
+            .returning(
+                batch_items.c.company_id,
+                batch_items.c.company_domain,
+                batch_items.c.attempts,
+                batch_items.c.cost,
+            )
+        )
+        claimed.update({r.company_id: ClaimedItem.of(r._mapping) for r in result})
+    return claimed
+
+
+async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[OverdueItem]:
+    """Items whose callback deadline has passed, with their batch's workflow and play."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.batch_id,
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.attempts,
+            batches.c.workflow_id,
+            batches.c.workflow_slug,
+            batches.c.play_name,
+            batches.c.step_number,
+        )
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
+        .limit(limit)
+    )
+    return [OverdueItem.of(r) for r in result.mappings()]
+
+
+async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
+    """Items left `storing` by a process that died mid-callback wait for their callback again."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.state == "storing",
+            batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
+        )
+        .values(state="waiting_callback", updated_at=now())
+    )
+    return result.rowcount
+
+
+async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
+    """Turn one overdue waiting item into timed_out; False if a callback settled it first."""
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.company_id == company_id,
+            batch_items.c.state == "waiting_callback",
+        )
+        .values(state="timed_out", last_error=reason, updated_at=now(), finished_at=now())
+    )
+    return result.rowcount == 1

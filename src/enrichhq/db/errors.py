@@ -1,0 +1,132 @@
+"""Database errors by kind, read from SQLSTATE and driver exception types, never from message text.
+
+A database that does not exist or refuses our credentials is a configuration problem: waiting
+does not fix it, so it fails at once and names the setting to change. A server that is down,
+restarting or failing over is unreachable: worth waiting for (`execution.outage`).
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+
+import psycopg
+
+from enrichhq import exceptions
+from enrichhq.db import urls
+
+#: invalid_catalog_name (no such database), invalid_password, invalid_authorization_specification.
+CONFIG_STATES = frozenset({"3D000", "28P01", "28000"})
+#: admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, recovering).
+SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+UNDEFINED_TABLE = "42P01"
+
+SETTINGS = {"hq": ("HQ", "HQ_DATABASE_URL"), "workspace": ("Workspace", "WORKSPACE_DATABASE_URL")}
+
+
+class Kind(enum.Enum):
+    """What a database error means for whoever meets it."""
+
+    CONFIG = "config"
+    UNREACHABLE = "unreachable"
+    MISSING_TABLE = "missing_table"
+    OTHER = "other"
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception under SQLAlchemy's wrapper (or the exception itself)."""
+    return getattr(exc, "orig", None) or exc
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE the server sent with an error, when it sent one (psycopg and asyncpg alike)."""
+    state = getattr(driver_error(exc), "sqlstate", None)
+    return state if isinstance(state, str) and state else None
+
+
+def failed_connecting(exc: BaseException) -> bool:
+    """Whether a psycopg error is a connection attempt that failed before the session began.
+
+    libpq keeps no SQLSTATE for errors during connection; the finished connection's state tells
+    them apart instead: no backend pid means no session was ever set up.
+    """
+    orig = driver_error(exc)
+    pgconn = getattr(orig, "pgconn", None)
+    return isinstance(orig, psycopg.OperationalError) and pgconn is not None and pgconn.backend_pid == 0
+
+
+def _kind_of_state(state: str) -> Kind:
+    if state in CONFIG_STATES:
+        return Kind.CONFIG
+    if state.startswith("08") or state in SHUTDOWN_STATES:
+        return Kind.UNREACHABLE
+    if state == UNDEFINED_TABLE:
+        return Kind.MISSING_TABLE
+    return Kind.OTHER
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """A connection the server refused at authentication: it asked for a password, or took one and said no."""
+    pgconn = getattr(driver_error(exc), "pgconn", None)
+    return failed_connecting(exc) and bool(pgconn.needs_password or pgconn.used_password)  # type: ignore[union-attr]
+
+
+def kind(exc: BaseException) -> Kind:
+    """Classify a database error (a SQLAlchemy DBAPIError, a driver error, or an OSError)."""
+    state = sqlstate(exc)
+    if state is not None:
+        return _kind_of_state(state)
+    orig = driver_error(exc)
+    if isinstance(orig, psycopg.OperationalError):
+        # No SQLSTATE: refused, timed out, lost mid-session, or refused at authentication.
+        return Kind.CONFIG if _refused_credentials(exc) else Kind.UNREACHABLE
+    if isinstance(orig, sqlite3.OperationalError):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return Kind.CONFIG if code == sqlite3.SQLITE_CANTOPEN else Kind.OTHER
+    if isinstance(orig, (OSError, psycopg.InterfaceError)):
+        return Kind.UNREACHABLE
+    return Kind.UNREACHABLE if getattr(exc, "connection_invalidated", False) else Kind.OTHER
+
+
+def may_be_missing_table(exc: BaseException) -> bool:
+    """Whether an error may mean a table does not exist: 42P01, or SQLite's generic SQLITE_ERROR
+    (which it also gives for a syntax error: the caller checks the catalog to tell)."""
+    if sqlstate(exc) == UNDEFINED_TABLE:
+        return True
+    orig = driver_error(exc)
+    return (
+        isinstance(orig, sqlite3.OperationalError)
+        and getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's message, first line only (psycopg's carry host and port, never the password)."""
+    orig = driver_error(exc)
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def unreachable(name: str, raw_url: str, exc: BaseException) -> exceptions.Unreachable:
+    """One password-free line for a database that could not be reached."""
+    label, var = SETTINGS.get(name, SETTINGS["hq"])
+    return exceptions.Unreachable(
+        f"cannot reach the {label} database at {urls.mask(raw_url)}: {first_line(exc)}; check {var}"
+    )
+
+
+def misconfigured(name: str, raw_url: str, reason: str) -> exceptions.DatabaseConfigError:
+    """One password-free line for a database URL the server refuses (no such database, user, password)."""
+    label, var = SETTINGS.get(name, SETTINGS["hq"])
+    return exceptions.DatabaseConfigError(
+        f"cannot use the {label} database at {urls.mask(raw_url)}: {reason}; fix {var}"
+    )
+
+
+def translate(name: str, raw_url: str, exc: BaseException) -> exceptions.DatabaseError | None:
+    """The user-facing error for a connection problem, or None for other errors (the caller re-raises)."""
+    found = kind(exc)
+    if found is Kind.CONFIG:
+        return misconfigured(name, raw_url, first_line(exc))
+    if found is Kind.UNREACHABLE:
+        return unreachable(name, raw_url, exc)
+    return None

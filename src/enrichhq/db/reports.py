@@ -1,0 +1,120 @@
+"""Read models for reports on batches and their items: counts, costs, pages, failures."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq.db.common import now
+from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
+from enrichhq.db.schema import batch_items, batches
+
+
+async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
+    """Items per state in a batch, and the batch's total cost."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, sa.func.count(), sa.func.sum(batch_items.c.cost))
+        .where(batch_items.c.batch_id == batch_id)
+        .group_by(batch_items.c.state)
+    )
+    counts: dict[str, int] = {}
+    cost = 0.0
+    for state, count, state_cost in result:
+        counts[state] = count
+        cost += float(state_cost or 0)
+    return counts, cost
+
+
+async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str, str | None, int]]:
+    """Items per state and reason (what a dry run reports)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, batch_items.c.last_error, sa.func.count())
+        .where(batch_items.c.batch_id == batch_id)
+        .group_by(batch_items.c.state, batch_items.c.last_error)
+    )
+    return [(r[0], r[1], int(r[2])) for r in result]
+
+
+async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
+    """Items that ended failed or timed out, with their errors."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.company_domain,
+            batch_items.c.state,
+            batch_items.c.attempts,
+            batch_items.c.last_error,
+        )
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("failed", "timed_out")))
+        .order_by(batch_items.c.company_domain)
+        .limit(limit)
+    )
+    return [FailedItem.of(r) for r in result.mappings()]
+
+
+async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[BatchRow]:
+    """The newest batches first."""
+    result = await conn.execute(sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit))
+    return [BatchRow.of(r) for r in result.mappings()]
+
+
+async def list_items(
+    conn: AsyncConnection, batch_id: str, *, state: str | None = None, limit: int = 100, offset: int = 0
+) -> list[ItemSummary]:
+    """A page of a batch's items, optionally of one state."""
+    stmt = sa.select(
+        batch_items.c.company_id,
+        batch_items.c.company_domain,
+        batch_items.c.state,
+        batch_items.c.attempts,
+        batch_items.c.last_error,
+        batch_items.c.cost,
+        batch_items.c.updated_at,
+        batch_items.c.finished_at,
+    ).where(batch_items.c.batch_id == batch_id)
+    if state:
+        stmt = stmt.where(batch_items.c.state == state)
+    result = await conn.execute(stmt.order_by(batch_items.c.company_domain).limit(limit).offset(offset))
+    return [ItemSummary.of(r) for r in result.mappings()]
+
+
+async def open_item_states(conn: AsyncConnection) -> dict[str, int]:
+    """Items per state over the batches not yet finished (what /metrics reports)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.state, sa.func.count())
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batches.c.status.in_(("running", "waiting")))
+        .group_by(batch_items.c.state)
+    )
+    return {state: int(count) for state, count in result}
+
+
+async def spent(conn: AsyncConnection, batch_id: str) -> float:
+    """What a batch's calls have cost so far."""
+    result = await conn.execute(
+        sa.select(sa.func.sum(batch_items.c.cost)).where(batch_items.c.batch_id == batch_id)
+    )
+    return float(result.scalar() or 0)
+
+
+async def workflow_cost(conn: AsyncConnection, workflow_id: str) -> float:
+    """What a workflow's calls have cost over all its batches."""
+    result = await conn.execute(
+        sa.select(sa.func.sum(batch_items.c.cost))
+        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+        .where(batches.c.workflow_id == workflow_id)
+    )
+    return float(result.scalar() or 0)
+
+
+async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float | None:
+    """How long ago any item of the batch last changed (None for a batch without items)."""
+    result = await conn.execute(
+        sa.select(sa.func.max(batch_items.c.updated_at)).where(batch_items.c.batch_id == batch_id)
+    )
+    last = result.scalar()
+    if last is None:
+        return None
+    last = last if last.tzinfo else last.replace(tzinfo=UTC)
+    return float((now() - last).total_seconds())

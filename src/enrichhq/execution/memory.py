@@ -1,0 +1,139 @@
+"""An `ItemStore` in memory, for tests of the batch machinery (procrastinate's InMemoryConnector).
+
+It follows the HQ store's rules (`db.delivery`, `db.items`) closely enough for the coordinator
+and the writer to be tested on their own: final items are never taken again, a suspect is
+counted as its call starts, only running items settle, a cancel made elsewhere is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from enrichhq.db import batches
+from enrichhq.execution.store import BatchState, Delivery, Runnable
+from enrichhq.models import ItemOutcome, LogEntry
+from enrichhq.states import BatchStatus, ItemState
+
+_OPEN = (ItemState.QUEUED, ItemState.RUNNING)
+
+
+@dataclass
+class MemoryItem:
+    """One item's row."""
+
+    state: ItemState = ItemState.QUEUED
+    attempts: int = 0
+    deliveries: int = 0
+    error: str | None = None
+    cost: float | None = None
+    result: dict[str, object] | None = None
+
+
+class InMemoryItemStore:
+    """One batch's items in a dict; every change is also recorded in `calls` for assertions."""
+
+    def __init__(self, company_ids: Iterable[str], *, write_concurrency: int = 2) -> None:
+        self.items = {cid: MemoryItem() for cid in company_ids}
+        self.status: str = BatchStatus.RUNNING
+        self.message: str | None = None
+        self.entries: list[LogEntry] = []
+        self.calls: list[str] = []
+        self._write_concurrency = write_concurrency
+        #: set to make `finish` raise, as a database that refuses the write would.
+        self.fail_finish: BaseException | None = None
+
+    @property
+    def write_concurrency(self) -> int:
+        """As configured."""
+        return self._write_concurrency
+
+    def states(self) -> dict[str, ItemState]:
+        """Each item's state."""
+        return {cid: item.state for cid, item in self.items.items()}
+
+    async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
+        """As `delivery.deliver`: fresh items counted now, suspects when their call starts."""
+        self.calls.append("take")
+        if self.status != BatchStatus.RUNNING:
+            return Delivery(self.status, {})
+        runnable: dict[str, Runnable] = {}
+        poisoned = 0
+        for cid in company_ids:
+            item = self.items[cid]
+            if item.state not in _OPEN:
+                continue
+            item.state = ItemState.RUNNING
+            if item.deliveries == 0:
+                item.attempts += 1
+                item.deliveries = 1
+                runnable[cid] = Runnable(item.attempts - 1, True)
+            elif item.deliveries >= poison_after:
+                item.state, item.error = ItemState.FAILED, "poison"
+                poisoned += 1
+            else:
+                runnable[cid] = Runnable(item.attempts, False)
+        return Delivery(self.status, runnable, poisoned)
+
+    async def mark_started(self, company_ids: Sequence[str]) -> None:
+        """Each call counts as an attempt and a delivery."""
+        self.calls.append("mark_started")
+        for item in self._these(company_ids, (ItemState.RUNNING,)):
+            item.attempts += 1
+            item.deliveries += 1
+
+    async def skip(
+        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+    ) -> None:
+        """Stop the batch if told to, then end the items skipped with the resumable reason."""
+        self.calls.append("skip")
+        if stop:
+            self._stop(stop)
+        self._uncount(uncount)
+        for item in self._these(company_ids, _OPEN):
+            item.state, item.error, item.deliveries = ItemState.SKIPPED, batches.STOPPED_PREFIX + reason, 0
+
+    async def hand_back(self, company_ids: Sequence[str], *, uncount: Sequence[str]) -> None:
+        """Queue unstarted items again."""
+        self.calls.append("hand_back")
+        self._uncount(uncount)
+        for item in self._these(company_ids, (ItemState.RUNNING,)):
+            item.state = ItemState.QUEUED
+
+    async def look(self, *, stop: str | None) -> BatchState | None:
+        """The batch now."""
+        self.calls.append("look")
+        if stop:
+            self._stop(stop)
+        return BatchState(self.status, self.message)
+
+    async def finish(
+        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+    ) -> None:
+        """Only running items settle: what another path settled first stands."""
+        self.calls.append("finish")
+        if self.fail_finish is not None:
+            raise self.fail_finish
+        self.entries.extend(entries)
+        for o in outcomes:
+            item = self.items[o.company_id]
+            waits = o.state is ItemState.WAITING_CALLBACK
+            if item.state not in ((ItemState.RUNNING,) if waits else _OPEN):
+                continue
+            item.state, item.attempts, item.cost, item.deliveries = o.state, o.attempts, o.cost, 0
+            if not waits:
+                item.error = o.error
+                item.result = None if o.result is None else dict(o.result)
+
+    def _stop(self, message: str) -> None:
+        if self.status == BatchStatus.RUNNING:
+            self.status, self.message = BatchStatus.STOPPED, message
+
+    def _uncount(self, company_ids: Sequence[str]) -> None:
+        for item in self._these(company_ids, (ItemState.RUNNING,)):
+            if item.attempts > 0:
+                item.attempts -= 1
+                item.deliveries = max(0, item.deliveries - 1)
+
+    def _these(self, company_ids: Sequence[str], states: Sequence[ItemState]) -> list[MemoryItem]:
+        return [self.items[cid] for cid in company_ids if self.items[cid].state in states]

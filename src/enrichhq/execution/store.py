@@ -1,0 +1,177 @@
+"""Where a batch's items live while it runs: the `ItemStore` the coordinator and the writer talk to,
+and its implementation over HQ (procrastinate's connector pattern; `memory.InMemoryItemStore` is the
+one for tests).
+
+Every step that must happen is waited out through an HQ restart (`outage.through`); the watcher's
+look is not, since it looks again a second later anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from enrichhq import enrichment_logger
+from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
+from enrichhq.execution import outage
+from enrichhq.models import ItemOutcome, LogEntry, StepRef
+from enrichhq.states import BatchStatus, ItemState, LogStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Runnable:
+    """An item a job may call: its attempts before this delivery, and whether this one is counted."""
+
+    attempts: int
+    #: False for a suspect (its last delivery ended with its worker gone): counted as its call starts.
+    counted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What taking a job's items found."""
+
+    #: the batch's status; items are taken only while it is running.
+    status: str | None
+    runnable: Mapping[str, Runnable]
+    #: items that ended failed as poison instead (logged with the take).
+    poisoned: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    """The batch row as the watcher sees it."""
+
+    status: str
+    message: str | None
+
+
+class ItemStore(Protocol):
+    """One batch's items, as the coordinator and the writer change them."""
+
+    @property
+    def write_concurrency(self) -> int:
+        """How many result chunks are worth writing side by side."""
+
+    async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
+        """Take a job's items for this process (items already final are left alone)."""
+
+    async def mark_started(self, company_ids: Sequence[str]) -> None:
+        """Count suspects' calls as they start."""
+
+    async def skip(
+        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+    ) -> None:
+        """End items a stopped batch will not run, resumable; stop the batch first when `stop` says why."""
+
+    async def hand_back(self, company_ids: Sequence[str], *, uncount: Sequence[str]) -> None:
+        """Queue unstarted items again, taking back the attempts counted for them."""
+
+    async def look(self, *, stop: str | None) -> BatchState | None:
+        """The batch as stored now (None once it is gone), after stopping it when `stop` says why."""
+
+    async def finish(
+        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+    ) -> None:
+        """Write log entries and outcomes together: final states, and items now waiting for a callback."""
+
+
+class DbItemStore:
+    """The items of one batch in HQ."""
+
+    def __init__(self, dbs: engines.Databases, step: StepRef) -> None:
+        self.dbs = dbs
+        self.step = step
+        self.batch_id = step.batch_id or ""
+
+    @property
+    def write_concurrency(self) -> int:
+        """SQLite has one writer at a time; PostgreSQL gains from two."""
+        return dialect.write_concurrency(self.dbs.hq.dialect)
+
+    async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
+        """Take a job's items for this process; poison ones end failed and logged in the same step."""
+
+        async def take() -> Delivery:
+            async with self.dbs.begin("hq") as conn:
+                status = await batches.batch_status(conn, self.batch_id)
+                if status != BatchStatus.RUNNING:
+                    return Delivery(status, {})
+                runnable, poisoned = await delivery.deliver(
+                    conn, self.batch_id, company_ids, poison_after=poison_after
+                )
+                await enrichment_logger.write(
+                    conn,
+                    [
+                        self.step.entry(cid, domain, LogStatus.FAILED, error="poison", attempt=attempts)
+                        for cid, domain, attempts in poisoned
+                    ],
+                )
+            taken = {cid: Runnable(attempts, counted) for cid, (attempts, counted) in runnable.items()}
+            return Delivery(status, taken, len(poisoned))
+
+        return await outage.through(take)
+
+    async def mark_started(self, company_ids: Sequence[str]) -> None:
+        """Count suspects' calls as they start."""
+
+        async def mark() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await delivery.mark_started(conn, self.batch_id, company_ids)
+
+        await outage.through(mark)
+
+    async def skip(
+        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+    ) -> None:
+        """End items a stopped batch will not run, skipped with the reason (so resume runs them)."""
+
+        async def skip() -> None:
+            async with self.dbs.begin("hq") as conn:
+                if stop:  # before the batch can be closed as completed
+                    await batches.stop_batch(conn, self.batch_id, stop)
+                await delivery.uncount(conn, self.batch_id, uncount)
+                await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
+
+        await outage.through(skip)
+
+    async def hand_back(self, company_ids: Sequence[str], *, uncount: Sequence[str]) -> None:
+        """Queue unstarted items again for another worker."""
+
+        async def give() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await delivery.uncount(conn, self.batch_id, uncount)
+                await delivery.release(conn, self.batch_id, company_ids)
+
+        await outage.through(give)
+
+    async def look(self, *, stop: str | None) -> BatchState | None:
+        """The batch row now, after persisting our own stop."""
+        async with self.dbs.begin("hq") as conn:
+            if stop:
+                await batches.stop_batch(conn, self.batch_id, stop)
+            batch = await batches.get_batch(conn, self.batch_id)
+        return None if batch is None else BatchState(batch.status, batch.message)
+
+    async def finish(
+        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+    ) -> None:
+        """Log entries, final states and waiting items in one HQ transaction."""
+        final = [o for o in outcomes if o.state is not ItemState.WAITING_CALLBACK]
+        waiting = [
+            {"company_id": o.company_id, "attempts": o.attempts, "cost": o.cost}
+            for o in outcomes
+            if o.state is ItemState.WAITING_CALLBACK
+        ]
+        deadline = common.now() + timedelta(seconds=callback_timeout_s)
+
+        async def write() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await enrichment_logger.write(conn, entries)
+                await items.finish_items(conn, self.batch_id, final)
+                await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
+
+        # The calls are made and paid for: an HQ outage is waited out rather than losing them.
+        await outage.through(write)

@@ -1,0 +1,65 @@
+"""JSON from callers, refused at the door when no database could store it as sent.
+
+Python's json accepts NaN, Infinity and numbers too large for a float (which become infinity),
+none of which standard JSON has and none of which PostgreSQL's jsonb takes; no text column takes
+a NUL character. Found after storing, such a value failed a whole chunk of callbacks with the
+database's message (and its SQL); found here, it is a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from enrichhq import exceptions
+
+#: deeper than any provider's answer; far below what would exhaust Python's stack.
+MAX_DEPTH = 64
+
+
+class _Constant:
+    """What the parser makes of NaN, Infinity and -Infinity: found by `problem`, reported by name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def loads(raw: bytes | str, what: str = "the body") -> Any:
+    """Parse JSON; InputError (saying where) for depth, non-finite numbers or NUL.
+
+    Bad syntax stays json's own ValueError (JSONDecodeError), which callers answer as before.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_Constant)
+    except RecursionError:
+        raise exceptions.InputError(f"{what} is nested too deeply: at most {MAX_DEPTH} levels") from None
+    found = problem(value)
+    if found is not None:
+        raise exceptions.InputError(f"{what}: {found}")
+    return value
+
+
+def problem(value: Any) -> str | None:
+    """The first value no database would store as sent, with its path; None when all is well."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        where = path or "the top level"
+        if isinstance(item, dict):
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels at {where}"
+            for key, child in item.items():
+                if "\x00" in key:
+                    return f"a key in {where} holds a NUL character (\\u0000); remove it"
+                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(item, list):
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels at {where}"
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+        elif isinstance(item, _Constant) or (isinstance(item, float) and not math.isfinite(item)):
+            shown = item.name if isinstance(item, _Constant) else "a number too large for JSON"
+            return f"{where} is {shown}, which is not a JSON number; send a finite number or null"
+        elif isinstance(item, str) and "\x00" in item:
+            return f"{where} holds a NUL character (\\u0000), which no database column stores; remove it"
+    return None

@@ -1,0 +1,79 @@
+"""Callbacks and API bodies with values no database stores: a 400 naming the field, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from enrichhq import tokens
+from tests.conftest import Env
+from tests.helpers import SEED_CASE_STUDIES, SEED_INSERT, add_batch_item, add_companies, count, sql
+from tests.integration.test_http import AUTH, serve
+
+GOOD = {"case_study_urls": ["https://cb.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+
+
+async def test_a_refused_callback_leaves_the_item_waiting_for_the_corrected_one(
+    env: Env, tmp_path: Path
+) -> None:
+    await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
+    await sql(env.dbs, "hq", SEED_INSERT)
+    (company,) = await add_companies(env.dbs, ["cb.com"])
+    workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
+    batch_id = await add_batch_item(
+        env.dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
+    )
+    token = tokens.issue(b"test-secret", batch_id, company.id, workflow_id, 60)
+    url = "/functions/v1/receiver_v1"
+    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        refused = [
+            client.post(url, content=body, headers={"Content-Type": "application/json"})
+            for body in (
+                b'{"callback_token": "%s", "data": {"case_study_urls": [NaN]}}' % token.encode(),
+                b'{"callback_token": "%s", "data": {"extracted_at": Infinity}}' % token.encode(),
+                b'{"callback_token": "%s", "data": {"case_study_urls": ["a\\u0000"]}}' % token.encode(),
+                b'{"callback_token": "x", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            )
+        ]
+        assert [r.status_code for r in refused] == [400, 400, 400, 400]
+        assert [r.json()["error"].split(",")[0] for r in refused] == [
+            "the body: data.case_study_urls[0] is NaN",
+            "the body: data.extracted_at is Infinity",
+            "the body: data.case_study_urls[0] holds a NUL character (\\u0000)",
+            "the body is nested too deeply: at most 64 levels",
+        ]
+        assert all("INSERT" not in r.text and "UPDATE" not in r.text for r in refused)
+        state = await sql(env.dbs, "hq", "SELECT state FROM enrichment_batch_items")
+        assert [r[0] for r in state] == ["waiting_callback"]
+        stored = client.post(url, json={"callback_token": token, "data": GOOD})
+    assert stored.status_code == 200 and stored.json()["stored"] is True
+    assert await count(env.dbs, "workspace", "company_case_studies") == 1
+
+
+async def test_api_bodies_with_such_values_get_400_naming_the_field(env: Env, tmp_path: Path) -> None:
+    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        nul = client.post(
+            "/functions/v1/enrichment_logger_v1",
+            headers={**AUTH, "Content-Type": "application/json"},
+            content=b'{"workflow_id": "x", "company_domain": "a\\u0000.com"}',
+        )
+        nan = client.post(
+            "/functions/v1/storage_worker_v2",
+            headers={**AUTH, "Content-Type": "application/json"},
+            content=b'{"workflow_id": "x", "data": {"score": NaN}}',
+        )
+        deep = client.patch(
+            "/api/v1/workflows/x",
+            headers={**AUTH, "Content-Type": "application/json"},
+            content=b"[" * 100_000 + b"]" * 100_000,
+        )
+    assert (nul.status_code, nul.json()["error"]) == (
+        400,
+        "the body: company_domain holds a NUL character (\\u0000), which no database column stores; remove it",
+    )
+    assert nan.status_code == 400 and nan.json()["error"].startswith("the body: data.score is NaN")
+    assert (deep.status_code, deep.json()) == (
+        400,
+        {"error": "the body is nested too deeply: at most 64 levels"},
+    )
