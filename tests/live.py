@@ -107,9 +107,25 @@ class WebhookStub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def wait(self, timeout: float = 15) -> None:
+        """Until every callback sent so far has had its answer (late ones included).
+
+        A test that stops the receiver before this would see a callback still on its way fail
+        to connect (-1) instead of the answer it is waiting for.
+        """
+        assert not self._join(timeout), f"callbacks still on their way after {timeout} s"
+
+    def _join(self, timeout: float) -> list[threading.Thread]:
+        """Join the callback threads within timeout; returns those still alive."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive()]
+
     def close(self) -> None:
-        for thread in self.threads:
-            thread.join(timeout=10)
+        self._join(10)
         self.server.shutdown()
         self.server.server_close()
 
@@ -136,7 +152,8 @@ class WebhookStub:
         elif not domain.startswith("never-"):
             delay = self.late_after if domain.startswith("late-") else 0.05
             thread = threading.Thread(target=self._later, args=(body, domain, delay), daemon=True)
-            self.threads.append(thread)
+            with self.lock:
+                self.threads.append(thread)
             thread.start()
         self.answer(request, 200, {"message": "Workflow was started"})
 
