@@ -1,17 +1,27 @@
-"""Shared fixtures: real SQLite and real PostgreSQL, the same test bodies over both."""
+"""Shared fixtures: real SQLite and real PostgreSQL, the same test bodies over both.
+
+Every test gets databases of its own, made from a template migrated once per session: on
+PostgreSQL `CREATE DATABASE ... TEMPLATE`, on SQLite a copy of one migrated file. Nothing is
+truncated between tests, and no Alembic run happens per test.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from enrichhq import settings
-from enrichhq.db import engines, migrate, schema
+from enrichhq.db import engines, migrate
+from tests import helpers
 from tests.stubs import API_KEY, Stub
 
 # The provider stubs listen on loopback, which the network policy closes by default; every
@@ -19,7 +29,15 @@ from tests.stubs import API_KEY, Stub
 os.environ.setdefault("ENRICHHQ_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
 
 PG_ADMIN = os.environ.get("ENRICHHQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: every database a test creates starts with this, so a shared server can tell (and clean) them.
+DB_PREFIX = os.environ.get("ENRICHHQ_TEST_DB_PREFIX", "enrichhq_test_")
 BACKENDS = ["sqlite", "postgresql"]
+
+if not re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", DB_PREFIX):
+    # The prefix becomes part of database names pasted into CREATE DATABASE.
+    raise pytest.UsageError(f"ENRICHHQ_TEST_DB_PREFIX={DB_PREFIX!r}: use lower-case letters, digits and _")
+
+_numbers = itertools.count(1)
 
 
 @dataclass
@@ -45,52 +63,102 @@ class Env:
         }
 
 
-def _admin() -> sa.Engine:
-    return sa.create_engine(
-        sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
+class PgServer:
+    """The test PostgreSQL server (ENRICHHQ_TEST_PG): creates and drops this session's databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.base = sa.make_url(admin_url)
+        self.admin = sa.create_engine(
+            self.base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+        )
+
+    def url(self, database: str) -> str:
+        """The URL of a database on this server, as enrichhq takes it."""
+        return self.base.set(database=database).render_as_string(hide_password=False)
+
+    def name(self, kind: str) -> str:
+        """A new database name of this session: prefix, kind, pid and a counter."""
+        return f"{DB_PREFIX}{kind}_{os.getpid()}_{next(_numbers)}"
+
+    def create(self, name: str, template: str | None = None) -> str:
+        """Create a database (a copy of template when given); returns its URL."""
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            copy = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
+        return self.url(name)
+
+    def drop(self, *names: str) -> None:
+        """Drop databases, closing whatever a test left connected to them."""
+        with self.admin.connect() as conn:
+            for name in names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def leftovers(self) -> list[str]:
+        """Databases of this session (prefix and pid) still on the server."""
+        pattern = DB_PREFIX.replace("_", r"\_") + r"%\_" + str(os.getpid()) + "%"
+        with self.admin.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": pattern}
+            )
+            return sorted(name for (name,) in rows)
 
 
 @pytest.fixture(scope="session")
-def pg_urls() -> Iterator[tuple[str, str]]:
-    """Two fresh PostgreSQL databases (hq, workspace) for the session, HQ migrated."""
-    suffix = os.getpid()
-    names = (f"enrichhq_test_hq_{suffix}", f"enrichhq_test_ws_{suffix}")
-    admin = _admin()
+def pg_server() -> Iterator[PgServer]:
+    """The PostgreSQL server; skipped (failed in CI) when it is not reachable."""
+    server = PgServer(PG_ADMIN)
     try:
-        with admin.connect() as conn:
-            for name in names:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        with server.admin.connect():
+            pass
     except sa.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {PG_ADMIN}: {exc}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}")
-    base = sa.make_url(PG_ADMIN)
-    urls = tuple(base.set(database=n).render_as_string(hide_password=False) for n in names)
-    migrate.upgrade(urls[0])
-    yield urls[0], urls[1]
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        server.admin.dispose()
+        helpers.unavailable("PostgreSQL", f"not reachable at {PG_ADMIN}: {exc}")
+    yield server
+    left = server.leftovers()
+    server.drop(*left)
+    server.admin.dispose()
+    assert not left, f"test databases left behind: {left}"
 
 
-def _reset_pg(hq_url: str, ws_url: str) -> None:
-    hq_engine = sa.create_engine(sa.make_url(hq_url).set(drivername="postgresql+psycopg"))
-    with hq_engine.begin() as conn:
-        names = ", ".join(t.name for t in schema.metadata.sorted_tables)
-        conn.execute(sa.text(f"TRUNCATE {names}"))
-        conn.execute(sa.text("DROP SCHEMA IF EXISTS enrichhq_queue CASCADE"))
-        # Tables a test created in HQ (destination_db = hq), and the seed's own shapes, go.
-        for (name,) in conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")):
-            if name not in schema.metadata.tables and name != migrate.VERSION_TABLE:
-                conn.execute(sa.text(f'DROP TABLE "{name}" CASCADE'))
-    hq_engine.dispose()
-    ws_engine = sa.create_engine(sa.make_url(ws_url).set(drivername="postgresql+psycopg"))
-    with ws_engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    ws_engine.dispose()
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """A migrated HQ database, migrated once, that every test's HQ is copied from."""
+    name = f"{DB_PREFIX}tpl_{os.getpid()}"
+    migrate.upgrade(pg_server.create(name))
+    yield name
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> Iterator[helpers.NewDatabase]:
+    """Makes empty PostgreSQL databases for this test (named by the prefix), dropped after it."""
+    made: list[str] = []
+
+    def new(kind: str) -> str:
+        name = pg_server.name(kind)
+        made.append(name)
+        return pg_server.create(name)
+
+    yield new
+    pg_server.drop(*made)
+
+
+@pytest.fixture
+def pg_urls(pg_server: PgServer, pg_template: str) -> Iterator[tuple[str, str]]:
+    """Two PostgreSQL databases of this test (hq from the migrated template, workspace empty)."""
+    hq, ws = pg_server.name("hq"), pg_server.name("ws")
+    urls = pg_server.create(hq, template=pg_template), pg_server.create(ws)
+    yield urls
+    pg_server.drop(hq, ws)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite HQ file, copied for every test."""
+    path = tmp_path_factory.mktemp("template") / "hq.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -109,15 +177,15 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path, stub: Stub) -> Asy
     stub.queries.clear()
     if request.param == "postgresql":
         hq_url, ws_url = request.getfixturevalue("pg_urls")
-        _reset_pg(hq_url, ws_url)
     else:
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copyfile(template, tmp_path / "hq.db")
         hq_url, ws_url = f"sqlite:///{tmp_path / 'hq.db'}", f"sqlite:///{tmp_path / 'workspace.db'}"
-        migrate.upgrade(hq_url)
     conf = settings.Settings(
         hq_database_url=hq_url,
         workspace_database_url=ws_url,
         enrichhq_data_dir=tmp_path,
-        zenrows_api_key=API_KEY,
+        zenrows_api_key=SecretStr(API_KEY),
         zenrows_api_url=stub.zenrows_url,
         enrichhq_retry_base_delay=0.01,
     )

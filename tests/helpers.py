@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+import pytest
 import sqlalchemy as sa
 
 from enrichhq import companies
 from enrichhq.db import engines
 from enrichhq.models import Company
+
+#: makes an empty database of the test's own on the test PostgreSQL server (kind -> URL).
+NewDatabase = Callable[[str], str]
+
+#: Redis for the limits kept in Redis (database 15, which the tests flush as they need).
+REDIS_URL = os.environ.get("ENRICHHQ_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def unavailable(service: str, reason: str) -> NoReturn:
+    """A service a test needs is missing: skip with the reason, or fail in CI, where .ci/run provides it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{service} is required in CI (.ci/run provides it) and is missing: {reason}")
+    pytest.skip(f"{service} missing: {reason}")
+
+
+def redis_url() -> str:
+    """ENRICHHQ_TEST_REDIS, once it answers a PING; unavailable() otherwise."""
+    import redis  # the redis extra: installed with dev, needed only here
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        unavailable("Redis", f"not reachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
 
 # The seed's "Adding a New Enrichment Step" DDL, verbatim on PostgreSQL; SQLite needs its
 # own default expressions but keeps the seed's type names.

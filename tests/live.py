@@ -72,7 +72,7 @@ class WebhookStub:
       normal-*  calls back once, shortly after answering
       early-*   calls back before answering (the callback overtakes the sender)
       twice-*   calls back twice
-      late-*    calls back after the item's deadline (token expired by then)
+      late-*    calls back once `release_late` is set (the test sets it after the item timed out)
       never-*   never calls back
       forged-*  calls back with a tampered token
       flaky-*   answers 500 the first time, then behaves like normal-*
@@ -80,12 +80,13 @@ class WebhookStub:
     Requests to /unregistered get n8n's 404; a wrong auth header gets 403.
     """
 
-    def __init__(self, *, auth: tuple[str, str] | None = None, late_after: float = 1.5) -> None:
+    def __init__(self, *, auth: tuple[str, str] | None = None) -> None:
         self.received: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
         self.callbacks: list[tuple[str, int]] = []
         self.auth = auth
-        self.late_after = late_after
+        #: late-* callbacks wait for this, not for a time: "after the deadline" whatever the load.
+        self.release_late = threading.Event()
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         stub = self
@@ -107,9 +108,25 @@ class WebhookStub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def wait(self, timeout: float = 15) -> None:
+        """Until every callback sent so far has had its answer (late ones included).
+
+        A test that stops the receiver before this would see a callback still on its way fail
+        to connect (-1) instead of the answer it is waiting for.
+        """
+        assert not self._join(timeout), f"callbacks still on their way after {timeout} s"
+
+    def _join(self, timeout: float) -> list[threading.Thread]:
+        """Join the callback threads within timeout; returns those still alive."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive()]
+
     def close(self) -> None:
-        for thread in self.threads:
-            thread.join(timeout=10)
+        self._join(10)
         self.server.shutdown()
         self.server.server_close()
 
@@ -134,14 +151,17 @@ class WebhookStub:
         if domain.startswith("early-"):
             self.call_back(body, domain)
         elif not domain.startswith("never-"):
-            delay = self.late_after if domain.startswith("late-") else 0.05
-            thread = threading.Thread(target=self._later, args=(body, domain, delay), daemon=True)
-            self.threads.append(thread)
+            thread = threading.Thread(target=self._later, args=(body, domain), daemon=True)
+            with self.lock:
+                self.threads.append(thread)
             thread.start()
         self.answer(request, 200, {"message": "Workflow was started"})
 
-    def _later(self, body: dict[str, Any], domain: str, delay: float) -> None:
-        time.sleep(delay)
+    def _later(self, body: dict[str, Any], domain: str) -> None:
+        if domain.startswith("late-"):
+            self.release_late.wait(timeout=60)
+        else:
+            time.sleep(0.05)
         self.call_back(body, domain)
         if domain.startswith("twice-"):
             self.call_back(body, domain)

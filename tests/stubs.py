@@ -77,31 +77,48 @@ class Stub:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         parsed = urlparse(request.path)
         if parsed.path.startswith("/zenrows/"):
-            query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-            with self.lock:
-                self.queries.append(query)
-            if query.get("apikey") != API_KEY:
-                return self.problem(request, 401, "AUTH002", "Invalid API key")
-            domain = urlparse(query.get("url", "")).hostname or ""
-            cost = "5" if query.get("js_render") == "true" else "1"
+            found = self._zenrows(request, parsed.query)
+            if found is None:
+                return
+            domain, cost = found
         else:
             domain = parsed.path.strip("/").split("/")[1] if parsed.path.startswith("/sites/") else ""
             cost = None
         with self.lock:
             self.calls[domain] += 1
             seen = self.calls[domain]
-        if domain.startswith("blocked-") and cost is None:
-            return self.problem(request, 403, "", "Forbidden: automated access blocked")
-        if domain.startswith("ratelimit-") and seen == 1:
-            return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "0.1"})
-        if domain.startswith("odd429-") and seen == 1:
-            return self.problem(request, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "soon"})
-        if domain.startswith("unprocessable-"):
-            return self.problem(request, 422, "RESP001", "Could not get content. Try enabling js_render")
-        if domain.startswith("nocredits-") and not self.topped_up:
-            return self.problem(request, 402, "AUTH004", "Out of credits: upgrade your plan")
-        if domain.startswith("broken-"):
-            return self.problem(request, 500, "", "Internal error")
+        if not self._fault(request, domain, seen, through_api=cost is not None):
+            self.page(request, domain, cost)
+
+    def _zenrows(self, request: BaseHTTPRequestHandler, raw_query: str) -> tuple[str, str] | None:
+        """The domain and cost of a Zenrows API call, or None once a bad key has been answered."""
+        query = {k: v[0] for k, v in parse_qs(raw_query).items()}
+        with self.lock:
+            self.queries.append(query)
+        if query.get("apikey") != API_KEY:
+            self.problem(request, 401, "AUTH002", "Invalid API key")
+            return None
+        domain = urlparse(query.get("url", "")).hostname or ""
+        return domain, "5" if query.get("js_render") == "true" else "1"
+
+    def _fault(self, request: BaseHTTPRequestHandler, domain: str, seen: int, *, through_api: bool) -> bool:
+        """Answer the fault this domain asks for; False when it gets its page."""
+        faults: list[tuple[bool, int, str, str, dict[str, str] | None]] = [
+            (domain.startswith("blocked-") and not through_api, 403, "", "Forbidden: automated access blocked", None),
+            (domain.startswith("ratelimit-") and seen == 1, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "0.1"}),
+            (domain.startswith("odd429-") and seen == 1, 429, "AUTH006", "Concurrency limit reached", {"Retry-After": "soon"}),
+            (domain.startswith("unprocessable-"), 422, "RESP001", "Could not get content. Try enabling js_render", None),
+            (domain.startswith("nocredits-") and not self.topped_up, 402, "AUTH004", "Out of credits: upgrade your plan", None),
+            (domain.startswith("broken-"), 500, "", "Internal error", None),
+        ]  # fmt: skip
+        for applies, status, code, detail, headers in faults:
+            if applies:
+                self.problem(request, status, code, detail, headers)
+                return True
+        return False
+
+    def page(self, request: BaseHTTPRequestHandler, domain: str, cost: str | None) -> None:
+        """Answer with the domain's page (slow-*, script-* and nul-* pages as their names say)."""
         if domain.startswith("slow-"):
             time.sleep(0.3)
         body = f"<html><head><title>{domain}</title></head><body><h1>{domain}</h1></body></html>".encode()

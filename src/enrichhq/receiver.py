@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
-from enrichhq.db import batches, callback_items, engines, items, rows
+from enrichhq.db import batches, callback_items, engines, errors, items, rows
 from enrichhq.models import ItemOutcome, LogEntry, StepRef, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
@@ -135,8 +135,10 @@ class Batcher:
         try:
             receipts = await self.settle([(c, d) for c, d, _ in waiting])
         except Exception as exc:  # the database failed: every waiting callback hears it, the loop lives
-            log.error("storing callbacks failed: %s", exc)
-            refusal = Receipt(503, {"error": f"could not store the callback now: {exc}; send it again"})
+            log.exception("storing callbacks failed")
+            # The driver's first line only: a statement's SQL and parameters never go into an answer.
+            reason = errors.first_line(exc)
+            refusal = Receipt(503, {"error": f"could not store the callback now: {reason}; send it again"})
             receipts = [refusal] * len(waiting)
         for (_, _, future), receipt in zip(waiting, receipts, strict=True):
             if not future.done():
@@ -248,8 +250,8 @@ class Batcher:
             problem = None
         except Exception as exc:  # storage down, config broken, a bug: never leave items claimed
             # The data stays on the items, which fail with the reason; replay stores it later.
-            log.error("storing %d callbacks of batch %s failed: %s", len(mine), batch_id, exc)
-            outcomes, problem = {}, f"storage: {exc}"
+            log.exception("storing %d callbacks of batch %s failed", len(mine), batch_id)
+            outcomes, problem = {}, f"storage: {errors.first_line(exc)}"
             self._forget(mine[0][1].workflow_id)
         if any(not o.stored for o in outcomes.values()):  # a mapping or table may have just changed
             self._forget(mine[0][1].workflow_id)

@@ -12,30 +12,18 @@ from sqlalchemy.dialects import sqlite
 
 from enrichhq import exceptions
 from enrichhq.db import engines, migrate, types
+from tests.conftest import DB_PREFIX, PG_ADMIN, PgServer
 from tests.helpers import SEED_CASE_STUDIES
-
-PG_ADMIN = os.environ.get("ENRICHHQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_available() -> bool:
-    engine = engines.create_sync(PG_ADMIN)
-    try:
-        with engine.connect():
-            return True
-    except sa.exc.DBAPIError:
-        return False
-    finally:
-        engine.dispose()
 
 
 def _missing_database_url() -> str:
-    url = sa.make_url(PG_ADMIN).set(database=f"enrichhq_no_such_db_{os.getpid()}", password="s3cret")
+    url = sa.make_url(PG_ADMIN).set(database=f"{DB_PREFIX}no_such_db_{os.getpid()}", password="s3cret")
     return url.render_as_string(hide_password=False)
 
 
-async def test_a_database_that_does_not_exist_fails_at_once_with_the_setting_to_fix() -> None:
-    if not _pg_available():
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN}")
+async def test_a_database_that_does_not_exist_fails_at_once_with_the_setting_to_fix(
+    pg_server: PgServer,
+) -> None:
     url = _missing_database_url()
     dbs = engines.Databases(url, url)
     started = time.monotonic()
@@ -51,9 +39,7 @@ async def test_a_database_that_does_not_exist_fails_at_once_with_the_setting_to_
     assert not isinstance(caught.value, exceptions.Unreachable)
 
 
-def test_init_on_a_database_that_does_not_exist_is_a_configuration_error() -> None:
-    if not _pg_available():
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN}")
+def test_init_on_a_database_that_does_not_exist_is_a_configuration_error(pg_server: PgServer) -> None:
     with pytest.raises(exceptions.ConfigError) as caught:
         migrate.upgrade(_missing_database_url())
     assert "HQ_DATABASE_URL" in str(caught.value) and "s3cret" not in str(caught.value)

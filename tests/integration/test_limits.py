@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,9 +14,10 @@ import redis.exceptions
 
 from enrichhq.db import limits as queries
 from enrichhq.execution.limits import LocalLimits, RedisLimits, SharedLimits
+from tests import helpers
 from tests.conftest import Env
 
-REDIS_URL = os.environ.get("ENRICHHQ_TEST_REDIS", "redis://127.0.0.1:6379/15")
+REDIS_URL = helpers.REDIS_URL
 
 
 class Peak:
@@ -46,9 +46,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         await client.ping()
     except redis.exceptions.ConnectionError as exc:
         await client.aclose()
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is required in CI and is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+        helpers.unavailable("Redis", f"not reachable at {REDIS_URL}: {exc}")
     yield client
     await client.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -55,7 +56,7 @@ def inside() -> Iterator[tuple[int, list[str]]]:
 
 
 def _provider(allow: str, url_template: str) -> HttpProvider:
-    conf = settings.Settings(enrichhq_allow_private_networks=allow, enrichhq_data_dir="/nonexistent")
+    conf = settings.Settings(enrichhq_allow_private_networks=allow, enrichhq_data_dir=Path("/nonexistent"))
     workflow = WorkflowConfig(
         id="00000000-0000-4000-8000-000000000001",
         workflow_slug="scrape",

@@ -83,7 +83,7 @@ async def test_insert_rows_keeps_every_row_alike_or_not(env: Env) -> None:
 async def test_a_chunk_is_one_log_and_one_completion_statement(env: Env) -> None:
     """500 results are written with a handful of statements, not one per company."""
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
-    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
     found = await add_companies(env.dbs, [f"ok-{i:03}.com" for i in range(500)])
     workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
     statements: list[tuple[str, bool]] = []
@@ -115,7 +115,7 @@ async def test_pages_are_compressed_with_lz4_unless_told_otherwise(env: Env) -> 
     """On PostgreSQL a stored page is lz4-compressed (ENRICHHQ_TOAST_COMPRESSION=lz4, the default);
     'server' leaves the server's pglz. SQLite has no such thing and stores the page as given."""
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
-    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # type: ignore[arg-type]
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
     page = "<html>" + "enrich " * 4000 + "</html>"  # large enough to be compressed
     workflow = await workflows.get(env.dbs, "scrape-homepage-via-zenrows")
     (company,) = await add_companies(env.dbs, ["ok-b.com"])

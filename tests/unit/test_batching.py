@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from enrichhq import aio, receiver
+from enrichhq import aio, receiver, tokens
 
 
 class Clock:
@@ -110,6 +110,10 @@ async def test_none_is_not_kept(clock: Clock) -> None:
     assert loads == 2
 
 
+#: any verified callback's claims: HeldBatcher settles without reading them.
+CLAIMS = tokens.Claims("batch", "company", "workflow", 0)
+
+
 class HeldBatcher(receiver.Batcher):
     """A Batcher whose chunks settle only when the test lets them, recording each chunk's size."""
 
@@ -131,11 +135,11 @@ async def test_callbacks_arriving_while_chunks_settle_go_in_one_chunk() -> None:
     answers = []
     async with asyncio.timeout(10):
         for settling in (1, 2):  # one callback per slot: both are then settling
-            answers.append(asyncio.create_task(batcher.submit(object(), {})))
+            answers.append(asyncio.create_task(batcher.submit(CLAIMS, {})))
             while len(batcher.chunks) < settling:
                 await asyncio.sleep(0.005)
     for _ in range(100):
-        answers.append(asyncio.create_task(batcher.submit(object(), {})))
+        answers.append(asyncio.create_task(batcher.submit(CLAIMS, {})))
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.02)
     assert batcher.chunks == [1, 1]  # nothing formed while no slot was free

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import types as pytypes
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -29,7 +30,7 @@ def connect_failure(*, used_password: bool = False, needs_password: bool = False
     pgconn = pytypes.SimpleNamespace(
         backend_pid=0, used_password=used_password, needs_password=needs_password
     )
-    return wrapped(psycopg.OperationalError("connection failed", pgconn=pgconn))
+    return wrapped(psycopg.OperationalError("connection failed", pgconn=cast(Any, pgconn)))
 
 
 @pytest.mark.parametrize("state", ["3D000", "28P01", "28000"])
@@ -69,21 +70,21 @@ def test_a_connection_refused_at_authentication_is_configuration() -> None:
 
 def test_a_lost_session_is_unreachable_even_after_a_password() -> None:
     pgconn = pytypes.SimpleNamespace(backend_pid=4242, used_password=True, needs_password=False)
-    lost = wrapped(psycopg.OperationalError("consuming input failed", pgconn=pgconn))
+    lost = wrapped(psycopg.OperationalError("consuming input failed", pgconn=cast(Any, pgconn)))
     assert not errors.failed_connecting(lost)
     assert errors.kind(lost) is errors.Kind.UNREACHABLE
 
 
 def test_sqlite_cannot_open_is_configuration_and_its_generic_error_may_be_a_missing_table() -> None:
     cannot_open = sqlite3.OperationalError("unable to open database file")
-    cannot_open.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN  # type: ignore[attr-defined]
+    cannot_open.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
     assert errors.kind(wrapped(cannot_open)) is errors.Kind.CONFIG
     generic = sqlite3.OperationalError("anything at all")
-    generic.sqlite_errorcode = sqlite3.SQLITE_ERROR  # type: ignore[attr-defined]
+    generic.sqlite_errorcode = sqlite3.SQLITE_ERROR
     assert errors.kind(wrapped(generic)) is errors.Kind.OTHER
     assert errors.may_be_missing_table(wrapped(generic))
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
     assert not errors.may_be_missing_table(wrapped(busy))
 
 

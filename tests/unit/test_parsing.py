@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -50,7 +51,7 @@ def test_csv_header_only_is_refused() -> None:
         companies.parse_csv(b"domain,name\n")
 
 
-def column(type_: sa.types.TypeEngine[object]) -> sa.Column[object]:
+def column(type_: sa.types.TypeEngine[Any]) -> sa.Column[Any]:
     return sa.Table("t", sa.MetaData(), sa.Column("c", type_)).c.c
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -22,7 +24,7 @@ def _zenrows(**config: object) -> ZenrowsProvider:
         destination_field_mappings={"homepage_html": "homepage_html"},
         provider_config=dict(config),
     )
-    return ZenrowsProvider(workflow, settings.Settings(enrichhq_data_dir="/nonexistent"))
+    return ZenrowsProvider(workflow, settings.Settings(enrichhq_data_dir=Path("/nonexistent")))
 
 
 def _answer(cost: str | None) -> httpx.Response:

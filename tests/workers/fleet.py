@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from tests.live import free_port
 
 ENRICHHQ = str(Path(sys.executable).with_name("enrichhq"))
+#: Debian's pgbouncer (package pgbouncer), which .ci/run installs.
+PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
 class FaultSite:
@@ -208,19 +211,26 @@ class OwnPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def pgbouncer_binary() -> str | None:
+    """Debian's pgbouncer, or one on PATH, if installed."""
+    return shutil.which("pgbouncer") or (PGBOUNCER if Path(PGBOUNCER).exists() else None)
+
+
 class PgBouncer:
     """Debian's pgbouncer in transaction mode (as Supabase's pooler on 6543) in front of a server."""
 
-    def __init__(self, host: str, port: int) -> None:
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        if not Path(binary).exists():
+    def __init__(self, host: str, port: int, user: str = "postgres", password: str | None = None) -> None:
+        binary = pgbouncer_binary()
+        if binary is None:
             raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer)")
+        self.user = user
+        secret = f" password={password}" if password else ""
         self.dir = Path(tempfile.mkdtemp(prefix="enrichhq-pgbouncer-"))
         self.port = free_port()
         config = self.dir / "pgbouncer.ini"
         config.write_text(
             "[databases]\n"
-            f"* = host={host} port={port} user=postgres\n"
+            f"* = host={host} port={port} user={user}{secret}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"unix_socket_dir = {self.dir}\n"
@@ -238,8 +248,6 @@ class PgBouncer:
             [*prefix, binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
-        import socket
-
         while time.monotonic() < deadline:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -250,7 +258,7 @@ class PgBouncer:
         )
 
     def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def close(self) -> None:
         self.proc.terminate()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from enrichhq import runs, settings
-from tests.conftest import _reset_pg
 from tests.helpers import SEED_CASE_STUDIES, SEED_INSERT, add_companies, count, sql
 from tests.live import LiveServer, WebhookStub, free_port
 from tests.workers.test_faults import _alive, _cluster, _run
@@ -22,7 +21,6 @@ async def test_callbacks_are_queued_by_the_receiver_and_stored_by_workers(
     pg_urls: tuple[str, str], tmp_path: Path
 ) -> None:
     hq_url, ws_url = pg_urls
-    _reset_pg(hq_url, ws_url)
     webhook = WebhookStub()
     port = free_port()
     try:

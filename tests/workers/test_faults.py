@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from enrichhq import runs, settings
 from enrichhq.db import engines, migrate, workers
-from tests.conftest import _reset_pg
+from tests import helpers
 from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
 from tests.workers.fleet import FaultSite, Fleet, OwnPostgres
 
@@ -54,7 +54,6 @@ def _environ(hq_url: str, ws_url: str, data_dir: Path) -> dict[str, str]:
 @pytest.fixture
 async def cluster(pg_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
     hq_url, ws_url = pg_urls
-    _reset_pg(hq_url, ws_url)
     async with _cluster(hq_url, ws_url, tmp_path) as made:
         yield made
 
@@ -177,9 +176,7 @@ async def test_kill_9_one_of_two_workers_mid_batch(cluster: Cluster) -> None:
 @pytest.mark.parametrize("store", ["hq", "redis"])
 async def test_concurrency_cap_holds_across_three_workers(cluster: Cluster, store: str) -> None:
     if store == "redis":  # the limits kept in Redis instead of HQ
-        cluster.fleet.environ["REDIS_URL"] = os.environ.get(
-            "ENRICHHQ_TEST_REDIS", "redis://127.0.0.1:6379/15"
-        )
+        cluster.fleet.environ["REDIS_URL"] = helpers.redis_url()
     site = FaultSite(delay=0.05, limit=10)
     prepared = await _step(
         cluster, site, [f"co-{i}.com" for i in range(300)], _config(site, max_concurrency=10)

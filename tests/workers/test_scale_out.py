@@ -15,7 +15,6 @@ import pytest
 
 from enrichhq import settings
 from enrichhq.db import engines
-from tests.conftest import _reset_pg
 from tests.helpers import sql
 from tests.live import free_port
 from tests.workers.fleet import FaultSite, Fleet
@@ -32,7 +31,6 @@ def enrichhq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 async def test_readme_scale_out_with_two_workers(pg_urls: tuple[str, str], tmp_path: Path) -> None:
     hq_url, ws_url = pg_urls
-    _reset_pg(hq_url, ws_url)
     environ = {**_environ(hq_url, ws_url, tmp_path), "ENRICHHQ_JOB_SIZE": "10", "ENRICHHQ_SECRET": "s3cret"}
     environ.pop("ENRICHHQ_CHUNK_SIZE")
     site = FaultSite(delay=0.02)

@@ -195,8 +195,8 @@ async def _sweeper(svc: Services, interval: float) -> None:
     while True:
         try:
             await receiver.sweep(svc.dbs, svc.pipeline)
-        except Exception as exc:  # the sweeper must outlive any one failure
-            log.warning("callback sweep failed: %s", exc)
+        except Exception:  # the sweeper must outlive any one failure
+            log.exception("callback sweep failed")
         await asyncio.sleep(interval)
 
 

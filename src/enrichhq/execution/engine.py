@@ -15,9 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
-
-from enrichhq import exceptions, functions, receiver, tokens, workflows
+from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
 from enrichhq.db import batches, callback_items, engines, items, reports
 from enrichhq.execution.batch import BatchWork, Calling
 from enrichhq.execution.budget import Purse
@@ -248,7 +246,7 @@ class Engine:
 
     def _redis(self) -> Any:
         if self.redis is None:
-            self.redis = redis.asyncio.from_url(self.settings.redis_url or "")
+            self.redis = extras.redis().asyncio.from_url(self.settings.redis_url or "")
         return self.redis
 
     async def aclose(self) -> None:

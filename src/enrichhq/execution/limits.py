@@ -17,9 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from redis import exceptions as redis_errors
-
-from enrichhq import exceptions
+from enrichhq import exceptions, extras
 from enrichhq.db import engines
 from enrichhq.db import limits as queries
 from enrichhq.execution import outage
@@ -238,6 +236,8 @@ class RedisLimits:
         local: int,
     ) -> None:
         self.client = client
+        # Imported here, not at the top: the redis extra is installed only where REDIS_URL is used.
+        self.errors = extras.redis().exceptions
         self.slots = f"enrichhq:{key}:slots"
         self.bucket = f"enrichhq:{key}:rate"
         self.concurrency = concurrency
@@ -268,7 +268,7 @@ class RedisLimits:
                 yield
             finally:
                 self.held.discard(member)
-                with contextlib.suppress(redis_errors.RedisError):  # the lease runs out on its own
+                with contextlib.suppress(self.errors.RedisError):  # the lease runs out on its own
                     await asyncio.shield(self.client.zrem(self.slots, member))
 
     async def _eval(self, script: str, key: str, *args: Any) -> Any:
@@ -277,7 +277,7 @@ class RedisLimits:
         async def once() -> Any:
             try:
                 return await self.client.eval(script, 1, key, *args)
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            except (self.errors.ConnectionError, self.errors.TimeoutError) as exc:
                 raise exceptions.Unreachable(f"Redis unreachable: {exc}") from exc
 
         return await outage.through(once)
@@ -286,13 +286,13 @@ class RedisLimits:
         while self.held:
             await asyncio.sleep(self.lease_s / 3)
             if self.held:
-                with contextlib.suppress(redis_errors.RedisError, exceptions.Unreachable):
+                with contextlib.suppress(self.errors.RedisError, exceptions.Unreachable):
                     await self._eval(_RENEW, self.slots, self.lease_s, *sorted(self.held))
 
     async def aclose(self) -> None:
         if self.keeper is not None:
             self.keeper.cancel()
         if self.held:
-            with contextlib.suppress(redis_errors.RedisError):
+            with contextlib.suppress(self.errors.RedisError):
                 await self.client.zrem(self.slots, *self.held)
             self.held.clear()

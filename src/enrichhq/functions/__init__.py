@@ -2,7 +2,8 @@
 
 A provider knows HOW to get data for one company and nothing about where it goes.
 Built-ins and third-party providers are found through the `enrichhq.providers`
-entry point group, so a new provider is a package, not a change here.
+entry point group (the built-ins are listed in pyproject.toml, once), so a new provider is a
+package, not a change here.
 """
 
 from __future__ import annotations
@@ -12,16 +13,9 @@ from importlib import metadata
 from enrichhq import exceptions
 from enrichhq.functions.base import Provider
 
-__all__ = ["Provider", "available", "load", "register"]
+__all__ = ["GROUP", "Provider", "available", "load", "register"]
 
-_BUILTIN = {
-    "clay": "enrichhq.functions.clay:ClayProvider",
-    "http": "enrichhq.functions.http:HttpProvider",
-    "n8n": "enrichhq.functions.n8n:N8nProvider",
-    "waterfall": "enrichhq.functions.waterfall:WaterfallProvider",
-    "zenrows": "enrichhq.functions.zenrows:ZenrowsProvider",
-}
-
+GROUP = "enrichhq.providers"
 
 _REGISTERED: dict[str, type[Provider]] = {}
 
@@ -32,12 +26,7 @@ def register(name: str, provider: type[Provider]) -> None:
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    found = {
-        name: metadata.EntryPoint(name=name, value=value, group="enrichhq.providers")
-        for name, value in _BUILTIN.items()
-    }
-    found.update({ep.name: ep for ep in metadata.entry_points(group="enrichhq.providers")})
-    return found
+    return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
 
 
 def available() -> list[str]:
@@ -51,7 +40,13 @@ def load(name: str) -> type[Provider]:
         return _REGISTERED[name]
     entry = _entry_points().get(name)
     if entry is None:
-        raise exceptions.ConfigError(f"unknown provider {name!r}; available: {', '.join(available())}")
+        known = available()
+        if not known:  # not even the built-ins: their entry points come with the installed package
+            raise exceptions.ConfigError(
+                f"unknown provider {name!r}: no providers are registered; install enrichhq "
+                "(pip install enrichhq, or pip install -e . in a checkout) so its entry points exist"
+            )
+        raise exceptions.ConfigError(f"unknown provider {name!r}; available: {', '.join(known)}")
     provider = entry.load()
     if not (isinstance(provider, type) and issubclass(provider, Provider)):
         raise exceptions.ConfigError(f"entry point {entry.value!r} is not an enrichhq Provider")
