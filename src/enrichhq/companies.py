@@ -6,8 +6,10 @@ import csv
 import io
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from enrichhq import exceptions, netpolicy
 from enrichhq.db import common, company_rows, engines
@@ -87,30 +89,38 @@ def parse_csv(data: bytes, source: str = "CSV", *, skip_blank: bool = False) -> 
                 f"{source}: line {line} is blank; remove blank lines (or pass --skip-blank)"
             )
         cell = {name: (row[i].strip() if i < len(row) else "") for name, i in at.items()}
-        domain = normalize_domain(cell["domain"])
-        if (problem := domain_problem(domain)) is not None:
-            raise exceptions.InputError(f"{source}: line {line}: {cell['domain']!r} {problem}")
-        if domain in seen:
-            raise exceptions.InputError(
-                f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; "
-                "list each company once"
-            )
-        seen[domain] = line
-        company_id = cell.get("id") or str(uuid.uuid4())
-        try:
-            company_id = str(uuid.UUID(company_id))
-        except ValueError:
-            raise exceptions.InputError(f"{source}: line {line}: id {company_id!r} is not a UUID") from None
-        if cell.get("id") and company_id in ids:
-            raise exceptions.InputError(
-                f"{source}: id {company_id} is on lines {ids[company_id]} and {line}; "
-                "give each company its own id"
-            )
-        ids[company_id] = line
-        companies.append(Company(company_id, domain, cell.get("name") or None))
+        companies.append(_company(cell, source, line, seen, ids))
     if not companies:
         raise exceptions.InputError(f"{source} has a header but no companies")
     return companies
+
+
+def _company(
+    cell: Mapping[Any, str], source: str, line: int, seen: dict[str, int], ids: dict[str, int]
+) -> Company:
+    """One CSV row's company, checked against the rows before it (seen domains and ids, by line)."""
+    where = f"{source}: line {line}"
+    domain = normalize_domain(cell["domain"])
+    if (problem := domain_problem(domain)) is not None:
+        raise exceptions.InputError(f"{where}: {cell['domain']!r} {problem}")
+    if domain in seen:
+        raise exceptions.InputError(
+            f"{source}: duplicate domain {domain!r} on lines {seen[domain]} and {line}; "
+            "list each company once"
+        )
+    seen[domain] = line
+    company_id = cell.get("id") or str(uuid.uuid4())
+    try:
+        company_id = str(uuid.UUID(company_id))
+    except ValueError:
+        raise exceptions.InputError(f"{where}: id {company_id!r} is not a UUID") from None
+    if cell.get("id") and company_id in ids:
+        raise exceptions.InputError(
+            f"{source}: id {company_id} is on lines {ids[company_id]} and {line}; "
+            "give each company its own id"
+        )
+    ids[company_id] = line
+    return Company(company_id, domain, cell.get("name") or None)
 
 
 def read_domains(path: Path) -> list[str]:

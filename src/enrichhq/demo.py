@@ -6,6 +6,7 @@ way (a plain SQL INSERT and CREATE TABLE), run it, and look at the rows.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import shutil
 import threading
@@ -106,9 +107,8 @@ def serve_sites() -> ThreadingHTTPServer:
     return server
 
 
-async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
-    """Run the demo in data_dir (its databases are made anew each time)."""
-    started = time.monotonic()
+def _fresh(data_dir: Path) -> Path:
+    """The demo's folder, resolved, with the databases of its last run removed."""
     data_dir = data_dir.resolve()
     marker = data_dir / ".enrichhq-demo"
     if (data_dir / "hq.db").exists() and not marker.exists():
@@ -120,6 +120,13 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         (data_dir / name).unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text("made by `enrichhq demo`: its databases are replaced on every run\n")
+    return data_dir
+
+
+async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
+    """Run the demo in data_dir (its databases are made anew each time)."""
+    started = time.monotonic()
+    data_dir = await asyncio.to_thread(_fresh, data_dir)
     conf = settings.Settings(
         enrichhq_data_dir=data_dir,
         hq_database_url=None,

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -153,30 +153,39 @@ def coerce(value: Any, column: sa.Column[Any]) -> Any:
     if value is None:
         return None
     value = scrub(value)
-    kind = kind_of(column.type)
-    if kind == JSON or kind == OTHER:
+    convert = _CONVERTERS.get(kind_of(column.type))
+    return value if convert is None else convert(value, column)
+
+
+def _to_text(value: Any, column: sa.Column[Any]) -> str:
+    if isinstance(value, str):
         return value
-    if kind == TEXT:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (datetime, date)):
-            return value.isoformat()
-        return json.dumps(value, default=str)
-    if kind == DATETIME:
-        return _to_datetime(value)
-    if kind == DATE:
-        return _to_datetime(value).date() if not isinstance(value, date) else value
-    if kind == NUMBER:
-        return _to_number(value, integer=isinstance(column.type, sa.Integer))
-    if kind == BOOL:
-        return _to_bool(value)
-    if kind == UUID:
-        try:
-            parsed = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-        except ValueError as exc:
-            raise CoercionError(f"{value!r} is not a UUID") from exc
-        return parsed if getattr(column.type, "as_uuid", False) else str(parsed)
-    return value  # pragma: no cover - every kind is handled above
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return json.dumps(value, default=str)
+
+
+def _to_date(value: Any, column: sa.Column[Any]) -> date:
+    return value if isinstance(value, date) else _to_datetime(value).date()
+
+
+def _to_uuid(value: Any, column: sa.Column[Any]) -> Any:
+    try:
+        parsed = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError as exc:
+        raise CoercionError(f"{value!r} is not a UUID") from exc
+    return parsed if getattr(column.type, "as_uuid", False) else str(parsed)
+
+
+#: kinds whose values need converting (JSON and other kinds go as they are).
+_CONVERTERS: dict[str, Callable[[Any, sa.Column[Any]], Any]] = {
+    TEXT: _to_text,
+    DATETIME: lambda value, column: _to_datetime(value),
+    DATE: _to_date,
+    NUMBER: lambda value, column: _to_number(value, integer=isinstance(column.type, sa.Integer)),
+    BOOL: lambda value, column: _to_bool(value),
+    UUID: _to_uuid,
+}
 
 
 def _to_datetime(value: Any) -> datetime:

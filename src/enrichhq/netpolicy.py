@@ -113,7 +113,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface, passed on as it is
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -142,15 +142,15 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         assert last is not None
         raise last
 
-    async def _resolve(self, host: str, port: int, timeout: float | None) -> list[str]:
+    async def _resolve(self, host: str, port: int, limit_s: float | None) -> list[str]:
         literal = literal_address(host)
         if literal is not None:
             return [str(literal)]
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(limit_s):
                 infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"looking up {host} took longer than {timeout}s") from exc
+            raise httpcore.ConnectTimeout(f"looking up {host} took longer than {limit_s}s") from exc
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         seen: dict[str, None] = {}
@@ -161,7 +161,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface, passed on as it is
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         """Unix sockets are local by definition: refused unless everything is open."""

@@ -203,27 +203,38 @@ class Batcher:
             else:
                 first[entry[1].company_id] = entry
         batch = await self._batch(batch_id)
-        async with self.dbs.begin("hq") as conn:
-            claimed = await callback_items.claim_many(conn, batch_id, list(first)) if batch else {}
-            others = (
-                await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
-                if batch
-                else {}
-            )
+        claimed = await self._claim(batch_id, first, receipts) if batch else {}
+        unknown = Receipt(404, {"error": "no batch item for this callback (batch or company unknown)"})
         for company_id, (index, _, _) in first.items():
-            if company_id in claimed:
-                continue
-            if company_id in others:  # already settled (or being settled): a repeat changes nothing
-                receipts[index] = Receipt(
-                    200, {"status": "duplicate", "state": others[company_id], "stored": False}
-                )
-            else:
-                receipts[index] = Receipt(
-                    404, {"error": "no batch item for this callback (batch or company unknown)"}
-                )
-        if not claimed or batch is None:
-            return receipts
-        mine = [first[c] for c in claimed]
+            if company_id not in claimed and index not in receipts:
+                receipts[index] = unknown
+        if claimed and batch is not None:
+            receipts.update(await self._store(batch, [first[c] for c in claimed], claimed))
+        return receipts
+
+    async def _claim(
+        self,
+        batch_id: str,
+        first: dict[str, tuple[int, tokens.Claims, dict[str, Any]]],
+        receipts: dict[int, Receipt],
+    ) -> dict[str, rows.ClaimedItem]:
+        """Claim the waiting items; a callback whose item is settled (or being settled) is a duplicate."""
+        async with self.dbs.begin("hq") as conn:
+            claimed = await callback_items.claim_many(conn, batch_id, list(first))
+            others = await items.item_states(conn, batch_id, [c for c in first if c not in claimed])
+        for company_id, state in others.items():
+            receipts[first[company_id][0]] = Receipt(
+                200, {"status": "duplicate", "state": state, "stored": False}
+            )
+        return claimed
+
+    async def _store(
+        self,
+        batch: rows.BatchRow,
+        mine: list[tuple[int, tokens.Claims, dict[str, Any]]],
+        claimed: dict[str, rows.ClaimedItem],
+    ) -> dict[int, Receipt]:
+        """Store the claimed callbacks' data, log it, and settle their items in one HQ transaction."""
         entries: list[LogEntry] = []
 
         async def collect(logged: Sequence[LogEntry]) -> None:
@@ -241,7 +252,7 @@ class Batcher:
                 for o in await self.pipeline.store(
                     workflow,
                     records,
-                    batch_id=batch_id,
+                    batch_id=batch.id,
                     play_name=batch.play_name,
                     destination=destination,
                     log=collect if self.pipeline.logs_locally else None,
@@ -250,11 +261,12 @@ class Batcher:
             problem = None
         except Exception as exc:  # storage down, config broken, a bug: never leave items claimed
             # The data stays on the items, which fail with the reason; replay stores it later.
-            log.exception("storing %d callbacks of batch %s failed", len(mine), batch_id)
+            log.exception("storing %d callbacks of batch %s failed", len(mine), batch.id)
             outcomes, problem = {}, f"storage: {errors.first_line(exc)}"
             self._forget(mine[0][1].workflow_id)
         if any(not o.stored for o in outcomes.values()):  # a mapping or table may have just changed
             self._forget(mine[0][1].workflow_id)
+        receipts: dict[int, Receipt] = {}
         updates = []
         for index, claims, data in mine:
             item = claimed[claims.company_id]
@@ -273,8 +285,8 @@ class Batcher:
             )
         async with self.dbs.begin("hq") as conn:
             await enrichment_logger.write(conn, entries)
-            await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
-            await batches.close_if_done(conn, batch_id)
+            await items.finish_items(conn, batch.id, updates, from_states=(ItemState.STORING,))
+            await batches.close_if_done(conn, batch.id)
         return receipts
 
 

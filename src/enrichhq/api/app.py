@@ -245,6 +245,28 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=conf.enrichhq_max_body_bytes)
     app.mount("/static", StaticFiles(directory=Path(ui_routes.__file__).parent / "static"), name="static")
 
+    _handle_errors(app)
+    app.include_router(functions.router)
+    app.include_router(rest.router)
+    app.include_router(ui_routes.router)
+
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics (Authorization: Bearer like the API)."""
+        body = await metrics.exposition(services(request).dbs)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(request: Request) -> dict[str, Any]:
+        await services(request).dbs.check()
+        return {"status": "ok"}
+
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Every error answered in the one shape: JSON for the API, the error page for a logged-in UI."""
+
     @app.exception_handler(auth.LoginRequired)
     async def login_required(request: Request, exc: auth.LoginRequired) -> Response:
         if request.headers.get("hx-request"):  # an htmx fragment: make the whole page go to login
@@ -282,20 +304,3 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
         fields = _fields(exc.errors())
         summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
         return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
-
-    app.include_router(functions.router)
-    app.include_router(rest.router)
-    app.include_router(ui_routes.router)
-
-    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
-    async def prometheus(request: Request) -> Response:
-        """Prometheus metrics (Authorization: Bearer like the API)."""
-        body = await metrics.exposition(services(request).dbs)
-        return Response(body, media_type="text/plain; version=0.0.4")
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz(request: Request) -> dict[str, Any]:
-        await services(request).dbs.check()
-        return {"status": "ok"}
-
-    return app
