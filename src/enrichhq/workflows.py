@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pydantic
 import sqlalchemy as sa
 
-from enrichhq import destinations, exceptions, functions
+from enrichhq import destinations, exceptions, functions, run_if
 from enrichhq.db import engines, views, workflow_rows
 from enrichhq.models import WorkflowConfig
 from enrichhq.settings import Settings
@@ -94,6 +94,7 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
     else:
         outputs = provider.outputs
         problems += provider.option_problems(workflow)
+    problems += run_if.problems(workflow.provider_config)
     if workflow.write_mode not in ("append", "upsert"):
         problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
     if workflow.destination_db not in engines.DESTINATIONS:
@@ -122,47 +123,12 @@ def _check_columns(
         for name in RESERVED
         if name not in table.c
     ]
-    columns = ", ".join(table.c.keys())
     targets: dict[str, str] = {}
     for key, column_name in workflow.destination_field_mappings.items():
-        if key == "__invalid__":
-            continue
-        if not isinstance(column_name, str) or column_name not in table.c:
-            problems.append(
-                f"mapping {key!r} -> {column_name!r}: {destination.name} has no such column "
-                f"(its columns: {columns})"
-            )
-            continue
-        if column_name in RESERVED:
-            problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
-        if column_name in targets:
-            problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
-        targets[column_name] = key
-        column_kind = destinations.kind_of(table.c[column_name].type)
-        if outputs is not None and key not in outputs:
-            warnings.append(
-                f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL"
-            )
-        elif outputs is not None and column_kind in destinations.COMPATIBLE:
-            if outputs[key] not in destinations.COMPATIBLE[column_kind]:
-                problems.append(
-                    f"mapping {key!r} -> {column_name!r}: a {outputs[key]} value cannot be stored in "
-                    f"a {table.c[column_name].type} column"
-                )
-    filled = set(targets) | set(RESERVED) | {"id"}
-    for column in table.c:
-        if column.name not in filled and not column.nullable and column.server_default is None:
-            if not (column.primary_key and column.autoincrement in (True, "auto")):
-                problems.append(
-                    f"column {column.name} of {destination.name} is NOT NULL without a default and "
-                    "no mapping fills it"
-                )
-    run_if = workflow.provider_config.get("run_if")
-    empty = run_if.get("field_empty") if isinstance(run_if, dict) else None
-    if isinstance(empty, str) and empty not in table.c:
-        problems.append(
-            f"run_if.field_empty: {destination.name} has no column {empty!r} (its columns: {columns})"
-        )
+        if key != "__invalid__":
+            problems += _mapping_problems(workflow, destination, outputs, warnings, targets, key, column_name)
+    problems += _unfilled_columns(destination, set(targets) | set(RESERVED) | {"id"})
+    problems += _run_if_columns(workflow, destination)
     if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
         problems.append(
             f"write_mode 'upsert' needs a unique key on {destination.name}.company_id; create one with: "
@@ -171,6 +137,66 @@ def _check_columns(
     if not workflow.destination_field_mappings:
         warnings.append("destination_field_mappings is empty: only company_id and company_domain are stored")
     return problems
+
+
+def _mapping_problems(
+    workflow: WorkflowConfig,
+    destination: destinations.Destination,
+    outputs: Any,
+    warnings: list[str],
+    targets: dict[str, str],
+    key: str,
+    column_name: Any,
+) -> list[str]:
+    """One mapping's problems; `targets` (column -> key) collects the columns mapped so far."""
+    table = destination.table
+    if not isinstance(column_name, str) or column_name not in table.c:
+        return [
+            f"mapping {key!r} -> {column_name!r}: {destination.name} has no such column "
+            f"(its columns: {', '.join(table.c.keys())})"
+        ]
+    problems = []
+    if column_name in RESERVED:
+        problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
+    if column_name in targets:
+        problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
+    targets[column_name] = key
+    if outputs is None:
+        return problems
+    if key not in outputs:
+        warnings.append(
+            f"provider {workflow.provider!r} sends no {key!r}; column {column_name} will stay NULL"
+        )
+        return problems
+    compatible = destinations.COMPATIBLE.get(destinations.kind_of(table.c[column_name].type))
+    if compatible is not None and outputs[key] not in compatible:
+        problems.append(
+            f"mapping {key!r} -> {column_name!r}: a {outputs[key]} value cannot be stored in "
+            f"a {table.c[column_name].type} column"
+        )
+    return problems
+
+
+def _unfilled_columns(destination: destinations.Destination, filled: set[str]) -> list[str]:
+    """NOT NULL columns without a default that nothing writes: every insert would fail."""
+    return [
+        f"column {column.name} of {destination.name} is NOT NULL without a default and no mapping fills it"
+        for column in destination.table.c
+        if column.name not in filled
+        and not column.nullable
+        and column.server_default is None
+        and not (column.primary_key and column.autoincrement in (True, "auto"))
+    ]
+
+
+def _run_if_columns(workflow: WorkflowConfig, destination: destinations.Destination) -> list[str]:
+    """run_if.field_empty must name a column of the destination table."""
+    conditions = workflow.provider_config.get("run_if")
+    empty = conditions.get("field_empty") if isinstance(conditions, dict) else None
+    if isinstance(empty, str) and empty not in destination.table.c:
+        columns = ", ".join(destination.table.c.keys())
+        return [f"run_if.field_empty: {destination.name} has no column {empty!r} (its columns: {columns})"]
+    return []
 
 
 async def validate_all(dbs: engines.Databases) -> list[Validation]:

@@ -23,18 +23,12 @@ HOMEPAGE_OUTPUTS: Mapping[str, str] = {
 }
 
 
-class RunIf(pydantic.BaseModel):
-    """provider_config.run_if: conditions a company must meet before anything is called for it."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    previous_step_succeeded: bool = False
-    field_empty: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    older_than_days: float | None = pydantic.Field(default=None, gt=0, le=36_500)
-
-
 class ProviderOptions(pydantic.BaseModel):
-    """The provider_config keys every provider understands (providers may read more)."""
+    """The provider_config keys every provider understands (providers may read more).
+
+    `run_if` is not a provider's concern: `enrichhq.run_if` holds its model and `workflows`
+    validates it.
+    """
 
     model_config = pydantic.ConfigDict(extra="allow")
 
@@ -47,7 +41,6 @@ class ProviderOptions(pydantic.BaseModel):
     cost_per_call: float | None = pydantic.Field(default=None, ge=0)
     max_cost_per_batch: float | None = pydantic.Field(default=None, gt=0)
     url_template: str = pydantic.Field(default="https://{domain}", pattern=r"\{domain\}")
-    run_if: RunIf = pydantic.Field(default_factory=RunIf)
 
 
 class Provider(abc.ABC):

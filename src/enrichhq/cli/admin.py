@@ -1,0 +1,108 @@
+"""Setting up and serving: `init`, `demo`, `serve`, `worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from enrichhq import aio, exceptions, settings
+from enrichhq.cli.common import app, command, err, out, run
+from enrichhq.db import migrate, urls
+
+
+@command(app)
+def init() -> None:
+    """Create or upgrade the HQ schema (idempotent; keeps the seed's existing tables and rows)."""
+    conf = settings.load()
+    revision = migrate.upgrade(conf.resolved_hq_url())
+    run(lambda dbs: dbs.check())
+    out.print(f"HQ schema at revision {revision} in {urls.mask(conf.resolved_hq_url())}")
+    out.print(f"Workspace database: {urls.mask(conf.resolved_workspace_url())}")
+
+
+@command(app)
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the demo's SQLite files go")] = Path(".enrichhq-demo"),
+) -> None:
+    """A full run on SQLite against sample sites served on 127.0.0.1: no account, no internet."""
+    from enrichhq import demo as demo_module  # its sample servers load only for the demo
+
+    asyncio.run(demo_module.run(data_dir, out))
+
+
+@command(app)
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """HTTP functions (/functions/v1), REST API (/api/v1, docs at /docs) and runs, in one process."""
+    # The web stack loads only for the commands that serve it, so the others start fast.
+    import uvicorn
+
+    from enrichhq.api.app import create_app
+
+    conf = settings.load()
+    refuse_open_network(host, conf)
+    _, generated = conf.api_key()
+    if generated:
+        kept = conf.enrichhq_data_dir.resolve() / "api-key"
+        err.print(
+            f"UI at http://{host}:{port}/ . No ENRICHHQ_API_KEY: a key was generated and kept in {kept}; "
+            "it is the API's Bearer key and, unless ENRICHHQ_UI_PASSWORD is set, the UI password",
+            highlight=False,
+        )
+    if not conf.enrichhq_public_url:
+        conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
+    migrate.upgrade(conf.resolved_hq_url())
+    uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
+
+
+def refuse_open_network(host: str, conf: settings.Settings) -> None:
+    """Listening beyond loopback needs ENRICHHQ_API_KEY: anyone on the network could run steps."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    has_key = conf.enrichhq_api_key is not None and bool(conf.enrichhq_api_key.get_secret_value())
+    if not loopback and not has_key:
+        raise exceptions.InputError(
+            f"refusing to listen on {host} without ENRICHHQ_API_KEY: anyone on the network could run "
+            "steps and read data; set the key, or listen on 127.0.0.1"
+        )
+
+
+@command(app)
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=2000, help="provider calls this worker makes at once, at most")
+    ] = 32,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /healthz and Prometheus /metrics on this port")
+    ] = None,
+) -> None:
+    """Take batches from the queue on HQ (PostgreSQL); run one on each machine that should work.
+
+    SIGTERM or Ctrl-C stops it gracefully: calls in flight end and are written, the rest goes
+    back to the queue for the other workers.
+    """
+    from enrichhq.execution import worker as worker_module  # pgqueuer loads only for workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider call is noise
+    conf = settings.load()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await worker_module.work(conf, concurrency=concurrency, stop=stop, metrics_port=metrics_port)
+
+    aio.run(go())
+    err.print("worker stopped")

@@ -1,0 +1,180 @@
+"""Running steps and following batches: `run`, `batches show|resume|retry|replay|list`.
+
+Each command calls the same `runs` use cases as the API and the UI; what is left here is
+reading the flags, the progress bar, Ctrl-C, and the exit code of a stopped batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from enrichhq import companies, runs, settings
+from enrichhq.cli import output
+from enrichhq.cli.common import app, batches_app, command, err, out, run
+from enrichhq.db import engines
+from enrichhq.runs import summaries
+from enrichhq.states import BatchStatus
+
+#: the exit code of a run that stopped resumably (out of credits, budget, Ctrl-C).
+EXIT_STOPPED = 3
+
+
+@command(app, "run")
+def run_command(
+    workflow: Annotated[str, typer.Argument(help="workflow slug or id")],
+    all_: Annotated[bool, typer.Option("--all", help="every company in HQ")] = False,
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", help="a company's domain (repeatable)")
+    ] = None,
+    companies_file: Annotated[
+        Path | None, typer.Option("--companies", help="file of domains or a CSV")
+    ] = None,
+    play: Annotated[
+        str, typer.Option(help="play_name the completions are tracked under")
+    ] = runs.DEFAULT_PLAY,
+    force: Annotated[bool, typer.Option(help="run companies that already completed this step")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="say what would run, be skipped and cost; call nobody")
+    ] = False,
+    budget: Annotated[
+        float | None, typer.Option(help="stop before the next call could exceed this cost")
+    ] = None,
+    sample: Annotated[int | None, typer.Option(help="run on a random sample of this many companies")] = None,
+) -> None:
+    """Run one step for a selection of companies, with a progress bar and a summary."""
+    selection = selection_of(all_, domain or [], companies_file)
+    conf = settings.load()
+    if dry_run:
+        estimate = run(
+            lambda dbs: runs.estimate(
+                dbs, conf, workflow, selection, play_name=play, force=force, sample=sample
+            )
+        )
+        output.print_estimate(out, estimate)
+        return
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        prepared = await runs.prepare(
+            dbs, conf, workflow, selection, play_name=play, force=force, budget=budget, sample=sample
+        )
+        return await execute_with_progress(dbs, conf, prepared)
+
+    finish(run(work))
+
+
+def selection_of(all_: bool, domains: list[str], companies_file: Path | None) -> runs.Selection:
+    """The run's selection from --all, --domain and the domains in --companies FILE."""
+    if companies_file is not None:
+        domains = [*domains, *companies.read_domains(companies_file)]
+    return runs.Selection(all=all_, domains=tuple(domains))
+
+
+async def execute_with_progress(
+    dbs: engines.Databases, conf: settings.Settings, prepared: runs.Prepared
+) -> runs.BatchSummary:
+    """Execute a prepared batch behind a Rich progress bar (on a terminal)."""
+    current = await runs.summary(dbs, prepared.batch_id, failures=0)
+    with Progress(
+        TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("run", total=current.total, detail="")
+
+        def update(counts: dict[str, int]) -> None:
+            progress.update(task, completed=summaries.finished(counts), detail=output.progress_detail(counts))
+
+        interrupt = asyncio.Event()
+        with interruptible(interrupt, prepared.batch_id):
+            return await runs.execute(dbs, conf, prepared, update, interrupt=interrupt)
+
+
+@contextlib.contextmanager
+def interruptible(interrupt: asyncio.Event, batch_id: str) -> Iterator[None]:
+    """First Ctrl-C: stop starting calls, let those in flight end; a second one quits at once."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        err.print(
+            "interrupted: no new calls start; those in flight end and are written (Ctrl-C again to "
+            f"quit now). `enrichhq batches resume {batch_id}` runs the rest; a batch run by "
+            "`enrichhq worker`s goes on there",
+            highlight=False,
+        )
+        interrupt.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def finish(summary: runs.BatchSummary) -> None:
+    """Print a run's summary; a stopped batch exits EXIT_STOPPED so scripts can resume it."""
+    output.print_summary(out, summary)
+    if summary.status == BatchStatus.STOPPED:
+        raise typer.Exit(EXIT_STOPPED)
+
+
+@command(batches_app, "show")
+def batches_show(batch_id: str) -> None:
+    """Counts per state, cost, time, and failures with their errors."""
+    summary = run(lambda dbs: runs.summary(dbs, batch_id, failures=200))
+    output.print_counts(out, summary)
+    output.print_summary(out, summary, failures=200)
+
+
+@command(batches_app, "resume")
+def batches_resume(
+    batch_id: str,
+    budget: Annotated[float | None, typer.Option(help="a new spending limit for the batch")] = None,
+) -> None:
+    """Run what a batch left undone (process died, stopped by a provider or a budget)."""
+    conf = settings.load()
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        prepared = await runs.prepare_resume(dbs, conf, batch_id, budget=budget)
+        return await execute_with_progress(dbs, conf, prepared)
+
+    finish(run(work))
+
+
+@command(batches_app, "retry")
+def batches_retry(batch_id: str) -> None:
+    """Retry failed and timed-out items; fetched-but-unstored results are stored again, not re-bought."""
+    conf = settings.load()
+
+    async def work(dbs: engines.Databases) -> runs.BatchSummary:
+        prepared = await runs.prepare_retry(dbs, conf, batch_id)
+        if prepared is None:
+            return await runs.summary(dbs, batch_id)
+        return await execute_with_progress(dbs, conf, prepared)
+
+    finish(run(work))
+
+
+@command(batches_app, "replay")
+def batches_replay(batch_id: str) -> None:
+    """Store again results that were fetched but not stored (after fixing the config); calls nobody."""
+    conf = settings.load()
+    finish(run(lambda dbs: runs.replay(dbs, conf, batch_id)))
+
+
+@command(batches_app, "list")
+def batches_list(limit: int = 20) -> None:
+    """The newest batches."""
+    output.print_batches(out, run(lambda dbs: runs.list_batches(dbs, limit)))

@@ -1,0 +1,135 @@
+"""The steps (workflow configs): `workflows list`, `workflows validate`, `workflows add`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from enrichhq import exceptions, workflows
+from enrichhq.cli.common import command, out, run, workflows_app
+
+
+@command(workflows_app, "list")
+def workflows_list() -> None:
+    """Steps in overall_step_number order, each with its validation status."""
+    checked = run(workflows.validate_all)
+    if not checked:
+        out.print(
+            "no workflows yet: INSERT a row into db_driven_enrichment_workflows or `enrichhq workflows add`"
+        )
+        return
+    table = Table("step", "slug", "title", "provider", "destination", "mode", "active", "valid")
+    for v in checked:
+        w = v.workflow
+        status = "[green]ok[/green]" if v.ok else f"[red]{len(v.problems)} problem(s)[/red]"
+        table.add_row(
+            str(w.overall_step_number),
+            w.workflow_slug,
+            w.title or "",
+            w.provider,
+            f"{w.destination_db}.{w.destination_table_name}",
+            w.write_mode,
+            "yes" if w.is_active else "no",
+            status,
+        )
+    out.print(table)
+
+
+@command(workflows_app, "validate")
+def workflows_validate() -> None:
+    """Check every config against its provider and destination table; exit 1 if any is invalid."""
+    checked = run(workflows.validate_all)
+    for v in checked:
+        mark = "[green]ok[/green]" if v.ok else "[red]invalid[/red]"
+        out.print(f"{mark} {v.workflow.workflow_slug}", highlight=False)
+        for problem in v.problems:
+            out.print(f"   [red]x[/red] {problem}", highlight=False, soft_wrap=True)
+        for warning in v.warnings:
+            out.print(f"   [yellow]![/yellow] {warning}", highlight=False, soft_wrap=True)
+    bad = [v for v in checked if not v.ok]
+    out.print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
+    if bad:
+        raise typer.Exit(1)
+
+
+@command(workflows_app, "add")
+def workflows_add(
+    file: Annotated[Path | None, typer.Option("--file", help="JSON or YAML with the config's fields")] = None,
+    slug: Annotated[str | None, typer.Option(help="workflow_slug")] = None,
+    title: Annotated[str | None, typer.Option()] = None,
+    step: Annotated[int | None, typer.Option(help="overall_step_number")] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    db: Annotated[str, typer.Option(help="destination_db: workspace or hq")] = "workspace",
+    table: Annotated[str | None, typer.Option(help="destination_table_name")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="data_key=column (repeatable)")] = None,
+    config: Annotated[str | None, typer.Option(help="provider_config as JSON")] = None,
+    write_mode: Annotated[str, typer.Option(help="append or upsert")] = "append",
+    create_table: Annotated[bool, typer.Option(help="create the destination table if missing")] = False,
+) -> None:
+    """Add a step: the convenience form of the seed's INSERT, validated before it is saved."""
+    data: dict[str, Any] = load_spec(file) if file else {}
+    flags = {
+        "workflow_slug": slug,
+        "title": title,
+        "overall_step_number": step,
+        "provider": provider,
+        "destination_table_name": table,
+        "provider_config": json_option("--config", config),
+        "destination_field_mappings": mappings(map_) if map_ else None,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    data.setdefault("destination_db", db)
+    data.setdefault("write_mode", write_mode)
+    spec = workflows.WorkflowSpec.parse(data)
+    result = run(lambda dbs: workflows.add(dbs, spec, create_table=create_table))
+    out.print(f"added workflow {result.workflow.workflow_slug} ({result.workflow.id})", highlight=False)
+    for warning in result.warnings:
+        out.print(f"[yellow]![/yellow] {warning}", highlight=False)
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A workflow's fields from a JSON or YAML file (by its suffix)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise exceptions.InputError(f"cannot read {path}: {exc}") from None
+    return parse_spec(text, json_format=path.suffix == ".json", name=str(path))
+
+
+def parse_spec(text: str, *, json_format: bool, name: str) -> dict[str, Any]:
+    """One object with a workflow's fields, from JSON or YAML text."""
+    try:
+        loaded = json.loads(text) if json_format else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise exceptions.InputError(
+            f"{name} is not valid {'JSON' if json_format else 'YAML'}: {exc}"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise exceptions.InputError(f"{name} must hold one object with the workflow's fields")
+    return loaded
+
+
+def json_option(flag: str, value: str | None) -> Any:
+    """A flag's JSON value (None when the flag was not given)."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise exceptions.InputError(f"{flag} is not valid JSON: {exc}") from None
+
+
+def mappings(pairs: list[str]) -> dict[str, str]:
+    """--map data_key=column pairs as destination_field_mappings."""
+    mapping = {}
+    for pair in pairs:
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise exceptions.InputError(f"--map {pair!r} must look like data_key=column")
+        mapping[key.strip()] = column.strip()
+    return mapping

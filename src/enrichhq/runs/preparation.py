@@ -1,0 +1,190 @@
+"""Preparing a run: check what can be checked, create the batch and its items; or only estimate it.
+
+An estimate is the real preparation, counted inside its transaction and then rolled back, so
+what a dry run reports is exactly what a run would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq import destinations, exceptions, workflows
+from enrichhq.db import batches, dialect, engines, items, reports, schema
+from enrichhq.models import WorkflowConfig
+from enrichhq.runs import conditions, selection
+from enrichhq.settings import Settings
+from enrichhq.states import BatchStatus, ItemState
+
+DEFAULT_PLAY = "default"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a run would do before it is started: how many calls, how many skipped, what it costs."""
+
+    workflow: WorkflowConfig
+    selected: int
+    will_run: int
+    skipped: dict[str, int]
+    per_call: float | None
+    basis: str
+
+    @property
+    def cost(self) -> float | None:
+        """The estimated cost of the run, when a per-call cost is known."""
+        return None if self.per_call is None else self.per_call * self.will_run
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch created and checked, ready to execute."""
+
+    batch_id: str
+    workflow: WorkflowConfig
+    destination: destinations.Destination
+    play_name: str
+    budget: float | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a run that is known before its batch is built."""
+
+    workflow: WorkflowConfig
+    destination: destinations.Destination
+    conditions: tuple[conditions.Condition, ...]
+    play_name: str
+    force: bool
+    sample: int | None
+    budget: float | None
+
+
+async def prepare(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    chosen: selection.Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    force: bool = False,
+    batch_id: str | None = None,
+    budget: float | None = None,
+    sample: int | None = None,
+) -> Prepared:
+    """Check everything that can be checked before a provider is called, then create the batch.
+
+    Items that need no call end `skipped` here, with the reason: already completed in the
+    play (unless forced), or ruled out by the workflow's run_if.
+    """
+    plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
+    async with dbs.begin("hq") as conn:
+        batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+    # The planner must see the new items' numbers before the first chunk is claimed.
+    async with dbs.begin("hq") as conn:
+        await dialect.analyze(conn, schema.batch_items)
+    return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget)
+
+
+async def estimate(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    chosen: selection.Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    force: bool = False,
+    sample: int | None = None,
+) -> Estimate:
+    """What a run would call and skip, and its price: the real preparation, rolled back."""
+    plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, None, sample)
+    async with dbs.begin("hq") as conn:
+        batch_id = await _build(dbs, conn, plan, chosen, None)
+        breakdown = await reports.item_breakdown(conn, batch_id)
+        # A dry run writes nothing: the batch built to be counted is undone.
+        await conn.rollback()
+    will_run, skipped = tally(breakdown)
+    per_call, basis = await workflows.price(dbs, plan.workflow)
+    return Estimate(plan.workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
+
+
+def tally(breakdown: Sequence[tuple[str, str | None, int]]) -> tuple[int, dict[str, int]]:
+    """Items that would run, and those skipped per reason (a reason's text up to its first ';')."""
+    will_run = sum(n for state, _, n in breakdown if state == ItemState.QUEUED)
+    skipped: dict[str, int] = {}
+    for state, reason, n in breakdown:
+        if state == ItemState.SKIPPED:
+            key = (reason or "skipped").split(";")[0]
+            skipped[key] = skipped.get(key, 0) + n
+    return will_run, skipped
+
+
+def check_budget(budget: float | None) -> None:
+    """Refuse a spending limit of nothing."""
+    if budget is not None and budget <= 0:
+        raise exceptions.InputError("--budget must be above 0")
+
+
+async def _plan(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    chosen: selection.Selection,
+    play_name: str,
+    force: bool,
+    budget: float | None,
+    sample: int | None,
+) -> _Plan:
+    workflow = await workflows.get(dbs, workflow_ref)
+    if not workflow.is_active:
+        raise exceptions.ConfigError(f"workflow {workflow.workflow_slug!r} is not active (is_active = false)")
+    chosen.check(sample)
+    check_budget(budget)
+    destination = await workflows.runnable(dbs, settings, workflow)
+    found = await conditions.for_workflow(dbs, workflow)
+    limit: Any = budget if budget is not None else workflow.option("max_cost_per_batch")
+    return _Plan(workflow, destination, tuple(found), play_name.strip() or DEFAULT_PLAY, force, sample, limit)
+
+
+async def _build(
+    dbs: engines.Databases,
+    conn: AsyncConnection,
+    plan: _Plan,
+    chosen: selection.Selection,
+    batch_id: str | None,
+) -> str:
+    """Create the batch and its items in `conn`'s transaction, then let each condition skip its own."""
+    workflow = plan.workflow
+    ids = await selection.resolve(conn, chosen, plan.sample)
+    batch_id = await batches.insert_batch(
+        conn,
+        {
+            "id": batch_id,
+            "workflow_id": workflow.id,
+            "workflow_slug": workflow.workflow_slug,
+            "play_name": plan.play_name,
+            "step_number": workflow.overall_step_number,
+            "provider": workflow.provider,
+            "status": BatchStatus.RUNNING,
+            "forced": plan.force,
+            "budget": plan.budget,
+        },
+    )
+    await items.add_batch_items(
+        conn,
+        batch_id,
+        play_name=plan.play_name,
+        step_number=workflow.overall_step_number,
+        force=plan.force,
+        company_ids=ids,
+        workflow_id=workflow.id,
+        fresh_after=conditions.completed_since(plan.conditions),
+        sample=plan.sample if ids is None else None,
+    )
+    scope = conditions.Scope(dbs, conn, batch_id, plan.play_name, plan.destination)
+    for condition in plan.conditions:
+        await condition.exclude(scope)
+    return batch_id

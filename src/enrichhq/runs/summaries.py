@@ -1,0 +1,91 @@
+"""How batches stand: one batch's summary, and the newest batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq import exceptions
+from enrichhq.db import batches, common, engines, reports, rows
+from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """How a batch stands: counts per state, cost, time, and the failures with their errors."""
+
+    batch_id: str
+    workflow_slug: str
+    play_name: str
+    status: BatchStatus
+    message: str | None
+    total: int
+    counts: dict[str, int]
+    cost: float
+    seconds: float | None
+    failures: list[rows.FailedItem] = field(default_factory=list)
+    budget: float | None = None
+    #: what this step has cost over all its batches.
+    workflow_cost: float = 0.0
+
+    def count(self, state: ItemState | str) -> int:
+        """Items in one state."""
+        return self.counts.get(state, 0)
+
+
+def finished(counts: Mapping[str, int]) -> int:
+    """How many of these items per state are in a final state (what a progress bar shows done)."""
+    return sum(counts.get(state, 0) for state in FINAL_STATES)
+
+
+async def existing_batch(conn: AsyncConnection, batch_id: str) -> rows.BatchRow:
+    """A batch's row; NotFound says where to look for the right id."""
+    batch = await batches.get_batch(conn, batch_id)
+    if batch is None:
+        raise exceptions.NotFound(f"no batch {batch_id!r}; `enrichhq batches list` shows recent ones")
+    return batch
+
+
+async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> BatchSummary:
+    """A batch's state as it is now."""
+    async with dbs.begin("hq") as conn:
+        batch = await existing_batch(conn, batch_id)
+        counts, cost = await reports.state_counts(conn, batch_id)
+        failed = await reports.failed_items(conn, batch_id, failures)
+        workflow_cost = (
+            await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
+        )
+    return BatchSummary(
+        batch_id=batch_id,
+        workflow_slug=batch.workflow_slug,
+        play_name=batch.play_name,
+        status=batch.status,
+        message=batch.message,
+        total=batch.total,
+        counts=counts,
+        cost=cost,
+        seconds=elapsed(batch.created_at, batch.finished_at, common.now()),
+        failures=failed,
+        budget=batch.budget,
+        workflow_cost=workflow_cost,
+    )
+
+
+def elapsed(started: datetime | None, finished: datetime | None, now: datetime) -> float | None:
+    """Seconds from start to finish (to now while unfinished); SQLite gives naive UTC times."""
+    if started is None:
+        return None
+    return max(0.0, (_aware(finished or now) - _aware(started)).total_seconds())
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[rows.BatchRow]:
+    """The newest batches."""
+    async with dbs.begin("hq") as conn:
+        return await reports.list_batches(conn, limit)
