@@ -116,11 +116,12 @@ def wait_until_up(url: str, seconds: float = 15) -> None:
     while True:
         try:
             httpx.get(url)
-            return
         except httpx.TransportError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+        else:
+            return
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from enrichhq import aio, exceptions, jsonsafe, receiver, settings
 from enrichhq.db import engines
 from enrichhq.execution import queue
-from enrichhq.execution.background import BatchRunner
 from enrichhq.pipeline import Pipeline
+from enrichhq.runs.background import BatchRunner
 
 #: how long the answer to "do workers run the batches?" is reused.
 MODE_TTL_S = 5.0

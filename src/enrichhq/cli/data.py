@@ -41,7 +41,15 @@ def export(
     table: Annotated[str, typer.Argument(help="table to export, e.g. company_homepage_scrapes")],
     out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
     db: Annotated[str, typer.Option(help="workspace or hq")] = "workspace",
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="write cells as stored; by default a cell starting with = + - @ tab or CR gets a "
+            "leading ' so a spreadsheet shows it instead of running it",
+        ),
+    ] = False,
 ) -> None:
-    """Write a table to CSV."""
-    count = run(lambda dbs: destinations.export_csv(dbs, db, table, out_path))
+    """Write a table to CSV (cells a spreadsheet would run as formulas are defused unless --raw)."""
+    count = run(lambda dbs: destinations.export_csv(dbs, db, table, out_path, raw=raw))
     out.print(f"wrote {count} rows of {table} to {out_path}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from enrichhq import runs
 from enrichhq.db import engines
 from enrichhq.pipeline import Pipeline
+from enrichhq.runs import dispatch, lifecycle, preparation, summaries
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.background")
@@ -20,30 +20,30 @@ class BatchRunner:
         self.dbs = dbs
         self.settings = settings
         self.pipeline = pipeline
-        self.tasks: dict[str, tuple[asyncio.Task[runs.BatchSummary], asyncio.Event]] = {}
+        self.tasks: dict[str, tuple[asyncio.Task[summaries.BatchSummary], asyncio.Event]] = {}
 
-    def start(self, prepared: runs.Prepared) -> None:
+    def start(self, prepared: preparation.Prepared) -> None:
         """Execute a prepared batch without waiting for it."""
         cancel = asyncio.Event()
         task = asyncio.create_task(
-            runs.execute(self.dbs, self.settings, prepared, pipeline=self.pipeline, cancel=cancel),
+            dispatch.execute(self.dbs, self.settings, prepared, pipeline=self.pipeline, cancel=cancel),
             name=f"batch-{prepared.batch_id}",
         )
         self.tasks[prepared.batch_id] = (task, cancel)
         task.add_done_callback(lambda t: self._done(prepared.batch_id, t))
 
-    def _done(self, batch_id: str, task: asyncio.Task[runs.BatchSummary]) -> None:
+    def _done(self, batch_id: str, task: asyncio.Task[summaries.BatchSummary]) -> None:
         self.tasks.pop(batch_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch %s ended with an error: %s", batch_id, exc, exc_info=exc)
 
-    async def cancel(self, batch_id: str) -> runs.BatchSummary:
+    async def cancel(self, batch_id: str) -> summaries.BatchSummary:
         """Stop a batch: a running one stops dispatching; every unfinished item ends skipped."""
         running = self.tasks.get(batch_id)
         if running is not None:
             running[1].set()
             await asyncio.wait({running[0]}, timeout=30)
-        return await runs.cancel(self.dbs, batch_id)
+        return await lifecycle.cancel(self.dbs, batch_id)
 
     async def shutdown(self) -> None:
         """Stop every running batch now; what it left unfinished is resumable."""
