@@ -310,8 +310,14 @@ async def export_csv(
     return count
 
 
-#: what makes a spreadsheet read a cell as a formula (OWASP's CSV injection list).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: what makes a spreadsheet read a cell as a formula (OWASP's CSV injection list), with the
+#: full-width forms some spreadsheets fold into them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def _formula_like(text: str) -> bool:
+    """Whether a cell starts a formula, also after the spaces, newlines and BOM an import may strip."""
+    return text.startswith(FORMULA_STARTS) or text.lstrip(" \n\ufeff").startswith(FORMULA_STARTS)
 
 
 def csv_cell(value: Any, *, raw: bool = False) -> Any:
@@ -320,6 +326,6 @@ def csv_cell(value: Any, *, raw: bool = False) -> Any:
         value = json.dumps(value)
     elif isinstance(value, (datetime, date)):
         return value.isoformat()
-    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if not raw and isinstance(value, str) and _formula_like(value):
         return "'" + value
     return value

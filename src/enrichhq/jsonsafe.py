@@ -2,20 +2,35 @@
 
 Python's json accepts NaN, Infinity and numbers too large for a float (which become infinity),
 none of which standard JSON has and none of which PostgreSQL's jsonb takes; no text column takes
-a NUL character. Found after storing, such a value failed a whole chunk of callbacks with the
-database's message (and its SQL); found here, it is a 400 that names the field.
+a NUL character, and no UTF-8 text holds half of a surrogate pair (`"\\ud800"` alone). Found
+after storing, such a value failed a whole chunk of callbacks with the database's message (and its
+SQL); found here, it is a 400 that names the field.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from enrichhq import exceptions
 
 #: deeper than any provider's answer; far below what would exhaust Python's stack.
 MAX_DEPTH = 64
+
+
+#: what no database text holds: NUL, and a UTF-16 surrogate without its pair.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(text: str) -> str | None:
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "a NUL character (\\u0000)"
+    return f"half of a surrogate pair (\\u{ord(found.group()):04x}), which is not text"
 
 
 class _Constant:
@@ -26,7 +41,7 @@ class _Constant:
 
 
 def loads(raw: bytes | str, what: str = "the body") -> Any:
-    """Parse JSON; InputError (saying where) for depth, non-finite numbers or NUL.
+    """Parse JSON; InputError (saying where) for depth, non-finite numbers, NUL or lone surrogates.
 
     Bad syntax stays json's own ValueError (JSONDecodeError), which callers answer as before.
     """
@@ -50,8 +65,8 @@ def problem(value: Any) -> str | None:
             if depth >= MAX_DEPTH:
                 return f"nested deeper than {MAX_DEPTH} levels at {where}"
             for key, child in item.items():
-                if "\x00" in key:
-                    return f"a key in {where} holds a NUL character (\\u0000); remove it"
+                if (bad := _unstorable(key)) is not None:
+                    return f"a key in {where} holds {bad}; remove it"
                 stack.append((child, f"{path}.{key}" if path else key, depth + 1))
         elif isinstance(item, list):
             if depth >= MAX_DEPTH:
@@ -60,6 +75,6 @@ def problem(value: Any) -> str | None:
         elif isinstance(item, _Constant) or (isinstance(item, float) and not math.isfinite(item)):
             shown = item.name if isinstance(item, _Constant) else "a number too large for JSON"
             return f"{where} is {shown}, which is not a JSON number; send a finite number or null"
-        elif isinstance(item, str) and "\x00" in item:
-            return f"{where} holds a NUL character (\\u0000), which no database column stores; remove it"
+        elif isinstance(item, str) and (bad := _unstorable(item)) is not None:
+            return f"{where} holds {bad}, which no database column stores; remove it"
     return None

@@ -59,14 +59,43 @@ class NetworkPolicy:
 
     def refusal(self, address: Address) -> str | None:
         """Why a connection to this address is refused, or None when it may go."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        address = embedded_ipv4(address)
         kind = kind_of(address)
         if kind is None or self.allow_all:
             return None
         if any(address.version == net.version and address in net for net in self.allowed):
             return None
         return kind
+
+
+#: IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: NAT64 (64:ff9b::/96,
+#: RFC 6052; and the local-use 64:ff9b:1::/48 of RFC 8215), SIIT's IPv4-translated ::ffff:0:0:0/96
+#: and the deprecated IPv4-compatible ::/96.
+_CARRY_IPV4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
+def embedded_ipv4(address: Address) -> Address:
+    """The IPv4 address an IPv6 one leads to (mapped, 6to4, Teredo, NAT64), else the address itself.
+
+    A gateway translates such an address to its IPv4 one, so it is judged as that one:
+    64:ff9b::a9fe:a9fe reaches 169.254.169.254 on a network with NAT64.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address; the server part is public by definition
+    if any(address in net for net in _CARRY_IPV4) and int(address) > 1:  # ::, ::1 stay themselves
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
 
 
 def kind_of(address: Address) -> str | None:

@@ -13,8 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import common, engines, views
+from enrichhq.db import common, engines, rows, views
 from enrichhq.models import Company, WorkflowConfig
+from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
 PER_PAGE = 50
 MAX_PAGE = 1_000_000
@@ -45,21 +46,21 @@ class Grid:
     filter_state: str
 
 
-def _cell(step: WorkflowConfig, done: datetime | None, item: dict[str, Any] | None) -> Cell:
+def _cell(step: WorkflowConfig, done: datetime | None, item: rows.LatestItem | None) -> Cell:
     if done is not None:
         finished = Cell("done", f"done {done:%Y-%m-%d %H:%M}", f"completed {done:%Y-%m-%d %H:%M:%S}")
     if item is None:
         return finished if done is not None else Cell("never", "-", "never run")
-    state, batch, error = item["state"], str(item["batch_id"]), item["last_error"]
-    if state in ("queued", "running", "storing"):
+    state, batch, error = item.state, str(item.batch_id), item.last_error
+    if state in (ItemState.QUEUED, ItemState.RUNNING, ItemState.STORING):
         return Cell("running", "running", "in a running batch", batch)
-    if state == "waiting_callback":
+    if state == ItemState.WAITING_CALLBACK:
         return Cell("waiting", "waiting", f"waiting for {step.provider} to call back", batch)
     if done is not None:
         return Cell(finished.state, finished.label, finished.title, batch)
-    if state in ("failed", "timed_out"):
+    if state in (ItemState.FAILED, ItemState.TIMED_OUT):
         return Cell("failed", state.replace("_", " "), error or state, batch)
-    if state == "skipped":
+    if state == ItemState.SKIPPED:
         return Cell("never", "skipped", error or "skipped", batch)
     return Cell("never", "-", "never run", batch)
 
@@ -89,12 +90,20 @@ async def grid(
         ids = [c.id for c in found]
         done = await views.completions_for(conn, ids, play)
         latest = await views.latest_items(conn, ids, [w.id for w in steps], play)
-    rows = [
+    cells = [
         (c, [_cell(w, done.get((c.id, w.overall_step_number)), latest.get((c.id, w.id))) for w in steps])
         for c in found
     ]
     return Grid(
-        play, steps, rows, total, page, max(1, math.ceil(total / PER_PAGE)), search, filter_step, filter_state
+        play,
+        steps,
+        cells,
+        total,
+        page,
+        max(1, math.ceil(total / PER_PAGE)),
+        search,
+        filter_step,
+        filter_state,
     )
 
 
@@ -133,7 +142,7 @@ class CompanyPage:
     company: Company
     play: str
     steps: list[StepResult]
-    log: list[dict[str, Any]] = field(default_factory=list)
+    log: list[rows.LogRow] = field(default_factory=list)
 
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
@@ -177,7 +186,7 @@ async def _latest_row(dbs: engines.Databases, step: WorkflowConfig, company_id: 
 class LogPage:
     """A page of enrichment_results_log."""
 
-    entries: list[dict[str, Any]]
+    entries: list[rows.LogRow]
     total: int
     page: int
     pages: int
@@ -222,15 +231,15 @@ class Progress:
     final: bool
 
 
-FINISHED = ("succeeded", "failed", "timed_out", "skipped")
+FINISHED = tuple(FINAL_STATES)
 
 
 def progress(summary: Any) -> Progress:
     """Counts done, percent, items per second and time left, from a batch summary."""
     done = sum(summary.counts.get(s, 0) for s in FINISHED)
     total = max(summary.total, 1)
-    worked = done - summary.counts.get("skipped", 0)
+    worked = done - summary.counts.get(ItemState.SKIPPED, 0)
     rate = worked / summary.seconds if summary.seconds and worked > 0 else None
-    final = summary.status not in ("running", "waiting")
+    final = summary.status not in (BatchStatus.RUNNING, BatchStatus.WAITING)
     eta = (summary.total - done) / rate if rate and not final else None
     return Progress(done, summary.total, 100.0 * done / total, rate, eta, final)

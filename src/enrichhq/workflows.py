@@ -95,6 +95,7 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
         outputs = provider.outputs
         problems += provider.option_problems(workflow)
     problems += run_if.problems(workflow.provider_config)
+    problems += await _shared_step_number(dbs, workflow)
     if workflow.write_mode not in ("append", "upsert"):
         problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
     if workflow.destination_db not in engines.DESTINATIONS:
@@ -109,6 +110,23 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
         return Validation(workflow, tuple(problems), tuple(warnings))
     problems += _check_columns(workflow, destination, outputs, warnings)
     return Validation(workflow, tuple(problems), tuple(warnings))
+
+
+async def _shared_step_number(dbs: engines.Databases, workflow: WorkflowConfig) -> list[str]:
+    """Completions are kept per company, play and step number: two steps with one number would share them."""
+    others = [
+        w.workflow_slug
+        for w in await list_all(dbs)
+        if w.overall_step_number == workflow.overall_step_number and w.id != workflow.id and w.is_active
+    ]
+    if not others or not workflow.is_active:
+        return []
+    return [
+        f"overall_step_number {workflow.overall_step_number} is also the step number of "
+        f"{', '.join(repr(o) for o in others)}: completions are tracked per company, play and step "
+        "number, so the second step would skip every company as already done; give each step its own "
+        "number (or set is_active to false on the one not in use)"
+    ]
 
 
 def _check_columns(
@@ -158,6 +176,11 @@ def _mapping_problems(
     problems = []
     if column_name in RESERVED:
         problems.append(f"mapping {key!r} -> {column_name!r}: that column is filled by enrichhq itself")
+    elif table.c[column_name].primary_key:
+        problems.append(
+            f"mapping {key!r} -> {column_name!r}: that is {destination.name}'s primary key, which every "
+            "stored row takes from its default; map the value to a column of its own"
+        )
     if column_name in targets:
         problems.append(f"keys {targets[column_name]!r} and {key!r} both map to column {column_name!r}")
     targets[column_name] = key

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from enrichhq.api.app import create_app
 from enrichhq.ui import auth, security
@@ -89,3 +90,19 @@ async def test_cookies_are_secure_over_https(env: Env, tmp_path: Path) -> None:
     assert cookie.startswith("enrichhq_session=")
     assert cookie.endswith("; Secure")
     assert cookie.count("Secure") == 1
+
+
+async def test_one_client_cannot_lock_the_account_but_many_together_are_held_back(env: Env) -> None:
+    """Per address: 10 a minute. For the account: 100 a minute from all addresses together."""
+    conf = type(env.settings).model_validate({**env.settings.model_dump(), "enrichhq_ui_password": PASSWORD})
+    for _ in range(auth.LOGIN_LIMIT):
+        assert await auth.log_in(env.dbs, conf, "10.0.0.1", "wrong") is None
+    with pytest.raises(auth.TooManyLogins):
+        await auth.log_in(env.dbs, conf, "10.0.0.1", "wrong")
+    # The guesser is held back; the admin, elsewhere, still logs in.
+    assert await auth.log_in(env.dbs, conf, "10.0.0.2", PASSWORD) is not None
+    # A hundred addresses guessing together exhaust the account's limit: now everyone waits.
+    for n in range(auth.ACCOUNT_LIMIT):
+        assert await auth.log_in(env.dbs, conf, f"10.1.{n // 250}.{n % 250}", "wrong") is None
+    with pytest.raises(auth.TooManyLogins):
+        await auth.log_in(env.dbs, conf, "10.0.0.3", PASSWORD)

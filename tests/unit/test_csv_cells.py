@@ -10,13 +10,26 @@ from enrichhq.destinations import csv_cell
 
 
 @pytest.mark.parametrize(
-    "value", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd", "=1"]
+    "value",
+    [
+        '=HYPERLINK("http://x")',
+        "+1+1",
+        "-2+3",
+        "@SUM(A1)",
+        "\tcmd",
+        "\rcmd",
+        "=1",
+        " =1+1",
+        "\n=1+1",
+        "\ufeff=1+1",
+        "\uff1d1+1",
+    ],
 )
 def test_formulas_are_defused_with_a_quote(value: str) -> None:
     assert csv_cell(value) == "'" + value
 
 
-@pytest.mark.parametrize("value", ["acme.com", "a=b", " =x", "", "'quoted"])
+@pytest.mark.parametrize("value", ["acme.com", "a=b", " x=1", "", "'quoted"])
 def test_plain_text_is_left_alone(value: str) -> None:
     assert csv_cell(value) == value
 

@@ -24,6 +24,11 @@ def test_standard_json_passes_through() -> None:
         (b'{"data": {"html": "a\\u0000b"}}', "the body: data.html holds a NUL character (\\u0000)"),
         (b'{"data": {"k\\u0000": 1}}', "the body: a key in data holds a NUL character"),
         (b'"\\u0000"', "the body: the top level holds a NUL character"),
+        (
+            b'{"data": {"t": "a\\ud800b"}}',
+            "the body: data.t holds half of a surrogate pair (\\ud800), which is not text",
+        ),
+        (b'{"\\udfff": 1}', "the body: a key in the top level holds half of a surrogate pair (\\udfff)"),
     ],
 )
 def test_values_no_database_stores_are_named(raw: bytes, message: str) -> None:
@@ -46,3 +51,7 @@ def test_nesting_up_to_the_limit_is_fine() -> None:
 def test_bad_syntax_stays_jsons_own_error() -> None:
     with pytest.raises(ValueError, match="Expecting"):
         jsonsafe.loads(b"{nope")
+
+
+def test_a_whole_surrogate_pair_is_text() -> None:
+    assert jsonsafe.loads(b'{"emoji": "\\ud83d\\ude00"}') == {"emoji": "\U0001f600"}

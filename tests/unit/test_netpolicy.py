@@ -28,13 +28,22 @@ CLOSED = NetworkPolicy()
         ("::ffff:127.0.0.1", "loopback"),
         ("::ffff:169.254.169.254", "link-local (cloud metadata lives here)"),
         ("fd00::1", "private"),
+        ("64:ff9b::a9fe:a9fe", "link-local (cloud metadata lives here)"),  # NAT64 of 169.254.169.254
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b:1::a00:1", "private"),
+        ("2002:a9fe:a9fe::", "link-local (cloud metadata lives here)"),  # 6to4
+        ("::7f00:1", "loopback"),  # IPv4-compatible
+        ("::ffff:0:7f00:1", "loopback"),  # IPv4-translated (SIIT)
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),  # Teredo, client 127.0.0.1
     ],
 )
 def test_non_public_addresses_are_refused_by_default(address: str, kind: str) -> None:
     assert CLOSED.refusal(ipaddress.ip_address(address)) == kind
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::5db8:d822", "2002:5db8:d822::"]
+)
 def test_public_addresses_pass(address: str) -> None:
     assert CLOSED.refusal(ipaddress.ip_address(address)) is None
 

@@ -53,7 +53,9 @@ async def test_callbacks_are_queued_by_the_receiver_and_stored_by_workers(
                     c.dbs, c.conf, "extract-case-studies-via-n8n", runs.Selection(all=True)
                 )
                 sent = await _run(c, prepared)
-                assert sent.status in ("waiting", "completed"), c.fleet.output()
+                # Whether the last callback beat the sender's return is the machine's timing: the
+                # one outcome that matters is the batch completed below, with every item stored.
+                assert sent.message is None, c.fleet.output()
                 for _ in range(600):
                     summary = await runs.summary(c.dbs, prepared.batch_id)
                     if summary.status == "completed":

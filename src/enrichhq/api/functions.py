@@ -30,6 +30,7 @@ from enrichhq.api.schemas import (
 )
 from enrichhq.db import batches
 from enrichhq.models import Company, LogEntry, StoreRecord
+from enrichhq.states import BatchStatus
 
 router = APIRouter(
     prefix="/functions/v1", tags=["functions"], responses=schemas.ERRORS, route_class=SafeJsonRoute
@@ -52,7 +53,7 @@ async def _start(
     return JSONResponse(
         {
             "batch_id": prepared.batch_id,
-            "status": "running",
+            "status": BatchStatus.RUNNING,
             "workflow": prepared.workflow.workflow_slug,
             "total": summary.total,
             "counts": summary.counts,

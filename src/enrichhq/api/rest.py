@@ -12,6 +12,7 @@ from enrichhq import companies, runs, workflows
 from enrichhq.api import schemas
 from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
 from enrichhq.db import reports, workflow_rows
+from enrichhq.states import BatchStatus
 
 router = APIRouter(
     prefix="/api/v1",
@@ -134,7 +135,7 @@ async def retry_failed(batch_id: str, request: Request) -> JSONResponse:
     if prepared is None:  # kept results were stored again; nothing needed a provider call
         return JSONResponse(dataclasses.asdict(await runs.summary(svc.dbs, batch_id)))
     svc.runner.start(prepared)
-    return JSONResponse({"batch_id": batch_id, "status": "running"}, status_code=202)
+    return JSONResponse({"batch_id": batch_id, "status": BatchStatus.RUNNING}, status_code=202)
 
 
 @router.post("/batches/{batch_id}/replay", tags=["batches"])

@@ -93,7 +93,7 @@ class StorageRequest(BaseModel):
     data: dict[str, Any]
     batch_id: str | None = None
     play_name: str | None = None
-    attempt: int | None = None
+    attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
 
     _check_company = field_validator("company_id")(_uuid)

@@ -13,6 +13,7 @@ from enrichhq.db.common import chunked, now
 from enrichhq.db.items import among, these, unindexed_state
 from enrichhq.db.rows import ClaimedItem, OverdueItem
 from enrichhq.db.schema import batch_items, batches
+from enrichhq.states import ItemState
 
 
 async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
@@ -21,7 +22,7 @@ async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
         sa.select(batch_items.c.company_id)
         .where(
             batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("waiting_callback", "storing")),
+            batch_items.c.state.in_((ItemState.WAITING_CALLBACK, ItemState.STORING)),
         )
         .limit(1)
     )
@@ -43,10 +44,10 @@ async def mark_waiting(
         .where(
             batch_items.c.batch_id == sa.bindparam("b_batch"),
             batch_items.c.company_id == sa.bindparam("b_company"),
-            unindexed_state() == "running",  # executemany: no IN
+            unindexed_state() == ItemState.RUNNING,  # executemany: no IN
         )
         .values(
-            state="waiting_callback",
+            state=ItemState.WAITING_CALLBACK,
             deliveries=0,
             attempts=sa.bindparam("b_attempts"),
             cost=sa.bindparam("b_cost"),
@@ -78,9 +79,9 @@ async def claim_many(
             sa.update(batch_items)
             .where(
                 these(batch_id, chunk),
-                among(("waiting_callback", "running")),
+                among((ItemState.WAITING_CALLBACK, ItemState.RUNNING)),
             )
-            .values(state="storing", updated_at=now())
+            .values(state=ItemState.STORING, updated_at=now())
             .returning(
                 batch_items.c.company_id,
                 batch_items.c.company_domain,
@@ -106,7 +107,7 @@ async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[Overdue
             batches.c.step_number,
         )
         .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
-        .where(batch_items.c.state == "waiting_callback", batch_items.c.deadline_at < now())
+        .where(batch_items.c.state == ItemState.WAITING_CALLBACK, batch_items.c.deadline_at < now())
         .limit(limit)
     )
     return [OverdueItem.of(r) for r in result.mappings()]
@@ -117,10 +118,10 @@ async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> in
     result = await conn.execute(
         sa.update(batch_items)
         .where(
-            batch_items.c.state == "storing",
+            batch_items.c.state == ItemState.STORING,
             batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
         )
-        .values(state="waiting_callback", updated_at=now())
+        .values(state=ItemState.WAITING_CALLBACK, updated_at=now())
     )
     return result.rowcount
 
@@ -132,8 +133,8 @@ async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason
         .where(
             batch_items.c.batch_id == batch_id,
             batch_items.c.company_id == company_id,
-            batch_items.c.state == "waiting_callback",
+            batch_items.c.state == ItemState.WAITING_CALLBACK,
         )
-        .values(state="timed_out", last_error=reason, updated_at=now(), finished_at=now())
+        .values(state=ItemState.TIMED_OUT, last_error=reason, updated_at=now(), finished_at=now())
     )
     return result.rowcount == 1

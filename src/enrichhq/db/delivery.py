@@ -32,7 +32,7 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
         )
         .where(
             batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("queued", "running")),
+            batch_items.c.state.in_((ItemState.QUEUED, ItemState.RUNNING)),
             batch_items.c.company_id > after,
         )
         .order_by(batch_items.c.company_id)
@@ -58,7 +58,7 @@ async def deliver(
     """
     runnable: dict[str, tuple[int, bool]] = {}
     suspects: list[Any] = []
-    open_states = ("queued", "running")
+    open_states = (ItemState.QUEUED, ItemState.RUNNING)
     for chunk in chunked(company_ids):
         # Suspects first: after the second statement a fresh item looks like one delivered once.
         result = await conn.execute(
@@ -68,7 +68,7 @@ async def deliver(
                 among(open_states),
                 batch_items.c.deliveries > 0,
             )
-            .values(state="running", updated_at=now())
+            .values(state=ItemState.RUNNING, updated_at=now())
             .returning(
                 batch_items.c.company_id,
                 batch_items.c.company_domain,
@@ -84,7 +84,9 @@ async def deliver(
                 among(open_states),
                 batch_items.c.deliveries == 0,
             )
-            .values(state="running", attempts=batch_items.c.attempts + 1, deliveries=1, updated_at=now())
+            .values(
+                state=ItemState.RUNNING, attempts=batch_items.c.attempts + 1, deliveries=1, updated_at=now()
+            )
             .returning(batch_items.c.company_id, batch_items.c.attempts)
         )
         runnable.update({r.company_id: (r.attempts - 1, True) for r in result})
@@ -111,7 +113,7 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
         conn,
         batch_id,
         company_ids,
-        [batch_items.c.attempts > 0, among(("running",))],
+        [batch_items.c.attempts > 0, among((ItemState.RUNNING,))],
         attempts=batch_items.c.attempts - 1,
         deliveries=sa.case((batch_items.c.deliveries > 0, batch_items.c.deliveries - 1), else_=0),
     )
@@ -126,7 +128,7 @@ async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequen
         conn,
         batch_id,
         company_ids,
-        [among(("running",))],
+        [among((ItemState.RUNNING,))],
         attempts=batch_items.c.attempts + 1,
         deliveries=batch_items.c.deliveries + 1,
     )
@@ -134,4 +136,6 @@ async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequen
 
 async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
     """Give back delivered items whose call never started (a worker stopping): queued again."""
-    await update_ids(conn, batch_id, company_ids, [among(("running",))], state="queued", updated_at=now())
+    await update_ids(
+        conn, batch_id, company_ids, [among((ItemState.RUNNING,))], state=ItemState.QUEUED, updated_at=now()
+    )

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
+from enrichhq.states import BatchStatus, ItemState
 
 
 async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
@@ -46,7 +47,10 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
             batch_items.c.attempts,
             batch_items.c.last_error,
         )
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("failed", "timed_out")))
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state.in_((ItemState.FAILED, ItemState.TIMED_OUT)),
+        )
         .order_by(batch_items.c.company_domain)
         .limit(limit)
     )
@@ -84,7 +88,7 @@ async def open_item_states(conn: AsyncConnection) -> dict[str, int]:
     result = await conn.execute(
         sa.select(batch_items.c.state, sa.func.count())
         .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
-        .where(batches.c.status.in_(("running", "waiting")))
+        .where(batches.c.status.in_((BatchStatus.RUNNING, BatchStatus.WAITING)))
         .group_by(batch_items.c.state)
     )
     return {state: int(count) for state, count in result}

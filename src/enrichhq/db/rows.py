@@ -137,3 +137,41 @@ class WorkerRow(_Row):
     concurrency: int
     started_at: datetime
     seen_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatestItem(_Row):
+    """A company's most recent item for one step in a play (the grid's cell)."""
+
+    company_id: str
+    workflow_id: str
+    state: ItemState
+    last_error: str | None
+    updated_at: datetime | None
+    batch_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogRow:
+    """One enrichment_results_log row. Its status stays text: the seed's own rows say 'success'."""
+
+    id: str
+    workflow_id: str | None
+    workflow_slug: str | None
+    company_id: str | None
+    company_domain: str | None
+    play_name: str | None
+    step_number: int | None
+    status: str | None
+    result_table: str | None
+    batch_id: str | None
+    created_at: datetime | None
+    error: str | None
+    attempt: int | None
+    cost: float | None
+    provider: str | None
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Self:
+        """The row from a result mapping (extra columns are ignored)."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})

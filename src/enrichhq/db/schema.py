@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from enrichhq.db.types import GUID, JSONType, gen_uuid
+from enrichhq.states import BatchStatus, ItemState
 
 metadata = sa.MetaData()
 
@@ -83,7 +84,7 @@ batches = sa.Table(
     sa.Column("play_name", sa.Text),
     sa.Column("step_number", sa.Integer),
     sa.Column("provider", sa.Text),
-    sa.Column("status", sa.Text, nullable=False, server_default="running"),
+    sa.Column("status", sa.Text, nullable=False, server_default=BatchStatus.RUNNING.value),
     sa.Column("message", sa.Text),
     sa.Column("total", sa.Integer, nullable=False, server_default="0"),
     sa.Column("forced", sa.Boolean, server_default=sa.false()),
@@ -98,7 +99,7 @@ batch_items = sa.Table(
     sa.Column("batch_id", GUID, primary_key=True),
     sa.Column("company_id", GUID, primary_key=True),
     sa.Column("company_domain", sa.Text, nullable=False),
-    sa.Column("state", sa.Text, nullable=False, server_default="queued"),
+    sa.Column("state", sa.Text, nullable=False, server_default=ItemState.QUEUED.value),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
     sa.Column("result", JSONType),

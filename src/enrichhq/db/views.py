@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import types
+from enrichhq.db import rows, types
 from enrichhq.db.schema import batch_items, batches, companies, completions, results_log
 from enrichhq.models import Company
 
@@ -79,22 +78,22 @@ async def grid_page(
     """How many companies match, and one page of them by domain."""
     clauses = _company_filters(conn, search, play, step)
     total = await conn.execute(sa.select(sa.func.count()).select_from(companies).where(*clauses))
-    rows = await conn.execute(
+    found = await conn.execute(
         sa.select(companies.c.id, companies.c.domain, companies.c.name)
         .where(*clauses)
         .order_by(companies.c.domain)
         .limit(limit)
         .offset(offset)
     )
-    return int(total.scalar_one()), [Company(r.id.lower(), r.domain, r.name) for r in rows]
+    return int(total.scalar_one()), [Company(r.id.lower(), r.domain, r.name) for r in found]
 
 
 async def matching_ids(
     conn: AsyncConnection, *, play: str, search: str | None = None, step: StepFilter | None = None
 ) -> list[str]:
     """Every company id the grid's filter matches ("select all matching")."""
-    rows = await conn.execute(sa.select(companies.c.id).where(*_company_filters(conn, search, play, step)))
-    return [r.id.lower() for r in rows]
+    found = await conn.execute(sa.select(companies.c.id).where(*_company_filters(conn, search, play, step)))
+    return [r.id.lower() for r in found]
 
 
 async def completions_for(
@@ -103,21 +102,21 @@ async def completions_for(
     """When each company completed each step number in a play."""
     if not company_ids:
         return {}
-    rows = await conn.execute(
+    found = await conn.execute(
         sa.select(completions.c.company_id, completions.c.step_number, completions.c.completed_at).where(
             completions.c.company_id.in_(company_ids), completions.c.play_name == play
         )
     )
-    return {(r.company_id, r.step_number): r.completed_at for r in rows}
+    return {(r.company_id, r.step_number): r.completed_at for r in found}
 
 
 async def latest_items(
     conn: AsyncConnection, company_ids: Sequence[str], workflow_ids: Sequence[str], play: str
-) -> dict[tuple[str, str], dict[str, Any]]:
+) -> dict[tuple[str, str], rows.LatestItem]:
     """Each company's most recent batch item per workflow in a play."""
     if not company_ids or not workflow_ids:
         return {}
-    rows = await conn.execute(
+    result = await conn.execute(
         sa.select(
             batch_items.c.company_id,
             batches.c.workflow_id,
@@ -134,9 +133,9 @@ async def latest_items(
         )
         .order_by(batch_items.c.updated_at)
     )
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows.mappings():
-        latest[(r["company_id"], r["workflow_id"])] = dict(r)
+    latest: dict[tuple[str, str], rows.LatestItem] = {}
+    for r in result.mappings():
+        latest[(r["company_id"], r["workflow_id"])] = rows.LatestItem.of(r)
     return latest
 
 
@@ -161,7 +160,7 @@ async def log_entries(
     batch_id: str | None = None,
     limit: int = 100,
     offset: int = 0,
-) -> tuple[int, list[dict[str, Any]]]:
+) -> tuple[int, list[rows.LogRow]]:
     """enrichment_results_log, newest first, filtered."""
     clauses = []
     if company_id:
@@ -173,20 +172,20 @@ async def log_entries(
     if batch_id:
         clauses.append(results_log.c.batch_id == batch_id)
     total = await conn.execute(sa.select(sa.func.count()).select_from(results_log).where(*clauses))
-    rows = await conn.execute(
+    found = await conn.execute(
         sa.select(results_log)
         .where(*clauses)
         .order_by(results_log.c.created_at.desc())
         .limit(limit)
         .offset(offset)
     )
-    return int(total.scalar_one()), [dict(r) for r in rows.mappings()]
+    return int(total.scalar_one()), [rows.LogRow.of(r) for r in found.mappings()]
 
 
 async def log_statuses(conn: AsyncConnection) -> list[str]:
     """The statuses present in the log, for the filter."""
-    rows = await conn.execute(sa.select(results_log.c.status).distinct().order_by(results_log.c.status))
-    return [r.status for r in rows if r.status]
+    found = await conn.execute(sa.select(results_log.c.status).distinct().order_by(results_log.c.status))
+    return [r.status for r in found if r.status]
 
 
 async def average_cost(conn: AsyncConnection, workflow_id: str) -> float | None:

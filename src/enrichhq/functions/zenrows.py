@@ -65,20 +65,7 @@ class ZenrowsProvider(base.Provider):
     def cost(self, response: httpx.Response | None = None) -> float | None:
         """Zenrows' X-Request-Cost header, else provider_config.cost_per_call."""
         header = None if response is None else response.headers.get("x-request-cost")
-        if not header:
-            return super().cost()
-        try:
-            value = float(header)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-        # NaN, infinity or a negative price would poison the step's average and the budget.
-        price = self.estimated_cost(self.workflow)
-        log.warning(
-            "ignoring Zenrows' X-Request-Cost %r; counting the configured price %s", header[:40], price
-        )
-        return price
+        return request_cost(header, configured=super().cost(), price=self.estimated_cost(self.workflow))
 
     async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Scrape one homepage; Zenrows' error contract becomes ProviderError flags."""
@@ -144,3 +131,19 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"detail": response.text[:200].strip() or response.reason_phrase}
     return {k: str(v) for k, v in body.items()} if isinstance(body, dict) else {}
+
+
+def request_cost(header: str | None, *, configured: float | None, price: float | None) -> float | None:
+    """A call's cost from its X-Request-Cost header: configured when there is none, the step's price
+    when it is no price at all (NaN, infinity or a negative number would poison the average and the budget).
+    """
+    if not header:
+        return configured
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value >= 0:
+        return value
+    log.warning("ignoring Zenrows' X-Request-Cost %r; counting the configured price %s", header[:40], price)
+    return price

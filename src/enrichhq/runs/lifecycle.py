@@ -6,16 +6,19 @@ worked twice, and never touches an item that is finished: nothing done is paid f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, engines, items, reports, rows
+from enrichhq.db import batches, engines, errors, items, reports, rows
 from enrichhq.models import ItemOutcome, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, summaries
 from enrichhq.settings import Settings
 from enrichhq.states import BatchStatus, ItemState
+
+log = logging.getLogger("enrichhq.runs")
 
 # A batch whose items changed this recently is taken to be in the hands of a live process.
 ACTIVE_WITHIN_S = 60.0
@@ -104,8 +107,10 @@ async def _store_kept(pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptR
             play_name=idle.batch.play_name,
             destination=idle.destination,
         )
-    except Exception as exc:  # noqa: BLE001 - claimed items must fail, not stay claimed
-        stored = [StoreOutcome(r.company_id, False, str(exc)) for r in records]
+    except Exception as exc:  # claimed items must fail, not stay claimed
+        log.exception("replaying %d results failed", len(records))
+        # The driver's first line: a statement's SQL and parameters never go onto an item.
+        stored = [StoreOutcome(r.company_id, False, errors.first_line(exc)) for r in records]
     outcomes = {o.company_id: o for o in stored}
     return [
         ItemOutcome.of_store(

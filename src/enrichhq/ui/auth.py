@@ -16,8 +16,11 @@ from enrichhq.db import engines, logins
 from enrichhq.settings import Settings
 
 SESSION_HOURS = 12
-#: failed logins allowed per client address, and per account, in each window.
+#: login attempts allowed per client address in each window.
 LOGIN_LIMIT = 10
+#: ... and for the account from all addresses together: far above one address's, so a single
+#: client guessing cannot lock the admin out, while many guessing together are still held back.
+ACCOUNT_LIMIT = 100
 LOGIN_WINDOW_S = 60.0
 
 
@@ -81,16 +84,16 @@ async def log_in(dbs: engines.Databases, settings: Settings, address: str, passw
     Every attempt is counted before the password is looked at, per address and for the account,
     so neither a fast client nor many clients guess on.
     """
-    keys = (f"address:{address}", "account:admin")
+    limits = {f"address:{address}": LOGIN_LIMIT, "account:admin": ACCOUNT_LIMIT}
     async with dbs.begin("hq") as conn:
-        counted = [await logins.count_attempt(conn, key, window_s=LOGIN_WINDOW_S) for key in keys]
-    waits = [left for attempts, left in counted if attempts > LOGIN_LIMIT]
+        counted = {key: await logins.count_attempt(conn, key, window_s=LOGIN_WINDOW_S) for key in limits}
+    waits = [left for key, (attempts, left) in counted.items() if attempts > limits[key]]
     if waits:
         raise TooManyLogins(max(waits))
     if not check_password(settings, password):
         return None
     async with dbs.begin("hq") as conn:
-        await logins.clear_attempts(conn, keys)
+        await logins.clear_attempts(conn, list(limits))
         return await logins.open_session(conn, SESSION_HOURS * 3600)
 
 
