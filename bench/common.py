@@ -19,6 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from enrichhq import aio, runs, settings
 from enrichhq.db import engines, migrate
 
+# The stubs the benchmarks call listen on loopback, which providers may not reach by default;
+# the enrichhq processes they start inherit this.
+os.environ.setdefault("ENRICHHQ_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
+
 PG = os.environ.get("ENRICHHQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 DESTINATION = (
