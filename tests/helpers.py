@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import pytest
 import sqlalchemy as sa
 
-from enrichhq import companies
+from enrichhq import companies, tokens
 from enrichhq.db import engines
 from enrichhq.models import Company
 
@@ -165,6 +165,23 @@ async def add_batch_item(
         {"b": batch_id, "c": company.id, "d": company.domain, "state": state},
     )
     return batch_id
+
+
+async def waiting_case_study(
+    dbs: engines.Databases, backend: str, domain: str = "cb.com"
+) -> tuple[Company, str]:
+    """The seed's case-study step with one company waiting for its callback; (company, its token).
+
+    The token is signed with the test servers' secret ("test-secret") and valid for a minute.
+    """
+    await sql(dbs, "workspace", SEED_CASE_STUDIES[backend])
+    await sql(dbs, "hq", SEED_INSERT)
+    (company,) = await add_companies(dbs, [domain])
+    workflow_id = str((await sql(dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
+    batch_id = await add_batch_item(
+        dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
+    )
+    return company, tokens.issue(b"test-secret", batch_id, company.id, workflow_id, 60)
 
 
 async def count(dbs: engines.Databases, db: str, table: str, where: str = "") -> int:

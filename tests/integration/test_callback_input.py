@@ -6,9 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from enrichhq import tokens
 from tests.conftest import Env
-from tests.helpers import SEED_CASE_STUDIES, SEED_INSERT, add_batch_item, add_companies, count, sql
+from tests.helpers import count, sql, waiting_case_study
 from tests.integration.test_http import AUTH, serve
 
 GOOD = {"case_study_urls": ["https://cb.com/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
@@ -17,14 +16,7 @@ GOOD = {"case_study_urls": ["https://cb.com/cases/1"], "extracted_at": "2026-11-
 async def test_a_refused_callback_leaves_the_item_waiting_for_the_corrected_one(
     env: Env, tmp_path: Path
 ) -> None:
-    await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
-    await sql(env.dbs, "hq", SEED_INSERT)
-    (company,) = await add_companies(env.dbs, ["cb.com"])
-    workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
-    batch_id = await add_batch_item(
-        env.dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
-    )
-    token = tokens.issue(b"test-secret", batch_id, company.id, workflow_id, 60)
+    _, token = await waiting_case_study(env.dbs, env.backend)
     url = "/functions/v1/receiver_v1"
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
         refused = [

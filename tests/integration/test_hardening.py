@@ -10,19 +10,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from enrichhq import exceptions, runs, tokens
+from enrichhq import exceptions, runs
 from tests.conftest import Env
 from tests.helpers import (
     INSERT_WORKFLOW,
     SEED_CASE_STUDIES,
     SEED_INSERT,
     accept_rows,
-    add_batch_item,
     add_companies,
     count,
     homepage_ddl,
     refuse_rows,
     sql,
+    waiting_case_study,
     workflow_row,
 )
 from tests.integration.test_http import serve
@@ -49,14 +49,7 @@ async def test_concurrent_replays_store_each_result_once(env: Env, stub: Stub) -
 async def test_callback_into_a_changed_table_fails_the_item_and_keeps_the_data(
     env: Env, tmp_path: Path
 ) -> None:
-    await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
-    await sql(env.dbs, "hq", SEED_INSERT)
-    (company,) = await add_companies(env.dbs, ["cb.com"])
-    workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
-    batch_id = await add_batch_item(
-        env.dbs, company, status="waiting", state="waiting_callback", workflow_id=workflow_id
-    )
-    token = tokens.issue(b"test-secret", batch_id, company.id, workflow_id, 60)
+    _, token = await waiting_case_study(env.dbs, env.backend)
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
         client.get("/healthz")
         await sql(env.dbs, "workspace", "ALTER TABLE company_case_studies DROP COLUMN urls")
