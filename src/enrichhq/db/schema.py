@@ -13,6 +13,9 @@ from enrichhq.states import BatchStatus, ItemState
 
 metadata = sa.MetaData()
 
+#: the states of an item that is not finished (the partial unique index's condition).
+OPEN_CONDITION = sa.text("state IN ('queued', 'running', 'waiting_callback', 'storing')")
+
 TZ = sa.DateTime(timezone=True)
 
 companies = sa.Table(
@@ -91,6 +94,14 @@ batches = sa.Table(
     sa.Column("created_at", TZ, server_default=sa.func.now()),
     sa.Column("finished_at", TZ),
     sa.Column("budget", sa.Float),
+    # The lease: the process working on the batch now (host, pid) and when it last said so.
+    sa.Column("owner", sa.Text),
+    sa.Column("owner_host", sa.Text),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("heartbeat_at", TZ),
+    # The purse: what the batch's calls have cost, and what calls in flight have reserved.
+    sa.Column("spent", sa.Float, nullable=False, server_default="0"),
+    sa.Column("reserved", sa.Float, nullable=False, server_default="0"),
 )
 
 batch_items = sa.Table(
@@ -109,9 +120,22 @@ batch_items = sa.Table(
     sa.Column("deadline_at", TZ),
     # Deliveries of the item to a worker that did not end it: N of them in a row mean poison.
     sa.Column("deliveries", sa.Integer, nullable=False, server_default="0"),
+    # The batch's step and play, copied so the index below can say what the database guarantees.
+    sa.Column("workflow_id", GUID),
+    sa.Column("play_name", sa.Text),
     sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
     sa.Index("ix_enrichment_batch_items_deadline", "state", "deadline_at"),
     sa.Index("ix_enrichment_batch_items_company", "company_id"),
+    # One unfinished item per company, step and play, whoever starts the run and however often.
+    sa.Index(
+        "uq_enrichment_batch_items_open",
+        "workflow_id",
+        "play_name",
+        "company_id",
+        unique=True,
+        postgresql_where=OPEN_CONDITION,
+        sqlite_where=OPEN_CONDITION,
+    ),
 )
 
 workers = sa.Table(
@@ -158,6 +182,30 @@ login_attempts = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("window_start", sa.Float, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+# A retried run request (same Idempotency-Key) gets the batch the first one made.
+idempotency_keys = sa.Table(
+    "enrichhq_idempotency_keys",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("batch_id", GUID),
+    sa.Column("created_at", TZ, nullable=False),
+)
+
+# Receipts of stored results, in the destination's own database (HQ here; a workspace database
+# gets the same table on first use). Written in the destination's transaction, so a store
+# repeated after a crash finds its receipt and writes nothing twice; row_keys name the rows
+# (their primary keys) the step wrote for the company: provenance without touching users' tables.
+stored_rows = sa.Table(
+    "enrichhq_stored_rows",
+    metadata,
+    sa.Column("workflow_id", GUID, primary_key=True),
+    sa.Column("batch_id", GUID, primary_key=True),
+    sa.Column("company_id", GUID, primary_key=True),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("row_keys", JSONType),
+    sa.Column("stored_at", TZ, nullable=False),
 )
 
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.
