@@ -6,14 +6,16 @@ what a dry run reports is exactly what a run would do.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import destinations, exceptions, workflows
+from enrichhq import destinations, exceptions, liveness, workflows
 from enrichhq.db import batches, dialect, engines, items, reports, schema
+from enrichhq.execution import lease
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
 from enrichhq.settings import Settings
@@ -40,6 +42,21 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Adoption:
+    """Companies a run took over from an earlier batch of its step and play whose process died."""
+
+    batch_id: str
+    companies: int
+    #: whether its holder died (else the batch was left with no holder, its items still queued).
+    died: bool = True
+
+    def describe(self) -> str:
+        """The adoption in words, as the run reports it."""
+        why = "whose process died" if self.died else "which no process was running"
+        return f"adopted {self.companies:,} companies from batch {self.batch_id}, {why}"
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A batch created and checked, ready to execute."""
 
@@ -48,6 +65,15 @@ class Prepared:
     destination: destinations.Destination
     play_name: str
     budget: float | None = None
+    #: the lease preparation took on the batch for the run that executes it.
+    lease: liveness.Lease | None = None
+    #: what this run took over from batches whose process died.
+    adopted: tuple[Adoption, ...] = ()
+
+    @property
+    def adoption_message(self) -> str | None:
+        """What the run adopted, in words; None when it adopted nothing."""
+        return "; ".join(a.describe() for a in self.adopted) or None
 
 
 @dataclass(frozen=True)
@@ -81,12 +107,17 @@ async def prepare(
     play (unless forced), or ruled out by the workflow's run_if.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
+    mine = liveness.Lease.new()
+    batch_id = batch_id or str(uuid.uuid4())
     async with dbs.begin("hq") as conn:
+        adopted = await adopt_dead(conn, settings, plan, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+        # The new batch is this run's from the moment it exists.
+        await lease.take_new(conn, settings, batch_id, mine)
     # The planner must see the new items' numbers before the first chunk is claimed.
     async with dbs.begin("hq") as conn:
         await dialect.analyze(conn, schema.batch_items)
-    return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget)
+    return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget, mine, adopted)
 
 
 async def estimate(
@@ -102,7 +133,10 @@ async def estimate(
     """What a run would call and skip, and its price: the real preparation, rolled back."""
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, None, sample)
     async with dbs.begin("hq") as conn:
-        batch_id = await _build(dbs, conn, plan, chosen, None)
+        batch_id = str(uuid.uuid4())
+        # Adopted companies would run: the estimate counts them (and, rolled back, adopts nothing).
+        await adopt_dead(conn, settings, plan, batch_id, liveness.Lease.new())
+        batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
         await conn.rollback()
@@ -188,3 +222,36 @@ async def _build(
     for condition in plan.conditions:
         await condition.exclude(scope)
     return batch_id
+
+
+async def adopt_dead(
+    conn: AsyncConnection, settings: Settings, plan: _Plan, new_batch_id: str, mine: liveness.Lease
+) -> tuple[Adoption, ...]:
+    """Take over the open items of this step and play's batches whose process died.
+
+    Each such batch's lease is taken over (the compare-and-swap decides, so of two re-runs one
+    adopts); its items still queued or running (and storing, when its holder died mid-store) end
+    `skipped`, "adopted by batch <new>", which frees them for the new batch's items; the old batch
+    is closed with what happened. Items waiting for a callback stay: the callback may still come.
+    Runs in the new batch's transaction, before its items are added.
+    """
+    found: list[Adoption] = []
+    for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name):
+        holder = await batches.holder(conn, old)
+        if holder is None or not lease.looks_takeable(holder, settings, mine):
+            continue  # a live run's: its companies are in flight there
+        if await lease.queued_for_workers(settings, holder, old):
+            continue  # the workers' (its jobs are queued)
+        died = holder.heartbeat_at is not None  # else nobody held it: a clean end left items queued
+        if not await lease.take_in(conn, settings, old, mine, holder):
+            continue  # another run took it first
+        states = batches.ADOPTABLE_STATES if died else (ItemState.QUEUED, ItemState.RUNNING)
+        moved = await items.skip_unfinished(conn, old, f"adopted by batch {new_batch_id}", states)
+        if moved:
+            why = "its process died" if died else "no process was running it"
+            await batches.finish_batch(
+                conn, old, BatchStatus.STOPPED, f"{why}; {moved:,} companies adopted by batch {new_batch_id}"
+            )
+            found.append(Adoption(old, moved, died))
+        await batches.release(conn, old, mine.owner)
+    return tuple(found)
