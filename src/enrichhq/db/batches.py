@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db.common import is_uuid, now
+from enrichhq.db.common import chunked, is_uuid, now
 from enrichhq.db.rows import BatchRow
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
@@ -247,13 +247,24 @@ ADOPTABLE_STATES = (ItemState.QUEUED, ItemState.RUNNING, ItemState.STORING)
 
 
 async def with_open_items(
-    conn: AsyncConnection, workflow_id: str, play_name: str, states: Sequence[ItemState] = ADOPTABLE_STATES
+    conn: AsyncConnection,
+    workflow_id: str,
+    play_name: str,
+    company_ids: Sequence[str] | None = None,
+    states: Sequence[ItemState] = ADOPTABLE_STATES,
 ) -> list[str]:
-    """Batches of this step and play that still hold items in these states, oldest first."""
-    open_item = sa.exists().where(batch_items.c.batch_id == batches.c.id, batch_items.c.state.in_(states))
-    result = await conn.execute(
-        sa.select(batches.c.id)
-        .where(batches.c.workflow_id == workflow_id, batches.c.play_name == play_name, open_item)
-        .order_by(batches.c.created_at)
-    )
-    return [r.id for r in result]
+    """Batches of this step and play holding items in these states (of these companies), oldest first."""
+    found: dict[str, Any] = {}
+    for chunk in [None] if company_ids is None else chunked(company_ids):
+        open_item = sa.exists().where(
+            batch_items.c.batch_id == batches.c.id,
+            batch_items.c.state.in_(states),
+            batch_items.c.company_id.in_(chunk) if chunk is not None else sa.true(),
+        )
+        result = await conn.execute(
+            sa.select(batches.c.id, batches.c.created_at).where(
+                batches.c.workflow_id == workflow_id, batches.c.play_name == play_name, open_item
+            )
+        )
+        found.update({r.id: r.created_at for r in result})
+    return sorted(found, key=lambda b: (found[b] is None, found[b] or 0, b))

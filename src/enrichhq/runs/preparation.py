@@ -41,6 +41,11 @@ class Estimate:
         return None if self.per_call is None else self.per_call * self.will_run
 
 
+def companies(n: int) -> str:
+    """'1 company', '1,468 companies'."""
+    return f"{n:,} compan{'y' if n == 1 else 'ies'}"
+
+
 @dataclass(frozen=True)
 class Adoption:
     """Companies a run took over from an earlier batch of its step and play whose process died."""
@@ -53,7 +58,7 @@ class Adoption:
     def describe(self) -> str:
         """The adoption in words, as the run reports it."""
         why = "whose process died" if self.died else "which no process was running"
-        return f"adopted {self.companies:,} companies from batch {self.batch_id}, {why}"
+        return f"adopted {companies(self.companies)} from batch {self.batch_id}, {why}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ async def prepare(
     mine = liveness.Lease.new()
     batch_id = batch_id or str(uuid.uuid4())
     async with dbs.begin("hq") as conn:
-        adopted = await adopt_dead(conn, settings, plan, batch_id, mine)
+        adopted = await adopt_dead(conn, settings, plan, chosen, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         # The new batch is this run's from the moment it exists.
         await lease.take_new(conn, settings, batch_id, mine)
@@ -135,7 +140,7 @@ async def estimate(
     async with dbs.begin("hq") as conn:
         batch_id = str(uuid.uuid4())
         # Adopted companies would run: the estimate counts them (and, rolled back, adopts nothing).
-        await adopt_dead(conn, settings, plan, batch_id, liveness.Lease.new())
+        await adopt_dead(conn, settings, plan, chosen, batch_id, liveness.Lease.new())
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
@@ -225,18 +230,27 @@ async def _build(
 
 
 async def adopt_dead(
-    conn: AsyncConnection, settings: Settings, plan: _Plan, new_batch_id: str, mine: liveness.Lease
+    conn: AsyncConnection,
+    settings: Settings,
+    plan: _Plan,
+    chosen: selection.Selection,
+    new_batch_id: str,
+    mine: liveness.Lease,
 ) -> tuple[Adoption, ...]:
-    """Take over the open items of this step and play's batches whose process died.
+    """Take over the selected companies' open items in this step and play's batches whose process died.
 
     Each such batch's lease is taken over (the compare-and-swap decides, so of two re-runs one
-    adopts); its items still queued or running (and storing, when its holder died mid-store) end
-    `skipped`, "adopted by batch <new>", which frees them for the new batch's items; the old batch
-    is closed with what happened. Items waiting for a callback stay: the callback may still come.
-    Runs in the new batch's transaction, before its items are added.
+    adopts); the selected companies' items still queued or running there (and storing, when its
+    holder died mid-store) end `skipped`, "adopted by batch <new>", which frees them for the new
+    batch's items. A batch left with nothing open is closed with what happened. Items waiting for
+    a callback stay: the callback may still come. Runs in the new batch's transaction, before its
+    items are added. A sampled run adopts nothing: its sample is drawn only as its items are added.
     """
+    if plan.sample is not None:
+        return ()
+    company_ids = await selection.resolve(conn, chosen)
     found: list[Adoption] = []
-    for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name):
+    for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name, company_ids):
         holder = await batches.holder(conn, old)
         if holder is None or not lease.looks_takeable(holder, settings, mine):
             continue  # a live run's: its companies are in flight there
@@ -246,12 +260,14 @@ async def adopt_dead(
         if not await lease.take_in(conn, settings, old, mine, holder):
             continue  # another run took it first
         states = batches.ADOPTABLE_STATES if died else (ItemState.QUEUED, ItemState.RUNNING)
-        moved = await items.skip_unfinished(conn, old, f"adopted by batch {new_batch_id}", states)
+        reason = f"adopted by batch {new_batch_id}"
+        moved, left = await items.adopt_open(conn, old, reason, states, company_ids)
         if moved:
+            found.append(Adoption(old, moved, died))
+        if moved and not left:
             why = "its process died" if died else "no process was running it"
             await batches.finish_batch(
-                conn, old, BatchStatus.STOPPED, f"{why}; {moved:,} companies adopted by batch {new_batch_id}"
+                conn, old, BatchStatus.STOPPED, f"{why}; {companies(moved)} adopted by batch {new_batch_id}"
             )
-            found.append(Adoption(old, moved, died))
         await batches.release(conn, old, mine.owner)
     return tuple(found)
