@@ -285,7 +285,7 @@ async def test_resume_after_a_crash_runs_only_unfinished_items(env: Env, stub: S
         env.dbs, "hq", "UPDATE enrichment_batch_items SET state = 'running' WHERE company_domain = 'ok-b.com'"
     )
     # This process holds the batch's lease (its preparation took it) and is alive.
-    with pytest.raises(exceptions.InputError, match="is being run by .*, last heartbeat"):
+    with pytest.raises(exceptions.InputError, match=r"is being run by .*, last heartbeat"):
         await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
     # The process is gone: its lease's heartbeat older than ENRICHHQ_HEARTBEAT_S.
     await sql(
