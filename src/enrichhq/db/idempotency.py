@@ -34,8 +34,9 @@ async def take(conn: AsyncConnection, key: str, batch_id: str) -> str | None:
     )
     stmt = dialect.insert_unless_taken(
         conn.dialect, idempotency_keys, ["key", "batch_id", "created_at"], source, key=["key"]
-    )
-    if (await conn.execute(stmt)).rowcount == 1:
+    ).returning(idempotency_keys.c.key)
+    # RETURNING, not rowcount: the driver may not count the rows of an INSERT ... SELECT.
+    if (await conn.execute(stmt)).first() is not None:
         return None
     first = await conn.execute(sa.select(idempotency_keys.c.batch_id).where(idempotency_keys.c.key == key))
     return str(first.scalar_one())

@@ -159,21 +159,20 @@ async def add_batch_items(
     dropped = ~sa.exists().where(mine.c.batch_id == batch_id, mine.c.company_id == company_key)
 
     async def write(ids: Sequence[str] | None) -> None:
-        async def insert() -> int:
-            claimed = dialect.insert_unless_taken(
-                conn.dialect,
-                batch_items,
-                columns,
-                select(ids, state, reason),
-                key=OPEN_KEY,
-                where=OPEN_CONDITION,
+        async def insert() -> None:
+            await conn.execute(
+                dialect.insert_unless_taken(
+                    conn.dialect,
+                    batch_items,
+                    columns,
+                    select(ids, state, reason),
+                    key=OPEN_KEY,
+                    where=OPEN_CONDITION,
+                )
             )
-            return (await conn.execute(claimed)).rowcount
 
         # A deadlock with a requeue working in another order is broken by the server: try again.
-        inserted = await dialect.until_no_race(conn, insert)
-        if ids is not None and inserted == len(ids):
-            return
+        await dialect.until_no_race(conn, insert)
         # The companies the index turned away: skipped, as the fast path would have had them.
         rest = select(ids, sa.literal("skipped", sa.Text), sa.literal(busy, sa.Text)).where(dropped)
         await conn.execute(sa.insert(batch_items).from_select(columns, rest))
