@@ -88,11 +88,11 @@ async def add_batch_items(
     conn: AsyncConnection,
     batch_id: str,
     *,
+    workflow_id: str,
     play_name: str,
     step_number: int,
     force: bool,
     company_ids: Sequence[str] | None,
-    workflow_id: str | None = None,
     fresh_after: datetime | None = None,
     sample: int | None = None,
 ) -> None:
