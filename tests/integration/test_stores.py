@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
@@ -37,7 +38,7 @@ from tests.stubs import Stub
 STEP = "scrape-homepage-via-zenrows"
 
 
-async def _drop(entries: object) -> None:
+async def _drop(entries: Sequence[LogEntry]) -> None:
     """The HQ side of a store that never commits (its process died first)."""
 
 
@@ -53,8 +54,8 @@ async def test_a_store_repeated_for_a_batch_writes_no_second_row(env: Env, mode:
     # The process died before HQ committed: the chunk is stored again, half of it with a new one.
     logged: list[LogEntry] = []
 
-    async def keep(entries: object) -> None:
-        logged.extend(entries)  # type: ignore[call-overload]
+    async def keep(entries: Sequence[LogEntry]) -> None:
+        logged.extend(entries)
 
     more = await add_companies(env.dbs, [f"new-{i}.com" for i in range(5)])
     again = records + [StoreRecord(c.id, c.domain, {"homepage_html": "<p>new</p>"}) for c in more]
