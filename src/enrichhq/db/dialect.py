@@ -142,6 +142,11 @@ async def until_no_race(conn: AsyncConnection, run: Callable[[], Awaitable[T]]) 
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
+def insert_new(dialect: Dialect, table: sa.Table, conflict: list[str]) -> sa.Insert:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING: with RETURNING, only the rows that were new."""
+    return upsert(dialect, table, conflict, [])
+
+
 async def insert_rows(
     conn: AsyncConnection,
     table: sa.Table,
