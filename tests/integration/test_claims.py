@@ -471,6 +471,40 @@ async def test_requeue_racing_a_new_batch_never_fails_nor_opens_twice(env: Env) 
     assert moved == [0] * ROUNDS and doubles == []
 
 
+async def test_new_batch_racing_a_requeue_skips_the_company(env: Env) -> None:
+    """The other way round, 20 times: a resume has queued a company again (not yet committed) when a
+    new batch of the step and play is prepared. The new batch waits for it, then skips the company
+    as in flight; neither fails."""
+    await _homepage_step(env)
+    (company,) = await add_companies(env.dbs, ["ok-other-way.com"])
+    skipped = 0
+    for r in range(ROUNDS):
+        play = f"resume-{r}"
+        first = await _stopped_batch(
+            env, play, {company.id: ("skipped", batches.STOPPED_PREFIX + "stopped", None)}
+        )
+        async with env.dbs.hq.connect() as resumer:
+            await resumer.begin()
+            assert await items.requeue_for_resume(resumer, first) == 1
+            task = asyncio.create_task(
+                runs.prepare(
+                    env.dbs, env.settings, SLUG, runs.Selection(company_ids=(company.id,)), play_name=play
+                )
+            )
+            await asyncio.sleep(0.15)  # the new batch is waiting for the resumer now
+            assert not task.done()
+            await resumer.commit()
+            second = (await task).batch_id
+        state, reason = (await _states(env, second))[company.id]
+        skipped += state == "skipped" and reason is not None and reason.startswith(IN_FLIGHT)
+        assert (await _states(env, first))[company.id] == ("queued", None)
+    doubles = await sql(env.dbs, "hq", DOUBLE_OPEN)
+    print(
+        f"\n[{env.backend}] {ROUNDS} new batches racing a resume: {skipped} skipped as in flight, {len(doubles)} open twice"
+    )
+    assert skipped == ROUNDS and doubles == []
+
+
 # --- migration 0007 --------------------------------------------------------------------------
 
 
