@@ -38,7 +38,9 @@ def measure(companies: int, missing: float, repeat: int) -> tuple[float, float, 
     every = max(1, round(1 / missing)) if missing > 0 else companies + 1
     rows = {
         SCRAPE: {c.id: {"homepage_html": page} for i, c in enumerate(chunk) if missing <= 0 or i % every},
-        "extract": {c.id: {"urls": [f"https://{c.domain}/case-studies/{n}" for n in range(5)]} for c in chunk},
+        "extract": {
+            c.id: {"urls": [f"https://{c.domain}/case-studies/{n}" for n in range(5)]} for c in chunk
+        },
     }
     best = float("inf")
     out: dict[str, inputs.Outcome] = {}

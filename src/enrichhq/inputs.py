@@ -57,6 +57,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # gigabytes or hours (`'x' * 10**10`, `9 ** 10**9`), so a typo in a config cannot stall a batch.
 _MAX_REPEAT: Final = 10_000_000
 _MAX_POWER_BITS: Final = 100_000
+_MAX_MESSAGE: Final = 300
 
 
 # --- outcomes -------------------------------------------------------------------------------------
@@ -313,10 +314,16 @@ class Input:
             return InputMissing(self.name, f"{self._blame} ({exc.message})")
         # Whatever a filter or an operator raises on this company's data fails this company alone.
         except Exception as exc:  # noqa: BLE001
-            return InputError(self.name, f"{type(exc).__name__}: {exc}")
+            return InputError(self.name, _shorten(f"{type(exc).__name__}: {exc}"))
         if value is None or (isinstance(value, str) and not value.strip()):
             return InputMissing(self.name, self._blame)
         return value
+
+
+def _shorten(message: str) -> str:
+    # An exception may quote the data it choked on (a 100 KB page); the item's error stays a line.
+    message = message.replace("\n", " ")
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"
 
 
 def _expression(template: Template) -> Callable[[dict[str, Any]], Any]:

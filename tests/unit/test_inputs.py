@@ -246,6 +246,14 @@ def test_a_render_error_fails_that_company_with_a_clear_message(template: str, m
     assert err.reason == f"input_error: x: {message}"
 
 
+def test_a_render_error_quoting_a_big_page_stays_one_short_line() -> None:
+    # str.format's KeyError quotes the whole field name: here, the company's 100 KB page.
+    got = render_one("{{ ('{' ~ steps['s'].html ~ '}').format() }}", {"s": {"html": "y" * 100_000}})
+    assert isinstance(got, InputError)
+    assert got.message.startswith("KeyError: 'yyy")
+    assert len(got.message) == 300
+
+
 @pytest.mark.parametrize(
     "template",
     [
