@@ -9,6 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 INT4 = 2**31 - 1
 
+#: the Idempotency-Key header as the OpenAPI document describes it.
+IDEMPOTENCY_KEY_DOC = (
+    "Any string of 1 to 200 printable ASCII characters (a UUID, say), new for each run you mean. "
+    "A request sent again with the same key on the same route (a retry, a double-click), even at "
+    "the same time as the first, runs nothing: it is answered with the batch the first one created, "
+    "with the header `Idempotent-Replayed: true`. A key already used for another step or play is "
+    "refused with 400."
+)
+
 
 def _uuid(value: str) -> str:
     try:
