@@ -145,7 +145,7 @@ async def run_step(
     )
 
 
-@router.post("/storage_worker_v2", dependencies=[Auth])
+@router.post("/storage_worker_v2", dependencies=[Auth], responses=schemas.errors(502))
 async def storage_worker_v2(body: StorageRequest | list[StorageRequest], request: Request) -> dict[str, Any]:
     """Store data where the workflow config says, then log it (one object, or a list for a chunk)."""
     svc = services(request)
@@ -214,7 +214,15 @@ async def receiver_fast(request: Request) -> JSONResponse:
     return JSONResponse(receipt.body, status_code=receipt.status_code)
 
 
-@router.post("/receiver_v1")
+@router.post(
+    "/receiver_v1",
+    response_model=None,
+    responses={
+        200: {"model": schemas.ReceiptBody, "description": "stored, failed to store, or a duplicate"},
+        202: {"model": schemas.ReceiptBody, "description": "queued for the workers to store"},
+        **schemas.errors(403),
+    },
+)
 async def receiver_v1(
     body: ReceiverRequest,
     request: Request,

@@ -47,7 +47,21 @@ async def list_companies(
     return {"total": total, "items": [dataclasses.asdict(c) for c in page]}
 
 
-@router.post("/companies/import", tags=["companies"])
+#: the body /companies/import reads itself (text/csv), declared for the OpenAPI document.
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string", "minLength": 1},
+                "example": "domain,name,id\nacme.com,Acme,\n",
+            }
+        },
+    }
+}
+
+
+@router.post("/companies/import", tags=["companies"], openapi_extra=CSV_BODY)
 async def import_companies(request: Request, skip_blank: bool = False) -> dict[str, Any]:
     """Import a CSV sent as the request body (text/csv): every row, or none."""
     parsed = companies.parse_csv(await request.body(), "request body", skip_blank=skip_blank)
@@ -128,7 +142,15 @@ async def batch_items(
     return {"total": summary.total, "counts": summary.counts, "items": [dataclasses.asdict(i) for i in items]}
 
 
-@router.post("/batches/{batch_id}/retry-failed", status_code=202, tags=["batches"])
+@router.post(
+    "/batches/{batch_id}/retry-failed",
+    status_code=202,
+    tags=["batches"],
+    responses={
+        200: {"description": "nothing needed a provider call (kept results stored again): the summary"},
+        **schemas.errors(502),
+    },
+)
 async def retry_failed(
     batch_id: str, request: Request, idempotency_key_header: IdempotencyKey = None
 ) -> JSONResponse:
@@ -162,7 +184,7 @@ async def retry_failed(
     return JSONResponse({"batch_id": batch_id, "status": BatchStatus.RUNNING}, status_code=202)
 
 
-@router.post("/batches/{batch_id}/replay", tags=["batches"])
+@router.post("/batches/{batch_id}/replay", tags=["batches"], responses=schemas.errors(502))
 async def replay_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """Store again results that were fetched but not stored; no provider is called."""
     svc = services(request)
