@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, liveness, workflows
-from enrichhq.db import batches, dialect, engines, items, reports, schema
+from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
 from enrichhq.execution import lease
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
@@ -74,6 +74,8 @@ class Prepared:
     lease: liveness.Lease | None = None
     #: what this run took over from batches whose process died.
     adopted: tuple[Adoption, ...] = ()
+    #: the batch an earlier request with the same Idempotency-Key created: report it, do not run it.
+    replayed: bool = False
 
     @property
     def adoption_message(self) -> str | None:
@@ -105,16 +107,25 @@ async def prepare(
     batch_id: str | None = None,
     budget: float | None = None,
     sample: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Prepared:
     """Check everything that can be checked before a provider is called, then create the batch.
 
     Items that need no call end `skipped` here, with the reason: already completed in the
     play (unless forced), or ruled out by the workflow's run_if.
+
+    With an idempotency key (scoped by the caller: see `idempotency.scoped`), the batch an
+    earlier request with the key created is returned instead, `replayed`, and nothing is built.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
     mine = liveness.Lease.new()
     batch_id = batch_id or str(uuid.uuid4())
     async with dbs.begin("hq") as conn:
+        if idempotency_key is not None:
+            # First, so a concurrent request with the key waits here for this transaction.
+            first = await idempotency.take(conn, idempotency_key, batch_id)
+            if first is not None:
+                return await _replayed(conn, plan, first)
         adopted = await adopt_dead(conn, settings, plan, chosen, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         # The new batch is this run's from the moment it exists.
@@ -123,6 +134,17 @@ async def prepare(
     async with dbs.begin("hq") as conn:
         await dialect.analyze(conn, schema.batch_items)
     return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget, mine, adopted)
+
+
+async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepared:
+    """The batch an earlier request with the same key made, if it ran the same step and play."""
+    batch = await batches.get_batch(conn, batch_id)
+    if batch is None or str(batch.workflow_id) != plan.workflow.id or batch.play_name != plan.play_name:
+        raise exceptions.InputError(
+            f"this Idempotency-Key was already used for another request (batch {batch_id}); "
+            "send a new key for a new run"
+        )
+    return Prepared(batch_id, plan.workflow, plan.destination, batch.play_name, batch.budget, replayed=True)
 
 
 async def estimate(
