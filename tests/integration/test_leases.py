@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from enrichhq import runs, settings
 from enrichhq.db import batches, common, engines, schema
-from enrichhq.execution import lease
+from enrichhq.execution import lease, queue
 from enrichhq.liveness import Lease
 from enrichhq.runs import preparation
 from tests.acceptance.test_cli import enrichhq
@@ -352,3 +352,37 @@ async def test_a_rerun_leaves_waiting_callbacks_where_they_are(env: Env) -> None
         ]
     )
     await lease.release(env.dbs, rerun.batch_id, rerun.lease or Lease.new())
+
+
+async def test_a_batch_on_the_workers_is_theirs_while_beaten_or_queued(env: Env, stub: Stub) -> None:
+    await _step(env)
+    domains = ["ok-workers-1.com", "ok-workers-2.com"]
+    await add_companies(env.dbs, domains)
+    prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(domains=tuple(domains)))
+    assert prepared.lease is not None
+    await lease.hand_to_workers(env.dbs, prepared.batch_id, prepared.lease)  # as run_on_workers does
+    with pytest.raises(lease.LeaseHeld, match=r"being run by `enrichhq worker`s \(last heartbeat \d+s ago\)"):
+        await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
+    async with env.dbs.begin("hq") as conn:  # a worker beats it while it holds its jobs
+        await batches.beat_on_workers(conn, [prepared.batch_id])
+    assert (await lease.read(env.dbs, prepared.batch_id)).on_workers
+    silent = env.settings.enrichhq_heartbeat_s + 1
+    await _hold(env, prepared.batch_id, owner=None, host=None, pid=None, age=silent)
+    if env.backend == "postgresql":
+        # No worker beats it, but its jobs wait in the queue: still the workers'.
+        conn = await queue.connect(env.settings)
+        try:
+            queries = await queue.pg_queries(conn)
+            await queue.enqueue_batch(env.dbs, queries, prepared.batch_id, 10)
+            with pytest.raises(lease.LeaseHeld, match="its jobs are still queued"):
+                await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
+            await queries.clear_queue()
+        finally:
+            await conn.close()
+    assert await runs.orphans(env.dbs, env.settings) == [prepared.batch_id]
+    # Nobody beats it and nothing is queued: the workers are gone, and the batch is taken over.
+    summary = await runs.execute(
+        env.dbs, env.settings, await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
+    )
+    assert summary.count("succeeded") == 2
+    assert [stub.calls[d] for d in domains] == [1, 1]
