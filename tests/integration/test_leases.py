@@ -370,15 +370,15 @@ async def test_a_batch_on_the_workers_is_theirs_while_beaten_or_queued(env: Env,
     await _hold(env, prepared.batch_id, owner=None, host=None, pid=None, age=silent)
     if env.backend == "postgresql":
         # No worker beats it, but its jobs wait in the queue: still the workers'.
-        conn = await queue.connect(env.settings)
+        queue_conn = await queue.connect(env.settings)
         try:
-            queries = await queue.pg_queries(conn)
+            queries = await queue.pg_queries(queue_conn)
             await queue.enqueue_batch(env.dbs, queries, prepared.batch_id, 10)
             with pytest.raises(lease.LeaseHeld, match="its jobs are still queued"):
                 await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
             await queries.clear_queue()
         finally:
-            await conn.close()
+            await queue_conn.close()
     assert await runs.orphans(env.dbs, env.settings) == [prepared.batch_id]
     # Nobody beats it and nothing is queued: the workers are gone, and the batch is taken over.
     summary = await runs.execute(
