@@ -195,6 +195,8 @@ class Engine:
             elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
             await batches.finish_batch(conn, batch_id, status, batch.message)
+            # Ended on the workers: nobody holds it now (a run's own lease is the run's to give up).
+            await batches.end_beats(conn, batch_id)
             if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
                 await batches.close_if_done(conn, batch_id)
 
@@ -243,6 +245,10 @@ class Engine:
                 del self.work[batch_id]
                 self.opening.pop(batch_id, None)
                 await self._close(batch_id)
+
+    def busy(self) -> list[str]:
+        """The batches this process has jobs of in hand now."""
+        return [batch_id for batch_id, work in self.work.items() if work.jobs > 0]
 
     def _redis(self) -> Any:
         if self.redis is None:
