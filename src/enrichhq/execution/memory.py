@@ -33,8 +33,13 @@ class MemoryItem:
 class InMemoryItemStore:
     """One batch's items in a dict; every change is also recorded in `calls` for assertions."""
 
-    def __init__(self, company_ids: Iterable[str], *, write_concurrency: int = 2) -> None:
+    def __init__(
+        self, company_ids: Iterable[str], *, write_concurrency: int = 2, adds_spend: bool = True
+    ) -> None:
         self.items = {cid: MemoryItem() for cid in company_ids}
+        #: as `DbItemStore`: whether `finish` adds each chunk's cost to `spent`.
+        self.adds_spend = adds_spend
+        self.spent = 0.0
         self.status: str = BatchStatus.RUNNING
         self.message: str | None = None
         self.entries: list[LogEntry] = []
@@ -115,6 +120,8 @@ class InMemoryItemStore:
         if self.fail_finish is not None:
             raise self.fail_finish
         self.entries.extend(entries)
+        if self.adds_spend:
+            self.spent += sum(o.cost or 0.0 for o in outcomes)
         for o in outcomes:
             item = self.items[o.company_id]
             waits = o.state is ItemState.WAITING_CALLBACK

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from enrichhq import enrichment_logger
-from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
+from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items, purse
 from enrichhq.execution import outage
 from enrichhq.models import ItemOutcome, LogEntry, StepRef
 from enrichhq.states import BatchStatus, ItemState, LogStatus
@@ -79,12 +79,18 @@ class ItemStore(Protocol):
 
 
 class DbItemStore:
-    """The items of one batch in HQ."""
+    """The items of one batch in HQ.
 
-    def __init__(self, dbs: engines.Databases, step: StepRef) -> None:
+    adds_spend: whether `finish` adds the chunk's cost to the batch's `spent` (a batch without a
+    budget, whose calls reserve and settle nothing); a budgeted batch's purse settles each call
+    itself (`budget.HqPurse`), so its chunks must add nothing, or each cost would count twice.
+    """
+
+    def __init__(self, dbs: engines.Databases, step: StepRef, *, adds_spend: bool) -> None:
         self.dbs = dbs
         self.step = step
         self.batch_id = step.batch_id or ""
+        self.adds_spend = adds_spend
 
     @property
     def write_concurrency(self) -> int:
@@ -166,12 +172,16 @@ class DbItemStore:
             if o.state is ItemState.WAITING_CALLBACK
         ]
         deadline = common.now() + timedelta(seconds=callback_timeout_s)
+        # Each outcome's cost is what its calls in this delivery cost (every try, waiting ones too).
+        cost = sum(o.cost or 0.0 for o in outcomes) if self.adds_spend else 0.0
 
         async def write() -> None:
             async with self.dbs.begin("hq") as conn:
                 await enrichment_logger.write(conn, entries)
                 await items.finish_items(conn, self.batch_id, final)
                 await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
+                # In the same transaction as the outcomes: spent grows exactly when they are written.
+                await purse.add_spent(conn, self.batch_id, cost)
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
         await outage.through(write)
