@@ -181,6 +181,7 @@ class DbItemStore:
                 await items.finish_items(conn, self.batch_id, final)
                 await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
                 # In the same transaction as the outcomes: spent grows exactly when they are written.
+                # Last, so the batch row (every chunk's and reservation's) is locked only till commit.
                 await purse.add_spent(conn, self.batch_id, cost)
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
