@@ -217,3 +217,24 @@ async def test_after_a_restart_the_purse_carries_on_from_hq(env: Env, stub: Stub
     assert more.returncode == 3, more.stdout + more.stderr
     row = await purse_of(env, batch_id)
     assert stub.total() * PRICE == row.spent == 40 and spent_in(more.stdout) == 40 and row.reserved == 0
+
+
+async def test_a_call_lost_with_a_dead_process_is_spent_once_without_a_budget(env: Env, stub: Stub) -> None:
+    await homepage_step(env, concurrency=2)
+    lost, other = await add_companies(env.dbs, ["ok-lost.com", "ok-other.com"])
+    prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    # A process took the item, counted its call and died during it: paid, result unknown.
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batch_items SET state = 'running', attempts = 1, deliveries = 1 WHERE company_id = :c",
+        {"c": lost.id},
+    )
+    summary = await runs.execute(env.dbs, env.settings, prepared)
+    row = await purse_of(env, prepared.batch_id)
+    assert summary.counts == {"succeeded": 2} and stub.total() == 2
+    # The lost call (charged at the step's price as it was delivered again), and the two made
+    # now: each once, though the lost one's charge is in its item's cost too.
+    assert row.spent == summary.cost == 3 * PRICE
+    costs = dict(await sql(env.dbs, "hq", "SELECT company_domain, cost FROM enrichment_batch_items"))
+    assert costs == {lost.domain: 2 * PRICE, other.domain: PRICE}

@@ -160,7 +160,7 @@ class Engine:
             BatchWork(
                 step,
                 calling,
-                store=DbItemStore(self.dbs, step.ref, adds_spend=not purse.settles_per_call),
+                store=DbItemStore(self.dbs, step.ref, price=per_call, adds_spend=not purse.settles_per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
             )

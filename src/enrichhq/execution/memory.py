@@ -7,7 +7,7 @@ counted as its call starts, only running items settle, a cancel made elsewhere i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from enrichhq.db import batches
@@ -37,7 +37,7 @@ class InMemoryItemStore:
         self, company_ids: Iterable[str], *, write_concurrency: int = 2, adds_spend: bool = True
     ) -> None:
         self.items = {cid: MemoryItem() for cid in company_ids}
-        #: as `DbItemStore`: whether `finish` adds each chunk's cost to `spent`.
+        #: as `DbItemStore`: whether `finish` adds what each chunk's calls cost to `spent`.
         self.adds_spend = adds_spend
         self.spent = 0.0
         self.status: str = BatchStatus.RUNNING
@@ -113,7 +113,12 @@ class InMemoryItemStore:
         return BatchState(self.status, self.message)
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
         """Only running items settle: what another path settled first stands."""
         self.calls.append("finish")
@@ -121,7 +126,7 @@ class InMemoryItemStore:
             raise self.fail_finish
         self.entries.extend(entries)
         if self.adds_spend:
-            self.spent += sum(o.cost or 0.0 for o in outcomes)
+            self.spent += sum(spend.values())
         for o in outcomes:
             item = self.items[o.company_id]
             waits = o.state is ItemState.WAITING_CALLBACK

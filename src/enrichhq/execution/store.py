@@ -8,10 +8,14 @@ look is not, since it looks again a second later anyway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import enrichment_logger
 from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items, purse
@@ -27,6 +31,9 @@ class Runnable:
     attempts: int
     #: False for a suspect (its last delivery ended with its worker gone): counted as its call starts.
     counted: bool
+    #: what the calls lost with a dead process were charged (their result unknown): the item's
+    #: final cost adds this delivery's calls to it.
+    charged: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +80,38 @@ class ItemStore(Protocol):
         """The batch as stored now (None once it is gone), after stopping it when `stop` says why."""
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
-        """Write log entries and outcomes together: final states, and items now waiting for a callback."""
+        """Write log entries and outcomes together: final states, and items now waiting for a callback.
+
+        spend: what each company's calls in this delivery cost (not the charges for calls lost
+        with a dead process, which the delivery counted), added to the batch's spent with them.
+        """
 
 
 class DbItemStore:
     """The items of one batch in HQ.
 
-    adds_spend: whether `finish` adds the chunk's cost to the batch's `spent` (a batch without a
-    budget, whose calls reserve and settle nothing); a budgeted batch's purse settles each call
-    itself (`budget.HqPurse`), so its chunks must add nothing, or each cost would count twice.
+    adds_spend: whether this store adds what calls cost to the batch's `spent` (a batch without a
+    budget, whose calls reserve and settle nothing): each written chunk's calls, and the calls
+    lost with a dead process as their delivery charges them. A budgeted batch's purse settles
+    each call itself (`budget.HqPurse`), and a takeover of a dead holder's batch moves what its
+    calls in flight reserved into spent; its store adds nothing, or each cost would count twice.
     """
 
-    def __init__(self, dbs: engines.Databases, step: StepRef, *, adds_spend: bool) -> None:
+    def __init__(
+        self, dbs: engines.Databases, step: StepRef, *, price: float | None = None, adds_spend: bool
+    ) -> None:
         self.dbs = dbs
         self.step = step
         self.batch_id = step.batch_id or ""
+        #: the step's price of one call: what a call lost with a dead process is counted as.
+        self.price = price
         self.adds_spend = adds_spend
 
     @property
@@ -105,18 +127,31 @@ class DbItemStore:
                 status = await batches.batch_status(conn, self.batch_id)
                 if status != BatchStatus.RUNNING:
                     return Delivery(status, {})
-                runnable, poisoned = await delivery.deliver(
-                    conn, self.batch_id, company_ids, poison_after=poison_after
+                taken = await delivery.deliver(
+                    conn,
+                    self.batch_id,
+                    company_ids,
+                    poison_after=poison_after,
+                    step=self.step,
+                    price=self.price,
                 )
+                if self.adds_spend:  # charged once, here, in the transaction that charges them
+                    await purse.add_spent(conn, self.batch_id, sum(e.cost or 0.0 for e in taken.unknown))
                 await enrichment_logger.write(
                     conn,
                     [
-                        self.step.entry(cid, domain, LogStatus.FAILED, error="poison", attempt=attempts)
-                        for cid, domain, attempts in poisoned
+                        *taken.unknown,
+                        *(
+                            self.step.entry(cid, domain, LogStatus.FAILED, error="poison", attempt=attempts)
+                            for cid, domain, attempts in taken.poisoned
+                        ),
                     ],
                 )
-            taken = {cid: Runnable(attempts, counted) for cid, (attempts, counted) in runnable.items()}
-            return Delivery(status, taken, len(poisoned))
+            runnable = {
+                cid: Runnable(attempts, counted, charged)
+                for cid, (attempts, counted, charged) in taken.runnable.items()
+            }
+            return Delivery(status, runnable, len(taken.poisoned))
 
         return await outage.through(take)
 
@@ -162,9 +197,14 @@ class DbItemStore:
         return None if batch is None else BatchState(batch.status, batch.message)
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
-        """Log entries, final states and waiting items in one HQ transaction."""
+        """Log entries, final states, waiting items and (without a budget) spent in one HQ transaction."""
         final = [o for o in outcomes if o.state is not ItemState.WAITING_CALLBACK]
         waiting = [
             {"company_id": o.company_id, "attempts": o.attempts, "cost": o.cost}
@@ -172,17 +212,46 @@ class DbItemStore:
             if o.state is ItemState.WAITING_CALLBACK
         ]
         deadline = common.now() + timedelta(seconds=callback_timeout_s)
-        # Each outcome's cost is what its calls in this delivery cost (every try, waiting ones too).
-        cost = sum(o.cost or 0.0 for o in outcomes) if self.adds_spend else 0.0
+        ids = list(dict.fromkeys([o.company_id for o in outcomes] + [e.company_id for e in entries]))
+        by_id = {o.company_id: o for o in outcomes}
+        paid = spend if self.adds_spend else {}
 
-        async def write() -> None:
-            async with self.dbs.begin("hq") as conn:
-                await enrichment_logger.write(conn, entries)
-                await items.finish_items(conn, self.batch_id, final)
-                await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
-                # In the same transaction as the outcomes: spent grows exactly when they are written.
-                # Last, so the batch row (every chunk's and reservation's) is locked only till commit.
-                await purse.add_spent(conn, self.batch_id, cost)
+        async def write(conn: AsyncConnection, chosen: Collection[str]) -> None:
+            every = len(chosen) == len(ids)
+            await enrichment_logger.write(conn, [e for e in entries if every or e.company_id in chosen])
+            await items.finish_items(
+                conn, self.batch_id, [o for o in final if every or o.company_id in chosen]
+            )
+            await callback_items.mark_waiting(
+                conn, self.batch_id, [w for w in waiting if every or w["company_id"] in chosen], deadline
+            )
+            # With the outcomes, so spent grows exactly when they are written; last, so the batch
+            # row (every chunk's and every reservation's) stays locked only until the commit.
+            cost = sum(paid.values()) if every else sum(paid.get(c, 0.0) for c in chosen)
+            await purse.add_spent(conn, self.batch_id, cost)
+
+        async def refused(conn: AsyncConnection, company_id: str, reason: str) -> None:
+            # What HQ cannot hold is dropped; the company fails with the database's reason, its
+            # cost (the calls are paid) kept. Never a second call: the item is final.
+            error = f"cannot record the result in HQ: {reason}"
+            outcome = by_id.get(company_id)
+            mine = [e for e in entries if e.company_id == company_id]
+            if mine:
+                cost = outcome.cost if outcome is not None else None
+                await enrichment_logger.write(
+                    conn,
+                    [
+                        dataclasses.replace(
+                            mine[0], status=LogStatus.FAILED, error=error, cost=cost, provider=None
+                        )
+                    ],
+                )
+            if outcome is not None:
+                failed = ItemOutcome(company_id, ItemState.FAILED, outcome.attempts, error, outcome.cost)
+                await items.finish_items(conn, self.batch_id, [failed])
+            await purse.add_spent(conn, self.batch_id, paid.get(company_id, 0.0))
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
-        await outage.through(write)
+        await outage.through(
+            functools.partial(enrichment_logger.write_isolated, self.dbs, ids, write, refused)
+        )

@@ -102,6 +102,8 @@ class Done:
     #: attempts counted before this delivery.
     attempts: int
     ticket: Ticket
+    #: what this item's calls lost with a dead process were charged: its final cost includes it.
+    charged: float | None = None
 
     @property
     def attempt(self) -> int:
@@ -232,7 +234,12 @@ class Writer:
         if not self.storage.logs_locally:
             await self.storage.log(entries)
             entries = []
-        await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s)
+        # What this delivery's calls cost, per company: a lost call's charge (d.charged) is in its
+        # item's cost but was counted as spent when the delivery charged it.
+        spend: dict[str, float] = {}
+        for d in chunk:
+            spend[d.call.company.id] = spend.get(d.call.company.id, 0.0) + (d.call.cost or 0.0)
+        await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s, spend=spend)
 
     async def _store(self, fetched: list[Done], entries: list[LogEntry]) -> dict[str, StoreOutcome]:
         """Hand the fetched data to the storage step; its log entries join `entries` when local."""
@@ -274,13 +281,12 @@ class Writer:
     @staticmethod
     def _end(d: Done, outcome: StoreOutcome | None) -> ItemOutcome:
         call = d.call
+        cost = call.cost if d.charged is None else d.charged + (call.cost or 0.0)
         if call.pending:
-            return ItemOutcome(call.company.id, ItemState.WAITING_CALLBACK, d.attempt, None, call.cost)
+            return ItemOutcome(call.company.id, ItemState.WAITING_CALLBACK, d.attempt, None, cost)
         if call.data is None:
-            return ItemOutcome(call.company.id, ItemState.FAILED, d.attempt, call.error, call.cost)
-        return ItemOutcome.of_store(
-            call.company.id, outcome, attempts=d.attempt, cost=call.cost, data=call.data
-        )
+            return ItemOutcome(call.company.id, ItemState.FAILED, d.attempt, call.error, cost)
+        return ItemOutcome.of_store(call.company.id, outcome, attempts=d.attempt, cost=cost, data=call.data)
 
 
 class _Flush:
