@@ -82,16 +82,18 @@ async def execute_with_progress(
 ) -> runs.BatchSummary:
     """Execute a prepared batch behind a Rich progress bar (on a terminal)."""
     current = await runs.summary(dbs, prepared.batch_id, failures=0)
+    # The slug goes in as the task's description, not into the column's template: a template is
+    # formatted (braces) and parsed as markup (brackets), and a slug is data that may hold both.
     with Progress(
-        TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
         TimeElapsedColumn(),
         console=err,
         disable=not err.is_terminal,
     ) as progress:
-        task = progress.add_task("run", total=current.total, detail="")
+        task = progress.add_task(prepared.workflow.workflow_slug, total=current.total, detail="")
 
         def update(counts: dict[str, int]) -> None:
             progress.update(task, completed=summaries.finished(counts), detail=output.progress_detail(counts))

@@ -6,6 +6,7 @@ what a dry run reports is exactly what a run would do.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, dialect, engines, items, reports, schema
+from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
 from enrichhq.settings import Settings
@@ -48,6 +49,8 @@ class Prepared:
     destination: destinations.Destination
     play_name: str
     budget: float | None = None
+    #: the batch an earlier request with the same Idempotency-Key created: report it, do not run it.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,19 +77,40 @@ async def prepare(
     batch_id: str | None = None,
     budget: float | None = None,
     sample: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Prepared:
     """Check everything that can be checked before a provider is called, then create the batch.
 
     Items that need no call end `skipped` here, with the reason: already completed in the
     play (unless forced), or ruled out by the workflow's run_if.
+
+    With an idempotency key (scoped by the caller: see `idempotency.scoped`), the batch an
+    earlier request with the key created is returned instead, `replayed`, and nothing is built.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
     async with dbs.begin("hq") as conn:
+        if idempotency_key is not None:
+            batch_id = batch_id or str(uuid.uuid4())
+            # First, so a concurrent request with the key waits here for this transaction.
+            first = await idempotency.take(conn, idempotency_key, batch_id)
+            if first is not None:
+                return await _replayed(conn, plan, first)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
     # The planner must see the new items' numbers before the first chunk is claimed.
     async with dbs.begin("hq") as conn:
         await dialect.analyze(conn, schema.batch_items)
     return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget)
+
+
+async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepared:
+    """The batch an earlier request with the same key made, if it ran the same step and play."""
+    batch = await batches.get_batch(conn, batch_id)
+    if batch is None or str(batch.workflow_id) != plan.workflow.id or batch.play_name != plan.play_name:
+        raise exceptions.InputError(
+            f"this Idempotency-Key was already used for another request (batch {batch_id}); "
+            "send a new key for a new run"
+        )
+    return Prepared(batch_id, plan.workflow, plan.destination, batch.play_name, batch.budget, replayed=True)
 
 
 async def estimate(
