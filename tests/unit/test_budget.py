@@ -217,3 +217,15 @@ async def test_every_cost_is_counted_once_in_the_purse_or_the_chunks(budget: flo
     # 20 answers at 1 and a retried 0.5: counted per call with a budget, per chunk without.
     assert (ledger.spent, store.spent) == ((20.5, 0.0) if budget else (0.0, 20.5))
     assert ledger.reserved == 0.0
+
+
+async def test_a_settle_hq_refuses_keeps_the_call_and_its_reservation() -> None:
+    class Down(MemoryLedger):
+        async def settle(self, price: float, cost: float) -> None:
+            raise exceptions.Unreachable("HQ stayed down")
+
+    ledger = Down(10.0)
+    purse = HqPurse(ledger, 10.0, per_call=1.0)
+    assert await purse.reserve()
+    await purse.settle(1.0)  # logged, not raised: the paid result goes on to be written
+    assert (ledger.spent, ledger.reserved) == (0.0, 1.0)

@@ -9,15 +9,19 @@ rules inside one process, for the unit tests of the machinery that calls it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from enrichhq import exceptions
 from enrichhq.db import engines, purse
 from enrichhq.db.purse import EPSILON, PurseRow
 from enrichhq.execution import outage
 
 __all__ = ["EPSILON", "Budget", "HqLedger", "HqPurse", "Ledger", "Purse"]
+
+log = logging.getLogger("enrichhq.batch")
 
 #: how long a refused reservation waits for the calls still out (every worker's) to settle, so the
 #: stop message says what the batch really spent rather than what it had spent so far.
@@ -125,7 +129,8 @@ class HqPurse:
     after: both are HQ writes, and that is where a budgeted batch's `spent` grows (the item store
     then adds nothing per chunk, so no cost is counted twice). Without a budget nothing can be
     refused, so no call pays an HQ write of one hot row: the item store adds each written chunk's
-    cost to `spent` in the chunk's own HQ transaction instead (`settles_per_call` says which).
+    cost to `spent` in the chunk's own HQ transaction instead, and a call lost with a dead process
+    as its next delivery charges it (`settles_per_call` says which).
     """
 
     def __init__(
@@ -175,7 +180,12 @@ class HqPurse:
             return  # spent is added with the chunk its result is written in
         price = self.held.pop(_caller(), 0.0)
         real = cost or 0.0
-        await self.ledger.settle(price, real)
+        try:
+            await self.ledger.settle(price, real)
+        except exceptions.DatabaseError:
+            # HQ stayed out past the outage wait: the call's result must not be lost for it (it is
+            # paid). Its reservation stays in the purse, so the budget still counts the call.
+            log.exception("batch purse: a call of cost %g could not be settled in HQ", real)
         # Reserve at least the dearest call seen: an unknown price must not let a batch overspend.
         self.per_call = max(self.per_call, real)
 
