@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
-from enrichhq.db import batches, callback_items, engines, items, reports
+from enrichhq.db import batches, callback_items, engines, items
 from enrichhq.execution.batch import BatchWork, Calling
-from enrichhq.execution.budget import Purse
+from enrichhq.execution.budget import HqLedger, HqPurse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
 from enrichhq.execution.store import DbItemStore
 from enrichhq.execution.writer import BatchStep
@@ -112,7 +112,6 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
@@ -152,14 +151,16 @@ class Engine:
                 local=workers,
             )
         step = BatchStep(batch_id, batch.play_name, workflow, destination)
-        calling = Calling(provider, limits, Purse(batch.budget, spent, per_call), workers, self.settings)
+        # The purse is the batch's row in HQ, shared with every other worker on the batch.
+        purse = HqPurse(HqLedger(self.dbs, batch_id), batch.budget, per_call)
+        calling = Calling(provider, limits, purse, workers, self.settings)
         closing = contextlib.AsyncExitStack()
         closing.push_async_callback(close_quietly, provider)
         work = await closing.enter_async_context(
             BatchWork(
                 step,
                 calling,
-                store=DbItemStore(self.dbs, step.ref, price=per_call),
+                store=DbItemStore(self.dbs, step.ref, price=per_call, adds_spend=not purse.settles_per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
             )
