@@ -102,7 +102,8 @@ class BatchWork:
         self.tasks: list[asyncio.Task[None]] = []
         self.watcher: asyncio.Task[None] | None = None
         self.starting: list[tuple[str, asyncio.Future[None]]] = []
-        self.starter: asyncio.Task[None] | None = None
+        #: the tasks writing starts: as many at once as HQ writes well side by side.
+        self.starters: set[asyncio.Task[None]] = set()
         #: companies whose call started and ended with nothing to write (a stop on its answer):
         #: their start is taken back when they are skipped.
         self.unrun_started: set[str] = set()
@@ -234,12 +235,15 @@ class BatchWork:
         """Count a call as started before it goes out; starts close together share one write.
 
         Every call waits for its start to be committed, so the group grows by itself while a
-        write is out: one statement per round trip, whatever the number of calls at once.
+        write is out: one statement per round trip, whatever the number of calls at once. On
+        PostgreSQL a second group is written while the first is out, so a call waits for about
+        one round trip, not two.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.starting.append((company_id, done))
-        if self.starter is None or self.starter.done():
-            self.starter = asyncio.create_task(self._write_starts())
+        self.starters = {t for t in self.starters if not t.done()}
+        if len(self.starters) < self.store.write_concurrency:
+            self.starters.add(asyncio.create_task(self._write_starts()))
         await done
 
     async def _write_starts(self) -> None:

@@ -144,6 +144,8 @@ class DbItemStore:
 
         async def mark() -> None:
             async with self.dbs.begin("hq") as conn:
+                # It must outlive this process, not the server: no fsync wait before each call.
+                await dialect.commit_without_flush(conn)
                 await delivery.mark_started(conn, self.batch_id, company_ids)
 
         await outage.through(mark)
