@@ -84,29 +84,31 @@ async def test_taking_counts_nothing_and_only_started_calls_are_charged_and_blam
     ids = [called.id, idle.id]
 
     # A process takes the job and counts nothing; then its call of called.com starts, and it dies.
-    taken = await DbItemStore(env.dbs, step, price=PRICE).take(ids, poison_after=3)
+    taken = await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take(ids, poison_after=3)
     assert not any(r.suspect for r in taken.runnable.values())
     assert await _counts(env, batch_id) == {"called.com": ("running", 0, 0), "idle.com": ("running", 0, 0)}
-    await DbItemStore(env.dbs, step, price=PRICE).mark_started([called.id])
+    await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).mark_started([called.id])
     assert (await _counts(env, batch_id))["called.com"] == ("running", 1, 1)
 
     # The next process is charged for that one call, once; idle.com (taken, never called) is not.
-    again = await DbItemStore(env.dbs, step, price=PRICE).take(ids, poison_after=3)
+    again = await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take(ids, poison_after=3)
     assert again.runnable[called.id].suspect and again.runnable[called.id].charged == PRICE
     assert not again.runnable[idle.id].suspect and again.runnable[idle.id].charged is None
     assert await _unknown(env, batch_id) == 1
 
     # Processes that die before calling anything charge and blame nothing more, however many.
     for _ in range(5):
-        await DbItemStore(env.dbs, step, price=PRICE).take(ids, poison_after=3)
+        await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take(ids, poison_after=3)
     assert await _unknown(env, batch_id) == 1
     assert await _counts(env, batch_id) == {"called.com": ("running", 1, 1), "idle.com": ("running", 0, 0)}
 
     # Two more calls of called.com started and never ended: 3 of them, it is poison; idle.com is not.
-    await DbItemStore(env.dbs, step, price=PRICE).mark_started([called.id])
-    assert not (await DbItemStore(env.dbs, step, price=PRICE).take(ids, poison_after=3)).poisoned
-    await DbItemStore(env.dbs, step, price=PRICE).mark_started([called.id])
-    last = await DbItemStore(env.dbs, step, price=PRICE).take(ids, poison_after=3)
+    await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).mark_started([called.id])
+    assert not (
+        await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take(ids, poison_after=3)
+    ).poisoned
+    await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).mark_started([called.id])
+    last = await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take(ids, poison_after=3)
     assert last.poisoned == 1 and set(last.runnable) == {idle.id}
     states = await _counts(env, batch_id)
     assert states["called.com"][0] == "failed" and states["idle.com"] == ("running", 0, 0)
@@ -130,7 +132,9 @@ async def test_two_processes_taking_the_same_lost_calls_charge_them_once(env: En
         try:
             await asyncio.gather(
                 *(
-                    DbItemStore(d, step, price=PRICE).take([c.id for c in companies], poison_after=3)
+                    DbItemStore(d, step, price=PRICE, adds_spend=True).take(
+                        [c.id for c in companies], poison_after=3
+                    )
                     for d in pair
                 )
             )
@@ -153,7 +157,7 @@ async def test_receipts_name_what_a_batch_stored(env: Env) -> None:
         await stored_rows.claim(conn, workflow.id, batch_id, "company_homepage_scrapes", [stored])
         await stored_rows.claim(conn, workflow.id, str(uuid.uuid4()), "company_homepage_scrapes", [other])
     step = StepRef.of(workflow, batch_id=batch_id, play_name="default")
-    found = await DbItemStore(env.dbs, step).receipted("workspace", [stored.upper(), other])
+    found = await DbItemStore(env.dbs, step, adds_spend=True).receipted("workspace", [stored.upper(), other])
     assert found == {stored.upper()}  # in the form given; another batch's receipt does not count
 
 
@@ -173,7 +177,7 @@ async def test_a_lost_result_found_stored_is_settled_without_a_second_call(env: 
         work = BatchWork(
             BatchStep(batch_id, "default", workflow, destination),
             calling,
-            store=DbItemStore(env.dbs, step, price=PRICE),
+            store=DbItemStore(env.dbs, step, price=PRICE, adds_spend=True),
             storage=pipeline,
             chunk_size=100,
         )
@@ -181,8 +185,8 @@ async def test_a_lost_result_found_stored_is_settled_without_a_second_call(env: 
             await work.run_chunk([lost, fresh], poison_after=3)
 
     # The first process: lost.com's call started and its row was stored, then the process died.
-    await DbItemStore(env.dbs, step, price=PRICE).take([lost.id], poison_after=3)
-    await DbItemStore(env.dbs, step, price=PRICE).mark_started([lost.id])
+    await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).take([lost.id], poison_after=3)
+    await DbItemStore(env.dbs, step, price=PRICE, adds_spend=True).mark_started([lost.id])
     from enrichhq import storage_worker
     from enrichhq.models import StoreRecord
 

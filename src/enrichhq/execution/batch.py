@@ -204,7 +204,10 @@ class BatchWork:
         if not storage.logs_locally:
             await storage.log(entries)
             entries = []
-        await self.store.finish(entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s)
+        # No call was made now: the lost one was charged (and spent) when it was taken.
+        await self.store.finish(
+            entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
+        )
         return stored
 
     async def _after(self, ticket: Ticket) -> list[Company]:

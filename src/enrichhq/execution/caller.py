@@ -73,7 +73,7 @@ class Gate:
 class _NotStarted(Exception):
     """The start of a call could not be recorded: it did not go out."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -170,7 +170,8 @@ class Caller:
             try:
                 fetched = await self._fetch(company, start)
             except _NotStarted as exc:
-                # Nothing went out, so nothing is paid: the reservation is given back.
+                # Nothing went out, so nothing is paid: the reservation is given back, or the
+                # shared purse would keep it (and refuse calls the budget has room for) for good.
                 await self.budget.settle(None)
                 raise exc.error from None
             except exceptions.ProviderError as exc:
@@ -200,7 +201,7 @@ class Caller:
                 # where a kill would make it look paid without having gone out.
                 try:
                     await start()
-                except Exception as exc:
+                except BaseException as exc:  # a cancel too: the reservation must be given back
                     raise _NotStarted(exc) from exc
             began = time.monotonic()
             try:
