@@ -98,6 +98,8 @@ class BatchWork:
             busy=lambda: self.outstanding > 0,
         )
         self.handing_back = False
+        #: the stop is in HQ (ours persisted, or seen there): a batch running again was resumed.
+        self.stop_recorded = False
         self.work: asyncio.Queue[_Job | None] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.watcher: asyncio.Task[None] | None = None
@@ -285,6 +287,10 @@ class BatchWork:
             except exceptions.DatabaseError:
                 continue
             persisted = stop or persisted
+            if persisted is not None or (
+                batch is not None and batch.status in (BatchStatus.STOPPED, BatchStatus.CANCELLED)
+            ):
+                self.stop_recorded = True
             if batch is None or batch.status == BatchStatus.CANCELLED:
                 self.stop_flag.set(CANCELLED)
             elif batch.status == BatchStatus.STOPPED:
