@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from enrichhq import exceptions, runs, settings
 from enrichhq.db import batches, engines, errors, items, migrate
+from enrichhq.execution import lease
 from enrichhq.states import BatchStatus
 from tests.conftest import BACKENDS, Env
 from tests.helpers import INSERT_WORKFLOW, NewDatabase, add_companies, count, homepage_ddl, sql, workflow_row
@@ -345,6 +346,9 @@ async def _stopped_batch(env: Env, play: str, states: dict[str, tuple[str, str |
         "UPDATE enrichment_batches SET status = 'stopped' WHERE id = :b",
         {"b": prepared.batch_id},
     )
+    # Its run has ended: the lease preparation took for it is given back.
+    assert prepared.lease is not None
+    await lease.release(env.dbs, prepared.batch_id, prepared.lease)
     return prepared.batch_id
 
 
@@ -378,8 +382,10 @@ async def test_resume_retry_and_replay_skip_what_another_batch_holds(env: Env, s
 
     resumed = await runs.prepare_resume(env.dbs, env.settings, first)
     assert resumed.batch_id == first
-    # As if the resumed run had ended at once (it had nothing to run).
+    # As if the resumed run had ended at once (it had nothing to run): stopped, its lease given back.
     await sql(env.dbs, "hq", "UPDATE enrichment_batches SET status = 'stopped' WHERE id = :b", {"b": first})
+    assert resumed.lease is not None
+    await lease.release(env.dbs, first, resumed.lease)
     assert await runs.prepare_retry(env.dbs, env.settings, first) is None  # nothing left to call
     summary = await runs.replay(env.dbs, env.settings, first)
 
