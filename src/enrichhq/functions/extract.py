@@ -274,7 +274,12 @@ class _Worker:
         )
         theirs.close()
         self.conn = multiprocessing.connection.Connection(ours.detach())
-        self.answered = False
+        # Started once it says so: the time a page may take starts after the imports.
+        if not self.conn.poll(START_TIMEOUT_S) or self.conn.recv() != ("ready", None):
+            self.kill()
+            raise exceptions.ProviderError(
+                f"extract: the worker process did not start within {START_TIMEOUT_S:g}s"
+            )
 
     @property
     def alive(self) -> bool:
@@ -283,11 +288,9 @@ class _Worker:
 
     def read(self, job: pagetext.Job) -> dict[str, Any]:
         """The page's data, or ProviderError; runs in a thread, waiting on the pipe."""
-        # The first page also waits for the process to start and import the parser.
-        wait = job.timeout_s + (0 if self.answered else START_TIMEOUT_S)
         try:
             self.conn.send(job)
-            ready = self.conn.poll(wait)
+            ready = self.conn.poll(job.timeout_s)
             answer = self.conn.recv() if ready else None
         except (EOFError, OSError) as exc:
             self.kill()
@@ -301,7 +304,6 @@ class _Worker:
                 f"extract: the page was not read within {job.timeout_s:g}s (timeout_s); pathological "
                 "markup (e.g. tens of thousands of nested elements)"
             )
-        self.answered = True
         outcome, value = answer
         if outcome != "ok":
             raise exceptions.ProviderError(f"extract: {value}")

@@ -608,6 +608,7 @@ def serve(conn: Connection, memory_limit: int) -> None:
     """A worker process: read each Job sent, answer ("ok", data) or ("error", reason); None ends it."""
     with contextlib.suppress(ValueError, OSError):  # a limit above the hard one, or no such limit
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    conn.send(("ready", None))
     while True:
         try:
             job = conn.recv()
