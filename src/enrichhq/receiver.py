@@ -8,10 +8,13 @@ token expired. `sweep` turns items whose deadline passed into `timed_out`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
 from enrichhq.db import batches, callback_items, engines, errors, items, rows
@@ -283,11 +286,67 @@ class Batcher:
             receipts[index] = Receipt(
                 200, {"status": "stored" if stored else "failed", "stored": stored, "error": end.error}
             )
-        async with self.dbs.begin("hq") as conn:
-            await enrichment_logger.write(conn, entries)
-            await items.finish_items(conn, batch.id, updates, from_states=(ItemState.STORING,))
-            await batches.close_if_done(conn, batch.id)
+        refused = await self._record(
+            batch, entries, updates, {cid: item.company_domain for cid, item in claimed.items()}
+        )
+        for index, claims, _ in mine:
+            if claims.company_id in refused:
+                receipts[index] = Receipt(
+                    200,
+                    {
+                        "status": "failed",
+                        "stored": False,
+                        "state": ItemState.WAITING_CALLBACK.value,
+                        "error": f"{refused[claims.company_id]}; the item waits: send the callback again",
+                    },
+                )
         return receipts
+
+    async def _record(
+        self,
+        batch: rows.BatchRow,
+        entries: Sequence[LogEntry],
+        updates: Sequence[ItemOutcome],
+        domains: dict[str, str],
+    ) -> dict[str, str]:
+        """Log and settle the chunk in HQ; a company whose values HQ refuses waits for its callback again.
+
+        Returns the refused companies with the reason. If HQ cannot be written at all, the chunk's
+        items are released (they wait again) before the error goes up: none stays `storing`.
+        """
+        ids = [u.company_id for u in updates]
+        step = StepRef(
+            batch.workflow_id, batch.workflow_slug, batch.step_number, batch.play_name, batch.id, None
+        )
+
+        async def write(conn: AsyncConnection, chosen: Collection[str]) -> None:
+            every = len(chosen) == len(ids)
+            await enrichment_logger.write(conn, [e for e in entries if every or e.company_id in chosen])
+            await items.finish_items(
+                conn,
+                batch.id,
+                [u for u in updates if every or u.company_id in chosen],
+                from_states=(ItemState.STORING,),
+            )
+            await batches.close_if_done(conn, batch.id)
+
+        async def refuse(conn: AsyncConnection, company_id: str, reason: str) -> None:
+            await callback_items.release_claims(conn, batch.id, [company_id])
+            entry = step.entry(
+                company_id,
+                domains.get(company_id, ""),
+                LogStatus.REJECTED,
+                error=f"callback not recorded: {reason}",
+            )
+            await enrichment_logger.write(conn, [entry])
+
+        try:
+            return await enrichment_logger.write_isolated(self.dbs, ids, write, refuse)
+        except BaseException:
+            with contextlib.suppress(Exception):  # HQ may be down: the stale-claim sweep then frees them
+                async with self.dbs.begin("hq") as conn:
+                    await callback_items.release_claims(conn, batch.id, ids)
+            raise
 
 
 async def _log_rejection(

@@ -71,3 +71,5 @@ class LogStatus(enum.StrEnum):
     ATTEMPT = "attempt"
     #: a callback that could not be used.
     REJECTED = "rejected"
+    #: a call whose process died while it was out: its result is unknown, its price counted as paid.
+    UNKNOWN = "unknown"

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from enrichhq import destinations, enrichment_logger, exceptions
-from enrichhq.db import dialect, engines, workflow_rows
+from enrichhq.db import dialect, engines, errors, stored_rows, workflow_rows
 from enrichhq.models import LogEntry, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.states import LogStatus
 
@@ -58,7 +58,7 @@ async def store(
         except destinations.CoercionError as exc:
             outcomes[record.company_id] = StoreOutcome(record.company_id, False, str(exc))
     if rows:
-        outcomes.update(await _write(dbs, config, destination, rows))
+        outcomes.update(await _write(dbs, config, destination, rows, batch_id))
     by_id = {r.company_id: r for r in records}
     step = StepRef.of(config, batch_id=batch_id, play_name=play_name)
     entries = [
@@ -119,27 +119,63 @@ async def _write(
     config: WorkflowConfig,
     destination: destinations.Destination,
     rows: Mapping[str, dict[str, Any]],
+    batch_id: str | None,
 ) -> dict[str, StoreOutcome]:
-    values = list(rows.values())
+    if batch_id is not None:
+        await stored_rows.ensure(dbs, destination.db)
     try:
-        async with dbs.begin(destination.db) as conn:
-            await dialect.compress_with(conn, dbs.toast_compression)
-            await conn.execute(_statement(conn.dialect, config, destination, values[0]), values)
-        return {cid: StoreOutcome(cid, True) for cid in rows}
-    except sa.exc.DBAPIError as exc:
-        if len(values) == 1:
-            return {next(iter(rows)): StoreOutcome(next(iter(rows)), False, _db_message(exc))}
+        return await _write_chunk(dbs, config, destination, rows, batch_id)
+    except sa.exc.StatementError as exc:
+        # Any error the statement met (the driver's, or a value no bind processor takes);
+        # an unreachable database is not one of them (dbs.begin made it a DatabaseError).
+        if len(rows) == 1:
+            return {next(iter(rows)): StoreOutcome(next(iter(rows)), False, errors.first_line(exc))}
     # Isolate the rows the database refuses, so one bad value costs one company, not the chunk.
     outcomes: dict[str, StoreOutcome] = {}
     for company_id, row in rows.items():
         try:
-            async with dbs.begin(destination.db) as conn:
-                await dialect.compress_with(conn, dbs.toast_compression)
-                await conn.execute(_statement(conn.dialect, config, destination, row), [row])
-            outcomes[company_id] = StoreOutcome(company_id, True)
-        except sa.exc.DBAPIError as exc:
-            outcomes[company_id] = StoreOutcome(company_id, False, _db_message(exc))
+            outcomes.update(await _write_chunk(dbs, config, destination, {company_id: row}, batch_id))
+        except sa.exc.StatementError as exc:
+            outcomes[company_id] = StoreOutcome(company_id, False, errors.first_line(exc))
     return outcomes
+
+
+async def _write_chunk(
+    dbs: engines.Databases,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    rows: Mapping[str, dict[str, Any]],
+    batch_id: str | None,
+) -> dict[str, StoreOutcome]:
+    """One transaction: the chunk's receipts, then rows for the companies whose receipt was new.
+
+    A company whose receipt was there already was stored by an earlier attempt of this batch
+    (its process died before HQ heard): it counts as stored, and gets no second row.
+    """
+    async with dbs.begin(destination.db) as conn:
+        await dialect.compress_with(conn, dbs.toast_compression)
+        if batch_id is None:  # no batch to make a receipt for (a direct storage_worker_v2 call)
+            fresh = dict(rows)
+        else:
+            new = await stored_rows.claim(
+                conn, config.id, batch_id, destination.name, [stored_rows.company_key(c) for c in rows]
+            )
+            fresh = {cid: row for cid, row in rows.items() if stored_rows.company_key(cid) in new}
+        if fresh:
+            values = list(fresh.values())
+            keys = destination.table.primary_key.columns
+            stmt = _statement(conn.dialect, config, destination, values[0]).returning(
+                destination.table.c.company_id, *keys
+            )
+            written = await conn.execute(stmt, values)
+            if batch_id is not None:
+                by_company: dict[str, list[dict[str, Any]]] = {}
+                for found in written.mappings():
+                    key = {c.name: found[c] for c in keys}
+                    by_company.setdefault(stored_rows.company_key(str(found["company_id"])), []).append(key)
+                if keys:
+                    await stored_rows.record_keys(conn, config.id, batch_id, by_company)
+    return {cid: StoreOutcome(cid, True) for cid in rows}
 
 
 def _statement(
@@ -152,7 +188,3 @@ def _statement(
         update = [c for c in row if c not in ("company_id", "id")]
         return dialect.upsert(db_dialect, destination.table, ["company_id"], update)
     return sa.insert(destination.table)
-
-
-def _db_message(exc: sa.exc.DBAPIError) -> str:
-    return (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]

@@ -113,6 +113,20 @@ async def overdue_items(conn: AsyncConnection, limit: int = 500) -> list[Overdue
     return [OverdueItem.of(r) for r in result.mappings()]
 
 
+async def release_claims(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> int:
+    """Items claimed to store a callback that could not be recorded wait for their callback again,
+    so a corrected (or repeated) one is stored instead of answered `duplicate`."""
+    released = 0
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(these(batch_id, chunk), among((ItemState.STORING,)))
+            .values(state=ItemState.WAITING_CALLBACK, updated_at=now())
+        )
+        released += result.rowcount
+    return released
+
+
 async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
     """Items left `storing` by a process that died mid-callback wait for their callback again."""
     result = await conn.execute(

@@ -8,6 +8,7 @@ still counted and a company whose calls keep killing workers ends `failed: poiso
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,9 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq.db import types
 from enrichhq.db.common import chunked, now
 from enrichhq.db.items import among, finish_items, these, update_ids
-from enrichhq.db.schema import batch_items, companies
-from enrichhq.models import Company, ItemOutcome
-from enrichhq.states import ItemState
+from enrichhq.db.schema import batch_items, companies, results_log
+from enrichhq.models import Company, ItemOutcome, LogEntry, StepRef
+from enrichhq.states import ItemState, LogStatus
+
+UNKNOWN_RESULT = "result unknown: the process died during the call; counted as paid"
 
 
 async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
@@ -41,13 +44,31 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
     return [Company(r.company_id, r.company_domain, r.name) for r in result]
 
 
-async def deliver(
-    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, poison_after: int
-) -> tuple[dict[str, tuple[int, bool]], list[tuple[str, str, int]]]:
-    """Take a job's items for a worker; returns (runnable, poisoned).
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `deliver` took: runnable items, poisoned ones, and the calls lost with a dead process."""
 
-    runnable maps each company id to (attempts before this delivery, counted): items already
-    final (or waiting for a callback) are left alone, so a redelivered job changes nothing.
+    #: company id -> (attempts before this delivery, counted, cost charged for lost calls).
+    runnable: dict[str, tuple[int, bool, float | None]]
+    #: (company id, domain, attempts) of items ended as poison.
+    poisoned: list[tuple[str, str, int]]
+    #: log entries of the calls whose result is unknown (their process died during them).
+    unknown: list[LogEntry]
+
+
+async def deliver(
+    conn: AsyncConnection,
+    batch_id: str,
+    company_ids: Sequence[str],
+    *,
+    poison_after: int,
+    step: StepRef | None = None,
+    price: float | None = None,
+) -> Taken:
+    """Take a job's items for a worker.
+
+    runnable maps each company id to (attempts before this delivery, counted, charged): items
+    already final (or waiting for a callback) are left alone, so a redelivered job changes nothing.
 
     A call counts as an attempt and a delivery before it goes out, so one that kills its worker
     is still counted. Items delivered for the first time are counted here, in the same statement
@@ -55,8 +76,12 @@ async def deliver(
     one as their call starts (`mark_started`), so a company that merely shared a job with a
     crashing one is not blamed. One whose call was started `poison_after` times without ever
     ending is poison: it ends failed instead of looping.
+
+    Each delivery that ended with its process gone was a call paid for with its result lost: when
+    `step` is given, it is logged `unknown` at `price` and added to the item's cost, once
+    (`charge_unknown`), so the batch's cost matches the provider's count.
     """
-    runnable: dict[str, tuple[int, bool]] = {}
+    runnable: dict[str, tuple[int, bool, float | None]] = {}
     suspects: list[Any] = []
     open_states = (ItemState.QUEUED, ItemState.RUNNING)
     for chunk in chunked(company_ids):
@@ -89,11 +114,20 @@ async def deliver(
             )
             .returning(batch_items.c.company_id, batch_items.c.attempts)
         )
-        runnable.update({r.company_id: (r.attempts - 1, True) for r in result})
+        runnable.update({r.company_id: (r.attempts - 1, True, None) for r in result})
+    charged, unknown = (
+        await charge_unknown(conn, batch_id, suspects, step, price) if step is not None else ({}, [])
+    )
     poisoned = [
         (r.company_id, r.company_domain, r.attempts) for r in suspects if r.deliveries >= poison_after
     ]
-    runnable.update({r.company_id: (r.attempts, False) for r in suspects if r.deliveries < poison_after})
+    runnable.update(
+        {
+            r.company_id: (r.attempts, False, charged.get(r.company_id))
+            for r in suspects
+            if r.deliveries < poison_after
+        }
+    )
     if poisoned:
         reason = (
             f"poison: {poison_after} deliveries of this company ended with its worker gone; "
@@ -102,9 +136,84 @@ async def deliver(
         await finish_items(
             conn,
             batch_id,
-            [ItemOutcome(cid, ItemState.FAILED, attempts, reason) for cid, _, attempts in poisoned],
+            [
+                ItemOutcome(cid, ItemState.FAILED, attempts, reason, charged.get(cid))
+                for cid, _, attempts in poisoned
+            ],
         )
-    return runnable, poisoned
+    return Taken(runnable, poisoned, unknown)
+
+
+async def charge_unknown(
+    conn: AsyncConnection, batch_id: str, suspects: Sequence[Any], step: StepRef, price: float | None
+) -> tuple[dict[str, float | None], list[LogEntry]]:
+    """Count the calls lost with a dead process as paid: one `unknown` entry each, and the item's cost.
+
+    A suspect's `deliveries` counts the calls started since the item last ended; those already
+    logged `unknown` since then are not charged again (a process may die twice before the call
+    starts anew). Returns each suspect's charge for its unended calls (what its final cost adds to
+    the next call's) and the entries to log. Called in the delivering transaction, so a charge is
+    made once even when two processes take the same job.
+    """
+    if not suspects:
+        return {}, []
+    ids = [r.company_id for r in suspects]
+    logged: dict[str, int] = {}
+    for chunk in chunked(ids):
+        found = await conn.execute(
+            sa.select(results_log.c.company_id, sa.func.count())
+            .select_from(
+                results_log.join(
+                    batch_items,
+                    sa.and_(
+                        batch_items.c.batch_id == results_log.c.batch_id,
+                        batch_items.c.company_id == results_log.c.company_id,
+                    ),
+                )
+            )
+            .where(
+                results_log.c.batch_id == batch_id,
+                results_log.c.company_id.in_(chunk),
+                results_log.c.status == LogStatus.UNKNOWN,
+                sa.or_(
+                    batch_items.c.finished_at.is_(None), results_log.c.created_at > batch_items.c.finished_at
+                ),
+            )
+            .group_by(results_log.c.company_id)
+        )
+        logged.update({str(cid).lower(): int(n) for cid, n in found})
+    charged: dict[str, float | None] = {}
+    entries: list[LogEntry] = []
+    extra: list[dict[str, Any]] = []
+    for r in suspects:
+        before = logged.get(str(r.company_id).lower(), 0)
+        new = max(0, int(r.deliveries) - before)
+        total = before + new
+        charged[r.company_id] = None if price is None else price * total
+        entries += [
+            step.entry(
+                r.company_id,
+                r.company_domain,
+                LogStatus.UNKNOWN,
+                error=UNKNOWN_RESULT,
+                attempt=r.attempts,
+                cost=price,
+            )
+            for _ in range(new)
+        ]
+        if new and price:
+            extra.append({"b_company": r.company_id, "b_extra": price * new})
+    if extra:
+        await conn.execute(
+            sa.update(batch_items)
+            .where(
+                batch_items.c.batch_id == batch_id,
+                batch_items.c.company_id == sa.bindparam("b_company", type_=batch_items.c.company_id.type),
+            )
+            .values(cost=sa.func.coalesce(batch_items.c.cost, 0.0) + sa.bindparam("b_extra", type_=sa.Float)),
+            extra,
+        )
+    return charged, entries
 
 
 async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:

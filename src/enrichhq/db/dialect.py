@@ -84,6 +84,11 @@ def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[
     )
 
 
+def insert_new(dialect: Dialect, table: sa.Table, conflict: list[str]) -> sa.Insert:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING: with RETURNING, only the rows that were new."""
+    return upsert(dialect, table, conflict, [])
+
+
 async def insert_rows(
     conn: AsyncConnection,
     table: sa.Table,

@@ -20,6 +20,13 @@ CONFIG_STATES = frozenset({"3D000", "28P01", "28000"})
 #: admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, recovering).
 SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
 UNDEFINED_TABLE = "42P01"
+#: duplicate_table, duplicate_object, and unique_violation (two CREATE TABLEs racing on pg_type).
+ALREADY_EXISTS_STATES = frozenset({"42P07", "42710", "23505"})
+#: serialization_failure, deadlock_detected, lock_not_available, query_canceled: the same
+#: statement may pass when tried again, so they say nothing about the values.
+TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57014"})
+#: SQLITE_BUSY and SQLITE_LOCKED (primary codes; extended codes keep them in their low byte).
+SQLITE_TRANSIENT_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 SETTINGS = {"hq": ("HQ", "HQ_DATABASE_URL"), "workspace": ("Workspace", "WORKSPACE_DATABASE_URL")}
 
@@ -98,6 +105,21 @@ def may_be_missing_table(exc: BaseException) -> bool:
         isinstance(orig, sqlite3.OperationalError)
         and getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR
     )
+
+
+def already_exists(exc: BaseException) -> bool:
+    """Whether a CREATE failed because another connection created the same object first."""
+    return sqlstate(exc) in ALREADY_EXISTS_STATES
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether an error is about contention (a lock, a deadlock, a serialization failure), not the data."""
+    state = sqlstate(exc)
+    if state is not None:
+        return state in TRANSIENT_STATES or state.startswith("40")
+    orig = driver_error(exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(orig, sqlite3.Error) and isinstance(code, int) and code & 0xFF in SQLITE_TRANSIENT_CODES
 
 
 def first_line(exc: BaseException) -> str:

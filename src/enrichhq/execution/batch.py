@@ -55,6 +55,8 @@ class _Job:
     attempts: int
     counted: bool
     ticket: Ticket
+    #: what calls lost with a dead process were charged (see `Runnable.charged`).
+    charged: float | None = None
 
 
 class BatchWork:
@@ -154,7 +156,7 @@ class BatchWork:
         self.outstanding += len(mine)
         for company in mine:
             runnable = taken.runnable[company.id]
-            self.work.put_nowait(_Job(company, runnable.attempts, runnable.counted, ticket))
+            self.work.put_nowait(_Job(company, runnable.attempts, runnable.counted, ticket, runnable.charged))
         await ticket.done.wait()
         return await self._after(ticket, counted)
 
@@ -257,7 +259,7 @@ class BatchWork:
             # worker calls anything else: should the next call kill the worker, this company's
             # finished call is not counted against it.
             try:
-                await self.writer.settle([Done(call, job.attempts, ticket)])
+                await self.writer.settle([Done(call, job.attempts, ticket, job.charged)])
             except Exception as exc:
                 log.exception(
                     "batch %s: the result of %s could not be written", self.step.batch_id, company.id
@@ -266,7 +268,7 @@ class BatchWork:
             finally:
                 ticket.one()
         else:
-            self.writer.put(Done(call, job.attempts, ticket))
+            self.writer.put(Done(call, job.attempts, ticket, job.charged))
 
     async def _call(self, job: _Job) -> CallResult | None:
         start = None if job.counted else functools.partial(self._started, job.company.id)

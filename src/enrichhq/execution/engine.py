@@ -159,7 +159,7 @@ class Engine:
             BatchWork(
                 step,
                 calling,
-                store=DbItemStore(self.dbs, step.ref),
+                store=DbItemStore(self.dbs, step.ref, price=per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
             )

@@ -8,10 +8,14 @@ look is not, since it looks again a second later anyway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import enrichment_logger
 from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
@@ -27,6 +31,9 @@ class Runnable:
     attempts: int
     #: False for a suspect (its last delivery ended with its worker gone): counted as its call starts.
     counted: bool
+    #: what the calls lost with a dead process were charged (their result unknown): the item's
+    #: final cost adds this delivery's calls to it.
+    charged: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +88,12 @@ class ItemStore(Protocol):
 class DbItemStore:
     """The items of one batch in HQ."""
 
-    def __init__(self, dbs: engines.Databases, step: StepRef) -> None:
+    def __init__(self, dbs: engines.Databases, step: StepRef, *, price: float | None = None) -> None:
         self.dbs = dbs
         self.step = step
         self.batch_id = step.batch_id or ""
+        #: the step's price of one call: what a call lost with a dead process is counted as.
+        self.price = price
 
     @property
     def write_concurrency(self) -> int:
@@ -99,18 +108,29 @@ class DbItemStore:
                 status = await batches.batch_status(conn, self.batch_id)
                 if status != BatchStatus.RUNNING:
                     return Delivery(status, {})
-                runnable, poisoned = await delivery.deliver(
-                    conn, self.batch_id, company_ids, poison_after=poison_after
+                taken = await delivery.deliver(
+                    conn,
+                    self.batch_id,
+                    company_ids,
+                    poison_after=poison_after,
+                    step=self.step,
+                    price=self.price,
                 )
                 await enrichment_logger.write(
                     conn,
                     [
-                        self.step.entry(cid, domain, LogStatus.FAILED, error="poison", attempt=attempts)
-                        for cid, domain, attempts in poisoned
+                        *taken.unknown,
+                        *(
+                            self.step.entry(cid, domain, LogStatus.FAILED, error="poison", attempt=attempts)
+                            for cid, domain, attempts in taken.poisoned
+                        ),
                     ],
                 )
-            taken = {cid: Runnable(attempts, counted) for cid, (attempts, counted) in runnable.items()}
-            return Delivery(status, taken, len(poisoned))
+            runnable = {
+                cid: Runnable(attempts, counted, charged)
+                for cid, (attempts, counted, charged) in taken.runnable.items()
+            }
+            return Delivery(status, runnable, len(taken.poisoned))
 
         return await outage.through(take)
 
@@ -166,12 +186,40 @@ class DbItemStore:
             if o.state is ItemState.WAITING_CALLBACK
         ]
         deadline = common.now() + timedelta(seconds=callback_timeout_s)
+        ids = list(dict.fromkeys([o.company_id for o in outcomes] + [e.company_id for e in entries]))
+        by_id = {o.company_id: o for o in outcomes}
 
-        async def write() -> None:
-            async with self.dbs.begin("hq") as conn:
-                await enrichment_logger.write(conn, entries)
-                await items.finish_items(conn, self.batch_id, final)
-                await callback_items.mark_waiting(conn, self.batch_id, waiting, deadline)
+        async def write(conn: AsyncConnection, chosen: Collection[str]) -> None:
+            every = len(chosen) == len(ids)
+            await enrichment_logger.write(conn, [e for e in entries if every or e.company_id in chosen])
+            await items.finish_items(
+                conn, self.batch_id, [o for o in final if every or o.company_id in chosen]
+            )
+            await callback_items.mark_waiting(
+                conn, self.batch_id, [w for w in waiting if every or w["company_id"] in chosen], deadline
+            )
+
+        async def refused(conn: AsyncConnection, company_id: str, reason: str) -> None:
+            # What HQ cannot hold is dropped; the company fails with the database's reason, its
+            # cost (the calls are paid) kept. Never a second call: the item is final.
+            error = f"cannot record the result in HQ: {reason}"
+            outcome = by_id.get(company_id)
+            mine = [e for e in entries if e.company_id == company_id]
+            if mine:
+                cost = outcome.cost if outcome is not None else None
+                await enrichment_logger.write(
+                    conn,
+                    [
+                        dataclasses.replace(
+                            mine[0], status=LogStatus.FAILED, error=error, cost=cost, provider=None
+                        )
+                    ],
+                )
+            if outcome is not None:
+                failed = ItemOutcome(company_id, ItemState.FAILED, outcome.attempts, error, outcome.cost)
+                await items.finish_items(conn, self.batch_id, [failed])
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
-        await outage.through(write)
+        await outage.through(
+            functools.partial(enrichment_logger.write_isolated, self.dbs, ids, write, refused)
+        )

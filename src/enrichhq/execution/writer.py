@@ -102,6 +102,8 @@ class Done:
     #: attempts counted before this delivery.
     attempts: int
     ticket: Ticket
+    #: what this item's calls lost with a dead process were charged: its final cost includes it.
+    charged: float | None = None
 
     @property
     def attempt(self) -> int:
@@ -274,13 +276,12 @@ class Writer:
     @staticmethod
     def _end(d: Done, outcome: StoreOutcome | None) -> ItemOutcome:
         call = d.call
+        cost = call.cost if d.charged is None else d.charged + (call.cost or 0.0)
         if call.pending:
-            return ItemOutcome(call.company.id, ItemState.WAITING_CALLBACK, d.attempt, None, call.cost)
+            return ItemOutcome(call.company.id, ItemState.WAITING_CALLBACK, d.attempt, None, cost)
         if call.data is None:
-            return ItemOutcome(call.company.id, ItemState.FAILED, d.attempt, call.error, call.cost)
-        return ItemOutcome.of_store(
-            call.company.id, outcome, attempts=d.attempt, cost=call.cost, data=call.data
-        )
+            return ItemOutcome(call.company.id, ItemState.FAILED, d.attempt, call.error, cost)
+        return ItemOutcome.of_store(call.company.id, outcome, attempts=d.attempt, cost=cost, data=call.data)
 
 
 class _Flush:

@@ -1,0 +1,159 @@
+"""Named queries on `enrichhq_stored_rows`: the receipts of stored results, in the destination's database.
+
+A receipt (step, batch, company) is inserted in the same transaction as the destination rows it
+stands for, with ON CONFLICT DO NOTHING: a store repeated after a crash (the destination had
+committed, HQ had not) finds its receipt and writes nothing twice. `row_keys` holds the primary
+keys of the rows written, so "which row did this step write for this company" has an answer
+without a column in the user's table.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from enrichhq.db import dialect, engines, errors
+from enrichhq.db.common import chunked, now
+from enrichhq.db.schema import stored_rows
+
+KEY = ["workflow_id", "batch_id", "company_id"]
+
+#: engines (by URL) known to hold the table: it is created once per engine and process.
+_ready: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One receipt: which rows (primary keys) a step's batch wrote for a company, and when."""
+
+    workflow_id: str
+    batch_id: str
+    company_id: str
+    table_name: str
+    row_keys: list[dict[str, Any]] | None
+    stored_at: datetime
+
+
+def company_key(company_id: str) -> str:
+    """A company id as receipts hold it (GUID's canonical form), so ids in any case match."""
+    try:
+        return str(uuid.UUID(company_id))
+    except ValueError:
+        return company_id
+
+
+async def ensure(dbs: engines.Databases, db_name: str) -> None:
+    """Create the table in a destination database that lacks it (HQ has it from migration 0007).
+
+    Race-safe: two processes creating it at once both go on; the loser's "already exists" is
+    recognised by its SQLSTATE, never its message (SQLite takes the write lock before it looks,
+    so IF NOT EXISTS is enough there).
+    """
+    key = dbs.engine(db_name).url.render_as_string(hide_password=True)
+    if key in _ready:
+        return
+    try:
+        async with dbs.begin(db_name) as conn:
+            await conn.run_sync(_create)
+    except sa.exc.DBAPIError as exc:
+        if not errors.already_exists(exc):
+            raise
+    _ready.add(key)
+
+
+def _create(conn: sa.Connection) -> None:
+    conn.execute(sa.schema.CreateTable(stored_rows, if_not_exists=True))
+
+
+async def claim(
+    conn: AsyncConnection, workflow_id: str, batch_id: str, table_name: str, company_ids: Sequence[str]
+) -> set[str]:
+    """Insert receipts for these companies; returns those whose receipt is new (in company_key form).
+
+    The others were stored by an earlier attempt of the same batch: their rows are there already.
+    """
+    stamp = now()
+    new: set[str] = set()
+    stmt = dialect.insert_new(conn.dialect, stored_rows, KEY).returning(stored_rows.c.company_id)
+    for chunk in chunked(list(dict.fromkeys(company_ids))):
+        result = await conn.execute(
+            stmt.values(
+                [
+                    {
+                        "workflow_id": workflow_id,
+                        "batch_id": batch_id,
+                        "company_id": cid,
+                        "table_name": table_name,
+                        "row_keys": None,
+                        "stored_at": stamp,
+                    }
+                    for cid in chunk
+                ]
+            )
+        )
+        new.update(company_key(str(r.company_id)) for r in result)
+    return new
+
+
+async def record_keys(
+    conn: AsyncConnection, workflow_id: str, batch_id: str, keys: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> None:
+    """Write the primary keys of the rows each company's receipt stands for."""
+    if not keys:
+        return
+    stmt = (
+        sa.update(stored_rows)
+        .where(
+            stored_rows.c.workflow_id == workflow_id,
+            stored_rows.c.batch_id == batch_id,
+            stored_rows.c.company_id == sa.bindparam("b_company", type_=stored_rows.c.company_id.type),
+        )
+        .values(row_keys=sa.bindparam("b_keys", type_=stored_rows.c.row_keys.type))
+    )
+    await conn.execute(
+        stmt,
+        [{"b_company": cid, "b_keys": [jsonable(k) for k in rows]} for cid, rows in keys.items()],
+    )
+
+
+async def written_for(
+    conn: AsyncConnection, workflow_id: str, company_id: str, *, batch_id: str | None = None
+) -> StoredRow | None:
+    """The latest receipt of a step for a company (in one batch when given): which rows it wrote."""
+    query = sa.select(stored_rows).where(
+        stored_rows.c.workflow_id == workflow_id, stored_rows.c.company_id == company_id
+    )
+    if batch_id is not None:
+        query = query.where(stored_rows.c.batch_id == batch_id)
+    row = (await conn.execute(query.order_by(stored_rows.c.stored_at.desc()).limit(1))).first()
+    if row is None:
+        return None
+    keys = row.row_keys
+    if isinstance(keys, str):  # a JSON column read back as text
+        keys = json.loads(keys)
+    return StoredRow(
+        str(row.workflow_id), str(row.batch_id), str(row.company_id), row.table_name, keys, row.stored_at
+    )
+
+
+def jsonable(key: Mapping[str, Any]) -> dict[str, Any]:
+    """A primary key's values as JSON holds them (uuids and times as text, decimals as numbers)."""
+    return {name: _plain(value) for name, value in key.items()}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
