@@ -11,6 +11,7 @@ GIL shows in how threads scale.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import multiprocessing
 import os
@@ -210,6 +211,45 @@ def _warm(_: int) -> None:
     return None
 
 
+async def _through_loop(html: str, seconds: float, kind: str) -> float:
+    """Pages per second read off one event loop, as a batch would: `cores` pages in flight at once,
+    each read in a thread (asyncio.to_thread) or by the provider itself (worker processes)."""
+    from enrichhq.functions.extract import ExtractProvider, cores
+    from enrichhq.models import CallContext, Company, WorkflowConfig
+    from enrichhq.settings import Settings
+
+    workflow = WorkflowConfig(
+        "w", "extract", None, 2, "extract", "workspace", "t", {}, {"link_patterns": list(PATTERNS)}
+    )
+    provider = ExtractProvider(workflow, Settings(_env_file=None))  # type: ignore[call-arg]
+    company, context = Company("c", "acme-analytics.example"), CallContext("b", "p", inputs={"html": html})
+    threads = concurrent.futures.ThreadPoolExecutor(cores())
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        if kind == "thread":
+            prepared = pagetext.prepare(html, 5 * 1024 * 1024)
+            await loop.run_in_executor(threads, with_lexbor, prepared)
+        else:
+            await provider.fetch(company, context)
+
+    await asyncio.gather(*(one() for _ in range(cores())))  # workers started before the clock
+    done, end = 0, time.perf_counter() + seconds
+
+    async def lane() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await one()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(cores())))
+    elapsed = time.perf_counter() - started
+    await provider.aclose()
+    threads.shutdown()
+    return done / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -235,6 +275,15 @@ def main() -> None:
             f"| {processes:,.0f}/s ({processes / one:.2f}x) |",
             flush=True,
         )
+    print()
+    print("| off the event loop (selectolax) | pages/s | per core |")
+    print("|---|---|---|")
+    for kind, label in (
+        ("thread", f"asyncio, {cores} threads"),
+        ("process", f"ExtractProvider.fetch, {cores} processes"),
+    ):
+        pages = asyncio.run(_through_loop(html, args.seconds, kind))
+        print(f"| {label} | {pages:,.0f}/s | {pages / cores:,.0f}/s |", flush=True)
 
 
 if __name__ == "__main__":
