@@ -261,7 +261,8 @@ def main() -> None:
     sample = with_lexbor(_PAGE) if _PAGE else {}
     print(f"# page: {len(html.encode()):,} bytes, {len(sample['links']):,} links")  # type: ignore[arg-type]
     print(
-        f"# {platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}"
+        f"# {platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start"
     )
     print(f"| parser | parse only, 1 core | parse + read, 1 core | {cores} threads | {cores} processes |")
     print("|---|---|---|---|---|")

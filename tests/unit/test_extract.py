@@ -268,6 +268,23 @@ def test_links_are_http_only_and_keep_no_credentials() -> None:
     assert data["emails"] == ["a@b.example"] and data["phones"] == ["+4912345678"]
 
 
+def test_phones_in_text_need_a_plus_an_area_code_or_a_label() -> None:
+    text = [
+        "Tel: 031 123 45 67",
+        "Call (800) 555-0199, shipped 2024-10-15, Org.nr 556123-4567, order 1234567890, v1.2.3.4.5.6.7",
+        "phone 0301234567 and x(800)5550199",
+        "+1 (415) 555-0134",
+        "+12 34",  # too short
+    ]
+    assert pagetext.phones(["+1-415-555-0134", "%2B49%2030%20123456;ext=2"], text) == [
+        "+14155550134",
+        "+4930123456",
+        "0311234567",
+        "8005550199",
+        "0301234567",
+    ]
+
+
 def test_text_is_cut_at_max_text_chars_and_says_so() -> None:
     data = read(page("acme-analytics"), max_text_chars=200)
     assert len(data["text"]) == 200

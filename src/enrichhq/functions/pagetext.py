@@ -115,11 +115,11 @@ _EMAIL = re.compile(
 _NOT_EMAIL_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "css", "js", "ico"})
 # Over text only, and only numbers a reader would take for one: international (+...), a bracketed
 # area code, or after a "Tel"/"Phone" label. Dates, versions, order numbers and bare digit runs are not.
-_PHONE = re.compile(
-    r"(?<![\w+])(\+\d[\d ().-]{6,22}\d)(?![\w-])"
-    r"|(?<![\w(])(\(\d{2,5}\)[ .-]?\d[\d .-]{4,14}\d)(?![\w-])"
-    r"|(?i:\b(?:tel|phone|telephone|call|mobile|fax)\b\.?:?[ \t]*)(\d[\d ().-]{6,18}\d)(?![\w-])"
-)
+# Candidates start at a digit, "+" or "(" (rare in prose, so the scan is quick); the label is looked
+# for just before a candidate.
+_PHONE = re.compile(r"(?<![\w+(])[+(]?\d[\d ().-]{6,22}\d(?![\w-])")
+_AREA_CODE = re.compile(r"\(\d{2,5}\)")
+_PHONE_LABEL = re.compile(r"(?i:\b(?:tel|phone|telephone|call|mobile|fax)\b\.?:?[ \t]*)$")
 
 
 class Overtime(Exception):
@@ -196,6 +196,8 @@ class PageReader:
 
     def text(self, value: str) -> None:
         """Text inside the element last opened."""
+        if not self._inline and self._link is None and not self._pre and value.isspace():
+            return  # the indentation between blocks: most text nodes of a page
         self._add(value)
 
     def end(self, tag: str) -> None:
@@ -250,7 +252,9 @@ class PageReader:
             # The common case, a path on the page's own site, without urljoin's cost.
             return self._origin + href if self._origin else None
         try:
-            absolute = urljoin(self.base_url, href)
+            absolute = (
+                href if href[:8].lower().startswith(("https://", "http://")) else urljoin(self.base_url, href)
+            )
             parts = urlsplit(absolute)
         except ValueError:  # e.g. a broken IPv6 host
             return None
@@ -343,8 +347,8 @@ class PageReader:
                 self._prefix = ""
                 self._item = False
             return
-        line = _SPACE.sub(" ", "".join(self._inline)).strip() if not self._pre else "".join(self._inline)
-        plain = _SPACE.sub(" ", "".join(self._plain)).strip()
+        line = " ".join("".join(self._inline).split()) if not self._pre else "".join(self._inline)
+        plain = " ".join("".join(self._plain).split())
         self._inline.clear()
         self._plain.clear()
         self._after_link = False
@@ -457,11 +461,18 @@ def phones(tel: Iterable[str], texts: Iterable[str]) -> list[str]:
         number = _number(unquote(target.split("?", 1)[0].split(";", 1)[0]))
         if number:
             found.setdefault(number, None)
-    for text in texts:
-        for match in _PHONE.finditer(text):
-            number = _number(next(g for g in match.groups() if g))
-            if number:
-                found.setdefault(number, None)
+    text = "\n".join(texts)
+    for match in _PHONE.finditer(text):
+        written = match.group()
+        if not (
+            written[0] == "+"
+            or _AREA_CODE.match(written)
+            or _PHONE_LABEL.search(text, max(0, match.start() - 16), match.start())
+        ):
+            continue
+        number = _number(written)
+        if number:
+            found.setdefault(number, None)
     return list(found)
 
 
