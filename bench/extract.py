@@ -3,9 +3,10 @@
 Side by side in one run: selectolax (Lexbor) and lxml (libxml2), each parsing the page and feeding
 the same `PageReader` (so both do the same work: Markdown text, links, emails, phones, social), on
 one core, then on every core through threads and through processes: whether the parse releases the
-GIL shows in how threads scale.
+GIL shows in how threads scale. "Per core" figures are pages per CPU-second of the reading thread,
+which a busy neighbour does not change; wall-clock figures are medians of interleaved rounds.
 
-    python bench/extract.py [--seconds 3] [--size 100000]
+    python bench/extract.py [--seconds 2] [--rounds 3] [--size 100000]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -163,35 +165,44 @@ def _init(html: str) -> None:
     _PAGE = pagetext.prepare(html, 5 * 1024 * 1024)
 
 
-def _pages(name: str, seconds: float) -> int:
-    """Pages read in `seconds` by one worker (thread or process)."""
+def _pages(name: str, seconds: float) -> tuple[int, float]:
+    """(pages read, CPU seconds this thread spent) in `seconds` of wall time, by one thread or process."""
     assert _PAGE is not None
     read, done, end = PARSERS[name], 0, time.perf_counter() + seconds
+    cpu = time.thread_time()
     while time.perf_counter() < end:
         read(_PAGE)
         done += 1
-    return done
+    return done, time.thread_time() - cpu
 
 
-def _parse_only(name: str, seconds: float) -> int:
-    """Pages parsed (no walk) in `seconds`: the part that runs in C."""
+def _parse_only(name: str, seconds: float) -> tuple[int, float]:
+    """The same for parsing alone (no walk): the part that runs in C."""
     assert _PAGE is not None
     done, end = 0, time.perf_counter() + seconds
+    cpu = time.thread_time()
     while time.perf_counter() < end:
         if name.startswith("selectolax"):
             pagetext.LexborHTMLParser(_PAGE.data)
         else:
             lxml.html.document_fromstring(_PAGE.data, parser=lxml.html.HTMLParser(encoding="utf-8"))
         done += 1
-    return done
+    return done, time.thread_time() - cpu
 
 
-def rate(
-    name: str, seconds: float, workers: int, kind: str, job: Callable[[str, float], int] = _pages
-) -> float:
-    """Pages per second with `workers` threads or processes reading the page over and over."""
+Job = Callable[[str, float], tuple[int, float]]
+
+
+def per_cpu_second(name: str, seconds: float, job: Job = _pages) -> float:
+    """Pages per CPU-second of one thread: a core's rate, whatever else the machine is running."""
+    done, cpu = job(name, seconds)
+    return done / cpu
+
+
+def wall_rate(name: str, seconds: float, workers: int, kind: str) -> float:
+    """Pages per wall-clock second with `workers` threads or processes reading the page over and over."""
     if workers == 1 and kind == "thread":
-        return job(name, seconds) / seconds
+        return _pages(name, seconds)[0] / seconds
     pool: concurrent.futures.Executor
     if kind == "thread":
         pool = concurrent.futures.ThreadPoolExecutor(workers)
@@ -203,8 +214,8 @@ def rate(
         )
         list(pool.map(_warm, range(workers)))  # start every process before the clock does
     with pool:
-        futures = [pool.submit(job, name, seconds) for _ in range(workers)]
-        return sum(f.result() for f in futures) / seconds
+        futures = [pool.submit(_pages, name, seconds) for _ in range(workers)]
+        return sum(f.result()[0] for f in futures) / seconds
 
 
 def _warm(_: int) -> None:
@@ -250,9 +261,14 @@ async def _through_loop(html: str, seconds: float, kind: str) -> float:
     return done / elapsed
 
 
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--size", type=int, default=100_000)
     args = parser.parse_args()
     html = page(args.size)
@@ -262,29 +278,43 @@ def main() -> None:
     print(f"# page: {len(html.encode()):,} bytes, {len(sample['links']):,} links")  # type: ignore[arg-type]
     print(
         f"# {platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}, "
-        f"load average {os.getloadavg()[0]:.1f} at the start"
+        f"load average {os.getloadavg()[0]:.1f} at the start; medians of {args.rounds} interleaved rounds"
     )
-    print(f"| parser | parse only, 1 core | parse + read, 1 core | {cores} threads | {cores} processes |")
-    print("|---|---|---|---|---|")
+    # Every figure of a round is measured once per round, in turn, so a neighbour's load falls on all.
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        figures: dict[str, float] = {}
+        for name in PARSERS:
+            figures[f"{name} parse"] = per_cpu_second(name, args.seconds, _parse_only)
+            figures[f"{name} read"] = per_cpu_second(name, args.seconds)
+            figures[f"{name} 1"] = wall_rate(name, args.seconds, 1, "thread")
+            figures[f"{name} threads"] = wall_rate(name, args.seconds, cores, "thread")
+            figures[f"{name} processes"] = wall_rate(name, args.seconds, cores, "process")
+        for kind in ("thread", "process"):
+            figures[f"loop {kind}"] = asyncio.run(_through_loop(html, args.seconds, kind))
+        rounds.append(figures)
+    print()
+    print(
+        "| parser | parse only, per core | parse + read, per core | 1 thread | "
+        f"{cores} threads | {cores} processes |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in PARSERS:
-        parse = rate(name, args.seconds, 1, "thread", _parse_only)
-        one = rate(name, args.seconds, 1, "thread")
-        threads = rate(name, args.seconds, cores, "thread")
-        processes = rate(name, args.seconds, cores, "process")
+        one = _median(rounds, f"{name} 1")
+        threads, processes = _median(rounds, f"{name} threads"), _median(rounds, f"{name} processes")
         print(
-            f"| {name} | {parse:,.0f}/s | {one:,.0f}/s | {threads:,.0f}/s ({threads / one:.2f}x) "
-            f"| {processes:,.0f}/s ({processes / one:.2f}x) |",
-            flush=True,
+            f"| {name} | {_median(rounds, f'{name} parse'):,.0f}/s | {_median(rounds, f'{name} read'):,.0f}/s "
+            f"| {one:,.0f}/s | {threads:,.0f}/s ({threads / one:.2f}x) | {processes:,.0f}/s ({processes / one:.2f}x) |"
         )
     print()
-    print("| off the event loop (selectolax) | pages/s | per core |")
+    print(f"| off the event loop (selectolax), {cores} pages in flight | pages/s | per core |")
     print("|---|---|---|")
     for kind, label in (
-        ("thread", f"asyncio, {cores} threads"),
-        ("process", f"ExtractProvider.fetch, {cores} processes"),
+        ("thread", f"run_in_executor, {cores} threads"),
+        ("process", f"ExtractProvider.fetch, {cores} worker processes"),
     ):
-        pages = asyncio.run(_through_loop(html, args.seconds, kind))
-        print(f"| {label} | {pages:,.0f}/s | {pages / cores:,.0f}/s |", flush=True)
+        pages = _median(rounds, f"loop {kind}")
+        print(f"| {label} | {pages:,.0f}/s | {pages / cores:,.0f}/s |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -374,6 +376,21 @@ async def test_fetch_reads_the_html_input_in_worker_processes(provider: extract.
     assert results[0]["extracted_at"].endswith("+00:00")
     # Never more processes than cores, whatever was asked at once.
     assert 1 <= len(provider.pool._workers) <= extract.cores()
+
+
+async def test_pages_one_after_another_use_one_worker_that_outlives_ctrl_c(
+    provider: extract.ExtractProvider,
+) -> None:
+    await fetch(provider, page("acme-analytics"))
+    (worker,) = provider.pool._workers
+    # Ctrl-C reaches the whole process group; ending the workers is the provider's decision.
+    os.kill(worker.process.pid, signal.SIGINT)
+    await asyncio.sleep(0.2)
+    for _ in range(3):
+        await fetch(provider, page("nordic-freight"))
+    assert provider.pool._workers == [worker] and worker.process.poll() is None
+    await provider.aclose()
+    assert worker.process.poll() is not None  # closing the provider ends its processes
 
 
 async def test_the_event_loop_keeps_running_while_a_big_page_is_read(

@@ -332,7 +332,7 @@ class PagePool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._idle: asyncio.Queue[_Worker | None] | None = None
+        self._idle: asyncio.LifoQueue[_Worker | None] | None = None
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         # Threads that wait on the workers' pipes (the GIL is free while they wait).
@@ -341,7 +341,9 @@ class PagePool:
     async def read(self, job: pagetext.Job) -> dict[str, Any]:
         """Read one page in the next idle worker."""
         if self._idle is None:
-            self._idle = asyncio.Queue()
+            # Last in, first out: a worker that just answered is taken before a slot without one, so
+            # processes are started only as far as pages arrive at once.
+            self._idle = asyncio.LifoQueue()
             for _ in range(self.size):
                 self._idle.put_nowait(None)  # a slot whose worker starts when first needed
         idle = self._idle

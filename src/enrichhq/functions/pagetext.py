@@ -15,6 +15,7 @@ import contextlib
 import functools
 import re
 import resource
+import signal
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -617,6 +618,9 @@ class Job:
 
 def serve(conn: Connection, memory_limit: int) -> None:
     """A worker process: read each Job sent, answer ("ok", data) or ("error", reason); None ends it."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and closing its end
+    # of the socket (or dying) ends this loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ValueError, OSError):  # a limit above the hard one, or no such limit
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     conn.send(("ready", None))
