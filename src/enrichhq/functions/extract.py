@@ -266,13 +266,20 @@ class _Worker:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()), str(WORKER_MEMORY)],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        theirs.close()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()), str(WORKER_MEMORY)],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError as exc:  # no processes left, no such interpreter: worth another try later
+            ours.close()
+            raise exceptions.ProviderError(
+                f"extract: cannot start a worker process: {exc}", retryable=True
+            ) from exc
+        finally:
+            theirs.close()
         self.conn = multiprocessing.connection.Connection(ours.detach())
         # Started once it says so: the time a page may take starts after the imports.
         if not self.conn.poll(START_TIMEOUT_S) or self.conn.recv() != ("ready", None):
