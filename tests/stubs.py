@@ -11,6 +11,7 @@ Behaviour is chosen by the domain being fetched, so one server serves every case
   odd429-*        429 with an unparseable Retry-After on the first call, then 200
   script-*        200 with a page full of scripts (the UI must never run them)
   blocked-*       403 to a plain fetch of the site, 200 through the Zenrows API
+  markup-*        422 whose detail is Rich markup (MARKUP_DETAIL): the CLI must print it literally
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 API_KEY = "test-zenrows-key-123"
+#: the error text markup-* domains are answered with: Rich markup that would crash or vanish if parsed.
+MARKUP_DETAIL = "bad [/] [link=http://x]y[/link] [bold]z[/bold] {task.fields[x]} \\[ok]"
 
 
 class Stub:
@@ -110,6 +113,7 @@ class Stub:
             (domain.startswith("unprocessable-"), 422, "RESP001", "Could not get content. Try enabling js_render", None),
             (domain.startswith("nocredits-") and not self.topped_up, 402, "AUTH004", "Out of credits: upgrade your plan", None),
             (domain.startswith("broken-"), 500, "", "Internal error", None),
+            (domain.startswith("markup-"), 422, "RESP001", MARKUP_DETAIL, None),
         ]  # fmt: skip
         for applies, status, code, detail, headers in faults:
             if applies:

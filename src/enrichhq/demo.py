@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from enrichhq import companies, exceptions, runs, settings
@@ -135,7 +136,9 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         # The sample sites are served on loopback, which providers may not reach by default.
         enrichhq_allow_private_networks="127.0.0.1/32",
     )
-    console.print(f"[bold]1.[/bold] enrichhq init -> {data_dir / 'hq.db'}")
+    # The CLI's console reads no markup; the demo's lines use some, so they say so and escape
+    # what is data (paths the user chose, a page's error text).
+    console.print(f"[bold]1.[/bold] enrichhq init -> {escape(str(data_dir / 'hq.db'))}", markup=True)
     migrate.upgrade(conf.resolved_hq_url())
     server = serve_sites()
     dbs = engines.Databases.from_settings(conf)
@@ -145,7 +148,10 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
             "domain,name\n" + "".join(f"{d},{n.split(' (')[0]}\n" for d, n in SAMPLES), encoding="utf-8"
         )
         result = await companies.import_file(dbs, csv_path)
-        console.print(f"[bold]2.[/bold] enrichhq companies import {csv_path} -> {result.total} companies")
+        console.print(
+            f"[bold]2.[/bold] enrichhq companies import {escape(str(csv_path))} -> {result.total} companies",
+            markup=True,
+        )
         port = server.server_address[1]
         async with dbs.begin("workspace") as conn:
             await conn.execute(sa.text(DESTINATION_DDL))
@@ -155,9 +161,10 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
                 {"provider_config": f'{{"url_template": "http://127.0.0.1:{port}/{{domain}}/"}}'},
             )
         console.print(
-            "[bold]3.[/bold] a step added the seed's way: INSERT INTO db_driven_enrichment_workflows"
+            "[bold]3.[/bold] a step added the seed's way: INSERT INTO db_driven_enrichment_workflows",
+            markup=True,
         )
-        console.print("[bold]4.[/bold] enrichhq run scrape-homepage --all --play demo")
+        console.print("[bold]4.[/bold] enrichhq run scrape-homepage --all --play demo", markup=True)
         summary = await runs.run(dbs, conf, "scrape-homepage", runs.Selection(all=True), play_name="demo")
         await _show(dbs, console, summary)
     finally:
@@ -165,13 +172,15 @@ async def run(data_dir: Path, console: Console) -> runs.BatchSummary:
         server.shutdown()
     console.print(
         f"\nDone in {time.monotonic() - started:.1f}s. "
-        f"Results are in [bold]{data_dir / 'workspace.db'}[/bold] (table company_homepage_scrapes); "
-        f"logs and completions in [bold]{data_dir / 'hq.db'}[/bold].\n"
-        f"Look around with:\n  export ENRICHHQ_DATA_DIR={data_dir}\n"
+        f"Results are in [bold]{escape(str(data_dir / 'workspace.db'))}[/bold] (table "
+        "company_homepage_scrapes); logs and completions in "
+        f"[bold]{escape(str(data_dir / 'hq.db'))}[/bold].\n"
+        f"Look around with:\n  export ENRICHHQ_DATA_DIR={escape(str(data_dir))}\n"
         f"  enrichhq batches show {summary.batch_id}\n"
         "  enrichhq export company_homepage_scrapes --out scrapes.csv",
         highlight=False,
         soft_wrap=True,
+        markup=True,
     )
     shutil.rmtree(data_dir / "__pycache__", ignore_errors=True)
     return summary
@@ -195,6 +204,11 @@ async def _show(dbs: engines.Databases, console: Console, summary: runs.BatchSum
         f"batch {summary.batch_id}: [green]{summary.count('succeeded')} succeeded[/green], "
         f"[red]{summary.count('failed')} failed[/red], {summary.count('skipped')} skipped",
         highlight=False,
+        markup=True,
     )
     for item in summary.failures:
-        console.print(f"  [red]failed[/red] {item.company_domain}: {item.last_error}", highlight=False)
+        console.print(
+            f"  [red]failed[/red] {escape(f'{item.company_domain}: {item.last_error}')}",
+            highlight=False,
+            markup=True,
+        )

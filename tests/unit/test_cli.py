@@ -92,3 +92,46 @@ def test_estimate_without_a_price_says_so() -> None:
     text = console.export_text()
     assert "dry run of step 1 (scrape)" in text
     assert "skipped: already done" in text and "estimated cost: unknown (no cost known)" in text
+
+
+MARKUP = "[/] [link=http://x]y[/link] [bold]"
+
+
+def test_output_prints_markup_in_data_literally_even_on_a_console_that_parses_markup() -> None:
+    failures = [rows.FailedItem(f"{MARKUP}.com", ItemState.FAILED, 1, f"HTTP 500 {MARKUP}")]
+    summary = runs.BatchSummary(
+        f"b{MARKUP}",
+        f"s{MARKUP}",
+        f"p{MARKUP}",
+        BatchStatus.STOPPED,
+        f"out of credits {MARKUP}",
+        1,
+        {"failed": 1, f"odd{MARKUP}": 1},
+        1.0,
+        1.0,
+        failures=failures,
+    )
+    workflow = WorkflowConfig("w", f"s{MARKUP}", None, 1, "http", "workspace", "t", {})
+    estimate = runs.Estimate(workflow, 3, 1, {f"reason {MARKUP}": 2}, None, f"basis {MARKUP}")
+    batch = rows.BatchRow(
+        *(f"b{MARKUP}", "w", f"s{MARKUP}", f"p{MARKUP}", 1, "http", BatchStatus.COMPLETED, None, 1),
+        *(None, None, None, None),
+    )
+    console = Console(record=True, width=400)  # markup on, as Rich's default console has it
+    output.print_counts(console, summary)
+    output.print_summary(console, summary)
+    output.print_estimate(console, estimate)
+    output.print_batches(console, [batch])
+    text = console.export_text()
+    for expected in (
+        f"batch b{MARKUP}: s{MARKUP}, play p{MARKUP}",
+        f"odd{MARKUP}",
+        f"batch stopped: out of credits {MARKUP}",
+        f"failed {MARKUP}.com: HTTP 500 {MARKUP}",
+        f"step s{MARKUP} has cost",
+        f"dry run of step 1 (s{MARKUP})",
+        f"skipped: reason {MARKUP}",
+        f"estimated cost: unknown (basis {MARKUP})",
+        f"p{MARKUP}",
+    ):
+        assert expected in text, expected

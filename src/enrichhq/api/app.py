@@ -16,10 +16,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrichhq import aio, exceptions, metrics, receiver, runs, settings, tokens
-from enrichhq.api import functions, rest
+from enrichhq.api import functions, rest, schemas
+from enrichhq.api import openapi as openapi_document
 from enrichhq.api.deps import Services, check_api_key, require_api_key, services
 from enrichhq.db import errors
 from enrichhq.ui import auth, security
@@ -27,6 +29,8 @@ from enrichhq.ui import routes as ui_routes
 
 log = logging.getLogger("enrichhq.api")
 RECEIVER_PATH = "/functions/v1/receiver_v1"
+#: Prometheus' text exposition format (version 0.0.4), as /metrics answers and declares it.
+METRICS_TYPE = "text/plain; version=0.0.4"
 
 STATUS = {
     exceptions.InputError: 400,
@@ -161,6 +165,12 @@ class App(FastAPI):
     callback_max_bytes = 10 * 1024 * 1024
     conf: settings.Settings | None = None
 
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, with what jsonsafe holds every JSON body to (openapi.declare_no_nul)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = openapi_document.declare_no_nul(super().openapi())
+        return self.openapi_schema
+
     def build_middleware_stack(self) -> ASGIApp:
         inner = super().build_middleware_stack()
         if self.conf is not None:
@@ -179,7 +189,7 @@ async def _nothing() -> Message:
 async def _adopt_orphans(svc: Services) -> None:
     """Batches whose process died resume here: finished items stay, the rest run again."""
     try:
-        orphaned = await runs.orphans(svc.dbs)
+        orphaned = await runs.orphans(svc.dbs, svc.settings)
     except exceptions.EnrichHQError as exc:  # no schema yet, say: serve still starts
         log.warning("could not look for unfinished batches: %s", exc)
         return
@@ -250,18 +260,47 @@ def create_app(conf: settings.Settings | None = None) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(ui_routes.router)
 
-    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_api_key)])
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(require_api_key)],
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus' text exposition format",
+                "content": {METRICS_TYPE: {"schema": {"type": "string"}}},
+            },
+            # Errors are JSON here too, though the route's own answer is text.
+            **schemas.errors(401, 413, 503, media_type="application/json"),
+        },
+    )
     async def prometheus(request: Request) -> Response:
         """Prometheus metrics (Authorization: Bearer like the API)."""
         body = await metrics.exposition(services(request).dbs)
-        return Response(body, media_type="text/plain; version=0.0.4")
+        return Response(body, media_type=METRICS_TYPE)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=schemas.errors(413, 503))
     async def healthz(request: Request) -> dict[str, Any]:
         await services(request).dbs.check()
         return {"status": "ok"}
 
     return app
+
+
+def _http_error_headers(request: Request, exc: StarletteHTTPException) -> dict[str, str]:
+    """An HTTPException's headers; a 405's Allow names the methods of every route on its path.
+
+    Starlette names those of the first route on the path only, and FastAPI makes a route per
+    method: GET /api/v1/workflows would hide its POST.
+    """
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        methods: set[str] = set()
+        for route in request.app.routes:
+            if isinstance(route, Route) and route.methods and route.path_regex.fullmatch(request.url.path):
+                methods |= route.methods
+        headers["Allow"] = ", ".join(sorted(methods))
+    return headers
 
 
 def _handle_errors(app: FastAPI) -> None:
@@ -297,7 +336,8 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own answers (no such path, method not allowed) in the one error shape."""
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        headers = _http_error_headers(request, exc)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

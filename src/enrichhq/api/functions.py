@@ -28,7 +28,7 @@ from enrichhq.api.schemas import (
     ScrapeHomepageRequest,
     StorageRequest,
 )
-from enrichhq.db import batches
+from enrichhq.db import batches, idempotency
 from enrichhq.models import Company, LogEntry, StoreRecord
 from enrichhq.states import BatchStatus
 
@@ -37,6 +37,30 @@ router = APIRouter(
 )
 Auth = Depends(require_api_key)
 HOMEPAGE_PROVIDERS = ("zenrows", "http")
+
+
+#: the header a client sends so that a retried run request gets the first batch, not a second one.
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description=schemas.IDEMPOTENCY_KEY_DOC)
+]
+#: the answer's header when it reports a batch an earlier request with the same key created.
+REPLAYED = "Idempotent-Replayed"
+MAX_KEY_CHARS = 200
+
+
+def idempotency_key(request: Request, given: str | None) -> str | None:
+    """The key to store for this request (scoped by method and path), or None when none was sent.
+
+    InputError (400) for a key that is empty, over MAX_KEY_CHARS or not printable ASCII.
+    """
+    if given is None:
+        return None
+    if not 1 <= len(given) <= MAX_KEY_CHARS or not all(" " <= ch <= "~" for ch in given):
+        raise exceptions.InputError(
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters "
+            f"(got {len(given)} characters); a UUID is a good key"
+        )
+    return idempotency.scoped(f"{request.method} {request.url.path}", given)
 
 
 def _companies(given: list[CompanyIn]) -> list[Company]:
@@ -48,24 +72,31 @@ async def _start(
 ) -> JSONResponse:
     svc = services(request)
     prepared = await runs.prepare(svc.dbs, svc.settings, workflow_ref, selection, **options)
-    svc.runner.start(prepared)
+    if not prepared.replayed:
+        svc.runner.start(prepared)
     summary = await runs.summary(svc.dbs, prepared.batch_id, failures=0)
     return JSONResponse(
         {
             "batch_id": prepared.batch_id,
-            "status": BatchStatus.RUNNING,
+            "status": summary.status if prepared.replayed else BatchStatus.RUNNING,
             "workflow": prepared.workflow.workflow_slug,
             "total": summary.total,
             "counts": summary.counts,
+            # What the run took over from batches whose process died (null when nothing).
+            "adopted": prepared.adoption_message,
         },
         status_code=202,
+        headers={REPLAYED: "true"} if prepared.replayed else None,
     )
 
 
 @router.post("/scrape_homepage_v1", status_code=202, dependencies=[Auth])
-async def scrape_homepage_v1(body: ScrapeHomepageRequest, request: Request) -> JSONResponse:
+async def scrape_homepage_v1(
+    body: ScrapeHomepageRequest, request: Request, idempotency_key_header: IdempotencyKey = None
+) -> JSONResponse:
     """Scrape the homepage of these companies with a homepage workflow (zenrows or http)."""
     svc = services(request)
+    key = idempotency_key(request, idempotency_key_header)
     workflow = await workflows.get(svc.dbs, body.workflow.ref)
     if workflow.provider not in HOMEPAGE_PROVIDERS:
         raise exceptions.ConfigError(
@@ -88,13 +119,21 @@ async def scrape_homepage_v1(body: ScrapeHomepageRequest, request: Request) -> J
         play_name=body.play_name or runs.DEFAULT_PLAY,
         force=body.force,
         batch_id=body.batch_id,
+        idempotency_key=key,
     )
 
 
 @router.post("/run_step", status_code=202, dependencies=[Auth])
-async def run_step(body: RunStepRequest, request: Request) -> JSONResponse:
-    """Run any step for companies (ids, domains or all): routes by the config's provider."""
+async def run_step(
+    body: RunStepRequest, request: Request, idempotency_key_header: IdempotencyKey = None
+) -> JSONResponse:
+    """Run any step for companies (ids, domains or all): routes by the config's provider.
+
+    With an `Idempotency-Key` header, a request sent again with the same key (a retry, a
+    double-click) is answered with the batch the first one created, and runs nothing.
+    """
     svc = services(request)
+    key = idempotency_key(request, idempotency_key_header)
     ids = list(body.company_ids or [])
     if body.companies:
         ids += await companies.ensure(svc.dbs, _companies(body.companies))
@@ -104,10 +143,11 @@ async def run_step(body: RunStepRequest, request: Request) -> JSONResponse:
         runs.Selection(all=body.all, company_ids=tuple(dict.fromkeys(ids))),
         play_name=body.play_name or runs.DEFAULT_PLAY,
         force=body.force,
+        idempotency_key=key,
     )
 
 
-@router.post("/storage_worker_v2", dependencies=[Auth])
+@router.post("/storage_worker_v2", dependencies=[Auth], responses=schemas.errors(502))
 async def storage_worker_v2(body: StorageRequest | list[StorageRequest], request: Request) -> dict[str, Any]:
     """Store data where the workflow config says, then log it (one object, or a list for a chunk)."""
     svc = services(request)
@@ -176,7 +216,15 @@ async def receiver_fast(request: Request) -> JSONResponse:
     return JSONResponse(receipt.body, status_code=receipt.status_code)
 
 
-@router.post("/receiver_v1")
+@router.post(
+    "/receiver_v1",
+    response_model=None,
+    responses={
+        200: {"model": schemas.ReceiptBody, "description": "stored, failed to store, or a duplicate"},
+        202: {"model": schemas.ReceiptBody, "description": "queued for the workers to store"},
+        **schemas.errors(403),
+    },
+)
 async def receiver_v1(
     body: ReceiverRequest,
     request: Request,

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from enrichhq import companies, runs, workflows
 from enrichhq.api import schemas
 from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
-from enrichhq.db import reports, workflow_rows
+from enrichhq.api.functions import REPLAYED, IdempotencyKey, idempotency_key
+from enrichhq.db import idempotency, reports, workflow_rows
 from enrichhq.states import BatchStatus
 
 router = APIRouter(
@@ -46,7 +47,21 @@ async def list_companies(
     return {"total": total, "items": [dataclasses.asdict(c) for c in page]}
 
 
-@router.post("/companies/import", tags=["companies"])
+#: the body /companies/import reads itself (text/csv), declared for the OpenAPI document.
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string", "minLength": 1},
+                "example": "domain,name,id\nacme.com,Acme,\n",
+            }
+        },
+    }
+}
+
+
+@router.post("/companies/import", tags=["companies"], openapi_extra=CSV_BODY)
 async def import_companies(request: Request, skip_blank: bool = False) -> dict[str, Any]:
     """Import a CSV sent as the request body (text/csv): every row, or none."""
     parsed = companies.parse_csv(await request.body(), "request body", skip_blank=skip_blank)
@@ -127,18 +142,49 @@ async def batch_items(
     return {"total": summary.total, "counts": summary.counts, "items": [dataclasses.asdict(i) for i in items]}
 
 
-@router.post("/batches/{batch_id}/retry-failed", status_code=202, tags=["batches"])
-async def retry_failed(batch_id: str, request: Request) -> JSONResponse:
-    """Run the failed and timed-out items of a batch again."""
+@router.post(
+    "/batches/{batch_id}/retry-failed",
+    status_code=202,
+    tags=["batches"],
+    responses={
+        200: {"description": "nothing needed a provider call (kept results stored again): the summary"},
+        **schemas.errors(502),
+    },
+)
+async def retry_failed(
+    batch_id: str, request: Request, idempotency_key_header: IdempotencyKey = None
+) -> JSONResponse:
+    """Run the failed and timed-out items of a batch again.
+
+    With an `Idempotency-Key` header, the same request sent again (the key is scoped by this
+    batch's path) retries nothing more: it is answered with the batch as it stands.
+    """
     svc = services(request)
-    prepared = await runs.prepare_retry(svc.dbs, svc.settings, batch_id)
+    key = idempotency_key(request, idempotency_key_header)
+    if key is not None:
+        # A retry creates no batch to take the key with: it is taken first, in a transaction
+        # of its own (a request sent twice at once waits for it), and given back if the retry fails.
+        async with svc.dbs.begin("hq") as conn:
+            first = await idempotency.take(conn, key, batch_id)
+        if first is not None:
+            summary = await runs.summary(svc.dbs, batch_id, failures=0)
+            return JSONResponse(
+                {"batch_id": batch_id, "status": summary.status}, status_code=202, headers={REPLAYED: "true"}
+            )
+    try:
+        prepared = await runs.prepare_retry(svc.dbs, svc.settings, batch_id)
+    except Exception:
+        if key is not None:
+            async with svc.dbs.begin("hq") as conn:
+                await idempotency.release(conn, key)
+        raise
     if prepared is None:  # kept results were stored again; nothing needed a provider call
         return JSONResponse(dataclasses.asdict(await runs.summary(svc.dbs, batch_id)))
     svc.runner.start(prepared)
     return JSONResponse({"batch_id": batch_id, "status": BatchStatus.RUNNING}, status_code=202)
 
 
-@router.post("/batches/{batch_id}/replay", tags=["batches"])
+@router.post("/batches/{batch_id}/replay", tags=["batches"], responses=schemas.errors(502))
 async def replay_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """Store again results that were fetched but not stored; no provider is called."""
     svc = services(request)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 INT4 = 2**31 - 1
+
+#: the Idempotency-Key header as the OpenAPI document describes it.
+IDEMPOTENCY_KEY_DOC = (
+    "Any string of 1 to 200 printable ASCII characters (a UUID, say), new for each run you mean. "
+    "A request sent again with the same key on the same route (a retry, a double-click), even at "
+    "the same time as the first, runs nothing: it is answered with the batch the first one created, "
+    "with the header `Idempotent-Replayed: true`. A key already used for another step or play is "
+    "refused with 400."
+)
 
 
 def _uuid(value: str) -> str:
@@ -17,18 +26,39 @@ def _uuid(value: str) -> str:
         raise ValueError("must be a UUID") from None
 
 
+#: an id: a UUID, kept as its canonical text; declared as one so clients (and fuzzers) send one.
+Uuid = Annotated[str, AfterValidator(_uuid), Field(json_schema_extra={"format": "uuid"})]
+
+
+NONEMPTY_LIST: dict[str, Any] = {"type": "array", "minItems": 1}
+
+
+def _one_of_given(*fields: str) -> dict[str, Any]:
+    """JSON Schema for "at least one of these fields, as a non-empty string" (a model validator's rule)."""
+    return {
+        "anyOf": [{"required": [f], "properties": {f: {"type": "string", "minLength": 1}}} for f in fields]
+    }
+
+
+#: a company's domain as the OpenAPI document declares it: labels of letters, digits and hyphens,
+#: the last starting with a letter (an IP address is never a company's domain). Declared only,
+#: and narrower than what the API takes: a URL (`https://www.Acme.com/about`) keeps its host, as
+#: `companies.normalize_domain` says. No lookahead, so that generators can produce it directly.
+DOMAIN_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}$"
+
+
 class CompanyIn(BaseModel):
     """A company as the seed's functions receive it."""
 
-    id: str | None = None
-    domain: str = Field(min_length=1, max_length=253)
+    id: Uuid | None = None
+    domain: str = Field(min_length=1, max_length=253, json_schema_extra={"pattern": DOMAIN_PATTERN})
     name: str | None = None
-
-    _check_id = field_validator("id")(lambda v: None if v is None else _uuid(v))
 
 
 class WorkflowRef(BaseModel):
     """`workflow: {id, slug}`; one of the two is enough."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of_given("id", "slug"))
 
     id: str | None = None
     slug: str | None = None
@@ -51,27 +81,35 @@ class ScrapeHomepageRequest(BaseModel):
     companies: list[CompanyIn] = Field(min_length=1, max_length=100_000)
     workflow: WorkflowRef
     play_name: str | None = None
-    batch_id: str | None = None
+    batch_id: Uuid | None = None
     force: bool = False
-
-    _check_batch = field_validator("batch_id")(lambda v: None if v is None else _uuid(v))
 
 
 class RunStepRequest(BaseModel):
     """run_step: the seed's 'user clicks Run Step N' as an API call."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _one_of_given("workflow_id", "workflow_slug"),
+                {
+                    "anyOf": [
+                        {"required": ["all"], "properties": {"all": {"const": True}}},
+                        {"required": ["company_ids"], "properties": {"company_ids": NONEMPTY_LIST}},
+                        {"required": ["companies"], "properties": {"companies": NONEMPTY_LIST}},
+                    ]
+                },
+            ]
+        }
+    )
+
     workflow_id: str | None = None
     workflow_slug: str | None = None
-    company_ids: list[str] | None = Field(default=None, max_length=1_000_000)
+    company_ids: list[Uuid] | None = Field(default=None, max_length=1_000_000)
     companies: list[CompanyIn] | None = Field(default=None, max_length=100_000)
     all: bool = False
     play_name: str | None = None
     force: bool = False
-
-    @field_validator("company_ids")
-    @classmethod
-    def _ids(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [_uuid(v) for v in value]
 
     @model_validator(mode="after")
     def _which(self) -> RunStepRequest:
@@ -88,16 +126,13 @@ class StorageRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     workflow_id: str = Field(min_length=1)
-    company_id: str
+    company_id: Uuid
     company_domain: str = Field(min_length=1)
     data: dict[str, Any]
-    batch_id: str | None = None
+    batch_id: Uuid | None = None
     play_name: str | None = None
     attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
-
-    _check_company = field_validator("company_id")(_uuid)
-    _check_batch = field_validator("batch_id")(lambda v: None if v is None else _uuid(v))
 
 
 class LoggerRequest(BaseModel):
@@ -105,22 +140,19 @@ class LoggerRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    workflow_id: str
+    workflow_id: Uuid
     workflow_slug: str
-    company_id: str
+    company_id: Uuid
     company_domain: str
     play_name: str = Field(min_length=1)
     step_number: int = Field(ge=0, le=INT4)
     status: str = Field(min_length=1, max_length=40)
     result_table: str | None = None
-    batch_id: str | None = None
+    batch_id: Uuid | None = None
     error: str | None = None
     attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
     provider: str | None = None
-
-    _check_ids = field_validator("workflow_id", "company_id")(_uuid)
-    _check_batch = field_validator("batch_id")(lambda v: None if v is None else _uuid(v))
 
 
 class ReceiverRequest(BaseModel):
@@ -130,6 +162,15 @@ class ReceiverRequest(BaseModel):
 
     callback_token: str | None = None
     data: Any = None
+
+
+class ReceiptBody(BaseModel):
+    """receiver_v1's answer to a callback it took: stored (or failed to store), a duplicate, or queued."""
+
+    status: str = Field(description="stored, failed, duplicate or queued")
+    stored: bool
+    state: str | None = Field(default=None, description="a duplicate's item state")
+    error: str | None = Field(default=None, description="why a callback's data was not stored")
 
 
 class FieldProblem(BaseModel):
@@ -146,15 +187,33 @@ class ErrorBody(BaseModel):
     fields: list[FieldProblem] | None = None
 
 
-#: the error answers every API route may give, declared in the OpenAPI document.
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (400, "bad input (a CSV, a value the database refused)"),
-        (401, "missing or wrong API key"),
-        (404, "no such workflow, batch or company"),
-        (413, "request body over ENRICHHQ_MAX_BODY_BYTES"),
-        (422, "invalid request body or a config that cannot run"),
-        (503, "a database that cannot be reached right now"),
-    )
+#: what each error status means, for the OpenAPI document; routes declare the ones they can give.
+ERROR_MEANINGS = {
+    400: "bad input (a CSV, JSON with NaN or NUL, a value the database refused)",
+    401: "missing or wrong API key (or callback token missing or expired)",
+    403: "callback token refused (malformed, or signed with another secret)",
+    404: "no such workflow, batch or company",
+    409: "the request conflicts with what is already there",
+    413: "request body over ENRICHHQ_MAX_BODY_BYTES",
+    422: "invalid request body or parameters, or a config that cannot run",
+    429: "too many requests: wait for Retry-After",
+    502: "the destination database refused or failed a write",
+    503: "a database that cannot be reached right now",
 }
+
+
+def errors(*statuses: int, media_type: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the one error shape (ErrorBody).
+
+    media_type: for a route whose own answers are not JSON (FastAPI would declare its errors in
+    the route's media type); the ErrorBody schema is then referenced, as the JSON routes declare it.
+    """
+    if media_type is None:
+        return {status: {"model": ErrorBody, "description": ERROR_MEANINGS[status]} for status in statuses}
+    content = {media_type: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {"description": ERROR_MEANINGS[status], "content": content} for status in statuses}
+
+
+#: the error answers every API route may give (key, body limit, body parsing, database), declared in
+#: the OpenAPI document so that a client (and schemathesis' conformance checks) knows them all.
+ERRORS = errors(400, 401, 404, 413, 422, 503)

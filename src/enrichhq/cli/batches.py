@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from enrichhq import companies, runs, settings
@@ -65,9 +66,16 @@ def run_command(
         prepared = await runs.prepare(
             dbs, conf, workflow, selection, play_name=play, force=force, budget=budget, sample=sample
         )
+        print_adopted(prepared)
         return await execute_with_progress(dbs, conf, prepared)
 
     finish(run(work))
+
+
+def print_adopted(prepared: runs.Prepared) -> None:
+    """Say what the run took over from batches whose process died."""
+    if prepared.adoption_message:
+        out.print(escape(prepared.adoption_message), highlight=False, soft_wrap=True)
 
 
 def selection_of(all_: bool, domains: list[str], companies_file: Path | None) -> runs.Selection:
@@ -82,16 +90,18 @@ async def execute_with_progress(
 ) -> runs.BatchSummary:
     """Execute a prepared batch behind a Rich progress bar (on a terminal)."""
     current = await runs.summary(dbs, prepared.batch_id, failures=0)
+    # The slug goes in as the task's description, not into the column's template: a template is
+    # formatted (braces) and parsed as markup (brackets), and a slug is data that may hold both.
     with Progress(
-        TextColumn(f"[bold]{prepared.workflow.workflow_slug}[/bold]"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
         TimeElapsedColumn(),
         console=err,
         disable=not err.is_terminal,
     ) as progress:
-        task = progress.add_task("run", total=current.total, detail="")
+        task = progress.add_task(prepared.workflow.workflow_slug, total=current.total, detail="")
 
         def update(counts: dict[str, int]) -> None:
             progress.update(task, completed=summaries.finished(counts), detail=output.progress_detail(counts))

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from enrichhq import aio, exceptions, settings
 from enrichhq.db import engines
@@ -26,8 +27,11 @@ app.add_typer(companies_app, name="companies")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(batches_app, name="batches")
 
-out = Console()
-err = Console(stderr=True)
+# Markup off: what these consoles print is mostly data (slugs, titles, domains, a provider's error
+# text), and Rich would read `[/]` or `[link=...]` in it as markup and crash or swallow it. Styled
+# output is built from Text objects, which carry their style apart from the text.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 T = TypeVar("T")
 
 
@@ -46,7 +50,7 @@ def run(work: Callable[[engines.Databases], Awaitable[T]]) -> T:
 
 def fail(message: str) -> NoReturn:
     """Print one red line and exit 1."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from enrichhq import exceptions, workflows
 from enrichhq.cli.common import command, out, run, workflows_app
@@ -26,8 +27,9 @@ def workflows_list() -> None:
     table = Table("step", "slug", "title", "provider", "destination", "mode", "active", "valid")
     for v in checked:
         w = v.workflow
-        status = "[green]ok[/green]" if v.ok else f"[red]{len(v.problems)} problem(s)[/red]"
-        table.add_row(
+        status = Text("ok", "green") if v.ok else Text(f"{len(v.problems)} problem(s)", "red")
+        # Text cells: the row's fields are data, printed as they are whatever the console parses.
+        cells = (
             str(w.overall_step_number),
             w.workflow_slug,
             w.title or "",
@@ -35,8 +37,8 @@ def workflows_list() -> None:
             f"{w.destination_db}.{w.destination_table_name}",
             w.write_mode,
             "yes" if w.is_active else "no",
-            status,
         )
+        table.add_row(*(Text(cell) for cell in cells), status)
     out.print(table)
 
 
@@ -45,14 +47,14 @@ def workflows_validate() -> None:
     """Check every config against its provider and destination table; exit 1 if any is invalid."""
     checked = run(workflows.validate_all)
     for v in checked:
-        mark = "[green]ok[/green]" if v.ok else "[red]invalid[/red]"
-        out.print(f"{mark} {v.workflow.workflow_slug}", highlight=False)
+        mark = ("ok", "green") if v.ok else ("invalid", "red")
+        out.print(Text.assemble(mark, " ", v.workflow.workflow_slug))
         for problem in v.problems:
-            out.print(f"   [red]x[/red] {problem}", highlight=False, soft_wrap=True)
+            out.print(Text.assemble("   ", ("x", "red"), " ", problem), soft_wrap=True)
         for warning in v.warnings:
-            out.print(f"   [yellow]![/yellow] {warning}", highlight=False, soft_wrap=True)
+            out.print(Text.assemble("   ", ("!", "yellow"), " ", warning), soft_wrap=True)
     bad = [v for v in checked if not v.ok]
-    out.print(f"{len(checked) - len(bad)} valid, {len(bad)} invalid")
+    out.print(Text(f"{len(checked) - len(bad)} valid, {len(bad)} invalid"))
     if bad:
         raise typer.Exit(1)
 
@@ -87,9 +89,9 @@ def workflows_add(
     data.setdefault("write_mode", write_mode)
     spec = workflows.WorkflowSpec.parse(data)
     result = run(lambda dbs: workflows.add(dbs, spec, create_table=create_table))
-    out.print(f"added workflow {result.workflow.workflow_slug} ({result.workflow.id})", highlight=False)
+    out.print(Text(f"added workflow {result.workflow.workflow_slug} ({result.workflow.id})"))
     for warning in result.warnings:
-        out.print(f"[yellow]![/yellow] {warning}", highlight=False)
+        out.print(Text.assemble(("!", "yellow"), " ", warning))
 
 
 def load_spec(path: Path) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,6 +18,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
+from enrichhq.db import errors
+
+T = TypeVar("T")
+
+#: how many times a statement that lost a race to a concurrent transaction is run again.
+RACE_ATTEMPTS = 20
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -82,6 +88,58 @@ def upsert(dialect: Dialect, table: sa.Table, conflict: list[str], update: list[
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=conflict, set_={c: stmt.excluded[c] for c in update}
     )
+
+
+def insert_unless_taken(
+    dialect: Dialect,
+    table: sa.Table,
+    columns: Sequence[str],
+    source: sa.Select[Any],
+    *,
+    key: Sequence[str],
+    where: sa.ColumnElement[bool] | sa.TextClause | None = None,
+) -> sa.Insert:
+    """INSERT INTO table (columns) SELECT ... ON CONFLICT (key) [WHERE where] DO NOTHING.
+
+    `where` names a partial unique index by its condition. Rows whose key another row holds are
+    dropped, not refused: on PostgreSQL a row whose key a concurrent transaction has just written
+    waits for it to end, and is dropped if it committed. SQLite reads `SELECT ... FROM t ON
+    CONFLICT` as a join's ON unless the SELECT has a WHERE (its documented parsing ambiguity):
+    the source always gets one.
+    """
+    stmt: Any
+    if is_sqlite(dialect):
+        stmt = sqlite.insert(table)
+        source = source.where(sa.true())
+    elif dialect.name == "postgresql":
+        stmt = postgresql.insert(table)
+    else:  # pragma: no cover - parse_url admits no other dialect
+        raise exceptions.DatabaseError(f"no upsert for dialect {dialect.name}")
+    return stmt.from_select(list(columns), source).on_conflict_do_nothing(  # type: ignore[no-any-return]
+        index_elements=list(key), index_where=where
+    )
+
+
+async def until_no_race(conn: AsyncConnection, run: Callable[[], Awaitable[T]]) -> T:
+    """Run statements that a concurrent transaction may make fail (a unique key it just took, a
+    deadlock the server broke) until they pass; each attempt looks again at what others committed.
+
+    PostgreSQL aborts the whole transaction on an error, so each attempt runs in a savepoint.
+    SQLite undoes only the statement that failed, and keeps the transaction; a savepoint there
+    would be wrong (opened before the first write, it commits on release, outside the transaction).
+    `run` must leave nothing half done when it fails: one statement, or statements that are safe
+    to repeat.
+    """
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            if is_sqlite(conn.dialect):
+                return await run()
+            async with conn.begin_nested():
+                return await run()
+        except sa.exc.DBAPIError as exc:
+            if attempt == RACE_ATTEMPTS or not errors.lost_a_race(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def insert_new(dialect: Dialect, table: sa.Table, conflict: list[str]) -> sa.Insert:

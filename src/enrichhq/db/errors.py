@@ -20,6 +20,12 @@ CONFIG_STATES = frozenset({"3D000", "28P01", "28000"})
 #: admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, recovering).
 SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
 UNDEFINED_TABLE = "42P01"
+#: unique_violation: a row another transaction (or this one) already holds the key of.
+UNIQUE_VIOLATION = "23505"
+#: deadlock_detected, serialization_failure: the server undid one statement so another could go on.
+RETRY_STATES = frozenset({"40P01", "40001"})
+#: SQLite's extended codes for a UNIQUE index and a PRIMARY KEY refusing a row.
+SQLITE_UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
 #: duplicate_table, duplicate_object, and unique_violation (two CREATE TABLEs racing on pg_type).
 ALREADY_EXISTS_STATES = frozenset({"42P07", "42710", "23505"})
 #: serialization_failure, deadlock_detected, lock_not_available, query_canceled: the same
@@ -105,6 +111,26 @@ def may_be_missing_table(exc: BaseException) -> bool:
         isinstance(orig, sqlite3.OperationalError)
         and getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR
     )
+
+
+def unique_violation(exc: BaseException) -> bool:
+    """Whether the database refused a row for a key that is already taken (23505, SQLite's UNIQUE)."""
+    if sqlstate(exc) == UNIQUE_VIOLATION:
+        return True
+    orig = driver_error(exc)
+    return (
+        isinstance(orig, sqlite3.IntegrityError)
+        and getattr(orig, "sqlite_errorcode", None) in SQLITE_UNIQUE_CODES
+    )
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    """Whether a statement failed only because of a concurrent transaction: running it again is safe.
+
+    A unique violation of a row committed meanwhile, a deadlock the server broke, a serialization
+    failure; SQLite's writers queue on its lock (busy_timeout), so only the first can reach it.
+    """
+    return unique_violation(exc) or sqlstate(exc) in RETRY_STATES
 
 
 def already_exists(exc: BaseException) -> bool:

@@ -13,13 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import batches, types
+from enrichhq.db import batches, dialect, types
 from enrichhq.db.common import chunked, is_uuid, now
 from enrichhq.db.rows import ItemRow, KeptResult
-from enrichhq.db.schema import batch_items, companies, completions
+from enrichhq.db.schema import OPEN_CONDITION, batch_items, companies, completions
 from enrichhq.db.schema import batches as batch_rows
 from enrichhq.models import ItemOutcome
-from enrichhq.states import ItemState
+from enrichhq.states import OPEN_STATES, ItemState
 
 
 def unindexed_state() -> sa.ColumnElement[str]:
@@ -54,15 +54,45 @@ async def update_ids(
         await conn.execute(sa.update(batch_items).where(these(batch_id, chunk), *where).values(**values))
 
 
+def in_flight_reason(play_name: str) -> str:
+    """Why an item is skipped: another batch of its step and play holds the company open."""
+    return f"already in flight in another batch of this step and play {play_name!r}"
+
+
+def _open_elsewhere(
+    company_id: sa.ColumnElement[Any],
+    workflow_id: sa.ColumnElement[Any] | str | None,
+    play_name: sa.ColumnElement[Any] | str,
+    batch_id: sa.ColumnElement[Any] | str,
+) -> sa.Exists:
+    """Another batch holds an open item for this company, step and play: the unique index's key.
+
+    A fast path only: read before the write, it can miss what a concurrent transaction writes.
+    The partial unique index `uq_enrichment_batch_items_open` is what guarantees it.
+    """
+    other = batch_items.alias("other_items")
+    return sa.exists().where(
+        other.c.workflow_id == workflow_id,
+        other.c.play_name == play_name,
+        other.c.company_id == company_id,
+        other.c.state.in_(OPEN_STATES),
+        other.c.batch_id != batch_id,
+    )
+
+
+#: the partial unique index's columns and condition, as ON CONFLICT names it.
+OPEN_KEY = ("workflow_id", "play_name", "company_id")
+
+
 async def add_batch_items(
     conn: AsyncConnection,
     batch_id: str,
     *,
+    workflow_id: str,
     play_name: str,
     step_number: int,
     force: bool,
     company_ids: Sequence[str] | None,
-    workflow_id: str | None = None,
     fresh_after: datetime | None = None,
     sample: int | None = None,
 ) -> None:
@@ -71,6 +101,12 @@ async def add_batch_items(
     Companies that already completed this step in this play start `skipped` unless forced;
     with fresh_after, only completions since then count (older results are refreshed).
     With sample, a random `sample` of the companies (the caller samples given ids itself).
+
+    A company another batch of this step and play holds open is skipped: the database decides,
+    through the partial unique index. Items are written with ON CONFLICT ... DO NOTHING, so a
+    queued item whose key is taken (even by a transaction not yet committed: PostgreSQL waits
+    for it) is dropped; the companies dropped go in next as `skipped`. Companies are written in
+    id order, so two batches written at once wait for each other in one order, never in a circle.
     """
     # Ids typed by hand into SQLite may be upper-case; items always hold the canonical form.
     company_key = types.uuid_key(companies.c.id, conn.dialect.name)
@@ -81,16 +117,8 @@ async def add_batch_items(
         completions.c.completed_at > fresh_after if fresh_after is not None else sa.true(),
     )
     # A company another batch of this step and play is working on now is not paid for twice.
-    other_items, other_batches = batch_items.alias("other_items"), batch_rows.alias("other_batches")
-    in_flight = sa.exists().where(
-        other_items.c.company_id == company_key,
-        other_items.c.batch_id == other_batches.c.id,
-        other_items.c.state.in_(("queued", "running", "waiting_callback", "storing")),
-        other_batches.c.workflow_id == workflow_id,
-        other_batches.c.play_name == play_name,
-        other_batches.c.id != batch_id,
-    )
-    busy = f"already in flight in another batch of this step and play {play_name!r}"
+    in_flight = _open_elsewhere(company_key, workflow_id, play_name, batch_id)
+    busy = in_flight_reason(play_name)
     if force:
         state: sa.ColumnElement[Any] = sa.case((in_flight, "skipped"), else_="queued")
         reason: sa.ColumnElement[Any] = sa.case((in_flight, busy), else_=sa.null())
@@ -102,10 +130,19 @@ async def add_batch_items(
             (in_flight, busy),
             else_=sa.null(),
         )
-    columns = ["batch_id", "company_id", "company_domain", "state", "last_error", "updated_at"]
+    columns = [
+        "batch_id",
+        "company_id",
+        "company_domain",
+        "state",
+        "last_error",
+        "updated_at",
+        "workflow_id",
+        "play_name",
+    ]
     stamp = now()
 
-    def select(ids: Sequence[str] | None) -> sa.Select[Any]:
+    def select(ids: Sequence[str] | None, state: Any, reason: Any) -> sa.Select[Any]:
         stmt = sa.select(
             sa.literal(batch_id, types.GUID),
             company_key,
@@ -113,17 +150,43 @@ async def add_batch_items(
             state,
             reason,
             sa.literal(stamp, batch_rows.c.created_at.type),
-        )
+            sa.literal(workflow_id, types.GUID),
+            sa.literal(play_name, sa.Text),
+        ).order_by(company_key)
         return stmt if ids is None else stmt.where(company_key.in_(ids))
 
+    mine = batch_items.alias("mine")
+    dropped = ~sa.exists().where(mine.c.batch_id == batch_id, mine.c.company_id == company_key)
+
+    async def write(ids: Sequence[str] | None) -> None:
+        async def insert() -> None:
+            await conn.execute(
+                dialect.insert_unless_taken(
+                    conn.dialect,
+                    batch_items,
+                    columns,
+                    select(ids, state, reason),
+                    key=OPEN_KEY,
+                    where=OPEN_CONDITION,
+                )
+            )
+
+        # A deadlock with a requeue working in another order is broken by the server: try again.
+        await dialect.until_no_race(conn, insert)
+        # The companies the index turned away: skipped, as the fast path would have had them.
+        rest = select(ids, sa.literal("skipped", sa.Text), sa.literal(busy, sa.Text)).where(dropped)
+        await conn.execute(sa.insert(batch_items).from_select(columns, rest))
+
+    if company_ids is None and sample is not None:
+        # A sample is drawn once, here: the skipped companies must be the sampled ones.
+        drawn = await conn.execute(sa.select(company_key).order_by(sa.func.random()).limit(sample))
+        company_ids = [r[0] for r in drawn]
     if company_ids is None:
-        everyone = select(None)
-        if sample is not None:
-            everyone = everyone.order_by(sa.func.random()).limit(sample)
-        await conn.execute(sa.insert(batch_items).from_select(columns, everyone))
+        await write(None)
     else:
-        for chunk in chunked(company_ids):
-            await conn.execute(sa.insert(batch_items).from_select(columns, select(chunk)))
+        # Sorted before chunking too: the order holds across chunks, not only within one.
+        for chunk in chunked(sorted(company_ids, key=str.lower)):
+            await write(chunk)
     total = await conn.execute(
         sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.batch_id == batch_id)
     )
@@ -204,43 +267,87 @@ async def skip_unfinished(
     return result.rowcount
 
 
-async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
-    """Queue again the items a stopped batch never ran; returns how many."""
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "skipped",
-            batch_items.c.last_error.like(f"{batches.STOPPED_PREFIX}%"),
-        )
-        .values(state="queued", last_error=None, finished_at=None, deliveries=0, updated_at=now())
+def _held_elsewhere() -> sa.Exists:
+    """Another batch holds this item's company open in the item's step and play."""
+    return _open_elsewhere(
+        batch_items.c.company_id, batch_items.c.workflow_id, batch_items.c.play_name, batch_items.c.batch_id
     )
+
+
+async def _skip_held(conn: AsyncConnection, batch_id: str, which: Sequence[sa.ColumnElement[bool]]) -> None:
+    """End the items `which` whose company another batch holds open as skipped, in flight."""
+    play = await conn.execute(sa.select(batch_rows.c.play_name).where(batch_rows.c.id == batch_id))
+    await conn.execute(
+        sa.update(batch_items)
+        .where(*which, _held_elsewhere())
+        .values(
+            state=ItemState.SKIPPED,
+            last_error=in_flight_reason(play.scalar() or ""),
+            updated_at=now(),
+            finished_at=now(),
+        )
+    )
+
+
+async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
+    """Queue again the items a stopped batch never ran; returns how many.
+
+    One whose company another batch of the step and play holds open stays skipped, as in flight.
+    """
+    which = [
+        batch_items.c.batch_id == batch_id,
+        batch_items.c.state == ItemState.SKIPPED,
+        batch_items.c.last_error.like(f"{batches.STOPPED_PREFIX}%"),
+    ]
+
+    async def reopen() -> int:
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(*which, ~_held_elsewhere())
+            .values(state=ItemState.QUEUED, last_error=None, finished_at=None, deliveries=0, updated_at=now())
+        )
+        return result.rowcount
+
+    # The NOT EXISTS is read as the statement starts; a batch that takes one of the companies
+    # after that makes the unique index refuse the statement, which then runs again and sees it.
+    moved = await dialect.until_no_race(conn, reopen)
+    await _skip_held(conn, batch_id, which)
     await batches.reopen(conn, batch_id)
-    return result.rowcount
+    return moved
 
 
 async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
-    """Queue a batch's failed and timed-out items again; returns how many."""
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_(("failed", "timed_out")),
-            # An item holding a fetched result is replayed, never called again.
-            batch_items.c.result.is_(None),
+    """Queue a batch's failed and timed-out items again; returns how many.
+
+    One whose company another batch of the step and play holds open ends skipped, as in flight.
+    """
+    which = [
+        batch_items.c.batch_id == batch_id,
+        batch_items.c.state.in_((ItemState.FAILED, ItemState.TIMED_OUT)),
+        # An item holding a fetched result is replayed, never called again.
+        batch_items.c.result.is_(None),
+    ]
+
+    async def reopen() -> int:
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(*which, ~_held_elsewhere())
+            .values(
+                state=ItemState.QUEUED,
+                last_error=None,
+                finished_at=None,
+                deadline_at=None,
+                deliveries=0,
+                updated_at=now(),
+            )
         )
-        .values(
-            state="queued",
-            last_error=None,
-            finished_at=None,
-            deadline_at=None,
-            deliveries=0,
-            updated_at=now(),
-        )
-    )
-    if result.rowcount:
+        return result.rowcount
+
+    moved = await dialect.until_no_race(conn, reopen)  # see requeue_for_resume
+    await _skip_held(conn, batch_id, which)
+    if moved:
         await batches.reopen(conn, batch_id)
-    return result.rowcount
+    return moved
 
 
 async def finish_items(
@@ -325,34 +432,36 @@ async def finish_items(
 
 
 async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int) -> list[KeptResult]:
-    """Take failed items that hold a fetched result (storage failed) for replay: one replay each."""
-    chosen = (
-        sa.select(batch_items.c.company_id)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "failed",
-            batch_items.c.result.is_not(None),
+    """Take failed items that hold a fetched result (storage failed) for replay: one replay each.
+
+    One whose company another batch of the step and play holds open ends skipped, as in flight
+    (that batch stores its own result; storing this one too would write the company twice).
+    Its result stays on the item.
+    """
+    kept = [
+        batch_items.c.batch_id == batch_id,
+        batch_items.c.state == ItemState.FAILED,
+        batch_items.c.result.is_not(None),
+    ]
+    await _skip_held(conn, batch_id, kept)
+
+    async def claim() -> list[KeptResult]:
+        chosen = sa.select(batch_items.c.company_id).where(*kept).limit(limit).scalar_subquery()
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(*kept, batch_items.c.company_id.in_(chosen), ~_held_elsewhere())
+            .values(state=ItemState.STORING, updated_at=now())
+            .returning(
+                batch_items.c.company_id,
+                batch_items.c.company_domain,
+                batch_items.c.result,
+                batch_items.c.attempts,
+                batch_items.c.cost,
+            )
         )
-        .limit(limit)
-        .scalar_subquery()
-    )
-    result = await conn.execute(
-        sa.update(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.state == "failed",
-            batch_items.c.company_id.in_(chosen),
-        )
-        .values(state="storing", updated_at=now())
-        .returning(
-            batch_items.c.company_id,
-            batch_items.c.company_domain,
-            batch_items.c.result,
-            batch_items.c.attempts,
-            batch_items.c.cost,
-        )
-    )
-    return [KeptResult.of(r._mapping) for r in result]
+        return [KeptResult.of(r._mapping) for r in result]
+
+    return await dialect.until_no_race(conn, claim)  # see requeue_for_resume
 
 
 async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
@@ -392,3 +501,25 @@ async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> Ite
         .first()
     )
     return ItemRow.of(row) if row else None
+
+
+async def adopt_open(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    states: Sequence[str],
+    company_ids: Sequence[str] | None,
+) -> tuple[int, bool]:
+    """End a dead run's items in these states as skipped with the reason: all of them, or these
+    companies'. Returns how many, and whether any item of the batch is still in these states."""
+    values = {"state": "skipped", "last_error": reason, "updated_at": now(), "finished_at": now()}
+    where = [batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states)]
+    moved = 0
+    if company_ids is None:
+        moved = (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount
+    else:
+        for chunk in chunked(company_ids):
+            stmt = sa.update(batch_items).where(*where, batch_items.c.company_id.in_(chunk)).values(values)
+            moved += (await conn.execute(stmt)).rowcount
+    left = await conn.execute(sa.select(batch_items.c.company_id).where(*where).limit(1))
+    return moved, left.first() is not None
