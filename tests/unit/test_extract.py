@@ -500,6 +500,22 @@ def test_nested_lists_are_indented_at_most_max_indent_levels(clock: list[float])
     assert max(len(line) for line in lines) == len("  " * pagetext.MAX_INDENT + "- item")
 
 
+async def test_a_page_past_the_workers_memory_fails_alone(
+    monkeypatch: pytest.MonkeyPatch, clock: list[float]
+) -> None:
+    monkeypatch.setattr(extract, "WORKER_MEMORY", 400 * 2**20)
+    made = extract.ExtractProvider(workflow(max_html_bytes=60 * 2**20, timeout_s=30), settings())
+    try:
+        with pytest.raises(
+            exceptions.ProviderError, match=r"^extract: the page needs more than the 400 MiB a worker may use$"
+        ):
+            await fetch(made, "<p><a href='/x'>a</a> b</p>" * 3_000_000)
+        within(clock[0], 10)
+        assert (await fetch(made, page("acme-analytics")))["title"].startswith("Acme Analytics")
+    finally:
+        await made.aclose()
+
+
 def test_broken_markup_is_read_as_a_browser_would() -> None:
     html = (
         "<html><body><p>One <b>bold <i>both</b> italic?</p></i></div></div></span>"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from urllib.parse import unquote, urljoin, urlsplit
 
-from selectolax.lexbor import LexborHTMLParser, LexborNode
+from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
 # Elements whose content a reader never sees. svg and math carry titles and paths, not prose.
 SKIPPED = frozenset(
@@ -646,8 +646,9 @@ def answer(job: Job, memory_limit: int = 0) -> tuple[str, object]:
         )
     except Overtime:
         return "error", f"the page was not read within {job.timeout_s:g}s (timeout_s)"
-    except MemoryError:
-        return "error", f"the page needs more than {memory_limit // 2**20:,} MiB to read"
+    except (MemoryError, SelectolaxError):
+        # Lexbor reports a failed allocation as a failed parse; it fails no other way on any input.
+        return "error", f"the page needs more than the {memory_limit // 2**20:,} MiB a worker may use"
     except Exception as exc:  # noqa: BLE001 - a parser bug fails this page, not the worker
         return "error", f"the page could not be read: {type(exc).__name__}: {exc}"
     return "ok", data
