@@ -507,7 +507,8 @@ async def test_a_page_past_the_workers_memory_fails_alone(
     made = extract.ExtractProvider(workflow(max_html_bytes=60 * 2**20, timeout_s=30), settings())
     try:
         with pytest.raises(
-            exceptions.ProviderError, match=r"^extract: the page needs more than the 400 MiB a worker may use$"
+            exceptions.ProviderError,
+            match=r"^extract: the page needs more than the 400 MiB a worker may use$",
         ):
             await fetch(made, "<p><a href='/x'>a</a> b</p>" * 3_000_000)
         within(clock[0], 10)
