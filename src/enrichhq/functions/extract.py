@@ -242,7 +242,7 @@ class ExtractProvider(base.Provider):
 
 # --- the worker processes -----------------------------------------------------------------------------
 
-#: a worker past this much memory fails its page with MemoryError instead of starving the machine.
+#: a worker past this much address space fails its page, naming the limit, instead of starving the machine.
 WORKER_MEMORY = 2 * 1024 * 1024 * 1024
 #: seconds a worker may take to start and import the parser.
 START_TIMEOUT_S = 60.0

@@ -89,7 +89,6 @@ MAX_INDENT = 8
 #: longer URLs are not links a user wants, and keep the user's patterns on short input.
 MAX_LINK_CHARS = 2048
 MAX_LINKS = 10_000
-_UNKNOWN = object()
 #: the walk looks at the clock once per this many nodes.
 CLOCK_EVERY = 2048
 
@@ -238,10 +237,9 @@ class PageReader:
         """An absolute http(s) URL without fragment, or None for anything else (mailto, javascript...)."""
         if href is None:
             return None
-        known = self._resolved.get(href, _UNKNOWN)
-        if known is _UNKNOWN:
-            known = self._resolved[href] = self._absolute(href)
-        return known  # type: ignore[return-value]
+        if href not in self._resolved:  # a page links to the same places many times
+            self._resolved[href] = self._absolute(href)
+        return self._resolved[href]
 
     def _absolute(self, href: str) -> str | None:
         # Browsers drop surrounding whitespace and control characters, and tabs and newlines within.
