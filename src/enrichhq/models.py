@@ -85,12 +85,14 @@ class ProviderResult:
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """What a provider may need beside the company: where and how to call back."""
+    """What a provider may need beside the company: where and how to call back, and its inputs."""
 
     batch_id: str
     play_name: str
     callback_url: str | None = None
     callback_token: str | None = None
+    #: the step's rendered `provider_config.inputs` for this company (JSON-encodable values).
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

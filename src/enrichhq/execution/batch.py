@@ -16,20 +16,22 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, Protocol
 
 from enrichhq import exceptions
 from enrichhq.execution.budget import Budget
 from enrichhq.execution.caller import Caller, CallResult, Signing, StopFlag
 from enrichhq.execution.limits import Limits
-from enrichhq.execution.store import ItemStore
+from enrichhq.execution.store import ItemStore, Runnable
 from enrichhq.execution.writer import BatchStep, Done, Storage, Ticket, Writer
 from enrichhq.functions import Provider
-from enrichhq.models import Company
-from enrichhq.states import BatchStatus
+from enrichhq.inputs import InputError, InputMissing, Outcome
+from enrichhq.models import Company, ItemOutcome, LogEntry
+from enrichhq.states import BatchStatus, ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.batch")
 
@@ -49,6 +51,13 @@ class Calling:
     signing: Signing
 
 
+class ChunkInputs(Protocol):
+    """A step's inputs, rendered a chunk at a time (`execution.step_inputs.StepInputs`)."""
+
+    async def render(self, companies: Sequence[Company]) -> Mapping[str, Outcome]:
+        """Each company's inputs by id, or why it has none."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     company: Company
@@ -57,6 +66,8 @@ class _Job:
     ticket: Ticket
     #: what calls lost with a dead process were charged (see `Runnable.charged`).
     charged: float | None = None
+    #: the step's rendered inputs for this company.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BatchWork:
@@ -71,8 +82,11 @@ class BatchWork:
         storage: Storage,
         chunk_size: int,
         watch_s: float = WATCH_SECONDS,
+        inputs: ChunkInputs | None = None,
     ) -> None:
         self.step = step
+        #: None for a step without inputs: its chunks read and render nothing.
+        self.inputs = inputs
         self.calling = calling
         self.store = store
         self.watch_s = watch_s
@@ -152,13 +166,64 @@ class BatchWork:
             log.error("batch %s: %d poison item(s) failed", self.step.batch_id, taken.poisoned)
         if not mine:
             return []
+        rendered: Mapping[str, Outcome] = {}
+        if self.inputs is not None:
+            rendered = await self._render(mine, taken.runnable, counted)
+            mine = [c for c in mine if isinstance(rendered.get(c.id), dict)]
+            if not mine:
+                return []
         ticket = Ticket(len(mine))
         self.outstanding += len(mine)
         for company in mine:
             runnable = taken.runnable[company.id]
-            self.work.put_nowait(_Job(company, runnable.attempts, runnable.counted, ticket, runnable.charged))
+            values = rendered.get(company.id)
+            self.work.put_nowait(
+                _Job(
+                    company,
+                    runnable.attempts,
+                    runnable.counted,
+                    ticket,
+                    runnable.charged,
+                    values if isinstance(values, dict) else {},
+                )
+            )
         await ticket.done.wait()
         return await self._after(ticket, counted)
+
+    async def _render(
+        self, companies: list[Company], runnable: Mapping[str, Runnable], counted: set[str]
+    ) -> Mapping[str, Outcome]:
+        """The chunk's inputs; companies without them end here, before any call.
+
+        InputMissing: `skipped` with `input_missing: <reference>`; InputError: `failed`. Either way
+        no call, no cost, and the attempt the take counted is given back (the outcome carries the
+        attempts from before this delivery).
+        """
+        assert self.inputs is not None
+        try:
+            rendered = await self.inputs.render(companies)
+        except BaseException:
+            # The rows could not be read (a database restarting): the items go back to the queue
+            # uncalled, and the job fails so that it is delivered again.
+            await self._hand_back(companies, counted)
+            raise
+        ref = self.step.ref
+        outcomes: list[ItemOutcome] = []
+        entries: list[LogEntry] = []
+        for company in companies:
+            found = rendered.get(company.id)
+            if isinstance(found, InputMissing | InputError):
+                state = ItemState.SKIPPED if isinstance(found, InputMissing) else ItemState.FAILED
+                item = runnable[company.id]
+                outcomes.append(ItemOutcome(company.id, state, item.attempts, found.reason, item.charged))
+                entries.append(
+                    ref.entry(company.id, company.domain, LogStatus(state.value), error=found.reason)
+                )
+        if outcomes:
+            await self.store.finish(
+                entries, outcomes, callback_timeout_s=self.calling.provider.callback_timeout_s
+            )
+        return rendered
 
     async def _after(self, ticket: Ticket, counted: set[str]) -> list[Company]:
         """A job's items are through: fail the job if some were not written, else end the rest."""
@@ -273,7 +338,7 @@ class BatchWork:
     async def _call(self, job: _Job) -> CallResult | None:
         start = None if job.counted else functools.partial(self._started, job.company.id)
         try:
-            return await self.caller.call(job.company, job.attempts, start=start)
+            return await self.caller.call(job.company, job.attempts, start=start, inputs=job.inputs)
         except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
             log.exception("batch %s: %s could not be called", self.step.batch_id, job.company.id)
             return CallResult(job.company, 1, error=f"internal error: {type(exc).__name__}: {exc}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,12 +142,18 @@ class Caller:
         self.gate = gate or Gate(sleep=sleep)
 
     async def call(
-        self, company: Company, attempts: int, *, start: Callable[[], Awaitable[None]] | None = None
+        self,
+        company: Company,
+        attempts: int,
+        *,
+        start: Callable[[], Awaitable[None]] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> CallResult | None:
         """Call until the policy says stop; None if the batch stopped before any call went out.
 
         attempts: calls counted for the company before this delivery. start, when given, is
-        awaited once, just before the first call goes out.
+        awaited once, just before the first call goes out. inputs: the step's rendered inputs
+        for this company, handed to the provider in its `CallContext`.
         """
         tally = _Tally()
         while True:
@@ -159,7 +165,7 @@ class Caller:
                 await start()
             tally.tries += 1
             try:
-                fetched = await self._fetch(company)
+                fetched = await self._fetch(company, inputs or {})
             except exceptions.ProviderError as exc:
                 await self.budget.settle(exc.cost)
                 tally.add(exc.cost, exc.trail)
@@ -180,11 +186,11 @@ class Caller:
                 return tally.result(company, pending=True)
             return tally.result(company, data=fetched.data)
 
-    async def _fetch(self, company: Company) -> ProviderResult:
+    async def _fetch(self, company: Company, inputs: Mapping[str, Any]) -> ProviderResult:
         async with self.limits.call():
             began = time.monotonic()
             try:
-                fetched = await self.provider.fetch(company, self.context(company))
+                fetched = await self.provider.fetch(company, self.context(company, inputs))
             except exceptions.ProviderError as exc:
                 metrics.observe(self.name, time.monotonic() - began, "error", exc.status)
                 raise
@@ -234,10 +240,11 @@ class Caller:
         last = tally.retries[-1].error if tally.retries else "stopped"
         return tally.result(company, error=f"{last} ({self.stop.reason})")
 
-    def context(self, company: Company) -> CallContext:
-        """What the provider gets beside the company: for an async one, where to call back and a token."""
+    def context(self, company: Company, inputs: Mapping[str, Any] | None = None) -> CallContext:
+        """What the provider gets beside the company: its inputs; for an async one, where to call back."""
+        inputs = inputs or {}
         if not self.provider.asynchronous:
-            return CallContext(self.batch_id, self.step.play_name)
+            return CallContext(self.batch_id, self.step.play_name, inputs=inputs)
         token = tokens.issue(
             self.signing.callback_secret(),
             self.batch_id,
@@ -245,4 +252,4 @@ class Caller:
             self.step.workflow_id,
             self.provider.callback_timeout_s,
         )
-        return CallContext(self.batch_id, self.step.play_name, self.signing.receiver_url(), token)
+        return CallContext(self.batch_id, self.step.play_name, self.signing.receiver_url(), token, inputs)

@@ -20,6 +20,7 @@ from enrichhq.db import batches, callback_items, engines, items, reports
 from enrichhq.execution.batch import BatchWork, Calling
 from enrichhq.execution.budget import Purse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
+from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.execution.store import DbItemStore
 from enrichhq.execution.writer import BatchStep
 from enrichhq.functions import Provider
@@ -119,6 +120,7 @@ class Engine:
         try:
             workflow = await workflows.get(self.dbs, str(batch.workflow_id))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
+            inputs = await StepInputs.of(self.dbs, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
         except exceptions.Unreachable:
             raise  # a database restarting: the job is retried
@@ -162,6 +164,7 @@ class Engine:
                 store=DbItemStore(self.dbs, step.ref, price=per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
+                inputs=inputs,
             )
         )
         self.closing[batch_id] = closing
