@@ -58,6 +58,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_REPEAT: Final = 10_000_000
 _MAX_POWER_BITS: Final = 100_000
 _MAX_MESSAGE: Final = 300
+#: how the error of an item skipped for a missing input begins (reports pick those items out by it).
+MISSING_PREFIX: Final = "input_missing: "
 
 
 # --- outcomes -------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class InputMissing:
     @property
     def reason(self) -> str:
         """The item's error text (`input_missing: <reference>`)."""
-        return f"input_missing: {self.reference}"
+        return f"{MISSING_PREFIX}{self.reference}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,6 +726,7 @@ def _cycle_line(cycle: list[str], graph: _Graph) -> str:
 __all__ = [
     "COMPANY_FIELDS",
     "CONTEXT_NAMES",
+    "MISSING_PREFIX",
     "Input",
     "InputError",
     "InputMissing",

@@ -69,7 +69,10 @@ class StepInputs:
         out: dict[str, dict[str, dict[str, object]]] = {}
         for slug, source in self.sources.items():
             db = source.destination.db
-            await stored_rows.ensure(self.dbs, db)  # a database no step has stored into has no receipts yet
+            if db != "hq":
+                # A database no step has stored into has no receipts table yet. HQ has it from its
+                # migration, and an estimate reads while holding HQ's write lock (SQLite).
+                await stored_rows.ensure(self.dbs, db)
             async with self.dbs.begin(db) as conn:
                 found = await step_rows.rows_written(
                     conn, source.workflow.id, source.destination.table, ids, source.columns
