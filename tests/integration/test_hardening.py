@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from enrichhq import exceptions, runs
+from enrichhq.execution import lease
 from tests.conftest import Env
 from tests.helpers import (
     INSERT_WORKFLOW,
@@ -41,7 +42,12 @@ async def test_concurrent_replays_store_each_result_once(env: Env, stub: Stub) -
     await runs.execute(env.dbs, env.settings, prepared)
     assert (await runs.summary(env.dbs, prepared.batch_id)).count("failed") == 6
     await accept_rows(env.dbs, env.backend)
-    await asyncio.gather(*(runs.replay(env.dbs, env.settings, prepared.batch_id) for _ in range(2)))
+    replays = await asyncio.gather(
+        *(runs.replay(env.dbs, env.settings, prepared.batch_id) for _ in range(2)), return_exceptions=True
+    )
+    # One replay holds the batch's lease; the other, if it came while the first ran, is refused.
+    refused = [r for r in replays if isinstance(r, BaseException)]
+    assert len(refused) < 2 and all(isinstance(r, lease.LeaseHeld) for r in refused), replays
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 6
     assert await count(env.dbs, "hq", "enrichment_results_log", "WHERE status = 'succeeded'") == 6
 

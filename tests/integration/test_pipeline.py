@@ -284,13 +284,14 @@ async def test_resume_after_a_crash_runs_only_unfinished_items(env: Env, stub: S
     await sql(
         env.dbs, "hq", "UPDATE enrichment_batch_items SET state = 'running' WHERE company_domain = 'ok-b.com'"
     )
-    with pytest.raises(exceptions.InputError, match="still running"):
+    # This process holds the batch's lease (its preparation took it) and is alive.
+    with pytest.raises(exceptions.InputError, match=r"is being run by .*, last heartbeat"):
         await runs.prepare_resume(env.dbs, env.settings, prepared.batch_id)
-    # The process is gone: a minute and more without progress.
+    # The process is gone: its lease's heartbeat older than ENRICHHQ_HEARTBEAT_S.
     await sql(
         env.dbs,
         "hq",
-        "UPDATE enrichment_batch_items SET updated_at = :t",
+        "UPDATE enrichment_batches SET heartbeat_at = :t",
         {"t": common.now() - timedelta(minutes=2)},
     )
     summary = await runs.execute(

@@ -140,14 +140,14 @@ async def test_metrics_and_orphaned_batches_resume_on_start(env: Env, tmp_path: 
         "hq",
         "INSERT INTO companies (id, domain) VALUES ('6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11', 'ok-orphan.com'), ('6f0c2d4e-2222-4a43-9d0b-3f1f2b8f7c11', 'ratelimit-m.com')",
     )
-    # A batch whose process died before it ran anything: no progress for two minutes.
+    # A batch whose process died before it ran anything: its lease's heartbeat two minutes old.
     prepared = await runs.prepare(
         env.dbs, env.settings, "scrape-homepage-via-zenrows", runs.Selection(all=True)
     )
     await sql(
         env.dbs,
         "hq",
-        "UPDATE enrichment_batch_items SET updated_at = :t",
+        "UPDATE enrichment_batches SET heartbeat_at = :t",
         {"t": common.now() - timedelta(minutes=2)},
     )
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:

@@ -135,12 +135,12 @@ async def test_calls_lost_with_a_dead_process_are_counted_as_paid_once(env: Env)
         {"b": batch_id, "c": fresh.id, "d": fresh.domain},
     )
     step = StepRef.of(workflow, batch_id=batch_id, play_name="default")
-    store = DbItemStore(env.dbs, step, price=2.5)
+    store = DbItemStore(env.dbs, step, price=2.5, adds_spend=True)  # the batch has no budget
     taken = await store.take([lost.id, fresh.id], poison_after=3)
     assert taken.runnable[lost.id].charged == 2.5 and not taken.runnable[lost.id].counted
     assert taken.runnable[fresh.id].charged is None
     # The next process dies too, before the call starts again: nothing more is charged.
-    await DbItemStore(env.dbs, step, price=2.5).take([lost.id], poison_after=3)
+    await DbItemStore(env.dbs, step, price=2.5, adds_spend=True).take([lost.id], poison_after=3)
     rows = await sql(
         env.dbs,
         "hq",
@@ -154,7 +154,10 @@ async def test_calls_lost_with_a_dead_process_are_counted_as_paid_once(env: Env)
         env.dbs, "hq", "SELECT cost FROM enrichment_batch_items WHERE company_id = :c", {"c": lost.id}
     )
     assert cost[0][0] == 2.5
-    print("unknown-result recovery: 1 log row at the step's price, item cost 2.5")
+    # And the batch's purse counted it once, as the delivery charged it.
+    spent = await sql(env.dbs, "hq", "SELECT spent FROM enrichment_batches WHERE id = :b", {"b": batch_id})
+    assert spent[0][0] == 2.5
+    print("unknown-result recovery: 1 log row at the step's price, item cost 2.5, batch spent 2.5")
 
 
 async def _refusing_hq(env: Env) -> None:

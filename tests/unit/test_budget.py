@@ -1,8 +1,21 @@
-"""The purse: room is reserved before a call and settled with the real cost after. No I/O."""
+"""The purse: room is reserved before a call and settled with the real cost after. No I/O.
+
+`Purse` keeps it in the process; `HqPurse` in a `Ledger` every worker shares (HQ's batch row).
+"""
 
 from __future__ import annotations
 
-from enrichhq.execution.budget import Budget, Purse
+import asyncio
+
+import pytest
+
+from enrichhq import exceptions
+from enrichhq.db.purse import PurseRow
+from enrichhq.execution.budget import EPSILON, Budget, HqPurse, Purse
+from enrichhq.execution.caller import Caller, StopFlag
+from enrichhq.execution.memory import InMemoryItemStore
+from enrichhq.models import Company
+from tests.unit import fakes
 
 
 async def test_without_a_budget_every_call_is_allowed_and_nothing_is_counted() -> None:
@@ -64,3 +77,155 @@ def test_exhausted_says_what_was_spent_and_how_to_go_on() -> None:
 def test_purse_is_a_budget() -> None:
     budget: Budget = Purse(None)
     assert isinstance(budget, Purse)
+
+
+class MemoryLedger:
+    """A batch row's purse in memory, with the rules of `db.purse`'s statements (the HQ one is
+    proven against both databases in tests/integration/test_purse.py); counts what it is asked."""
+
+    def __init__(self, budget: float | None, spent: float = 0.0) -> None:
+        self.budget = budget
+        self.spent = spent
+        self.reserved = 0.0
+        self.asked: list[str] = []
+
+    async def reserve(self, price: float) -> bool:
+        self.asked.append("reserve")
+        if self.budget is not None and self.spent + self.reserved + price > self.budget + EPSILON:
+            return False
+        self.reserved += price
+        return True
+
+    async def settle(self, price: float, cost: float) -> None:
+        self.asked.append("settle")
+        self.reserved = max(0.0, self.reserved - price)
+        self.spent += cost
+
+    async def read(self) -> PurseRow | None:
+        self.asked.append("read")
+        return PurseRow(self.budget, self.spent, self.reserved)
+
+
+def test_hq_purse_is_a_budget() -> None:
+    budget: Budget = HqPurse(MemoryLedger(None), None)
+    assert isinstance(budget, HqPurse)
+
+
+async def test_without_a_budget_the_hq_purse_writes_nothing_per_call() -> None:
+    ledger = MemoryLedger(None)
+    purse = HqPurse(ledger, None, per_call=1.0)
+    assert all([await purse.reserve() for _ in range(100)])
+    for _ in range(100):
+        await purse.settle(1.0)
+    # Spent grows with the chunks the item store writes instead (adds_spend).
+    assert ledger.asked == [] and not purse.settles_per_call
+
+
+async def test_with_a_budget_each_call_reserves_and_settles_in_the_ledger() -> None:
+    ledger = MemoryLedger(3.0)
+    purse = HqPurse(ledger, 3.0, per_call=1.0)
+    assert purse.settles_per_call
+    assert await purse.reserve()
+    assert ledger.reserved == 1.0
+    await purse.settle(0.75)
+    assert (ledger.spent, ledger.reserved) == (0.75, 0.0)
+    assert ledger.asked == ["reserve", "settle"]
+
+
+async def test_a_settle_gives_back_what_its_own_call_reserved_though_the_price_grew_since() -> None:
+    ledger = MemoryLedger(100.0)
+    purse = HqPurse(ledger, 100.0, per_call=1.0)
+    first_reserved, second_may_go = asyncio.Event(), asyncio.Event()
+
+    async def cheap_then_settles_late() -> None:
+        assert await purse.reserve()  # reserves 1
+        first_reserved.set()
+        await second_may_go.wait()
+        await purse.settle(1.0)
+
+    async def dear() -> None:
+        await first_reserved.wait()
+        assert await purse.reserve()  # reserves 1 too
+        await purse.settle(10.0)  # the price grows to 10
+        second_may_go.set()
+
+    await asyncio.gather(cheap_then_settles_late(), dear())
+    assert purse.per_call == 10.0
+    # Each settle gave back 1 (what its task reserved), not the grown price: nothing left held.
+    assert (ledger.spent, ledger.reserved) == (11.0, 0.0)
+
+
+async def test_a_refused_call_waits_for_the_calls_out_and_says_the_final_figure() -> None:
+    ledger = MemoryLedger(2.0)
+    purse = HqPurse(ledger, 2.0, per_call=1.0, drain_s=5.0, poll_s=0.001)
+    out = asyncio.Event()
+
+    async def call_out() -> None:  # reserves and settles in its own task, as `Caller.call` does
+        assert await purse.reserve()
+        await out.wait()
+        await asyncio.sleep(0.01)
+        await purse.settle(1.0)
+
+    calls = [asyncio.create_task(call_out()) for _ in range(2)]
+    await asyncio.sleep(0)
+    out.set()
+    refused = await asyncio.gather(purse.reserve(), purse.reserve(), purse.reserve())
+    await asyncio.gather(*calls)
+    assert list(refused) == [False, False, False]
+    assert ledger.asked.count("read") >= 2  # it waited for the calls out
+    assert ledger.reserved == 0.0
+    # The message was made once nothing was reserved any more: what HQ says the batch spent.
+    assert purse.exhausted() == "budget of 2 reached (spent 2); resume with a higher --budget"
+
+
+async def test_calls_still_out_at_the_deadline_are_named_in_the_message() -> None:
+    ledger = MemoryLedger(1.5, spent=0.5)
+    clock = fakes.Clock()
+    purse = HqPurse(ledger, 1.5, per_call=1.0, drain_s=5.0, sleep=clock.sleep, clock=clock)
+    assert await purse.reserve()  # never settles (a worker that died holding it)
+    assert not await purse.reserve()
+    assert sum(clock.slept) >= 5.0
+    assert purse.exhausted() == (
+        "budget of 1.5 reached (spent 0.5, 1 reserved by calls still out); resume with a higher --budget"
+    )
+
+
+async def test_a_call_that_never_starts_gives_its_reservation_back() -> None:
+    provider = fakes.Scripted()
+    ledger = MemoryLedger(10.0)
+    purse = HqPurse(ledger, 10.0, per_call=1.0)
+    caller = Caller(provider, fakes.ref(), signing=fakes.Signing(), limits=fakes.CountingLimits(),
+                    budget=purse, stop=StopFlag())  # fmt: skip
+
+    async def start() -> None:
+        raise exceptions.Unreachable("HQ is gone")
+
+    with pytest.raises(exceptions.Unreachable):
+        await caller.call(Company("c1", "c1.test"), 0, start=start)
+    assert provider.calls == [] and (ledger.reserved, ledger.spent) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("budget", [None, 1000.0])
+async def test_every_cost_is_counted_once_in_the_purse_or_the_chunks(budget: float | None) -> None:
+    provider = fakes.Scripted(script={"c1": [exceptions.ProviderError("busy", retryable=True, cost=0.5)]})
+    ledger = MemoryLedger(budget)
+    purse = HqPurse(ledger, budget, per_call=1.0)
+    companies = fakes.companies(20)
+    store = InMemoryItemStore([c.id for c in companies], adds_spend=not purse.settles_per_call)
+    async with fakes.work(provider, store, budget=purse, workers=4, chunk_size=3) as work:
+        await work.run_chunk(companies, poison_after=3)
+    # 20 answers at 1 and a retried 0.5: counted per call with a budget, per chunk without.
+    assert (ledger.spent, store.spent) == ((20.5, 0.0) if budget else (0.0, 20.5))
+    assert ledger.reserved == 0.0
+
+
+async def test_a_settle_hq_refuses_keeps_the_call_and_its_reservation() -> None:
+    class Down(MemoryLedger):
+        async def settle(self, price: float, cost: float) -> None:
+            raise exceptions.Unreachable("HQ stayed down")
+
+    ledger = Down(10.0)
+    purse = HqPurse(ledger, 10.0, per_call=1.0)
+    assert await purse.reserve()
+    await purse.settle(1.0)  # logged, not raised: the paid result goes on to be written
+    assert (ledger.spent, ledger.reserved) == (0.0, 1.0)

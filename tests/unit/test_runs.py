@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,10 +11,13 @@ import pydantic
 import pytest
 import sqlalchemy as sa
 
-from enrichhq import destinations, exceptions, run_if, runs
+from enrichhq import destinations, exceptions, liveness, run_if, runs
+from enrichhq.db import batches, common
+from enrichhq.execution import lease
 from enrichhq.models import WorkflowConfig
-from enrichhq.runs import conditions, lifecycle, preparation, selection, summaries
+from enrichhq.runs import conditions, preparation, selection, summaries
 from enrichhq.states import BatchStatus, ItemState
+from tests.unit.fakes import settings
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -145,14 +150,28 @@ def test_summary_counts_missing_states_as_zero() -> None:
     assert summary.count(ItemState.SUCCEEDED) == 3 and summary.count(ItemState.FAILED) == 0
 
 
+#: a pid no process can have (above any pid_max): a holder that is gone.
+GONE_PID = 2**31 - 1
+
+
 @pytest.mark.parametrize(
-    ("status", "since", "active"),
+    ("owner", "host", "pid", "age", "takeable"),
     [
-        (BatchStatus.RUNNING, 5.0, True),
-        (BatchStatus.RUNNING, lifecycle.ACTIVE_WITHIN_S, False),
-        (BatchStatus.RUNNING, None, False),
-        (BatchStatus.STOPPED, 5.0, False),
+        (None, None, None, None, True),  # nobody holds it
+        ("elsewhere:1:a", "elsewhere", 1, 5.0, False),  # another host, beating: respected
+        ("elsewhere:1:a", "elsewhere", 1, 31.0, True),  # another host, silent past heartbeat_s
+        ("here:gone", socket.gethostname(), GONE_PID, 1.0, True),  # this host, pid dead: at once
+        ("here:me", socket.gethostname(), os.getpid(), 1.0, False),  # this host, pid alive
+        (None, None, None, 5.0, False),  # on the workers, beaten
+        (None, None, None, 31.0, True),  # on the workers, none beats it
     ],
 )
-def test_a_batch_is_active_while_running_and_moving(status: str, since: float | None, active: bool) -> None:
-    assert lifecycle.still_active(status, since) is active
+def test_a_lease_is_taken_from_a_holder_that_is_gone(
+    owner: str | None, host: str | None, pid: int | None, age: float | None, takeable: bool
+) -> None:
+    beat = None if age is None else common.now() - timedelta(seconds=age)
+    holder = batches.Holder(BatchStatus.RUNNING, owner, host, pid, beat)
+    assert lease.looks_takeable(holder, settings()) is takeable
+    assert lease.looks_takeable(holder, settings(), liveness.Lease(owner or "", "h", 1)) is (
+        takeable or owner is not None
+    )

@@ -189,7 +189,7 @@ async def _nothing() -> Message:
 async def _adopt_orphans(svc: Services) -> None:
     """Batches whose process died resume here: finished items stay, the rest run again."""
     try:
-        orphaned = await runs.orphans(svc.dbs)
+        orphaned = await runs.orphans(svc.dbs, svc.settings)
     except exceptions.EnrichHQError as exc:  # no schema yet, say: serve still starts
         log.warning("could not look for unfinished batches: %s", exc)
         return

@@ -82,6 +82,8 @@ async def _start(
             "workflow": prepared.workflow.workflow_slug,
             "total": summary.total,
             "counts": summary.counts,
+            # What the run took over from batches whose process died (null when nothing).
+            "adopted": prepared.adoption_message,
         },
         status_code=202,
         headers={REPLAYED: "true"} if prepared.replayed else None,

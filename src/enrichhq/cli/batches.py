@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from enrichhq import companies, runs, settings
@@ -65,9 +66,16 @@ def run_command(
         prepared = await runs.prepare(
             dbs, conf, workflow, selection, play_name=play, force=force, budget=budget, sample=sample
         )
+        print_adopted(prepared)
         return await execute_with_progress(dbs, conf, prepared)
 
     finish(run(work))
+
+
+def print_adopted(prepared: runs.Prepared) -> None:
+    """Say what the run took over from batches whose process died."""
+    if prepared.adoption_message:
+        out.print(escape(prepared.adoption_message), highlight=False, soft_wrap=True)
 
 
 def selection_of(all_: bool, domains: list[str], companies_file: Path | None) -> runs.Selection:

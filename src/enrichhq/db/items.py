@@ -501,3 +501,25 @@ async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> Ite
         .first()
     )
     return ItemRow.of(row) if row else None
+
+
+async def adopt_open(
+    conn: AsyncConnection,
+    batch_id: str,
+    reason: str,
+    states: Sequence[str],
+    company_ids: Sequence[str] | None,
+) -> tuple[int, bool]:
+    """End a dead run's items in these states as skipped with the reason: all of them, or these
+    companies'. Returns how many, and whether any item of the batch is still in these states."""
+    values = {"state": "skipped", "last_error": reason, "updated_at": now(), "finished_at": now()}
+    where = [batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states)]
+    moved = 0
+    if company_ids is None:
+        moved = (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount
+    else:
+        for chunk in chunked(company_ids):
+            stmt = sa.update(batch_items).where(*where, batch_items.c.company_id.in_(chunk)).values(values)
+            moved += (await conn.execute(stmt)).rowcount
+    left = await conn.execute(sa.select(batch_items.c.company_id).where(*where).limit(1))
+    return moved, left.first() is not None

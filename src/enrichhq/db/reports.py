@@ -103,19 +103,19 @@ async def open_item_states(conn: AsyncConnection) -> dict[str, int]:
 
 
 async def spent(conn: AsyncConnection, batch_id: str) -> float:
-    """What a batch's calls have cost so far."""
-    result = await conn.execute(
-        sa.select(sa.func.sum(batch_items.c.cost)).where(batch_items.c.batch_id == batch_id)
-    )
+    """What a batch's calls have cost so far: its purse (enrichment_batches.spent).
+
+    Not the sum of its items' costs: an item keeps only its last delivery's cost, while the purse
+    counts every call any worker paid for, in every run of the batch.
+    """
+    result = await conn.execute(sa.select(batches.c.spent).where(batches.c.id == batch_id))
     return float(result.scalar() or 0)
 
 
 async def workflow_cost(conn: AsyncConnection, workflow_id: str) -> float:
-    """What a workflow's calls have cost over all its batches."""
+    """What a workflow's calls have cost over all its batches (their purses)."""
     result = await conn.execute(
-        sa.select(sa.func.sum(batch_items.c.cost))
-        .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
-        .where(batches.c.workflow_id == workflow_id)
+        sa.select(sa.func.sum(batches.c.spent)).where(batches.c.workflow_id == workflow_id)
     )
     return float(result.scalar() or 0)
 

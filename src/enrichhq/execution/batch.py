@@ -220,8 +220,9 @@ class BatchWork:
                     ref.entry(company.id, company.domain, LogStatus(state.value), error=found.reason)
                 )
         if outcomes:
+            # No call was made for them: nothing is spent.
             await self.store.finish(
-                entries, outcomes, callback_timeout_s=self.calling.provider.callback_timeout_s
+                entries, outcomes, callback_timeout_s=self.calling.provider.callback_timeout_s, spend={}
             )
         return rendered
 

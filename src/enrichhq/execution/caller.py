@@ -162,7 +162,13 @@ class Caller:
                 self.stop.set(self.budget.exhausted())
                 return self._unpaid(company, tally)
             if tally.tries == 0 and start is not None:
-                await start()
+                try:
+                    await start()
+                except BaseException:
+                    # The call never goes out: give its reservation back, or the shared purse
+                    # would keep it (and refuse calls the budget has room for) for good.
+                    await self.budget.settle(None)
+                    raise
             tally.tries += 1
             try:
                 fetched = await self._fetch(company, inputs or {})

@@ -11,8 +11,9 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 
+from enrichhq import liveness
 from enrichhq.db import batches, engines, reports
-from enrichhq.execution import outage, queue
+from enrichhq.execution import lease, outage, queue
 from enrichhq.execution.batch import CANCELLED
 from enrichhq.execution.engine import Engine
 from enrichhq.pipeline import Pipeline
@@ -38,11 +39,42 @@ async def run_here(
     on_progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
     interrupt: asyncio.Event | None = None,
+    held: liveness.Lease | None = None,
 ) -> None:
-    """Run every unfinished item of the batch in this process, on the in-memory queue."""
+    """Run every unfinished item of the batch in this process, on the in-memory queue.
+
+    The run holds the batch's lease throughout (`held`, when its preparation took it already):
+    taken first, so a batch a live process holds is never run beside it (LeaseHeld); beaten
+    every heartbeat_s/3 while it runs; given up at the end, however it ends.
+    """
+    mine = held or liveness.Lease.new()
+    await lease.take(dbs, settings, batch_id, mine)
+    try:
+        await _run_held(dbs, settings, batch_id, mine, pipeline, concurrency, on_progress, cancel, interrupt)
+    finally:
+        await lease.release(dbs, batch_id, mine)
+
+
+async def _run_held(
+    dbs: engines.Databases,
+    settings: Settings,
+    batch_id: str,
+    mine: liveness.Lease,
+    pipeline: Pipeline,
+    concurrency: int,
+    on_progress: ProgressCallback | None,
+    cancel: asyncio.Event | None,
+    interrupt: asyncio.Event | None,
+) -> None:
     queries = queue.memory_queries()
     engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
     qm = queue.manager(queries, engine)
+
+    def lost() -> None:
+        # Another run took the batch over: start nothing more; what is not called stays queued.
+        engine.hand_back()
+        qm.shutdown.set()
+
     # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
     job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
     await queue.enqueue_batch(dbs, queries, batch_id, job_size)
@@ -56,16 +88,17 @@ async def run_here(
     )
     stopped = False
     try:
-        while not runner.done():
-            await asyncio.wait({runner}, timeout=POLL_S)
-            await _report(dbs, batch_id, on_progress)
-            if not stopped and cancel is not None and cancel.is_set():
-                engine.stop(CANCELLED)
-                stopped = True
-            if not stopped and interrupt is not None and interrupt.is_set():
-                engine.stop(interrupted(batch_id))
-                stopped = True
-        runner.result()
+        async with lease.kept(dbs, settings, batch_id, mine, lost):
+            while not runner.done():
+                await asyncio.wait({runner}, timeout=POLL_S)
+                await _report(dbs, batch_id, on_progress)
+                if not stopped and cancel is not None and cancel.is_set():
+                    engine.stop(CANCELLED)
+                    stopped = True
+                if not stopped and interrupt is not None and interrupt.is_set():
+                    engine.stop(interrupted(batch_id))
+                    stopped = True
+            runner.result()
     finally:
         if not runner.done():  # cancelled (serve shutting down): nothing new starts, the rest waits
             engine.hand_back()
@@ -86,9 +119,14 @@ async def run_on_workers(
     on_progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
     interrupt: asyncio.Event | None = None,
+    held: liveness.Lease | None = None,
 ) -> None:
     """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends (or until
-    interrupted: the workers go on)."""
+    interrupted: the workers go on).
+
+    The lease this run's preparation took (`held`) goes to the workers with the jobs: they beat
+    the batch while they work on it, and its queued jobs keep it theirs.
+    """
     conn = await queue.connect(settings)
     try:
         queries = await queue.pg_queries(conn)
@@ -96,6 +134,8 @@ async def run_on_workers(
             await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
     finally:
         await conn.close()
+    if held is not None:
+        await lease.hand_to_workers(dbs, batch_id, held)
     while True:
         # A restarting HQ is waited out here as by the workers.
         await outage.through(functools.partial(_report, dbs, batch_id, on_progress))

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
-from enrichhq.db import batches, callback_items, engines, items, reports
+from enrichhq.db import batches, callback_items, engines, items
 from enrichhq.execution.batch import BatchWork, Calling
-from enrichhq.execution.budget import Purse
+from enrichhq.execution.budget import HqLedger, HqPurse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
 from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.execution.store import DbItemStore
@@ -113,7 +113,6 @@ class Engine:
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
-            spent = await reports.spent(conn, batch_id) if batch else 0.0
         if batch is None:
             log.warning("job for unknown batch %s dropped", batch_id)
             return None
@@ -154,14 +153,16 @@ class Engine:
                 local=workers,
             )
         step = BatchStep(batch_id, batch.play_name, workflow, destination)
-        calling = Calling(provider, limits, Purse(batch.budget, spent, per_call), workers, self.settings)
+        # The purse is the batch's row in HQ, shared with every other worker on the batch.
+        purse = HqPurse(HqLedger(self.dbs, batch_id), batch.budget, per_call)
+        calling = Calling(provider, limits, purse, workers, self.settings)
         closing = contextlib.AsyncExitStack()
         closing.push_async_callback(close_quietly, provider)
         work = await closing.enter_async_context(
             BatchWork(
                 step,
                 calling,
-                store=DbItemStore(self.dbs, step.ref, price=per_call),
+                store=DbItemStore(self.dbs, step.ref, price=per_call, adds_spend=not purse.settles_per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
                 inputs=inputs,
@@ -198,6 +199,8 @@ class Engine:
             elif status not in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
                 return
             await batches.finish_batch(conn, batch_id, status, batch.message)
+            # Ended on the workers: nobody holds it now (a run's own lease is the run's to give up).
+            await batches.end_beats(conn, batch_id)
             if status is BatchStatus.WAITING:  # the last callback may have settled since has_waiting looked
                 await batches.close_if_done(conn, batch_id)
 
@@ -246,6 +249,10 @@ class Engine:
                 del self.work[batch_id]
                 self.opening.pop(batch_id, None)
                 await self._close(batch_id)
+
+    def busy(self) -> list[str]:
+        """The batches this process has jobs of in hand now."""
+        return [batch_id for batch_id, work in self.work.items() if work.jobs > 0]
 
     def _redis(self) -> Any:
         if self.redis is None:

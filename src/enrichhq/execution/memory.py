@@ -7,7 +7,7 @@ counted as its call starts, only running items settle, a cancel made elsewhere i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from enrichhq.db import batches
@@ -33,8 +33,13 @@ class MemoryItem:
 class InMemoryItemStore:
     """One batch's items in a dict; every change is also recorded in `calls` for assertions."""
 
-    def __init__(self, company_ids: Iterable[str], *, write_concurrency: int = 2) -> None:
+    def __init__(
+        self, company_ids: Iterable[str], *, write_concurrency: int = 2, adds_spend: bool = True
+    ) -> None:
         self.items = {cid: MemoryItem() for cid in company_ids}
+        #: as `DbItemStore`: whether `finish` adds what each chunk's calls cost to `spent`.
+        self.adds_spend = adds_spend
+        self.spent = 0.0
         self.status: str = BatchStatus.RUNNING
         self.message: str | None = None
         self.entries: list[LogEntry] = []
@@ -108,13 +113,20 @@ class InMemoryItemStore:
         return BatchState(self.status, self.message)
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
         """Only running items settle: what another path settled first stands."""
         self.calls.append("finish")
         if self.fail_finish is not None:
             raise self.fail_finish
         self.entries.extend(entries)
+        if self.adds_spend:
+            self.spent += sum(spend.values())
         for o in outcomes:
             item = self.items[o.company_id]
             waits = o.state is ItemState.WAITING_CALLBACK

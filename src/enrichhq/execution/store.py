@@ -18,7 +18,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import enrichment_logger
-from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items
+from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items, purse
 from enrichhq.execution import outage
 from enrichhq.models import ItemOutcome, LogEntry, StepRef
 from enrichhq.states import BatchStatus, ItemState, LogStatus
@@ -80,20 +80,39 @@ class ItemStore(Protocol):
         """The batch as stored now (None once it is gone), after stopping it when `stop` says why."""
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
-        """Write log entries and outcomes together: final states, and items now waiting for a callback."""
+        """Write log entries and outcomes together: final states, and items now waiting for a callback.
+
+        spend: what each company's calls in this delivery cost (not the charges for calls lost
+        with a dead process, which the delivery counted), added to the batch's spent with them.
+        """
 
 
 class DbItemStore:
-    """The items of one batch in HQ."""
+    """The items of one batch in HQ.
 
-    def __init__(self, dbs: engines.Databases, step: StepRef, *, price: float | None = None) -> None:
+    adds_spend: whether this store adds what calls cost to the batch's `spent` (a batch without a
+    budget, whose calls reserve and settle nothing): each written chunk's calls, and the calls
+    lost with a dead process as their delivery charges them. A budgeted batch's purse settles
+    each call itself (`budget.HqPurse`), and a takeover of a dead holder's batch moves what its
+    calls in flight reserved into spent; its store adds nothing, or each cost would count twice.
+    """
+
+    def __init__(
+        self, dbs: engines.Databases, step: StepRef, *, price: float | None = None, adds_spend: bool
+    ) -> None:
         self.dbs = dbs
         self.step = step
         self.batch_id = step.batch_id or ""
         #: the step's price of one call: what a call lost with a dead process is counted as.
         self.price = price
+        self.adds_spend = adds_spend
 
     @property
     def write_concurrency(self) -> int:
@@ -116,6 +135,8 @@ class DbItemStore:
                     step=self.step,
                     price=self.price,
                 )
+                if self.adds_spend:  # charged once, here, in the transaction that charges them
+                    await purse.add_spent(conn, self.batch_id, sum(e.cost or 0.0 for e in taken.unknown))
                 await enrichment_logger.write(
                     conn,
                     [
@@ -176,9 +197,14 @@ class DbItemStore:
         return None if batch is None else BatchState(batch.status, batch.message)
 
     async def finish(
-        self, entries: Sequence[LogEntry], outcomes: Sequence[ItemOutcome], *, callback_timeout_s: float
+        self,
+        entries: Sequence[LogEntry],
+        outcomes: Sequence[ItemOutcome],
+        *,
+        callback_timeout_s: float,
+        spend: Mapping[str, float],
     ) -> None:
-        """Log entries, final states and waiting items in one HQ transaction."""
+        """Log entries, final states, waiting items and (without a budget) spent in one HQ transaction."""
         final = [o for o in outcomes if o.state is not ItemState.WAITING_CALLBACK]
         waiting = [
             {"company_id": o.company_id, "attempts": o.attempts, "cost": o.cost}
@@ -188,6 +214,7 @@ class DbItemStore:
         deadline = common.now() + timedelta(seconds=callback_timeout_s)
         ids = list(dict.fromkeys([o.company_id for o in outcomes] + [e.company_id for e in entries]))
         by_id = {o.company_id: o for o in outcomes}
+        paid = spend if self.adds_spend else {}
 
         async def write(conn: AsyncConnection, chosen: Collection[str]) -> None:
             every = len(chosen) == len(ids)
@@ -198,6 +225,10 @@ class DbItemStore:
             await callback_items.mark_waiting(
                 conn, self.batch_id, [w for w in waiting if every or w["company_id"] in chosen], deadline
             )
+            # With the outcomes, so spent grows exactly when they are written; last, so the batch
+            # row (every chunk's and every reservation's) stays locked only until the commit.
+            cost = sum(paid.values()) if every else sum(paid.get(c, 0.0) for c in chosen)
+            await purse.add_spent(conn, self.batch_id, cost)
 
         async def refused(conn: AsyncConnection, company_id: str, reason: str) -> None:
             # What HQ cannot hold is dropped; the company fails with the database's reason, its
@@ -218,6 +249,7 @@ class DbItemStore:
             if outcome is not None:
                 failed = ItemOutcome(company_id, ItemState.FAILED, outcome.attempts, error, outcome.cost)
                 await items.finish_items(conn, self.batch_id, [failed])
+            await purse.add_spent(conn, self.batch_id, paid.get(company_id, 0.0))
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.
         await outage.through(

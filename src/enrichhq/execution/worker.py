@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import asyncpg
 
 from enrichhq import exceptions, metrics
-from enrichhq.db import engines, workers
+from enrichhq.db import batches, engines, workers
 from enrichhq.execution import queue
 from enrichhq.execution.embedded import worker_id
 from enrichhq.execution.engine import Engine
@@ -97,19 +97,24 @@ async def _serve(settings: Settings, engine: Engine, concurrency: int, stop: asy
 async def _housekeeping(
     dbs: engines.Databases, engine: Engine, me: str, concurrency: int, stop: asyncio.Event
 ) -> None:
-    """Say this worker is alive; close batches it no longer works on."""
+    """Say this worker is alive, and so are the batches it works on; close those it no longer does."""
     host = socket.gethostname()
     while not stop.is_set():
         try:
             async with dbs.begin("hq") as conn:
                 await workers.beat(conn, me, host, os.getpid(), concurrency)
+                # A batch on the workers has no owner: it is live while some worker beats it.
+                await batches.beat_on_workers(conn, engine.busy())
             await engine.reap()
         except exceptions.DatabaseError as exc:  # HQ restarting: the next beat tries again
             log.warning("heartbeat failed: %s", exc)
         except Exception:  # housekeeping must outlive any one failure; a bug shows its stack
             log.exception("heartbeat failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=queue.BEAT_S)
+            # Often enough that a batch's heartbeat never looks stale while a worker is on it.
+            await asyncio.wait_for(
+                stop.wait(), timeout=min(queue.BEAT_S, engine.settings.enrichhq_heartbeat_s / 3)
+            )
 
 
 async def _monitor(dbs: engines.Databases, me: str, port: int) -> None:

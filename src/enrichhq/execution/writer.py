@@ -234,7 +234,12 @@ class Writer:
         if not self.storage.logs_locally:
             await self.storage.log(entries)
             entries = []
-        await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s)
+        # What this delivery's calls cost, per company: a lost call's charge (d.charged) is in its
+        # item's cost but was counted as spent when the delivery charged it.
+        spend: dict[str, float] = {}
+        for d in chunk:
+            spend[d.call.company.id] = spend.get(d.call.company.id, 0.0) + (d.call.cost or 0.0)
+        await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s, spend=spend)
 
     async def _store(self, fetched: list[Done], entries: list[LogEntry]) -> dict[str, StoreOutcome]:
         """Hand the fetched data to the storage step; its log entries join `entries` when local."""

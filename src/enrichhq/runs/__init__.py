@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 from enrichhq.runs.dispatch import execute, run
-from enrichhq.runs.lifecycle import ACTIVE_WITHIN_S, cancel, orphans, prepare_resume, prepare_retry, replay
+from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay
 from enrichhq.runs.preparation import DEFAULT_PLAY, Estimate, Prepared, estimate, prepare
 from enrichhq.runs.selection import Selection
 from enrichhq.runs.summaries import BatchSummary, list_batches, summary
 
 __all__ = [
-    "ACTIVE_WITHIN_S",
     "DEFAULT_PLAY",
     "BatchSummary",
     "Estimate",

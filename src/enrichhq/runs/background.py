@@ -43,7 +43,7 @@ class BatchRunner:
         if running is not None:
             running[1].set()
             await asyncio.wait({running[0]}, timeout=30)
-        return await lifecycle.cancel(self.dbs, batch_id)
+        return await lifecycle.cancel(self.dbs, self.settings, batch_id)
 
     async def shutdown(self) -> None:
         """Stop every running batch now; what it left unfinished is resumable."""

@@ -6,7 +6,7 @@ import asyncio
 
 from enrichhq import exceptions, functions
 from enrichhq.db import engines
-from enrichhq.execution import embedded, queue
+from enrichhq.execution import embedded, lease, queue
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, selection, summaries
@@ -29,9 +29,31 @@ async def execute(
     flight end and are written, the rest waits for `enrichhq batches resume`. A batch run by
     workers is only no longer followed: it goes on there.
     """
+    try:
+        return await _execute(dbs, settings, prepared, on_progress, pipeline, cancel, interrupt)
+    finally:
+        if prepared.lease is not None:  # however it ended (or failed to start), this run holds nothing
+            await lease.release(dbs, prepared.batch_id, prepared.lease)
+
+
+async def _execute(
+    dbs: engines.Databases,
+    settings: Settings,
+    prepared: preparation.Prepared,
+    on_progress: ProgressCallback | None,
+    pipeline: Pipeline | None,
+    cancel: asyncio.Event | None,
+    interrupt: asyncio.Event | None,
+) -> summaries.BatchSummary:
     if await queue.queue_mode(dbs, settings) == "postgres":
         await embedded.run_on_workers(
-            dbs, settings, prepared.batch_id, on_progress=on_progress, cancel=cancel, interrupt=interrupt
+            dbs,
+            settings,
+            prepared.batch_id,
+            on_progress=on_progress,
+            cancel=cancel,
+            interrupt=interrupt,
+            held=prepared.lease,
         )
         return await summaries.summary(dbs, prepared.batch_id)
     if await queue.queued_elsewhere(settings, prepared.batch_id):
@@ -52,6 +74,7 @@ async def execute(
             on_progress=on_progress,
             cancel=cancel,
             interrupt=interrupt,
+            held=prepared.lease,
         )
     finally:
         if own_pipeline:

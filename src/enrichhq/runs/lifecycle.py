@@ -1,7 +1,8 @@
 """What happens to a batch after its first run: resume, retry, replay, cancel; finding orphans.
 
-Each use case first makes sure no live process is still working on the batch, so no item is
-worked twice, and never touches an item that is finished: nothing done is paid for twice.
+Each use case first takes the batch's lease (at once from a holder that is gone: same host and
+its pid dead, or a heartbeat older than ENRICHHQ_HEARTBEAT_S), so no item is worked by two
+processes, and never touches an item that is finished: nothing done is paid for twice.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, engines, errors, items, reports, rows
+from enrichhq import destinations, liveness, workflows
+from enrichhq.db import batches, engines, errors, items, rows
+from enrichhq.execution import lease
 from enrichhq.models import ItemOutcome, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, summaries
@@ -19,9 +21,6 @@ from enrichhq.settings import Settings
 from enrichhq.states import BatchStatus, ItemState
 
 log = logging.getLogger("enrichhq.runs")
-
-# A batch whose items changed this recently is taken to be in the hands of a live process.
-ACTIVE_WITHIN_S = 60.0
 
 CANCELLED = "cancelled by the user"
 
@@ -34,16 +33,23 @@ class _Idle:
     batch: rows.BatchRow
     workflow: WorkflowConfig
     destination: destinations.Destination
+    #: the batch's lease, held for the run that executes it.
+    lease: liveness.Lease
 
     def prepared(self, budget: float | None = None) -> preparation.Prepared:
-        """The batch as ready to execute, with this budget or the batch's own."""
+        """The batch as ready to execute, with this budget or the batch's own (and the lease)."""
         return preparation.Prepared(
             self.batch_id,
             self.workflow,
             self.destination,
             self.batch.play_name,
             budget or self.batch.budget,
+            self.lease,
         )
+
+    async def release(self, dbs: engines.Databases) -> None:
+        """Nothing is run after all: give the lease up."""
+        await lease.release(dbs, self.batch_id, self.lease)
 
 
 async def prepare_resume(
@@ -54,12 +60,16 @@ async def prepare_resume(
     Items still queued or running (the process died) and items a stop left unrun go
     again; finished items are not touched, so nothing done is paid for twice.
     """
-    idle = await _runnable(dbs, settings, batch_id)
     preparation.check_budget(budget)
-    async with dbs.begin("hq") as conn:
-        if budget is not None:
-            await batches.set_budget(conn, batch_id, budget)
-        await items.requeue_for_resume(conn, batch_id)
+    idle = await _runnable(dbs, settings, batch_id)
+    try:
+        async with dbs.begin("hq") as conn:
+            if budget is not None:
+                await batches.set_budget(conn, batch_id, budget)
+            await items.requeue_for_resume(conn, batch_id)
+    except BaseException:
+        await idle.release(dbs)
+        raise
     return idle.prepared(budget)
 
 
@@ -72,15 +82,32 @@ async def prepare_retry(
     never got a result are queued for the provider. None when nothing needs a call.
     """
     idle = await _runnable(dbs, settings, batch_id)
-    await replay(dbs, settings, batch_id)
-    async with dbs.begin("hq") as conn:
-        requeued = await items.requeue_failed(conn, batch_id)
-    return idle.prepared() if requeued else None
+    try:
+        await _replay(dbs, settings, idle)
+        async with dbs.begin("hq") as conn:
+            requeued = await items.requeue_failed(conn, batch_id)
+    except BaseException:
+        await idle.release(dbs)
+        raise
+    if not requeued:
+        await idle.release(dbs)
+        return None
+    return idle.prepared()
 
 
 async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> summaries.BatchSummary:
     """Store again the results a batch fetched but could not store, without calling anyone."""
     idle = await _runnable(dbs, settings, batch_id)
+    try:
+        await _replay(dbs, settings, idle)
+    finally:
+        await idle.release(dbs)
+    return await summaries.summary(dbs, batch_id)
+
+
+async def _replay(dbs: engines.Databases, settings: Settings, idle: _Idle) -> None:
+    """Replay under the lease `idle` holds."""
+    batch_id = idle.batch_id
     pipeline = Pipeline(dbs, settings)
     try:
         while True:
@@ -93,7 +120,6 @@ async def replay(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
                 await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
     finally:
         await pipeline.aclose()
-    return await summaries.summary(dbs, batch_id)
 
 
 async def _store_kept(pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptResult]) -> list[ItemOutcome]:
@@ -124,57 +150,62 @@ async def _store_kept(pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptR
     ]
 
 
-async def cancel(dbs: engines.Databases, batch_id: str) -> summaries.BatchSummary:
-    """Mark a batch cancelled and every unfinished item skipped (finished items stay as they are)."""
-    async with dbs.begin("hq") as conn:
-        batch = await summaries.existing_batch(conn, batch_id)
-        if not batch.status.final:
-            await items.skip_unfinished(
-                conn,
-                batch_id,
-                batches.STOPPED_PREFIX + CANCELLED,
-                (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING_CALLBACK),
-            )
-            await batches.finish_batch(conn, batch_id, BatchStatus.CANCELLED, CANCELLED)
+async def cancel(dbs: engines.Databases, settings: Settings, batch_id: str) -> summaries.BatchSummary:
+    """Mark a batch cancelled and every unfinished item skipped (finished items stay as they are).
+
+    A live holder is not waited for: it sees the cancel within a second. A dead one's lease is
+    taken over first, so what its calls in flight reserved is counted as spent.
+    """
+    mine = liveness.Lease.new()
+    taken = await lease.try_take(dbs, settings, batch_id, mine)
+    try:
+        async with dbs.begin("hq") as conn:
+            batch = await summaries.existing_batch(conn, batch_id)
+            if not batch.status.final:
+                await items.skip_unfinished(
+                    conn,
+                    batch_id,
+                    batches.STOPPED_PREFIX + CANCELLED,
+                    (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING_CALLBACK),
+                )
+                await batches.finish_batch(conn, batch_id, BatchStatus.CANCELLED, CANCELLED)
+    finally:
+        if taken:
+            await lease.release(dbs, batch_id, mine)
     return await summaries.summary(dbs, batch_id)
 
 
-async def orphans(dbs: engines.Databases) -> list[str]:
-    """Batches marked running that no process has moved for ACTIVE_WITHIN_S: their runner died."""
-    async with dbs.begin("hq") as conn:
-        found = []
-        for batch_id in await batches.running_batch_ids(conn):
-            since = await reports.seconds_since_progress(conn, batch_id)
-            if since is None or since >= ACTIVE_WITHIN_S:
-                found.append(batch_id)
+async def orphans(dbs: engines.Databases, settings: Settings) -> list[str]:
+    """Batches marked running whose lease's holder is gone (or that nobody holds): their runner died.
+
+    The same test as resume's: `prepare_resume` then takes each one's lease (of two servers
+    starting at once, one gets it).
+    """
+    found = []
+    for batch_id in await _running(dbs):
+        holder = await lease.read(dbs, batch_id)
+        if lease.looks_takeable(holder, settings) and not await lease.queued_for_workers(
+            settings, holder, batch_id
+        ):
+            found.append(batch_id)
     return found
 
 
+async def _running(dbs: engines.Databases) -> list[str]:
+    async with dbs.begin("hq") as conn:
+        return await batches.running_batch_ids(conn)
+
+
 async def _runnable(dbs: engines.Databases, settings: Settings, batch_id: str) -> _Idle:
-    """The batch, unless a process is still working on it, with its workflow checked to run."""
-    batch = await idle_batch(dbs, batch_id)
-    workflow = await workflows.get(dbs, str(batch.workflow_id))
-    destination = await workflows.runnable(dbs, settings, workflow)
-    return _Idle(batch_id, batch, workflow, destination)
-
-
-async def idle_batch(dbs: engines.Databases, batch_id: str) -> rows.BatchRow:
-    """The batch, unless a process is still working on it (so no item is worked twice)."""
+    """The batch with its lease taken (LeaseHeld when a live process holds it), its workflow checked."""
     async with dbs.begin("hq") as conn:
         batch = await summaries.existing_batch(conn, batch_id)
-        since = await reports.seconds_since_progress(conn, batch_id)
-    if still_active(batch.status, since):
-        raise exceptions.InputError(
-            f"batch {batch_id} is still running (last progress {since:.0f}s ago); let it finish, "
-            f"or if its process died, try again after {ACTIVE_WITHIN_S:.0f}s without progress"
-        )
-    return batch
-
-
-def still_active(status: str, seconds_since_progress: float | None) -> bool:
-    """Whether a batch is taken to be in a live process's hands: running, and moved lately."""
-    return (
-        status == BatchStatus.RUNNING
-        and seconds_since_progress is not None
-        and seconds_since_progress < ACTIVE_WITHIN_S
-    )
+    mine = liveness.Lease.new()
+    await lease.take(dbs, settings, batch_id, mine)
+    try:
+        workflow = await workflows.get(dbs, str(batch.workflow_id))
+        destination = await workflows.runnable(dbs, settings, workflow)
+    except BaseException:
+        await lease.release(dbs, batch_id, mine)
+        raise
+    return _Idle(batch_id, batch, workflow, destination, mine)

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import destinations, exceptions, workflows
+from enrichhq import destinations, exceptions, liveness, workflows
 from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
 from enrichhq.db import company_rows as companies_rows
+from enrichhq.execution import lease
 from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.inputs import InputError, InputMissing
 from enrichhq.models import WorkflowConfig
@@ -45,6 +46,26 @@ class Estimate:
         return None if self.per_call is None else self.per_call * self.will_run
 
 
+def companies(n: int) -> str:
+    """'1 company', '1,468 companies'."""
+    return f"{n:,} compan{'y' if n == 1 else 'ies'}"
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """Companies a run took over from an earlier batch of its step and play whose process died."""
+
+    batch_id: str
+    companies: int
+    #: whether its holder died (else the batch was left with no holder, its items still queued).
+    died: bool = True
+
+    def describe(self) -> str:
+        """The adoption in words, as the run reports it."""
+        why = "whose process died" if self.died else "which no process was running"
+        return f"adopted {companies(self.companies)} from batch {self.batch_id}, {why}"
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A batch created and checked, ready to execute."""
@@ -54,8 +75,17 @@ class Prepared:
     destination: destinations.Destination
     play_name: str
     budget: float | None = None
+    #: the lease preparation took on the batch for the run that executes it.
+    lease: liveness.Lease | None = None
+    #: what this run took over from batches whose process died.
+    adopted: tuple[Adoption, ...] = ()
     #: the batch an earlier request with the same Idempotency-Key created: report it, do not run it.
     replayed: bool = False
+
+    @property
+    def adoption_message(self) -> str | None:
+        """What the run adopted, in words; None when it adopted nothing."""
+        return "; ".join(a.describe() for a in self.adopted) or None
 
 
 @dataclass(frozen=True)
@@ -93,18 +123,22 @@ async def prepare(
     earlier request with the key created is returned instead, `replayed`, and nothing is built.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
+    mine = liveness.Lease.new()
+    batch_id = batch_id or str(uuid.uuid4())
     async with dbs.begin("hq") as conn:
         if idempotency_key is not None:
-            batch_id = batch_id or str(uuid.uuid4())
             # First, so a concurrent request with the key waits here for this transaction.
             first = await idempotency.take(conn, idempotency_key, batch_id)
             if first is not None:
                 return await _replayed(conn, plan, first)
+        adopted = await adopt_dead(conn, settings, plan, chosen, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+        # The new batch is this run's from the moment it exists.
+        await lease.take_new(conn, settings, batch_id, mine)
     # The planner must see the new items' numbers before the first chunk is claimed.
     async with dbs.begin("hq") as conn:
         await dialect.analyze(conn, schema.batch_items)
-    return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget)
+    return Prepared(batch_id, plan.workflow, plan.destination, plan.play_name, plan.budget, mine, adopted)
 
 
 async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepared:
@@ -131,7 +165,10 @@ async def estimate(
     """What a run would call and skip, and its price: the real preparation, rolled back."""
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, None, sample)
     async with dbs.begin("hq") as conn:
-        batch_id = await _build(dbs, conn, plan, chosen, None)
+        batch_id = str(uuid.uuid4())
+        # Adopted companies would run: the estimate counts them (and, rolled back, adopts nothing).
+        await adopt_dead(conn, settings, plan, chosen, batch_id, liveness.Lease.new())
+        batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         await _skip_missing_inputs(dbs, conn, plan.workflow, batch_id)
         breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
@@ -242,3 +279,47 @@ async def _build(
     for condition in plan.conditions:
         await condition.exclude(scope)
     return batch_id
+
+
+async def adopt_dead(
+    conn: AsyncConnection,
+    settings: Settings,
+    plan: _Plan,
+    chosen: selection.Selection,
+    new_batch_id: str,
+    mine: liveness.Lease,
+) -> tuple[Adoption, ...]:
+    """Take over the selected companies' open items in this step and play's batches whose process died.
+
+    Each such batch's lease is taken over (the compare-and-swap decides, so of two re-runs one
+    adopts); the selected companies' items still queued or running there (and storing, when its
+    holder died mid-store) end `skipped`, "adopted by batch <new>", which frees them for the new
+    batch's items. A batch left with nothing open is closed with what happened. Items waiting for
+    a callback stay: the callback may still come. Runs in the new batch's transaction, before its
+    items are added. A sampled run adopts nothing: its sample is drawn only as its items are added.
+    """
+    if plan.sample is not None:
+        return ()
+    company_ids = await selection.resolve(conn, chosen)
+    found: list[Adoption] = []
+    for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name, company_ids):
+        holder = await batches.holder(conn, old)
+        if holder is None or not lease.looks_takeable(holder, settings, mine):
+            continue  # a live run's: its companies are in flight there
+        if await lease.queued_for_workers(settings, holder, old):
+            continue  # the workers' (its jobs are queued)
+        died = holder.heartbeat_at is not None  # else nobody held it: a clean end left items queued
+        if not await lease.take_in(conn, settings, old, mine, holder):
+            continue  # another run took it first
+        states = batches.ADOPTABLE_STATES if died else (ItemState.QUEUED, ItemState.RUNNING)
+        reason = f"adopted by batch {new_batch_id}"
+        moved, left = await items.adopt_open(conn, old, reason, states, company_ids)
+        if moved:
+            found.append(Adoption(old, moved, died))
+        if moved and not left:
+            why = "its process died" if died else "no process was running it"
+            await batches.finish_batch(
+                conn, old, BatchStatus.STOPPED, f"{why}; {companies(moved)} adopted by batch {new_batch_id}"
+            )
+        await batches.release(conn, old, mine.owner)
+    return tuple(found)

@@ -53,7 +53,9 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
     """A batch's state as it is now."""
     async with dbs.begin("hq") as conn:
         batch = await existing_batch(conn, batch_id)
-        counts, cost = await reports.state_counts(conn, batch_id)
+        counts, _ = await reports.state_counts(conn, batch_id)
+        # The batch's purse, which every worker spends from (what a budget stop's message says too).
+        cost = await reports.spent(conn, batch_id)
         failed = await reports.failed_items(conn, batch_id, failures)
         workflow_cost = (
             await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost

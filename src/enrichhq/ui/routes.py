@@ -166,6 +166,8 @@ async def start_run(request: Request) -> Response:
         request.session["message"] = f"error: {exc}"
         return RedirectResponse("/", 303)
     svc.runner.start(prepared)
+    if prepared.adoption_message:
+        request.session["message"] = f"Run started; it {prepared.adoption_message}."
     return RedirectResponse(f"/batches/{prepared.batch_id}", 303)
 
 
