@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from enrichhq import runs, workflows
+from enrichhq import overview, runs, workflows
 from enrichhq.db import engines
 from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.settings import Settings
@@ -174,7 +174,7 @@ async def test_two_steps_one_table_each_reads_its_own_row(env: Env, stub: Stub, 
         },
     )
     domains = ["ok-a.com", "ok-b.com", "ok-c.com"]
-    await add_companies(env.dbs, domains)
+    companies_by_domain = {c.domain: c.id for c in await add_companies(env.dbs, domains)}
     assert (await runs.run(env.dbs, settings, SCRAPE, runs.Selection(all=True))).counts == {"succeeded": 3}
     assert (await runs.run(env.dbs, settings, about, runs.Selection(all=True))).counts == {"succeeded": 3}
     third = await runs.run(env.dbs, settings, "extract-case-studies-via-n8n", runs.Selection(all=True))
@@ -184,6 +184,15 @@ async def test_two_steps_one_table_each_reads_its_own_row(env: Env, stub: Stub, 
             "zenrows_url": f"https://{domain}/home",
             "about_url": f"{stub.url}/sites/{domain}/about",
         }, body["inputs"]
+    # The company page shows under each step the row that step wrote, or none (n8n never called back).
+    page = await overview.company_page(env.dbs, companies_by_domain["ok-a.com"], "default")
+    shown = {r.workflow.workflow_slug: (r.row or {}).get("final_url") for r in page.steps}
+    assert shown == {
+        SCRAPE: "https://ok-a.com/home",
+        about: f"{stub.url}/sites/ok-a.com/about",
+        "extract-case-studies-via-n8n": None,
+    }
+    assert all(r.problem is None for r in page.steps)
     # Reading is chunked: one query per referenced step for the whole chunk, never one per company.
     workflow = await workflows.get(env.dbs, "extract-case-studies-via-n8n")
     reader = await StepInputs.of(env.dbs, workflow)

@@ -100,6 +100,15 @@ async def rows_written(
     return found
 
 
+async def latest_by_company(conn: AsyncConnection, table: sa.Table, company_id: str) -> dict[str, Any] | None:
+    """The newest row of a table for a company, whichever step wrote it (rows without a receipt)."""
+    stmt = sa.select(table).where(table.c.company_id == company_id).limit(1)
+    if "created_at" in table.c:
+        stmt = stmt.order_by(table.c.created_at.desc())
+    row = (await conn.execute(stmt)).mappings().first()
+    return dict(row) if row else None
+
+
 def plain(value: Any) -> Any:
     """A column's value as JSON holds it."""
     if value is None or isinstance(value, (str, int, float, bool)):
