@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from enrichhq import overview, runs, workflows
+from enrichhq import exceptions, overview, runs, workflows
 from enrichhq.db import engines
 from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.settings import Settings
@@ -226,9 +226,18 @@ async def test_validation_errors_through_workflows_validate(env: Env, webhook: W
             "cycle": "{{ steps['keyless-step'].note }}",
         },
     )
+    await add_step(
+        env.dbs,
+        "clay-step",
+        provider="clay",
+        table="company_homepage_scrapes",
+        mappings={"final_url": "final_url"},
+        config={"inputs": {"domain": "{{ company.domain }}"}},
+        step=6,
+    )
     result = subprocess.run(
         [sys.executable, "-m", "enrichhq", "workflows", "validate"],
-        env=env.environ(),
+        env={**env.environ(), "CLAY_WEBHOOK_AUTH": "x"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -237,6 +246,7 @@ async def test_validation_errors_through_workflows_validate(env: Env, webhook: W
     assert result.returncode != 0, out
     step = "step 'extract-case-studies-via-n8n'"
     for expected in (
+        "provider_config.inputs.domain: Clay's row has a field 'domain' of its own",
         f"{step}, input 'bad_syntax': template syntax error",
         f"{step}, input 'no_step': steps['no-such-step'].html: there is no step with workflow_slug 'no-such-step'",
         f"{step}, input 'no_column': steps['scrape-homepage-via-zenrows'].page_text: step "
@@ -267,3 +277,112 @@ async def test_dry_run_counts_input_missing(env: Env, stub: Stub, webhook: Webho
         "SELECT count(*) FROM enrichment_batches WHERE workflow_slug = :s",
         {"s": "extract-case-studies-via-n8n"},
     ) == [(0,)]
+    # `run` refuses before any call; `workflows add` (the API's and the UI editor's way too) refuses to save.
+    with pytest.raises(exceptions.ConfigError, match="there is no step with workflow_slug 'no-such-step'"):
+        await runs.run(env.dbs, with_receiver(env), "extract-case-studies-via-n8n", runs.Selection(all=True))
+    assert webhook.received == []
+    spec = workflows.WorkflowSpec.parse(
+        {
+            "workflow_slug": "new-step",
+            "overall_step_number": 9,
+            "provider": "http",
+            "destination_table_name": "company_homepage_scrapes",
+            "destination_field_mappings": {"final_url": "final_url"},
+            "provider_config": {"inputs": {"x": "{{ steps['scrape-homepage-via-zenrows'].nope }}"}},
+        }
+    )
+    with pytest.raises(
+        exceptions.ConfigError, match=r"step 'new-step', input 'x': .*stores no column 'nope'"
+    ):
+        await workflows.add(env.dbs, spec)
+
+
+async def test_dry_run_and_run_through_the_command_show_input_missing(
+    env: Env, stub: Stub, webhook: WebhookStub
+) -> None:
+    """`enrichhq run --dry-run` counts the companies without input; `run`'s summary names them."""
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await n8n_step(env, webhook, {"html": HTML}, step=2)
+    await add_companies(env.dbs, ["ok-1.com", "ok-2.com", "ok-3.com"])
+    await runs.run(env.dbs, env.settings, SCRAPE, runs.Selection(domains=("ok-1.com",)))
+    environ = {**env.environ(), "ENRICHHQ_PUBLIC_URL": "http://127.0.0.1:9", "ENRICHHQ_SECRET": "s"}
+
+    def enrichhq(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "enrichhq", *args],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return " ".join(done.stdout.split())
+
+    dry = enrichhq("run", "extract-case-studies-via-n8n", "--all", "--dry-run")
+    assert "will run │ 1" in dry and f"skipped: {MISSING} │ 2" in dry, dry
+    assert webhook.received == []
+    ran = enrichhq("run", "extract-case-studies-via-n8n", "--all")
+    assert f"skipped ok-2.com: {MISSING}" in ran and f"skipped ok-3.com: {MISSING}" in ran, ran
+    assert [b["company"]["domain"] for b in webhook.received] == ["ok-1.com"]
+    shown = enrichhq("batches", "list")
+    assert "extract-case-studies-via-n8n" in shown
+
+
+async def test_url_templates_clay_and_the_waterfall_get_inputs(
+    env: Env, stub: Stub, webhook: WebhookStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`{{ inputs.<name> }}` in http (inside a waterfall) and zenrows url_templates; Clay's flat body."""
+    monkeypatch.setenv("CLAY_WEBHOOK_AUTH", "clay-secret")
+    settings = with_receiver(env)
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    page = {"page": "{{ steps['scrape-homepage-via-zenrows'].final_url | replace('https://', '') }}"}
+    mappings = {"homepage_html": "homepage_html", "final_url": "final_url", "scraped_at": "scraped_at"}
+    await add_step(
+        env.dbs,
+        "waterfall-step",
+        provider="waterfall",
+        table="company_homepage_scrapes",
+        mappings=mappings,
+        config={
+            "inputs": page,
+            "providers": [{"provider": "http", "url_template": f"{stub.url}/sites/{{{{ inputs.page }}}}"}],
+        },
+        step=2,
+    )
+    await add_step(
+        env.dbs,
+        "zenrows-again",
+        provider="zenrows",
+        table="company_homepage_scrapes",
+        mappings=mappings,
+        config={
+            "inputs": {"n": "{{ steps['scrape-homepage-via-zenrows'].homepage_html | length }}"},
+            "url_template": "https://{{ company.domain }}/len/{{ inputs.n }}",
+            "retry_base_delay": 0.01,
+        },
+        step=3,
+    )
+    await add_step(
+        env.dbs,
+        "clay-step",
+        provider="clay",
+        table="company_homepage_scrapes",
+        mappings={"final_url": "final_url"},
+        config={
+            "webhook_url": f"{webhook.url}/clay",
+            "inputs": {"home": "{{ steps['waterfall-step'].final_url }}"},
+        },
+        step=4,
+    )
+    (company,) = await add_companies(env.dbs, ["ok-w.com"])
+    for slug in (SCRAPE, "waterfall-step", "zenrows-again"):
+        summary = await runs.run(env.dbs, settings, slug, runs.Selection(all=True))
+        assert summary.counts == {"succeeded": 1}, (slug, summary.failures)
+    length = len("<html><head><title>ok-w.com</title></head><body><h1>ok-w.com</h1></body></html>")
+    assert stub.queries[-1]["url"] == f"https://ok-w.com/len/{length}"
+    summary = await runs.run(env.dbs, settings, "clay-step", runs.Selection(all=True))
+    assert summary.counts == {"waiting_callback": 1}
+    (body,) = webhook.received
+    assert body["home"] == f"{stub.url}/sites/ok-w.com/home" and body["company_id"] == company.id
