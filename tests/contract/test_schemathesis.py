@@ -113,6 +113,10 @@ def seed(url: str) -> dict[str, str]:
         return {"ref": "contract-homepage", "batch_id": started.json()["batch_id"]}
 
 
+#: change it on purpose to explore other cases (schemathesis prints the seed of every run).
+SEED = 20261202
+
+
 def test_the_api_answers_as_its_openapi_document_says(served: str, tmp_path: Path) -> None:
     names = seed(served)
     config = tmp_path / "schemathesis.toml"
@@ -134,6 +138,12 @@ def test_the_api_answers_as_its_openapi_document_says(served: str, tmp_path: Pat
             str(MAX_EXAMPLES),
             "--workers",
             "1",
+            # A fixed seed: CI runs the same cases every time (a finding is reproducible), and a
+            # generator health check on rarely-valid inputs cannot turn a run red by chance.
+            "--seed",
+            str(SEED),
+            "--suppress-health-check",
+            "filter_too_much",
         ],
         capture_output=True,
         text=True,

@@ -137,7 +137,7 @@ async def test_calls_lost_with_a_dead_process_are_counted_as_paid_once(env: Env)
     step = StepRef.of(workflow, batch_id=batch_id, play_name="default")
     store = DbItemStore(env.dbs, step, price=2.5, adds_spend=True)  # the batch has no budget
     taken = await store.take([lost.id, fresh.id], poison_after=3)
-    assert taken.runnable[lost.id].charged == 2.5 and not taken.runnable[lost.id].counted
+    assert taken.runnable[lost.id].charged == 2.5 and taken.runnable[lost.id].suspect
     assert taken.runnable[fresh.id].charged is None
     # The next process dies too, before the call starts again: nothing more is charged.
     await DbItemStore(env.dbs, step, price=2.5, adds_spend=True).take([lost.id], poison_after=3)

@@ -196,7 +196,8 @@ async def test_a_pending_answer_comes_back_pending_without_data(provider: fakes.
     assert (result.pending, result.data, result.cost) == (True, None, 0.2)
 
 
-async def test_start_runs_once_before_the_first_call_only(provider: fakes.Scripted) -> None:
+async def test_start_runs_before_every_call_retries_too(provider: fakes.Scripted) -> None:
+    # Every call's start is recorded before it goes out, so a retry lost with its process is paid too.
     provider.script = {"c1": [busy(), fakes.OK]}
     rig = Rig(provider)
     seen: list[int] = []
@@ -205,7 +206,7 @@ async def test_start_runs_once_before_the_first_call_only(provider: fakes.Script
         seen.append(len(provider.calls))
 
     await rig.caller.call(ACME, 0, start=start)
-    assert seen == [0]
+    assert seen == [0, 1]
     assert len(provider.calls) == 2
 
 

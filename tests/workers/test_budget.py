@@ -103,14 +103,13 @@ async def test_three_workers_spend_from_one_purse(pg_urls: tuple[str, str], tmp_
         assert again.returncode == 3, again.stdout + again.stderr + fleet.output()
         assert sum(site.calls.values()) == 50 and (await purse_row(batch_id)).spent == 50
         assert spent_in(again.stdout) == 50
-        # A new fleet again (a worker keeps a stopped batch's work for engine.IDLE_S and would
-        # skip its items once more), a higher budget: exactly 30 more calls, spent 80.
-        fleet = await restart(fleet, "more")
+        # The same fleet, whose workers still hold the stopped batch's work, and a higher budget:
+        # the resumed run starts afresh there (not skipped with the old stop), 30 more calls.
         more = enrichhq("batches", "resume", batch_id, "--budget", "80", env=environ)
         assert more.returncode == 3, more.stdout + more.stderr + fleet.output()
         row = await purse_row(batch_id)
         print(
-            f"resumed by a new fleet with --budget 50 then 80: {sum(site.calls.values())} calls, spent {row.spent:g}"
+            f"resumed with --budget 50 (a new fleet) then 80 (the same fleet): {sum(site.calls.values())} calls, spent {row.spent:g}"
         )
         assert sum(site.calls.values()) * PRICE == row.spent == 80 and spent_in(more.stdout) == 80
         assert max(site.calls.values()) == 1 and row.reserved == 0

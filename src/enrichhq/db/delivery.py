@@ -1,8 +1,13 @@
 """Named queries on HQ for handing a batch's items to workers: deliver, count, give back.
 
 A queue job names a chunk of companies; these statements take them through the primary key
-(see `items.among`) and count every call before it goes out, so a call that kills its worker is
-still counted and a company whose calls keep killing workers ends `failed: poison`.
+(see `items.among`). Taking an item counts nothing: every call's start is written before it goes
+out (`mark_started`: one attempt, one delivery), and the write of its result sets `deliveries`
+back to 0. So `deliveries` is the number of calls started and not ended (their result not yet
+written) — exactly the calls a process that died took with it, paid and their result lost. They
+are charged once, `unknown`, when the item is taken again (`charge_unknown`); a company whose
+calls were started `poison_after` times without ending ends `failed: poison`. An item taken but
+never called (its process died first) is neither charged nor blamed.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
 class Taken:
     """What `deliver` took: runnable items, poisoned ones, and the calls lost with a dead process."""
 
-    #: company id -> (attempts before this delivery, counted, cost charged for lost calls).
+    #: company id -> (attempts so far, suspect, cost charged for lost calls). A suspect had calls
+    #: started and not ended (its process died): it was charged for them, and may hold a receipt.
     runnable: dict[str, tuple[int, bool, float | None]]
     #: (company id, domain, attempts) of items ended as poison.
     poisoned: list[tuple[str, str, int]]
@@ -65,34 +71,27 @@ async def deliver(
     step: StepRef | None = None,
     price: float | None = None,
 ) -> Taken:
-    """Take a job's items for a worker.
+    """Take a job's items for a worker: open ones become running, nothing is counted.
 
-    runnable maps each company id to (attempts before this delivery, counted, charged): items
-    already final (or waiting for a callback) are left alone, so a redelivered job changes nothing.
+    runnable maps each company id to (attempts so far, suspect, charged): items already final (or
+    waiting for a callback) are left alone, so a redelivered job changes nothing.
 
-    A call counts as an attempt and a delivery before it goes out, so one that kills its worker
-    is still counted. Items delivered for the first time are counted here, in the same statement
-    (counted=True); items whose earlier delivery ended with the worker gone are counted one by
-    one as their call starts (`mark_started`), so a company that merely shared a job with a
-    crashing one is not blamed. One whose call was started `poison_after` times without ever
-    ending is poison: it ends failed instead of looping.
+    A call counts as an attempt and a delivery as it starts (`mark_started`), not here: a company
+    that merely shared a job with a crashing one, or was taken by a process that died before
+    calling it, is not blamed. A suspect is an item with calls started and not ended (`deliveries`
+    > 0): one whose calls were started `poison_after` times without ever ending is poison and ends
+    failed instead of looping.
 
-    Each delivery that ended with its process gone was a call paid for with its result lost: when
-    `step` is given, it is logged `unknown` at `price` and added to the item's cost, once
-    (`charge_unknown`), so the batch's cost matches the provider's count.
+    Each started call that never ended was paid for with its result lost: when `step` is given,
+    it is logged `unknown` at `price` and added to the item's cost, once (`charge_unknown`), so the
+    batch's cost matches the provider's count.
     """
     runnable: dict[str, tuple[int, bool, float | None]] = {}
     suspects: list[Any] = []
-    open_states = (ItemState.QUEUED, ItemState.RUNNING)
     for chunk in chunked(company_ids):
-        # Suspects first: after the second statement a fresh item looks like one delivered once.
         result = await conn.execute(
             sa.update(batch_items)
-            .where(
-                these(batch_id, chunk),
-                among(open_states),
-                batch_items.c.deliveries > 0,
-            )
+            .where(these(batch_id, chunk), among((ItemState.QUEUED, ItemState.RUNNING)))
             .values(state=ItemState.RUNNING, updated_at=now())
             .returning(
                 batch_items.c.company_id,
@@ -101,20 +100,11 @@ async def deliver(
                 batch_items.c.deliveries,
             )
         )
-        suspects.extend(result)
-        result = await conn.execute(
-            sa.update(batch_items)
-            .where(
-                these(batch_id, chunk),
-                among(open_states),
-                batch_items.c.deliveries == 0,
-            )
-            .values(
-                state=ItemState.RUNNING, attempts=batch_items.c.attempts + 1, deliveries=1, updated_at=now()
-            )
-            .returning(batch_items.c.company_id, batch_items.c.attempts)
-        )
-        runnable.update({r.company_id: (r.attempts - 1, True, None) for r in result})
+        for r in result:
+            if r.deliveries > 0:
+                suspects.append(r)
+            else:
+                runnable[r.company_id] = (r.attempts, False, None)
     charged, unknown = (
         await charge_unknown(conn, batch_id, suspects, step, price) if step is not None else ({}, [])
     )
@@ -123,15 +113,15 @@ async def deliver(
     ]
     runnable.update(
         {
-            r.company_id: (r.attempts, False, charged.get(r.company_id))
+            r.company_id: (r.attempts, True, charged.get(r.company_id))
             for r in suspects
             if r.deliveries < poison_after
         }
     )
     if poisoned:
         reason = (
-            f"poison: {poison_after} deliveries of this company ended with its worker gone; "
-            "it is not run again (check the worker's log for a crash)"
+            f"poison: {poison_after} calls of this company were started and never ended (their "
+            "process died); it is not run again (check the worker's log for a crash)"
         )
         await finish_items(
             conn,
@@ -149,11 +139,11 @@ async def charge_unknown(
 ) -> tuple[dict[str, float | None], list[LogEntry]]:
     """Count the calls lost with a dead process as paid: one `unknown` entry each, and the item's cost.
 
-    A suspect's `deliveries` counts the calls started since the item last ended; those already
-    logged `unknown` since then are not charged again (a process may die twice before the call
-    starts anew). Returns each suspect's charge for its unended calls (what its final cost adds to
-    the next call's) and the entries to log. Called in the delivering transaction, so a charge is
-    made once even when two processes take the same job.
+    A suspect's `deliveries` counts its calls started and not ended since the item last ended;
+    those already logged `unknown` since then are not charged again (a process may die twice
+    before a call starts anew). Returns each suspect's charge for its unended calls (what its
+    final cost adds to the next call's) and the entries to log. Called in the delivering
+    transaction, so a charge is made once even when two processes take the same job.
     """
     if not suspects:
         return {}, []
@@ -217,7 +207,8 @@ async def charge_unknown(
 
 
 async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Take back the attempt and delivery counted at delivery for items whose call never started."""
+    """Take back the start of calls that ended with no result to write (the batch stopped on their
+    answer: out of credits, a bad key): the item is skipped, resumable, and not blamed or charged."""
     await update_ids(
         conn,
         batch_id,
@@ -229,9 +220,11 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
 
 
 async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
-    """Calls are about to start: each counts as an attempt and as a delivery not yet ended.
+    """Calls are about to go out: each counts as an attempt and as a call started, not yet ended.
 
-    Written before the call goes out, so a call that kills its worker is still counted.
+    Written (and committed) before every call, so a call whose process dies is still counted:
+    charged once and blamed once when its item is taken again. Starts close together share this
+    one statement (`BatchWork._write_starts`).
     """
     await update_ids(
         conn,

@@ -213,6 +213,18 @@ def _unnest_insert(
 _has_lz4: dict[str, bool] = {}
 
 
+async def commit_without_flush(conn: AsyncConnection) -> None:
+    """Let this transaction's commit return before its WAL reaches the disk, where the server can.
+
+    For records that must survive the death of our process, not of the database server: the
+    commit is visible to every session at once and lost only if PostgreSQL itself crashes within
+    a fraction of a second (wal_writer_delay). A call's start is one: written before every call,
+    it would otherwise wait for an fsync each time. SQLite commits as configured.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+
 async def compress_with(conn: AsyncConnection, method: str) -> None:
     """Compress the large values this transaction writes with `method` ('lz4'), where the server can.
 

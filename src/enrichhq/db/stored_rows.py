@@ -124,6 +124,28 @@ async def record_keys(
     )
 
 
+async def receipted(
+    conn: AsyncConnection, workflow_id: str, batch_id: str, company_ids: Sequence[str]
+) -> set[str]:
+    """Which of these companies this batch's step has stored already (in company_key form).
+
+    One query per chunk of ids, through the primary key: read before a suspect is called again,
+    so a result stored before its process died (HQ never heard) is not paid for twice.
+    """
+    found: set[str] = set()
+    keys = list(dict.fromkeys(company_key(c) for c in company_ids))
+    for chunk in chunked(keys):
+        result = await conn.execute(
+            sa.select(stored_rows.c.company_id).where(
+                stored_rows.c.workflow_id == workflow_id,
+                stored_rows.c.batch_id == batch_id,
+                stored_rows.c.company_id.in_(chunk),
+            )
+        )
+        found.update(company_key(str(cid)) for (cid,) in result)
+    return found
+
+
 async def written_for(
     conn: AsyncConnection, workflow_id: str, company_id: str, *, batch_id: str | None = None
 ) -> StoredRow | None:

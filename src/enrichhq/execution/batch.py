@@ -5,6 +5,11 @@ Queue jobs hand it chunks of company ids (`run_chunk`). Workers call the provide
 few hundred at a time, across jobs. A job returns only once its items are written, so a worker
 that dies loses nothing: the queue delivers the job again and items already final are skipped.
 
+Every call's start is written to HQ before it goes out (`_started`; starts close together share
+one statement), so the calls a dead process took with it are known exactly: charged once and
+blamed once when their items are taken again. Such a suspect whose result had been stored (its
+receipt is there: the process died before HQ heard) is settled as stored, not called again.
+
 Its tasks run between `__aenter__` and `__aexit__`: workers, the writer, and a watcher that sees
 a cancel or stop made elsewhere (the UI, another worker) within WATCH_SECONDS.
 """
@@ -13,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -30,7 +33,7 @@ from enrichhq.execution.store import ItemStore, Runnable
 from enrichhq.execution.writer import BatchStep, Done, Storage, Ticket, Writer
 from enrichhq.functions import Provider
 from enrichhq.inputs import InputError, InputMissing, Outcome
-from enrichhq.models import Company, ItemOutcome, LogEntry
+from enrichhq.models import Company, ItemOutcome, LogEntry, StoreOutcome
 from enrichhq.states import BatchStatus, ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.batch")
@@ -62,7 +65,8 @@ class ChunkInputs(Protocol):
 class _Job:
     company: Company
     attempts: int
-    counted: bool
+    #: its calls were started and never ended before (see `Runnable.suspect`).
+    suspect: bool
     ticket: Ticket
     #: what calls lost with a dead process were charged (see `Runnable.charged`).
     charged: float | None = None
@@ -108,11 +112,17 @@ class BatchWork:
             busy=lambda: self.outstanding > 0,
         )
         self.handing_back = False
+        #: the stop is in HQ (ours persisted, or seen there): a batch running again was resumed.
+        self.stop_recorded = False
         self.work: asyncio.Queue[_Job | None] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.watcher: asyncio.Task[None] | None = None
         self.starting: list[tuple[str, asyncio.Future[None]]] = []
-        self.starter: asyncio.Task[None] | None = None
+        #: the tasks writing starts: as many at once as HQ writes well side by side.
+        self.starters: set[asyncio.Task[None]] = set()
+        #: companies whose call started and ended with nothing to write (a stop on its answer):
+        #: their start is taken back when they are skipped.
+        self.unrun_started: set[str] = set()
         self.jobs = 0
         #: items handed to the workers and not yet back as a result (or left unrun).
         self.outstanding = 0
@@ -159,16 +169,19 @@ class BatchWork:
             await self._skip(ids, taken.status)
             return []
         mine = [c for c in companies if c.id in taken.runnable]
-        counted = {cid for cid, r in taken.runnable.items() if r.counted}
         if self.handing_back:
-            return await self._hand_back(mine, counted)
+            return await self._hand_back(mine)
         if taken.poisoned:
             log.error("batch %s: %d poison item(s) failed", self.step.batch_id, taken.poisoned)
+        suspects = [c for c in mine if taken.runnable[c.id].suspect]
+        if suspects:
+            stored = await self._already_stored(suspects, taken.runnable)
+            mine = [c for c in mine if c.id not in stored]
         if not mine:
             return []
         rendered: Mapping[str, Outcome] = {}
         if self.inputs is not None:
-            rendered = await self._render(mine, taken.runnable, counted)
+            rendered = await self._render(mine, taken.runnable)
             mine = [c for c in mine if isinstance(rendered.get(c.id), dict)]
             if not mine:
                 return []
@@ -181,23 +194,61 @@ class BatchWork:
                 _Job(
                     company,
                     runnable.attempts,
-                    runnable.counted,
+                    runnable.suspect,
                     ticket,
                     runnable.charged,
                     values if isinstance(values, dict) else {},
                 )
             )
         await ticket.done.wait()
-        return await self._after(ticket, counted)
+        return await self._after(ticket)
+
+    async def _already_stored(self, suspects: list[Company], runnable: Mapping[str, Runnable]) -> set[str]:
+        """Settle as stored the suspects whose result an earlier call of this batch stored; their ids.
+
+        Their process died after the destination committed and before HQ did: the call was paid
+        (charged when they were taken) and its row is there, so they are not called again.
+        """
+        stored = await self.store.receipted(self.step.destination.db, [c.id for c in suspects])
+        if not stored:
+            return stored
+        log.info(
+            "batch %s: %d item(s) already stored by an earlier call (receipts): not called again",
+            self.step.batch_id,
+            len(stored),
+        )
+        ref = self.writer.ref
+        done = [c for c in suspects if c.id in stored]
+        entries = [
+            ref.entry(c.id, c.domain, LogStatus.SUCCEEDED, attempt=runnable[c.id].attempts) for c in done
+        ]
+        outcomes = [
+            ItemOutcome.of_store(
+                c.id,
+                StoreOutcome(c.id, True),
+                attempts=runnable[c.id].attempts,
+                cost=runnable[c.id].charged,
+                data={},
+            )
+            for c in done
+        ]
+        storage = self.writer.storage
+        if not storage.logs_locally:
+            await storage.log(entries)
+            entries = []
+        # No call was made now: the lost one was charged (and spent) when it was taken.
+        await self.store.finish(
+            entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
+        )
+        return stored
 
     async def _render(
-        self, companies: list[Company], runnable: Mapping[str, Runnable], counted: set[str]
+        self, companies: list[Company], runnable: Mapping[str, Runnable]
     ) -> Mapping[str, Outcome]:
         """The chunk's inputs; companies without them end here, before any call.
 
         InputMissing: `skipped` with `input_missing: <reference>`; InputError: `failed`. Either way
-        no call, no cost, and the attempt the take counted is given back (the outcome carries the
-        attempts from before this delivery).
+        no call, no cost, no attempt (attempts are counted as calls start).
         """
         assert self.inputs is not None
         try:
@@ -205,9 +256,9 @@ class BatchWork:
         except BaseException:
             # The rows could not be read (a database restarting): the items go back to the queue
             # uncalled, and the job fails so that it is delivered again.
-            await self._hand_back(companies, counted)
+            await self._hand_back(companies)
             raise
-        ref = self.step.ref
+        ref = self.writer.ref
         outcomes: list[ItemOutcome] = []
         entries: list[LogEntry] = []
         for company in companies:
@@ -220,46 +271,53 @@ class BatchWork:
                     ref.entry(company.id, company.domain, LogStatus(state.value), error=found.reason)
                 )
         if outcomes:
-            # No call was made for them: nothing is spent.
+            storage = self.writer.storage
+            if not storage.logs_locally:
+                await storage.log(entries)
+                entries = []
+            # No call was made for them: nothing is spent now.
             await self.store.finish(
-                entries, outcomes, callback_timeout_s=self.calling.provider.callback_timeout_s, spend={}
+                entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
             )
         return rendered
 
-    async def _after(self, ticket: Ticket, counted: set[str]) -> list[Company]:
+    async def _after(self, ticket: Ticket) -> list[Company]:
         """A job's items are through: fail the job if some were not written, else end the rest."""
         if ticket.error is not None:
             raise exceptions.DatabaseError(f"results could not be written: {ticket.error}") from ticket.error
         if ticket.unrun or self.stop_flag:
-            await self._skip(ticket.unrun, None, counted)
+            started = [c for c in ticket.unrun if c in self.unrun_started]
+            self.unrun_started.difference_update(started)
+            await self._skip(ticket.unrun, None, started)
         if ticket.handed_back:
-            return await self._hand_back(ticket.handed_back, counted)
+            return await self._hand_back(ticket.handed_back)
         return []
 
     async def _skip(
-        self, company_ids: Sequence[str], status: str | None, counted: AbstractSet[str] = frozenset()
+        self, company_ids: Sequence[str], status: str | None, started: Sequence[str] = ()
     ) -> None:
         """Items a stopped or cancelled batch will not run: skipped with the reason, resumable."""
         reason = self.stop_flag.reason or (CANCELLED if status == BatchStatus.CANCELLED else STOPPED)
-        await self.store.skip(
-            company_ids,
-            reason,
-            uncount=[c for c in company_ids if c in counted],
-            stop=self.stop_flag.reason,
-        )
+        await self.store.skip(company_ids, reason, uncount=list(started), stop=self.stop_flag.reason)
 
-    async def _hand_back(self, companies: list[Company], counted: set[str]) -> list[Company]:
-        await self.store.hand_back(
-            [c.id for c in companies], uncount=[c.id for c in companies if c.id in counted]
-        )
+    async def _hand_back(self, companies: list[Company]) -> list[Company]:
+        # Handed back before their call started: nothing was counted for them.
+        await self.store.hand_back([c.id for c in companies], uncount=[])
         return companies
 
     async def _started(self, company_id: str) -> None:
-        """Count a call as started before it goes out; starts close together share one write."""
+        """Count a call as started before it goes out; starts close together share one write.
+
+        Every call waits for its start to be committed, so the group grows by itself while a
+        write is out: one statement per round trip, whatever the number of calls at once. On
+        PostgreSQL a second group is written while the first is out, so a call waits for about
+        one round trip, not two.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.starting.append((company_id, done))
-        if self.starter is None or self.starter.done():
-            self.starter = asyncio.create_task(self._write_starts())
+        self.starters = {t for t in self.starters if not t.done()}
+        if len(self.starters) < self.store.write_concurrency:
+            self.starters.add(asyncio.create_task(self._write_starts()))
         await done
 
     async def _write_starts(self) -> None:
@@ -298,6 +356,10 @@ class BatchWork:
             except exceptions.DatabaseError:
                 continue
             persisted = stop or persisted
+            if persisted is not None or (
+                batch is not None and batch.status in (BatchStatus.STOPPED, BatchStatus.CANCELLED)
+            ):
+                self.stop_recorded = True
             if batch is None or batch.status == BatchStatus.CANCELLED:
                 self.stop_flag.set(CANCELLED)
             elif batch.status == BatchStatus.STOPPED:
@@ -316,14 +378,17 @@ class BatchWork:
             ticket.handed_back.append(company)
             ticket.one()
             return
-        call = None if self.stop_flag else await self._call(job)
+        began: list[bool] = []
+        call = None if self.stop_flag else await self._call(job, began)
         if call is None:  # a stop left it unrun
+            if began:  # its call went out and was answered with the stop: take its start back
+                self.unrun_started.add(company.id)
             ticket.unrun.append(company.id)
             ticket.one()
-        elif not job.counted:
-            # A suspect (its last delivery ended with the worker gone) is written before this
-            # worker calls anything else: should the next call kill the worker, this company's
-            # finished call is not counted against it.
+        elif job.suspect:
+            # A suspect (calls of it started and never ended: its process died) is written
+            # before this worker calls anything else: should the next call kill the worker, this
+            # company's finished call is not counted against it.
             try:
                 await self.writer.settle([Done(call, job.attempts, ticket, job.charged)])
             except Exception as exc:
@@ -336,8 +401,11 @@ class BatchWork:
         else:
             self.writer.put(Done(call, job.attempts, ticket, job.charged))
 
-    async def _call(self, job: _Job) -> CallResult | None:
-        start = None if job.counted else functools.partial(self._started, job.company.id)
+    async def _call(self, job: _Job, began: list[bool]) -> CallResult | None:
+        async def start() -> None:
+            await self._started(job.company.id)
+            began.append(True)
+
         try:
             return await self.caller.call(job.company, job.attempts, start=start, inputs=job.inputs)
         except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on

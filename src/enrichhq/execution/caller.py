@@ -70,6 +70,14 @@ class Gate:
             await self.sleep(delay)
 
 
+class _NotStarted(Exception):
+    """The start of a call could not be recorded: it did not go out."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class CallResult:
     """What the calls for one company came to: data, pending (a callback will bring it), or an error."""
@@ -152,8 +160,11 @@ class Caller:
         """Call until the policy says stop; None if the batch stopped before any call went out.
 
         attempts: calls counted for the company before this delivery. start, when given, is
-        awaited once, just before the first call goes out. inputs: the step's rendered inputs
-        for this company, handed to the provider in its `CallContext`.
+        awaited before each call (retries too) goes out, inside its concurrency slot: once it
+        returns, the call is as good as sent, so a start recorded is a call paid (see
+        `delivery.mark_started`). Should it raise, the call does not go out and the error
+        propagates. inputs: the step's rendered inputs for this company, handed to the provider
+        in its `CallContext`.
         """
         tally = _Tally()
         while True:
@@ -161,17 +172,14 @@ class Caller:
             if not await self.budget.reserve():
                 self.stop.set(self.budget.exhausted())
                 return self._unpaid(company, tally)
-            if tally.tries == 0 and start is not None:
-                try:
-                    await start()
-                except BaseException:
-                    # The call never goes out: give its reservation back, or the shared purse
-                    # would keep it (and refuse calls the budget has room for) for good.
-                    await self.budget.settle(None)
-                    raise
             tally.tries += 1
             try:
-                fetched = await self._fetch(company, inputs or {})
+                fetched = await self._fetch(company, start, inputs or {})
+            except _NotStarted as exc:
+                # Nothing went out, so nothing is paid: the reservation is given back, or the
+                # shared purse would keep it (and refuse calls the budget has room for) for good.
+                await self.budget.settle(None)
+                raise exc.error from None
             except exceptions.ProviderError as exc:
                 await self.budget.settle(exc.cost)
                 tally.add(exc.cost, exc.trail)
@@ -192,8 +200,17 @@ class Caller:
                 return tally.result(company, pending=True)
             return tally.result(company, data=fetched.data)
 
-    async def _fetch(self, company: Company, inputs: Mapping[str, Any]) -> ProviderResult:
+    async def _fetch(
+        self, company: Company, start: Callable[[], Awaitable[None]] | None, inputs: Mapping[str, Any]
+    ) -> ProviderResult:
         async with self.limits.call():
+            if start is not None:
+                # Inside the slot: a call recorded as started does not then wait for its turn,
+                # where a kill would make it look paid without having gone out.
+                try:
+                    await start()
+                except BaseException as exc:  # a cancel too: the reservation must be given back
+                    raise _NotStarted(exc) from exc
             began = time.monotonic()
             try:
                 fetched = await self.provider.fetch(company, self.context(company, inputs))

@@ -101,14 +101,27 @@ class Engine:
         return back
 
     async def _work(self, batch_id: str) -> BatchWork | None:
-        if (work := self.work.get(batch_id)) is not None:
+        if (work := self.work.get(batch_id)) is not None and not await self._resumed(batch_id, work):
             return work
         async with self.opening.setdefault(batch_id, asyncio.Lock()):
-            if (work := self.work.get(batch_id)) is None:
+            if (work := self.work.get(batch_id)) is not None and await self._resumed(batch_id, work):
+                # Its stop flag, budget and price are those of the run that stopped: start afresh.
+                del self.work[batch_id]
+                await self._close(batch_id)
+                work = None
+            if work is None:
                 work = await self._open(batch_id)
                 if work is not None:
                     self.work[batch_id] = work
         return work
+
+    async def _resumed(self, batch_id: str, work: BatchWork) -> bool:
+        """Whether a batch this process stopped (budget, credits) was resumed since, and its old
+        work is idle: a job of the resumed run must not be skipped with the old stop."""
+        if not work.stop_recorded or work.jobs > 0 or self.stop_message is not None:
+            return False
+        async with self.dbs.begin("hq") as conn:
+            return await batches.batch_status(conn, batch_id) == BatchStatus.RUNNING
 
     async def _open(self, batch_id: str) -> BatchWork | None:
         async with self.dbs.begin("hq") as conn:

@@ -2,7 +2,7 @@
 
 It follows the HQ store's rules (`db.delivery`, `db.items`) closely enough for the coordinator
 and the writer to be tested on their own: final items are never taken again, a suspect is
-counted as its call starts, only running items settle, a cancel made elsewhere is seen.
+counted only as its call starts, only running items settle, a cancel made elsewhere is seen.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class InMemoryItemStore:
         self._write_concurrency = write_concurrency
         #: set to make `finish` raise, as a database that refuses the write would.
         self.fail_finish: BaseException | None = None
+        #: companies whose result this batch has stored already (their receipts).
+        self.receipts: set[str] = set()
 
     @property
     def write_concurrency(self) -> int:
@@ -58,7 +60,7 @@ class InMemoryItemStore:
         return {cid: item.state for cid, item in self.items.items()}
 
     async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
-        """As `delivery.deliver`: fresh items counted now, suspects when their call starts."""
+        """As `delivery.deliver`: nothing counted (calls count as they start); suspects flagged."""
         self.calls.append("take")
         if self.status != BatchStatus.RUNNING:
             return Delivery(self.status, {})
@@ -70,22 +72,25 @@ class InMemoryItemStore:
                 continue
             item.state = ItemState.RUNNING
             if item.deliveries == 0:
-                item.attempts += 1
-                item.deliveries = 1
-                runnable[cid] = Runnable(item.attempts - 1, True)
+                runnable[cid] = Runnable(item.attempts)
             elif item.deliveries >= poison_after:
                 item.state, item.error = ItemState.FAILED, "poison"
                 poisoned += 1
             else:
-                runnable[cid] = Runnable(item.attempts, False)
+                runnable[cid] = Runnable(item.attempts, suspect=True)
         return Delivery(self.status, runnable, poisoned)
 
     async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Each call counts as an attempt and a delivery."""
+        """Each call counts as an attempt and a call not yet ended."""
         self.calls.append("mark_started")
         for item in self._these(company_ids, (ItemState.RUNNING,)):
             item.attempts += 1
             item.deliveries += 1
+
+    async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
+        """Those with a receipt."""
+        self.calls.append("receipted")
+        return {cid for cid in company_ids if cid in self.receipts}
 
     async def skip(
         self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None

@@ -18,7 +18,17 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import enrichment_logger
-from enrichhq.db import batches, callback_items, common, delivery, dialect, engines, items, purse
+from enrichhq.db import (
+    batches,
+    callback_items,
+    common,
+    delivery,
+    dialect,
+    engines,
+    items,
+    purse,
+    stored_rows,
+)
 from enrichhq.execution import outage
 from enrichhq.models import ItemOutcome, LogEntry, StepRef
 from enrichhq.states import BatchStatus, ItemState, LogStatus
@@ -26,11 +36,13 @@ from enrichhq.states import BatchStatus, ItemState, LogStatus
 
 @dataclass(frozen=True, slots=True)
 class Runnable:
-    """An item a job may call: its attempts before this delivery, and whether this one is counted."""
+    """An item a job may call: its attempts so far, and whether it is a suspect."""
 
     attempts: int
-    #: False for a suspect (its last delivery ended with its worker gone): counted as its call starts.
-    counted: bool
+    #: True when calls of it were started and never ended (their process died): it was charged
+    #: for them, its result may have been stored already (a receipt), and its next call is
+    #: written at once, so a crash it causes again is not blamed on its neighbours.
+    suspect: bool = False
     #: what the calls lost with a dead process were charged (their result unknown): the item's
     #: final cost adds this delivery's calls to it.
     charged: float | None = None
@@ -66,7 +78,10 @@ class ItemStore(Protocol):
         """Take a job's items for this process (items already final are left alone)."""
 
     async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count suspects' calls as they start."""
+        """Count calls as started (an attempt, a call not yet ended) before they go out."""
+
+    async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
+        """Which of these companies this batch has stored already in `db_name` (their receipts)."""
 
     async def skip(
         self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
@@ -74,7 +89,7 @@ class ItemStore(Protocol):
         """End items a stopped batch will not run, resumable; stop the batch first when `stop` says why."""
 
     async def hand_back(self, company_ids: Sequence[str], *, uncount: Sequence[str]) -> None:
-        """Queue unstarted items again, taking back the attempts counted for them."""
+        """Queue unstarted items again (uncount: those whose started call ended with no result)."""
 
     async def look(self, *, stop: str | None) -> BatchState | None:
         """The batch as stored now (None once it is gone), after stopping it when `stop` says why."""
@@ -148,21 +163,36 @@ class DbItemStore:
                     ],
                 )
             runnable = {
-                cid: Runnable(attempts, counted, charged)
-                for cid, (attempts, counted, charged) in taken.runnable.items()
+                cid: Runnable(attempts, suspect, charged)
+                for cid, (attempts, suspect, charged) in taken.runnable.items()
             }
             return Delivery(status, runnable, len(taken.poisoned))
 
         return await outage.through(take)
 
     async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count suspects' calls as they start."""
+        """Count calls as started, committed before they go out (one statement per group)."""
 
         async def mark() -> None:
             async with self.dbs.begin("hq") as conn:
+                # It must outlive this process, not the server: no fsync wait before each call.
+                await dialect.commit_without_flush(conn)
                 await delivery.mark_started(conn, self.batch_id, company_ids)
 
         await outage.through(mark)
+
+    async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
+        """The companies among these whose result this batch stored in `db_name` (as given here)."""
+        if not company_ids:
+            return set()
+
+        async def read() -> set[str]:
+            await stored_rows.ensure(self.dbs, db_name)
+            async with self.dbs.begin(db_name) as conn:
+                found = await stored_rows.receipted(conn, self.step.workflow_id, self.batch_id, company_ids)
+            return {cid for cid in company_ids if stored_rows.company_key(cid) in found}
+
+        return await outage.through(read)
 
     async def skip(
         self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
