@@ -255,6 +255,24 @@ async def test_validation_errors_through_workflows_validate(env: Env, webhook: W
         f"{step} reads steps['keyless-step'], whose table keyless has no primary key",
     ):
         assert expected in out, f"{expected!r} not in {out}"
+    # `run` refuses before any call; `workflows add` (the API's and the UI editor's way too) refuses to save.
+    with pytest.raises(exceptions.ConfigError, match="there is no step with workflow_slug 'no-such-step'"):
+        await runs.run(env.dbs, with_receiver(env), "extract-case-studies-via-n8n", runs.Selection(all=True))
+    assert webhook.received == []
+    spec = workflows.WorkflowSpec.parse(
+        {
+            "workflow_slug": "new-step",
+            "overall_step_number": 9,
+            "provider": "http",
+            "destination_table_name": "company_homepage_scrapes",
+            "destination_field_mappings": {"final_url": "final_url"},
+            "provider_config": {"inputs": {"x": "{{ steps['scrape-homepage-via-zenrows'].nope }}"}},
+        }
+    )
+    with pytest.raises(
+        exceptions.ConfigError, match=r"step 'new-step', input 'x': .*stores no column 'nope'"
+    ):
+        await workflows.add(env.dbs, spec)
 
 
 async def test_dry_run_counts_input_missing(env: Env, stub: Stub, webhook: WebhookStub) -> None:
@@ -277,24 +295,6 @@ async def test_dry_run_counts_input_missing(env: Env, stub: Stub, webhook: Webho
         "SELECT count(*) FROM enrichment_batches WHERE workflow_slug = :s",
         {"s": "extract-case-studies-via-n8n"},
     ) == [(0,)]
-    # `run` refuses before any call; `workflows add` (the API's and the UI editor's way too) refuses to save.
-    with pytest.raises(exceptions.ConfigError, match="there is no step with workflow_slug 'no-such-step'"):
-        await runs.run(env.dbs, with_receiver(env), "extract-case-studies-via-n8n", runs.Selection(all=True))
-    assert webhook.received == []
-    spec = workflows.WorkflowSpec.parse(
-        {
-            "workflow_slug": "new-step",
-            "overall_step_number": 9,
-            "provider": "http",
-            "destination_table_name": "company_homepage_scrapes",
-            "destination_field_mappings": {"final_url": "final_url"},
-            "provider_config": {"inputs": {"x": "{{ steps['scrape-homepage-via-zenrows'].nope }}"}},
-        }
-    )
-    with pytest.raises(
-        exceptions.ConfigError, match=r"step 'new-step', input 'x': .*stores no column 'nope'"
-    ):
-        await workflows.add(env.dbs, spec)
 
 
 async def test_dry_run_and_run_through_the_command_show_input_missing(
