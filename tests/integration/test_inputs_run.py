@@ -23,7 +23,7 @@ from tests.helpers import (
     sql,
     workflow_row,
 )
-from tests.live import WebhookStub
+from tests.live import LiveServer, WebhookStub, free_port
 from tests.stubs import Stub
 
 SCRAPE = "scrape-homepage-via-zenrows"
@@ -386,3 +386,64 @@ async def test_url_templates_clay_and_the_waterfall_get_inputs(
     assert summary.counts == {"waiting_callback": 1}
     (body,) = webhook.received
     assert body["home"] == f"{stub.url}/sites/ok-w.com/home" and body["company_id"] == company.id
+
+
+async def test_a_step_reads_what_an_async_step_stored_through_its_callback(env: Env, stub: Stub) -> None:
+    """n8n's callbacks store step 2's rows (with receipts, through the receiver); step 3 reads them.
+
+    The list of links reaches the next webhook as a JSON list, not as its text.
+    """
+    first_hook, second_hook = WebhookStub(), WebhookStub()
+    port = free_port()
+    settings = type(env.settings).model_validate(
+        {
+            **env.settings.model_dump(),
+            "enrichhq_public_url": f"http://127.0.0.1:{port}",
+            "enrichhq_secret": "test-secret",
+            "enrichhq_api_key": "k",
+        }
+    )
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await n8n_step(env, first_hook, {"html": HTML}, step=2)
+    await sql(
+        env.dbs,
+        "workspace",
+        SEED_CASE_STUDIES[env.backend].replace("company_case_studies", "company_case_study_notes"),
+    )
+    await add_step(
+        env.dbs,
+        "notes-via-n8n",
+        provider="n8n",
+        table="company_case_study_notes",
+        mappings={"case_study_urls": "urls"},
+        config={
+            "webhook_url": f"{second_hook.url}/hook",
+            "inputs": {"links": "{{ steps['extract-case-studies-via-n8n'].urls }}"},
+        },
+        step=3,
+    )
+    domains = ["normal-a.com", "normal-b.com", "normal-c.com"]
+    await add_companies(env.dbs, domains)
+    try:
+        with LiveServer(settings, port):
+            await runs.run(env.dbs, settings, SCRAPE, runs.Selection(all=True))
+            second = await runs.run(
+                env.dbs, settings, "extract-case-studies-via-n8n", runs.Selection(all=True)
+            )
+            first_hook.wait()
+            states = await sql(
+                env.dbs,
+                "hq",
+                "SELECT state, count(*) FROM enrichment_batch_items WHERE batch_id = :b GROUP BY state",
+                {"b": second.batch_id},
+            )
+            assert [tuple(r) for r in states] == [("succeeded", 3)], states
+            third = await runs.run(env.dbs, settings, "notes-via-n8n", runs.Selection(all=True))
+            assert third.counts == {"waiting_callback": 3}
+            second_hook.wait()
+    finally:
+        first_hook.close()
+        second_hook.close()
+    for domain, body in received(second_hook).items():
+        assert body["inputs"] == {"links": [f"https://{domain}/cases/1"]}
