@@ -447,3 +447,24 @@ async def test_a_step_reads_what_an_async_step_stored_through_its_callback(env: 
         second_hook.close()
     for domain, body in received(second_hook).items():
         assert body["inputs"] == {"links": [f"https://{domain}/cases/1"]}
+
+
+async def test_inputs_from_a_step_that_stores_in_hq(env: Env, stub: Stub, webhook: WebhookStub) -> None:
+    """The referenced step's own database is read: here HQ (receipts from migration 0007 there)."""
+    settings = with_receiver(env)
+    await sql(env.dbs, "hq", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await sql(env.dbs, "hq", "UPDATE db_driven_enrichment_workflows SET destination_db = 'hq'")
+    await n8n_step(env, webhook, {"url": "{{ steps['scrape-homepage-via-zenrows'].final_url }}"}, step=2)
+    await add_companies(env.dbs, ["ok-h1.com", "ok-h2.com", "ok-none.com"])
+    await runs.run(env.dbs, settings, SCRAPE, runs.Selection(domains=("ok-h1.com", "ok-h2.com")))
+    estimate = await runs.estimate(
+        env.dbs, settings, "extract-case-studies-via-n8n", runs.Selection(all=True)
+    )
+    assert estimate.will_run == 2 and sum(estimate.skipped.values()) == 1
+    summary = await runs.run(env.dbs, settings, "extract-case-studies-via-n8n", runs.Selection(all=True))
+    assert summary.counts == {"waiting_callback": 2, "skipped": 1}
+    assert {d: b["inputs"]["url"] for d, b in received(webhook).items()} == {
+        "ok-h1.com": "https://ok-h1.com/home",
+        "ok-h2.com": "https://ok-h2.com/home",
+    }
