@@ -58,6 +58,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_REPEAT: Final = 10_000_000
 _MAX_POWER_BITS: Final = 100_000
 _MAX_MESSAGE: Final = 300
+#: how the error of an item skipped for a missing input begins (reports pick those items out by it).
+MISSING_PREFIX: Final = "input_missing: "
 
 
 # --- outcomes -------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class InputMissing:
     @property
     def reason(self) -> str:
         """The item's error text (`input_missing: <reference>`)."""
-        return f"input_missing: {self.reference}"
+        return f"{MISSING_PREFIX}{self.reference}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +529,62 @@ def render_chunk(
     return out
 
 
+def referenced_steps(provider_config: Mapping[str, Any]) -> frozenset[str]:
+    """The slugs a config's inputs read, from the inputs that compile (validation reports the rest)."""
+    spec, _ = _parse(provider_config.get("inputs"))
+    return spec.steps
+
+
+# --- url templates ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _url_template(source: str) -> tuple[Template | None, str | None]:
+    try:
+        return _ENV.from_string(source), None
+    except TemplateSyntaxError as exc:
+        return None, f"template syntax error on line {exc.lineno}: {exc.message}"
+
+
+def is_template(source: str) -> bool:
+    """Whether a url_template is a Jinja2 template (else the old `{domain}` form)."""
+    return "{{" in source or "{%" in source
+
+
+def url_problems(source: str) -> list[str]:
+    """What keeps a Jinja2 url_template from rendering (syntax), one line each."""
+    if not is_template(source):
+        return []
+    _, problem = _url_template(source)
+    return [] if problem is None else [problem]
+
+
+def render_url(source: str, company: Company, inputs: Mapping[str, Any]) -> str:
+    """A url_template for one company: `{{ company.domain }}`, `{{ inputs.<name> }}`, or the old `{domain}`.
+
+    Rendered in the same sandbox as the inputs. Raises InputError (our exceptions') when it cannot
+    render, naming the missing reference: the call does not go out.
+    """
+    if not is_template(source):
+        return source.replace("{domain}", company.domain)
+    template, problem = _url_template(source)
+    if template is None:
+        raise exceptions.InputError(f"url_template: {problem}")
+    context = {
+        "company": _Node("company", {"id": company.id, "domain": company.domain, "name": company.name}),
+        "inputs": _Node("inputs", dict(inputs)),
+    }
+    try:
+        text = template.render(context)
+    except _MissingError as exc:
+        raise exceptions.InputError(f"url_template: missing {exc.message}") from None
+    except SecurityError as exc:
+        raise exceptions.InputError(f"url_template: not allowed in a template: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - a filter raising on this company's data
+        raise exceptions.InputError(_shorten(f"url_template: {type(exc).__name__}: {exc}")) from None
+    return text.strip()
+
+
 # --- validation -------------------------------------------------------------------------------------
 
 
@@ -668,6 +726,7 @@ def _cycle_line(cycle: list[str], graph: _Graph) -> str:
 __all__ = [
     "COMPANY_FIELDS",
     "CONTEXT_NAMES",
+    "MISSING_PREFIX",
     "Input",
     "InputError",
     "InputMissing",
@@ -675,7 +734,11 @@ __all__ = [
     "KnownStep",
     "Outcome",
     "Reference",
+    "is_template",
     "problems",
     "problems_of_all",
+    "referenced_steps",
     "render_chunk",
+    "render_url",
+    "url_problems",
 ]

@@ -91,7 +91,7 @@ class CallContext:
     play_name: str
     callback_url: str | None = None
     callback_token: str | None = None
-    #: the step's rendered provider_config.inputs for this company (issue 14), by input name.
+    #: the step's rendered `provider_config.inputs` for this company (JSON-encodable values).
     inputs: Mapping[str, Any] = field(default_factory=dict)
 
 

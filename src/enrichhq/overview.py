@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import common, engines, rows, views
+from enrichhq.db import common, engines, rows, step_rows, stored_rows, views
 from enrichhq.models import Company, WorkflowConfig
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
@@ -161,7 +159,7 @@ async def company_page(dbs: engines.Databases, company_id: str, play: str) -> Co
     for step in steps:
         cell = _cell(step, done.get((found.id, step.overall_step_number)), latest.get((found.id, step.id)))
         try:
-            row = await _latest_row(dbs, step, found.id)
+            row = await _row_of(dbs, step, steps, found.id)
         except exceptions.EnrichHQError as exc:
             results.append(StepResult(step, cell, problem=str(exc)))
         else:
@@ -169,17 +167,36 @@ async def company_page(dbs: engines.Databases, company_id: str, play: str) -> Co
     return CompanyPage(found, play, results, log)
 
 
-async def _latest_row(dbs: engines.Databases, step: WorkflowConfig, company_id: str) -> dict[str, Any] | None:
+async def _row_of(
+    dbs: engines.Databases, step: WorkflowConfig, steps: list[WorkflowConfig], company_id: str
+) -> dict[str, Any] | None:
+    """The row THIS step wrote for the company (through its receipts), or None: "no stored result".
+
+    A row without a receipt (stored before receipts existed, or by a direct storage_worker_v2
+    call) is shown only when no other step writes the same table: then it can be no other step's.
+    """
     destination = await destinations.reflect(dbs, step.destination_db, step.destination_table_name)
     table = destination.table
     if "company_id" not in table.c:
         return None
-    stmt = sa.select(table).where(table.c.company_id == company_id).limit(1)
-    if "created_at" in table.c:
-        stmt = stmt.order_by(table.c.created_at.desc())
+    if destination.db != "hq":
+        await stored_rows.ensure(dbs, destination.db)
     async with dbs.begin(destination.db) as conn:
-        row = (await conn.execute(stmt)).mappings().first()
-    return dict(row) if row else None
+        written = await step_rows.rows_written(conn, step.id, table, [company_id], table.c.keys())
+        if written:
+            return next(iter(written.values()))
+        if await stored_rows.has_receipts(conn, step.id, company_id) or _shared(step, steps):
+            return None
+        return await step_rows.latest_by_company(conn, table, company_id)
+
+
+def _shared(step: WorkflowConfig, steps: list[WorkflowConfig]) -> bool:
+    """Whether another step writes the same destination table."""
+    return any(
+        (w.destination_db, w.destination_table_name) == (step.destination_db, step.destination_table_name)
+        for w in steps
+        if w.id != step.id
+    )
 
 
 @dataclass(frozen=True)

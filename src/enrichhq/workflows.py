@@ -13,8 +13,8 @@ from typing import Any, Literal
 import pydantic
 import sqlalchemy as sa
 
-from enrichhq import destinations, exceptions, functions, run_if
-from enrichhq.db import engines, views, workflow_rows
+from enrichhq import destinations, exceptions, functions, inputs, run_if
+from enrichhq.db import engines, step_rows, views, workflow_rows
 from enrichhq.models import WorkflowConfig
 from enrichhq.settings import Settings
 from enrichhq.storage_worker import RESERVED, load_config
@@ -95,6 +95,7 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
         outputs = provider.outputs
         problems += provider.option_problems(workflow)
     problems += run_if.problems(workflow.provider_config)
+    problems += await _input_problems(dbs, workflow)
     problems += await _shared_step_number(dbs, workflow)
     if workflow.write_mode not in ("append", "upsert"):
         problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
@@ -110,6 +111,47 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
         return Validation(workflow, tuple(problems), tuple(warnings))
     problems += _check_columns(workflow, destination, outputs, warnings)
     return Validation(workflow, tuple(problems), tuple(warnings))
+
+
+async def _input_problems(dbs: engines.Databases, workflow: WorkflowConfig) -> list[str]:
+    """provider_config.inputs against every workflow: syntax, slugs, columns (reflected), cycles.
+
+    A step without inputs has nothing to check (a cycle through it needs an input of its own).
+    Only the steps it reads are reflected; the others' configs serve the cycle check.
+    """
+    if not workflow.provider_config.get("inputs"):
+        return []
+    everyone = {w.workflow_slug: w for w in await list_all(dbs) if w.id != workflow.id}
+    problems: list[str] = []
+    known: dict[str, inputs.KnownStep] = {}
+    read = inputs.referenced_steps(workflow.provider_config)
+    for slug, other in everyone.items():
+        columns: list[str] = []
+        if slug in read:
+            try:
+                destination = await destinations.reflect(
+                    dbs, other.destination_db, other.destination_table_name
+                )
+            except exceptions.ConfigError as exc:
+                problems.append(
+                    f"step {workflow.workflow_slug!r} reads steps[{slug!r}], "
+                    f"whose destination cannot be read: {exc}"
+                )
+                continue
+            columns = list(destination.table.c.keys())
+            if not step_rows.readable(destination.table):
+                problems.append(no_key_problem(workflow.workflow_slug, slug, destination))
+        known[slug] = inputs.KnownStep(columns, other.provider_config)
+    return problems + inputs.problems(workflow.workflow_slug, workflow.provider_config, known)
+
+
+def no_key_problem(step: str, slug: str, destination: destinations.Destination) -> str:
+    """Why a step cannot read another whose table has no primary key."""
+    return (
+        f"step {step!r} reads steps[{slug!r}], whose table {destination.name} has no primary key: "
+        "the row that step wrote cannot be told from other rows of the table; give the table a "
+        "primary key (e.g. id UUID PRIMARY KEY)"
+    )
 
 
 async def _shared_step_number(dbs: engines.Databases, workflow: WorkflowConfig) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from enrichhq import destinations
-from enrichhq.execution.batch import BatchWork, Calling
+from enrichhq.execution.batch import BatchWork, Calling, ChunkInputs
 from enrichhq.execution.budget import Budget, Purse
 from enrichhq.execution.memory import InMemoryItemStore
 from enrichhq.execution.writer import BatchStep
@@ -238,6 +238,7 @@ def work(
     workers: int = 2,
     watch_s: float = 60.0,
     chunk_size: int = 500,
+    inputs: ChunkInputs | None = None,
 ) -> BatchWork:
     """A coordinator over the fakes (not started: use it in `async with`)."""
     calling = Calling(provider, CountingLimits(), budget or Purse(None), workers, Signing())
@@ -248,6 +249,7 @@ def work(
         storage=storage or Storage(),
         chunk_size=chunk_size,
         watch_s=watch_s,
+        inputs=inputs,
     )
 
 

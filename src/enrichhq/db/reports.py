@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
+from enrichhq.inputs import MISSING_PREFIX as INPUT_MISSING
 from enrichhq.states import BatchStatus, ItemState
 
 
@@ -39,7 +40,7 @@ async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str
 
 
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
-    """Items that ended failed or timed out, with their errors."""
+    """Items that ended failed or timed out, or skipped for a missing input, with their errors."""
     result = await conn.execute(
         sa.select(
             batch_items.c.company_domain,
@@ -49,7 +50,14 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
         )
         .where(
             batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_((ItemState.FAILED, ItemState.TIMED_OUT)),
+            sa.or_(
+                batch_items.c.state.in_((ItemState.FAILED, ItemState.TIMED_OUT)),
+                # A company skipped for a missing input is the user's to look at, like a failure.
+                sa.and_(
+                    batch_items.c.state == ItemState.SKIPPED,
+                    batch_items.c.last_error.startswith(INPUT_MISSING, autoescape=True),
+                ),
+            ),
         )
         .order_by(batch_items.c.company_domain)
         .limit(limit)

@@ -166,6 +166,16 @@ async def written_for(
     )
 
 
+async def has_receipts(conn: AsyncConnection, workflow_id: str, company_id: str) -> bool:
+    """Whether a step has stored anything for a company through a batch (its rows may be gone since)."""
+    query = (
+        sa.select(stored_rows.c.batch_id)
+        .where(stored_rows.c.workflow_id == workflow_id, stored_rows.c.company_id == company_id)
+        .limit(1)
+    )
+    return (await conn.execute(query)).first() is not None
+
+
 def jsonable(key: Mapping[str, Any]) -> dict[str, Any]:
     """A primary key's values as JSON holds them (uuids and times as text, decimals as numbers)."""
     return {name: _plain(value) for name, value in key.items()}

@@ -21,8 +21,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, Protocol
 
 from enrichhq import exceptions
 from enrichhq.execution.budget import Budget
@@ -31,8 +32,9 @@ from enrichhq.execution.limits import Limits
 from enrichhq.execution.store import ItemStore, Runnable
 from enrichhq.execution.writer import BatchStep, Done, Storage, Ticket, Writer
 from enrichhq.functions import Provider
-from enrichhq.models import Company, ItemOutcome, StoreOutcome
-from enrichhq.states import BatchStatus, LogStatus
+from enrichhq.inputs import InputError, InputMissing, Outcome
+from enrichhq.models import Company, ItemOutcome, LogEntry, StoreOutcome
+from enrichhq.states import BatchStatus, ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.batch")
 
@@ -52,6 +54,13 @@ class Calling:
     signing: Signing
 
 
+class ChunkInputs(Protocol):
+    """A step's inputs, rendered a chunk at a time (`execution.step_inputs.StepInputs`)."""
+
+    async def render(self, companies: Sequence[Company]) -> Mapping[str, Outcome]:
+        """Each company's inputs by id, or why it has none."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     company: Company
@@ -61,6 +70,8 @@ class _Job:
     ticket: Ticket
     #: what calls lost with a dead process were charged (see `Runnable.charged`).
     charged: float | None = None
+    #: the step's rendered inputs for this company.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BatchWork:
@@ -75,8 +86,11 @@ class BatchWork:
         storage: Storage,
         chunk_size: int,
         watch_s: float = WATCH_SECONDS,
+        inputs: ChunkInputs | None = None,
     ) -> None:
         self.step = step
+        #: None for a step without inputs: its chunks read and render nothing.
+        self.inputs = inputs
         self.calling = calling
         self.store = store
         self.watch_s = watch_s
@@ -165,11 +179,27 @@ class BatchWork:
             mine = [c for c in mine if c.id not in stored]
         if not mine:
             return []
+        rendered: Mapping[str, Outcome] = {}
+        if self.inputs is not None:
+            rendered = await self._render(mine, taken.runnable)
+            mine = [c for c in mine if isinstance(rendered.get(c.id), dict)]
+            if not mine:
+                return []
         ticket = Ticket(len(mine))
         self.outstanding += len(mine)
         for company in mine:
             runnable = taken.runnable[company.id]
-            self.work.put_nowait(_Job(company, runnable.attempts, runnable.suspect, ticket, runnable.charged))
+            values = rendered.get(company.id)
+            self.work.put_nowait(
+                _Job(
+                    company,
+                    runnable.attempts,
+                    runnable.suspect,
+                    ticket,
+                    runnable.charged,
+                    values if isinstance(values, dict) else {},
+                )
+            )
         await ticket.done.wait()
         return await self._after(ticket)
 
@@ -211,6 +241,45 @@ class BatchWork:
             entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
         )
         return stored
+
+    async def _render(
+        self, companies: list[Company], runnable: Mapping[str, Runnable]
+    ) -> Mapping[str, Outcome]:
+        """The chunk's inputs; companies without them end here, before any call.
+
+        InputMissing: `skipped` with `input_missing: <reference>`; InputError: `failed`. Either way
+        no call, no cost, no attempt (attempts are counted as calls start).
+        """
+        assert self.inputs is not None
+        try:
+            rendered = await self.inputs.render(companies)
+        except BaseException:
+            # The rows could not be read (a database restarting): the items go back to the queue
+            # uncalled, and the job fails so that it is delivered again.
+            await self._hand_back(companies)
+            raise
+        ref = self.writer.ref
+        outcomes: list[ItemOutcome] = []
+        entries: list[LogEntry] = []
+        for company in companies:
+            found = rendered.get(company.id)
+            if isinstance(found, InputMissing | InputError):
+                state = ItemState.SKIPPED if isinstance(found, InputMissing) else ItemState.FAILED
+                item = runnable[company.id]
+                outcomes.append(ItemOutcome(company.id, state, item.attempts, found.reason, item.charged))
+                entries.append(
+                    ref.entry(company.id, company.domain, LogStatus(state.value), error=found.reason)
+                )
+        if outcomes:
+            storage = self.writer.storage
+            if not storage.logs_locally:
+                await storage.log(entries)
+                entries = []
+            # No call was made for them: nothing is spent now.
+            await self.store.finish(
+                entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
+            )
+        return rendered
 
     async def _after(self, ticket: Ticket) -> list[Company]:
         """A job's items are through: fail the job if some were not written, else end the rest."""
@@ -338,7 +407,7 @@ class BatchWork:
             began.append(True)
 
         try:
-            return await self.caller.call(job.company, job.attempts, start=start)
+            return await self.caller.call(job.company, job.attempts, start=start, inputs=job.inputs)
         except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
             log.exception("batch %s: %s could not be called", self.step.batch_id, job.company.id)
             return CallResult(job.company, 1, error=f"internal error: {type(exc).__name__}: {exc}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,7 +150,12 @@ class Caller:
         self.gate = gate or Gate(sleep=sleep)
 
     async def call(
-        self, company: Company, attempts: int, *, start: Callable[[], Awaitable[None]] | None = None
+        self,
+        company: Company,
+        attempts: int,
+        *,
+        start: Callable[[], Awaitable[None]] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> CallResult | None:
         """Call until the policy says stop; None if the batch stopped before any call went out.
 
@@ -158,7 +163,8 @@ class Caller:
         awaited before each call (retries too) goes out, inside its concurrency slot: once it
         returns, the call is as good as sent, so a start recorded is a call paid (see
         `delivery.mark_started`). Should it raise, the call does not go out and the error
-        propagates.
+        propagates. inputs: the step's rendered inputs for this company, handed to the provider
+        in its `CallContext`.
         """
         tally = _Tally()
         while True:
@@ -168,7 +174,7 @@ class Caller:
                 return self._unpaid(company, tally)
             tally.tries += 1
             try:
-                fetched = await self._fetch(company, start)
+                fetched = await self._fetch(company, start, inputs or {})
             except _NotStarted as exc:
                 # Nothing went out, so nothing is paid: the reservation is given back, or the
                 # shared purse would keep it (and refuse calls the budget has room for) for good.
@@ -194,7 +200,9 @@ class Caller:
                 return tally.result(company, pending=True)
             return tally.result(company, data=fetched.data)
 
-    async def _fetch(self, company: Company, start: Callable[[], Awaitable[None]] | None) -> ProviderResult:
+    async def _fetch(
+        self, company: Company, start: Callable[[], Awaitable[None]] | None, inputs: Mapping[str, Any]
+    ) -> ProviderResult:
         async with self.limits.call():
             if start is not None:
                 # Inside the slot: a call recorded as started does not then wait for its turn,
@@ -205,7 +213,7 @@ class Caller:
                     raise _NotStarted(exc) from exc
             began = time.monotonic()
             try:
-                fetched = await self.provider.fetch(company, self.context(company))
+                fetched = await self.provider.fetch(company, self.context(company, inputs))
             except exceptions.ProviderError as exc:
                 metrics.observe(self.name, time.monotonic() - began, "error", exc.status)
                 raise
@@ -255,10 +263,11 @@ class Caller:
         last = tally.retries[-1].error if tally.retries else "stopped"
         return tally.result(company, error=f"{last} ({self.stop.reason})")
 
-    def context(self, company: Company) -> CallContext:
-        """What the provider gets beside the company: for an async one, where to call back and a token."""
+    def context(self, company: Company, inputs: Mapping[str, Any] | None = None) -> CallContext:
+        """What the provider gets beside the company: its inputs; for an async one, where to call back."""
+        inputs = inputs or {}
         if not self.provider.asynchronous:
-            return CallContext(self.batch_id, self.step.play_name)
+            return CallContext(self.batch_id, self.step.play_name, inputs=inputs)
         token = tokens.issue(
             self.signing.callback_secret(),
             self.batch_id,
@@ -266,4 +275,4 @@ class Caller:
             self.step.workflow_id,
             self.provider.callback_timeout_s,
         )
-        return CallContext(self.batch_id, self.step.play_name, self.signing.receiver_url(), token)
+        return CallContext(self.batch_id, self.step.play_name, self.signing.receiver_url(), token, inputs)

@@ -20,6 +20,7 @@ from enrichhq.db import batches, callback_items, engines, items
 from enrichhq.execution.batch import BatchWork, Calling
 from enrichhq.execution.budget import HqLedger, HqPurse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
+from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.execution.store import DbItemStore
 from enrichhq.execution.writer import BatchStep
 from enrichhq.functions import Provider
@@ -131,6 +132,7 @@ class Engine:
         try:
             workflow = await workflows.get(self.dbs, str(batch.workflow_id))
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
+            inputs = await StepInputs.of(self.dbs, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
         except exceptions.Unreachable:
             raise  # a database restarting: the job is retried
@@ -176,6 +178,7 @@ class Engine:
                 store=DbItemStore(self.dbs, step.ref, price=per_call, adds_spend=not purse.settles_per_call),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
+                inputs=inputs,
             )
         )
         self.closing[batch_id] = closing

@@ -11,7 +11,7 @@ from typing import ClassVar
 import httpx
 import pydantic
 
-from enrichhq import exceptions, netpolicy
+from enrichhq import exceptions, inputs, netpolicy
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
 
@@ -40,7 +40,8 @@ class ProviderOptions(pydantic.BaseModel):
     callback_timeout_s: float = pydantic.Field(default=3600, gt=0)
     cost_per_call: float | None = pydantic.Field(default=None, ge=0)
     max_cost_per_batch: float | None = pydantic.Field(default=None, gt=0)
-    url_template: str = pydantic.Field(default="https://{domain}", pattern=r"\{domain\}")
+    #: `{domain}` (the old form) or a Jinja2 template over `company` and `inputs` (issue 14).
+    url_template: str = pydantic.Field(default="https://{domain}", pattern=r"\{domain\}|\{\{")
 
 
 class Provider(abc.ABC):
@@ -88,6 +89,9 @@ class Provider(abc.ABC):
             ProviderOptions.model_validate(workflow.provider_config)
         except pydantic.ValidationError as exc:
             return [f"provider_config.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        template = workflow.option("url_template")
+        if isinstance(template, str):
+            return [f"provider_config.url_template: {p}" for p in inputs.url_problems(template)]
         return []
 
     @classmethod
@@ -125,9 +129,15 @@ class Provider(abc.ABC):
         """What a call cost: the provider's own figure if it gave one, else the configured one."""
         return self.options.cost_per_call
 
-    def homepage_url(self, company: Company) -> str:
-        """The page to fetch: provider_config.url_template (default https://{domain})."""
-        return self.options.url_template.replace("{domain}", company.domain)
+    def homepage_url(self, company: Company, context: CallContext | None = None) -> str:
+        """The page to fetch: provider_config.url_template (default https://{domain}).
+
+        A template that cannot render for this company fails it without a call.
+        """
+        try:
+            return inputs.render_url(self.options.url_template, company, context.inputs if context else {})
+        except exceptions.InputError as exc:
+            raise exceptions.ProviderError(str(exc)) from None
 
 
 def now_iso() -> str:

@@ -22,7 +22,7 @@ class HttpProvider(base.Provider):
 
     async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Fetch one homepage, following redirects, keeping at most 5 MiB of it."""
-        url = self.homepage_url(company)
+        url = self.homepage_url(company, context)
         try:
             async with self.client.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code == 429 or response.status_code >= 500:

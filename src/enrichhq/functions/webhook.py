@@ -74,6 +74,8 @@ class WebhookProvider(base.Provider):
         """What the webhook receives."""
         return {
             "company": {"id": company.id, "domain": company.domain, "name": company.name},
+            # The step's rendered provider_config.inputs (empty for a step without any).
+            "inputs": dict(context.inputs),
             "workflow": {"id": self.workflow.id, "slug": self.workflow.workflow_slug},
             "batch_id": context.batch_id,
             "play_name": context.play_name,

@@ -47,12 +47,12 @@ class ZenrowsProvider(base.Provider):
         premium = _flag(workflow.option("premium_proxy", False)) == "true"
         return 25.0 if js and premium else 10.0 if premium else 5.0 if js else 1.0
 
-    def params(self, company: Company) -> dict[str, str]:
+    def params(self, company: Company, context: CallContext | None = None) -> dict[str, str]:
         """Query parameters for one company (js_render on unless the config turns it off)."""
         key = self.settings.zenrows_api_key
         params = {
             "apikey": key.get_secret_value() if key else "",
-            "url": self.homepage_url(company),
+            "url": self.homepage_url(company, context),
             "js_render": _flag(self.workflow.option("js_render", True)),
         }
         if self.workflow.option("premium_proxy"):
@@ -69,7 +69,7 @@ class ZenrowsProvider(base.Provider):
 
     async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Scrape one homepage; Zenrows' error contract becomes ProviderError flags."""
-        params = self.params(company)
+        params = self.params(company, context)
         try:
             response = await self.client.get(self.settings.zenrows_api_url, params=params)
         except httpx.HTTPError as exc:

@@ -20,7 +20,7 @@ from enrichhq.db import common, engines, items
 from enrichhq.models import WorkflowConfig
 
 #: below every UUID, where the keyset paging over a batch's items starts.
-_FIRST_ID = "00000000-0000-0000-0000-000000000000"
+FIRST_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class FieldEmpty(Condition):
     async def exclude(self, scope: Scope) -> int:
         """Skip companies whose row in the destination table has the column filled."""
         skipped = 0
-        after = _FIRST_ID
+        after = FIRST_ID
         while page := await items.queued_ids(
             scope.conn, scope.batch_id, after=after, limit=common.MAX_ROWS_PER_STATEMENT
         ):

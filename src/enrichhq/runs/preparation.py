@@ -15,13 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, liveness, workflows
 from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
+from enrichhq.db import company_rows as companies_rows
 from enrichhq.execution import lease
+from enrichhq.execution.step_inputs import StepInputs
+from enrichhq.inputs import InputError, InputMissing
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
 from enrichhq.settings import Settings
 from enrichhq.states import BatchStatus, ItemState
 
 DEFAULT_PLAY = "default"
+#: companies whose inputs an estimate renders at a time.
+ESTIMATE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -164,12 +169,37 @@ async def estimate(
         # Adopted companies would run: the estimate counts them (and, rolled back, adopts nothing).
         await adopt_dead(conn, settings, plan, chosen, batch_id, liveness.Lease.new())
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+        await _skip_missing_inputs(dbs, conn, plan.workflow, batch_id)
         breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
         await conn.rollback()
     will_run, skipped = tally(breakdown)
     per_call, basis = await workflows.price(dbs, plan.workflow)
     return Estimate(plan.workflow, will_run + sum(skipped.values()), will_run, skipped, per_call, basis)
+
+
+async def _skip_missing_inputs(
+    dbs: engines.Databases, conn: AsyncConnection, workflow: WorkflowConfig, batch_id: str
+) -> None:
+    """In the estimate's transaction: the queued companies whose inputs are missing, skipped as a run would.
+
+    Rendered in chunks, as the run renders them (one query per referenced step and chunk). A run
+    renders again when it takes each chunk: rows stored in between count then.
+    """
+    reader = await StepInputs.of(dbs, workflow)
+    if reader is None:
+        return
+    after = conditions.FIRST_ID
+    while ids := await items.queued_ids(conn, batch_id, after=after, limit=ESTIMATE_CHUNK):
+        after = ids[-1]
+        found = await companies_rows.companies_by_id(conn, ids)
+        rendered = await reader.render(list(found.values()))
+        missing: dict[str, list[str]] = {}
+        for company_id, outcome in rendered.items():
+            if isinstance(outcome, InputMissing | InputError):
+                missing.setdefault(outcome.reason, []).append(company_id)
+        for reason, company_ids in missing.items():
+            await items.skip_ids(conn, batch_id, company_ids, reason)
 
 
 def tally(breakdown: Sequence[tuple[str, str | None, int]]) -> tuple[int, dict[str, int]]:
