@@ -83,13 +83,25 @@ class Destination:
 
     def unique_on_company_id(self) -> bool:
         """Whether an upsert on company_id has a unique key to land on."""
+        return self.unique_on(["company_id"])
+
+    def unique_on(self, columns: list[str]) -> bool:
+        """Whether a unique constraint, primary key or (non-partial) unique index is on exactly these columns.
+
+        ON CONFLICT (columns) lands only on a unique key of exactly that set, in any order.
+        """
+        wanted = set(columns)
         for constraint in self.table.constraints:
-            cols = [c.name for c in getattr(constraint, "columns", [])]
-            if cols == ["company_id"] and isinstance(
-                constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)
-            ):
+            cols = {c.name for c in getattr(constraint, "columns", [])}
+            if cols == wanted and isinstance(constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)):
                 return True
-        return any(i.unique and [c.name for c in i.columns] == ["company_id"] for i in self.table.indexes)
+        return any(
+            i.unique
+            and {c.name for c in i.columns} == wanted
+            and not i.dialect_options["postgresql"].get("where")
+            and not i.dialect_options["sqlite"].get("where")
+            for i in self.table.indexes
+        )
 
 
 def split_name(name: str, *, allow_hq: bool = False) -> tuple[str | None, str]:
