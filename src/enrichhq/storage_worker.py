@@ -239,8 +239,9 @@ async def _write_chunk(
         keys = destination.table.primary_key.columns
         by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
         if values:
+            # In the order of the values: a receipt lists a company's rows as its provider listed them.
             stmt = _statement(conn.dialect, config, destination, values[0]).returning(
-                destination.table.c.company_id, *keys
+                destination.table.c.company_id, *keys, sort_by_parameter_order=True
             )
             written = await conn.execute(stmt, values)
             for found in written.mappings():

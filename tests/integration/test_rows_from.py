@@ -393,3 +393,60 @@ async def test_two_batches_replacing_one_company_at_once_leave_exactly_one_list(
         f"{env.backend}: {sum(r == 3 for r in results)}/20 runs with exactly 3 rows, counts {sorted(set(results))}"
     )
     assert results == [3] * 20
+
+
+async def test_a_later_step_reads_a_rows_from_step_as_a_list_of_rows(env: Env, receiving: Settings) -> None:
+    """steps['slug'] of a rows_from step is the list of its rows, in the provider's order; [] for an
+    empty list; a company the step never stored for is input_missing. `.column` on the list is refused."""
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["workflow_slug"] != CONTACTS:
+            return {"people": []}
+        found = three_contacts(body["domain"], "x")[::-1] if body["domain"] == "normal-l1.com" else []
+        return {"contacts": found}
+
+    hook = ContactsHook(answer)
+    try:
+        for statement in contacts_ddl(env.backend):
+            await sql(env.dbs, "workspace", statement)
+        await add_step(env.dbs, CONTACTS, hook, config={"rows_from": "contacts"}, step=5)
+        emails = "{{ steps['find-contacts-via-clay'] | map(attribute='email') | list }}"
+        await add_step(
+            env.dbs,
+            "greet-contacts",
+            hook,
+            config={"rows_from": "people", "inputs": {"emails": emails}},
+            step=6,
+        )
+        await add_step(
+            env.dbs,
+            "bad-reference",
+            hook,
+            config={"inputs": {"email": "{{ steps['find-contacts-via-clay'].email }}"}},
+            step=7,
+            mappings={"email": "email"},
+        )
+        problems = (await workflows.validate(env.dbs, await workflows.get(env.dbs, "bad-reference"))).problems
+        assert problems == (
+            "step 'bad-reference', input 'email': steps['find-contacts-via-clay'].email: step "
+            "'find-contacts-via-clay' stores a list of rows per company (provider_config.rows_from), so "
+            "steps['find-contacts-via-clay'] is a list; read a column of every row with "
+            "steps['find-contacts-via-clay'] | map(attribute='email') | list",
+        )
+        assert (
+            await workflows.validate(env.dbs, await workflows.get(env.dbs, "greet-contacts"))
+        ).problems == ()
+        await add_companies(env.dbs, ["normal-l1.com", "normal-l2.com"])
+        await run_and_wait(env, receiving, hook, CONTACTS)
+        await add_companies(env.dbs, ["normal-l3.com"])
+        hook.received.clear()
+        states = await run_and_wait(env, receiving, hook, "greet-contacts")
+        assert states == {
+            "normal-l1.com": "succeeded",
+            "normal-l2.com": "succeeded",
+            "normal-l3.com": "skipped: input_missing: steps['find-contacts-via-clay']",
+        }
+        sent = {b["domain"]: b["emails"] for b in hook.received}
+        assert sent == {"normal-l1.com": [f"p{i}@normal-l1.com" for i in (3, 2, 1)], "normal-l2.com": []}
+    finally:
+        hook.close()
