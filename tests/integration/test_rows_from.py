@@ -450,3 +450,24 @@ async def test_a_later_step_reads_a_rows_from_step_as_a_list_of_rows(env: Env, r
         assert sent == {"normal-l1.com": [f"p{i}@normal-l1.com" for i in (3, 2, 1)], "normal-l2.com": []}
     finally:
         hook.close()
+
+
+async def test_replace_without_rows_from_keeps_one_row_per_company_of_this_step(env: Env) -> None:
+    """write_mode 'replace' on a one-row step: each batch's row replaces the step's earlier one."""
+    for statement in contacts_ddl(env.backend):
+        await sql(env.dbs, "workspace", statement)
+    hook = ContactsHook(lambda body: {})
+    try:
+        await add_step(env.dbs, CONTACTS, hook, config={}, step=5, write_mode="replace")
+    finally:
+        hook.close()
+    config = await workflows.get(env.dbs, CONTACTS)
+    assert (await workflows.validate(env.dbs, config)).problems == ()
+    companies = await add_companies(env.dbs, ["one-a.com", "one-b.com"])
+    for n in range(3):
+        records = [StoreRecord(c.id, c.domain, {"email": f"run{n}@{c.domain}"}) for c in companies]
+        outcomes = await storage_worker.store(
+            env.dbs, config, records, batch_id=str(uuid.uuid4()), log=_no_log
+        )
+        assert all(o.stored for o in outcomes)
+        assert await contacts(env) == {c.domain: [(f"run{n}@{c.domain}", None)] for c in companies}
