@@ -455,7 +455,7 @@ class InputSpec:
     ) -> Outcome:
         """One company's inputs, given the rows (slug -> column -> value) its steps stored.
 
-        A rows_from step's value is the list of its rows (each column -> value), in its list's order.
+        A rows_from step's value is the list of its rows (each column -> value).
         """
         context = {
             "company": _Node(

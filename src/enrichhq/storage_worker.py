@@ -239,9 +239,11 @@ async def _write_chunk(
         keys = destination.table.primary_key.columns
         by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
         if values:
-            # In the order of the values: a receipt lists a company's rows as its provider listed them.
+            # Not sort_by_parameter_order: without a sentinel column SQLAlchemy would then insert
+            # row by row. Both databases return a multi-row VALUES in its order in practice, so a
+            # receipt lists a company's rows as the provider did, but neither guarantees it.
             stmt = _statement(conn.dialect, config, destination, values[0]).returning(
-                destination.table.c.company_id, *keys, sort_by_parameter_order=True
+                destination.table.c.company_id, *keys
             )
             written = await conn.execute(stmt, values)
             for found in written.mappings():

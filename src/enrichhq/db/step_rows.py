@@ -108,7 +108,7 @@ async def row_lists_written(
     company_ids: Sequence[str],
     columns: Collection[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The rows a `rows_from` step wrote last for each company, in the order of its list.
+    """The rows a `rows_from` step wrote last for each company, in the order its receipt lists them.
 
     company_key -> rows (column -> value, as `rows_written`); a company whose latest receipt
     recorded no rows (the provider's list was empty) gets []. Two statements per chunk of

@@ -72,7 +72,8 @@ class StepInputs:
         """slug -> company id -> the row that step wrote for it (companies without one left out).
 
         A rows_from step gives the list of rows it wrote for the company (`steps['slug']` is a
-        list in templates): two statements per chunk instead of one.
+        list in templates; in the order the insert returned them, the provider's in practice):
+        two statements per chunk instead of one.
         """
         ids = [c.id for c in companies]
         out: dict[str, dict[str, StepRows]] = {}
