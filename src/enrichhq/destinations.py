@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -264,9 +264,13 @@ async def create_table(
     table_name: str,
     columns: Mapping[str, str],
     *,
-    unique_company: bool,
+    unique_company: bool = False,
+    unique: Sequence[str] = (),
 ) -> None:
-    """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
+    """Create a destination table: id, company_id, company_domain, the given columns, created_at.
+
+    `unique_company`: a unique index on company_id; `unique`: one on these columns (an upsert_key).
+    """
     for name in columns:
         if not dialect.IDENTIFIER.match(name):
             raise exceptions.ConfigError(
@@ -290,6 +294,8 @@ async def create_table(
     )
     if unique_company:
         sa.Index(f"uq_{bare}_company_id", table.c.company_id, unique=True)
+    if unique and set(unique) <= set(table.c.keys()):
+        sa.Index(f"uq_{bare}_{'_'.join(unique)}"[:63], *(table.c[c] for c in unique), unique=True)
     async with dbs.begin(db_name) as conn:
         await conn.run_sync(table.metadata.create_all)
 

@@ -360,6 +360,7 @@ def spec_of(workflow: WorkflowConfig) -> dict[str, Any]:
 
 
 async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:
+    candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": "00000000-0000-0000-0000-000000000000"})
     outputs = functions.load(spec.provider).outputs or {}
     columns = {
         column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()
@@ -373,7 +374,8 @@ async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> Non
             spec.destination_db,
             spec.destination_table_name,
             columns,
-            unique_company=spec.write_mode == "upsert",
+            # The unique key an upsert lands on: company_id, or the declared upsert_key.
+            unique=upsert_key(candidate) if spec.write_mode == "upsert" else (),
         )
 
 

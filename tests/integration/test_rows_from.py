@@ -471,3 +471,25 @@ async def test_replace_without_rows_from_keeps_one_row_per_company_of_this_step(
         )
         assert all(o.stored for o in outcomes)
         assert await contacts(env) == {c.domain: [(f"run{n}@{c.domain}", None)] for c in companies}
+
+
+async def test_workflows_add_create_table_makes_the_upsert_key_unique(env: Env) -> None:
+    """`workflows add --create-table` with upsert_key: the table it creates passes validation."""
+    spec = workflows.WorkflowSpec.parse(
+        {
+            "workflow_slug": "contacts-created",
+            "overall_step_number": 8,
+            "provider": "clay",
+            "destination_table_name": "created_contacts",
+            "destination_field_mappings": {"email": "email", "title": "title"},
+            "provider_config": {
+                "webhook_url": "https://clay.example/hook",
+                "rows_from": "contacts",
+                "upsert_key": ["company_id", "email"],
+            },
+            "write_mode": "upsert",
+        }
+    )
+    result = await workflows.add(env.dbs, spec, create_table=True)
+    assert result.problems == ()
+    assert (await workflows.validate(env.dbs, result.workflow)).problems == ()
