@@ -174,24 +174,34 @@ async def forget_earlier(
 
 
 async def receipted(
-    conn: AsyncConnection, workflow_id: str, batch_id: str, company_ids: Sequence[str]
+    conn: AsyncConnection,
+    workflow_id: str,
+    batch_id: str,
+    company_ids: Sequence[str],
+    earlier: Mapping[str, str] | None = None,
 ) -> set[str]:
     """Which of these companies this batch's step has stored already (in company_key form).
 
     One query per chunk of ids, through the primary key: read before a suspect is called again,
-    so a result stored before its process died (HQ never heard) is not paid for twice.
+    so a result stored before its process died (HQ never heard) is not paid for twice. `earlier`
+    maps a company to the dead batch it was adopted from, whose receipt counts as this batch's.
     """
     found: set[str] = set()
+    earlier = {company_key(c): b for c, b in (earlier or {}).items()}
     keys = list(dict.fromkeys(company_key(c) for c in company_ids))
+    batch_ids = {batch_id, *earlier.values()}
     for chunk in chunked(keys):
         result = await conn.execute(
-            sa.select(stored_rows.c.company_id).where(
+            sa.select(stored_rows.c.company_id, stored_rows.c.batch_id).where(
                 stored_rows.c.workflow_id == workflow_id,
-                stored_rows.c.batch_id == batch_id,
+                stored_rows.c.batch_id.in_(batch_ids),
                 stored_rows.c.company_id.in_(chunk),
             )
         )
-        found.update(company_key(str(cid)) for (cid,) in result)
+        for cid, bid in result:
+            key, bid = company_key(str(cid)), str(bid)
+            if bid == batch_id or earlier.get(key) == bid:
+                found.add(key)
     return found
 
 
