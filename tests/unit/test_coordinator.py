@@ -217,3 +217,29 @@ async def test_jobs_share_write_chunks_and_each_returns_when_its_items_are_writt
         assert work.jobs == 0 and work.outstanding == 0
     assert sum(len(r) for r in storage.stored) == 6
     assert len(storage.stored) < 6
+
+
+@pytest.mark.parametrize("taken_by", ["adopted by batch b2", "not run: cancelled by the user"])
+async def test_a_result_whose_item_was_taken_over_meanwhile_is_not_stored(taken_by: str) -> None:
+    """A run stalled past its heartbeat: while c0's call was out, a re-run adopted it (or the user
+    cancelled). Its result must not reach the destination (the new holder stores it), and after a
+    cancel its paid call is still logged with its cost."""
+    provider, store, companies = rig(2)
+    storage = fakes.Storage()
+    provider.hold["c0"] = asyncio.Event()
+    async with fakes.work(provider, store, storage, workers=2) as work:
+        job = asyncio.create_task(work.run_chunk(companies, poison_after=POISON_AFTER))
+        await until(lambda: "c0" in provider.started)
+        store.items["c0"].state, store.items["c0"].error = ItemState.SKIPPED, taken_by
+        provider.hold["c0"].set()
+        await job
+    stored = [r.company_id for chunk in storage.stored for r in chunk]
+    assert stored == ["c1"]
+    assert store.states() == {"c0": ItemState.SKIPPED, "c1": ItemState.SUCCEEDED}
+    logged = [e for e in storage.logged + store.entries if e.company_id == "c0"]
+    if taken_by.startswith("adopted"):
+        assert logged == []  # the re-run charges the lost call
+    else:
+        assert [e.error for e in logged] == [
+            "result not stored: the item was cancelled while its call was out"
+        ]

@@ -531,6 +531,19 @@ async def carry_deliveries(conn: AsyncConnection, batch_id: str, old_batch_id: s
     )
 
 
+async def adopted_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> set[str]:
+    """Which of these items of a batch a re-run adopted."""
+    found: set[str] = set()
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.select(batch_items.c.company_id).where(
+                these(batch_id, chunk), batch_items.c.last_error.startswith(ADOPTED_PREFIX)
+            )
+        )
+        found.update(str(r.company_id) for r in result)
+    return found
+
+
 async def adopted_from(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
     """For these companies of a batch, the dead batch each was adopted from (where one was)."""
     found: dict[str, str] = {}

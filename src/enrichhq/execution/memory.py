@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from enrichhq.db import batches
+from enrichhq.db import batches, items
 from enrichhq.execution.store import BatchState, Delivery, Runnable
 from enrichhq.models import ItemOutcome, LogEntry
 from enrichhq.states import BatchStatus, ItemState
@@ -86,6 +86,15 @@ class InMemoryItemStore:
         for item in self._these(company_ids, (ItemState.RUNNING,)):
             item.attempts += 1
             item.deliveries += 1
+
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Those whose item is running."""
+        return {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+
+    async def adopted(self, company_ids: Sequence[str]) -> set[str]:
+        """Those skipped as adopted by another batch."""
+        prefix = items.ADOPTED_PREFIX
+        return {c for c in company_ids if (self.items[c].error or "").startswith(prefix)}
 
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
         """Those with a receipt."""

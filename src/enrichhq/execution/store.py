@@ -83,6 +83,12 @@ class ItemStore(Protocol):
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
         """Which of these companies this batch has stored already in `db_name` (their receipts)."""
 
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items are still running in this batch (not adopted, cancelled or ended)."""
+
+    async def adopted(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items a re-run adopted (it charges their lost calls itself)."""
+
     async def skip(
         self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
     ) -> None:
@@ -180,6 +186,25 @@ class DbItemStore:
                 await delivery.mark_started(conn, self.batch_id, company_ids)
 
         await outage.through(mark)
+
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items are still running in this batch (one read through the primary key)."""
+
+        async def read() -> set[str]:
+            async with self.dbs.begin("hq") as conn:
+                states = await items.item_states(conn, self.batch_id, company_ids)
+            return {cid for cid, state in states.items() if state == ItemState.RUNNING}
+
+        return await outage.through(read)
+
+    async def adopted(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items a re-run adopted."""
+
+        async def read() -> set[str]:
+            async with self.dbs.begin("hq") as conn:
+                return await items.adopted_ids(conn, self.batch_id, company_ids)
+
+        return await outage.through(read)
 
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
         """The companies among these whose result this batch stored in `db_name` (as given here)."""

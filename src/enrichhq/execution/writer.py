@@ -210,6 +210,7 @@ class Writer:
 
     async def settle(self, chunk: Sequence[Done]) -> None:
         """Store the successes, log every outcome, and write every item's end (or its wait)."""
+        chunk = await self._still_ours(chunk)
         entries: list[LogEntry] = []
         outcomes = await self._store([d for d in chunk if d.call.data is not None], entries)
         entries += [e for d in chunk for e in d.call.retries]
@@ -240,6 +241,37 @@ class Writer:
         for d in chunk:
             spend[d.call.company.id] = spend.get(d.call.company.id, 0.0) + (d.call.cost or 0.0)
         await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s, spend=spend)
+
+    async def _still_ours(self, chunk: Sequence[Done]) -> Sequence[Done]:
+        """The chunk without the results whose items this run no longer holds.
+
+        A run that stalled past its heartbeat (a suspended process, a long GC) may have lost its
+        items to a re-run (adopted) or a cancel meanwhile: their fetched data is dropped here,
+        before the destination, so the company does not get a second row (the window left is one
+        destination write). The call stays paid: a re-run charges it as lost; after a cancel, its
+        cost is logged here.
+        """
+        fetched = [d.call.company.id for d in chunk if d.call.data is not None]
+        if not fetched:
+            return chunk
+        ours = await self.store.still_running(fetched)
+        if len(ours) == len(set(fetched)):
+            return chunk
+        gone = {cid for cid in fetched if cid not in ours}
+        log.warning(
+            "batch %s: %d result(s) not stored: their items were taken over or cancelled meanwhile",
+            self.step.batch_id,
+            len(gone),
+        )
+        adopted = await self.store.adopted(sorted(gone))
+        kept: list[Done] = []
+        for d in chunk:
+            if d.call.company.id not in gone:
+                kept.append(d)
+            elif d.call.company.id not in adopted:
+                error = "result not stored: the item was cancelled while its call was out"
+                kept.append(dataclasses.replace(d, call=dataclasses.replace(d.call, data=None, error=error)))
+        return kept
 
     async def _store(self, fetched: list[Done], entries: list[LogEntry]) -> dict[str, StoreOutcome]:
         """Hand the fetched data to the storage step; its log entries join `entries` when local."""
