@@ -177,6 +177,14 @@ class BatchWork:
             self.last_used = time.monotonic()
 
     async def _run_chunk(self, companies: Sequence[Company], poison_after: int) -> list[Company]:
+        if self.upstream is not None:
+            return await self._run_gated(self.upstream, list(companies), poison_after)
+        return await self._take_and_run(companies, poison_after, {})
+
+    async def _take_and_run(
+        self, companies: Sequence[Company], poison_after: int, lacking: Mapping[str, InputMissing]
+    ) -> list[Company]:
+        """Take the companies' items and run them; those `lacking` an earlier result end uncalled."""
         ids = [c.id for c in companies]
         taken = await self.store.take(ids, poison_after=poison_after)
         if taken.status != BatchStatus.RUNNING:
@@ -191,21 +199,20 @@ class BatchWork:
         if suspects:
             stored = await self._already_stored(suspects, taken.runnable)
             mine = [c for c in mine if c.id not in stored]
+        if lacking and (ended := [c for c in mine if c.id in lacking]):
+            await self._end_uncalled(ended, taken.runnable, lacking)
+            mine = [c for c in mine if c.id not in lacking]
         if not mine:
             return []
-        if self.upstream is not None:
-            return await self._run_gated(self.upstream, mine, taken.runnable)
         return await self._call_all(mine, taken.runnable)
 
-    async def _run_gated(
-        self, gate: ChunkGate, companies: list[Company], runnable: Mapping[str, Runnable]
-    ) -> list[Company]:
-        """Call each company once its earlier steps' items are final; the rest of the chunk waits.
+    async def _run_gated(self, gate: ChunkGate, companies: list[Company], poison_after: int) -> list[Company]:
+        """Run each company once its earlier steps' items are final; the rest of the chunk waits.
 
-        Companies go on in groups as they become ready, while the others keep waiting (one look
-        per chunk every `poll_s`). Those whose earlier item ended without a result are skipped as
-        missing their input, with no call. A stop skips the waiting ones (resumable); a hand-back
-        queues them again.
+        Companies go on in groups as they become ready, while the others keep waiting, still
+        queued (one look per chunk every `poll_s`). Those whose earlier item ended without a
+        result are skipped as missing their input, with no call. A stop skips the waiting ones
+        (resumable); a hand-back gives them back to the queue.
         """
         waiting = companies
         running: list[asyncio.Task[list[Company]]] = []
@@ -213,12 +220,9 @@ class BatchWork:
         try:
             while waiting and not (self.stop_flag or self.handing_back):
                 seen = await gate.check([c.id for c in waiting])
-                if seen.missing:
-                    lacking = [c for c in waiting if c.id in seen.missing]
-                    await self._end_uncalled(lacking, runnable, seen.missing)
-                ready = set(seen.ready)
-                if go := [c for c in waiting if c.id in ready]:
-                    running.append(asyncio.create_task(self._call_all(go, runnable)))
+                going = set(seen.ready) | set(seen.missing)
+                if go := [c for c in waiting if c.id in going]:
+                    running.append(asyncio.create_task(self._take_and_run(go, poison_after, seen.missing)))
                 still = set(seen.waiting)
                 waiting = [c for c in waiting if c.id in still]
                 if waiting:
