@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from enrichhq import runs
@@ -400,3 +401,36 @@ async def test_steps_are_all_checked_before_any_batch(env: Env, pages: Pages, we
     assert pages.calls == {}
     assert chain.parse("1-3") == [1, 2, 3] and chain.parse("1,3") == [1, 3]
     assert chain.parse("slug-a, slug-b,2") == ["slug-a", "slug-b", 2]
+
+
+async def test_run_step_with_workflow_slugs_through_the_api(
+    env: Env, pages: Pages, webhook: WebhookStub
+) -> None:
+    """POST /functions/v1/run_step with workflow_slugs and step_numbers: one batch per step, run in
+    the server's background; the same request again (one Idempotency-Key) starts nothing more."""
+    await three_steps(env, pages, webhook)
+    good = [f"normal-{i}.com" for i in range(5)]
+    await add_companies(env.dbs, [*good, "gone-x.com"])
+    port = free_port()
+    settings = callbacks_to(env, port)
+    body = {"workflow_slugs": [FETCH], "step_numbers": [2, 3], "all": True}
+    headers = {"Authorization": "Bearer k", "Idempotency-Key": "steps-1"}
+    with LiveServer(settings, port) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            answer = await http.post("/functions/v1/run_step", json=body, headers=headers)
+            assert answer.status_code == 202, answer.text
+            found = answer.json()
+            assert [s["workflow"] for s in found["steps"]] == [FETCH, EXTRACT, SEND]
+            first, second, _ = found["batch_ids"]
+            assert found["steps"][1]["waits_for"] == {FETCH: first}
+            assert found["steps"][2]["waits_for"] == {EXTRACT: second}
+            await wait_for(env, SEND, "succeeded", len(good))
+            webhook.wait()
+            again = await http.post("/functions/v1/run_step", json=body, headers=headers)
+            assert again.status_code == 202 and again.json()["batch_ids"] == found["batch_ids"]
+            assert again.headers.get("Idempotent-Replayed") == "true"
+    sent = await states(env, SEND)
+    assert sent["gone-x.com"][0] == "skipped" and str(sent["gone-x.com"][1]).startswith("input_missing: ")
+    assert {d: s for d, (s, _) in sent.items() if d != "gone-x.com"} == {d: "succeeded" for d in good}
+    assert await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_batches") == [(3,)]
+    assert webhook.calls["gone-x.com"] == 0 and all(webhook.calls[d] == 1 for d in good)

@@ -114,10 +114,12 @@ async def prepare(
     force: bool = False,
     budget: float | None = None,
     sample: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Chain:
     """Check every step, then create one batch per step (none if any step fails its check).
 
-    A budget applies to each step's batch.
+    A budget applies to each step's batch. An idempotency key (scoped by the caller) is scoped
+    again per step: a request sent again gets the same batches, each `replayed`.
     """
     steps = await resolve(dbs, picked)
     _check_options(steps, sample)
@@ -137,6 +139,7 @@ async def prepare(
                 force=force,
                 budget=budget,
                 sample=sample,
+                idempotency_key=None if idempotency_key is None else f"{idempotency_key} step {workflow.id}",
             )
             reads = inputs.referenced_steps(workflow.provider_config) & slugs
             made.append(ChainStep(prepared, {s: by_slug[s] for s in sorted(reads) if s in by_slug}))
