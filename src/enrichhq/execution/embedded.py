@@ -41,8 +41,11 @@ async def run_here(
     interrupt: asyncio.Event | None = None,
     held: liveness.Lease | None = None,
     after: Mapping[str, str] | None = None,
+    queued: asyncio.Event | None = None,
 ) -> None:
     """Run every unfinished item of the batch in this process, on the in-memory queue.
+
+    `queued` is set once the batch's jobs are queued (a multi-step run queues its steps in order).
 
     `after` (slug -> batch id): the earlier batches of a multi-step run that this one reads; its
     companies wait for their items there to be final (`execution.upstream`).
@@ -55,7 +58,17 @@ async def run_here(
     await lease.take(dbs, settings, batch_id, mine)
     try:
         await _run_held(
-            dbs, settings, batch_id, mine, pipeline, concurrency, on_progress, cancel, interrupt, after or {}
+            dbs,
+            settings,
+            batch_id,
+            mine,
+            pipeline,
+            concurrency,
+            on_progress,
+            cancel,
+            interrupt,
+            after or {},
+            queued,
         )
     finally:
         await lease.release(dbs, batch_id, mine)
@@ -72,6 +85,7 @@ async def _run_held(
     cancel: asyncio.Event | None,
     interrupt: asyncio.Event | None,
     after: Mapping[str, str],
+    queued: asyncio.Event | None,
 ) -> None:
     queries = queue.memory_queries()
     engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
@@ -85,6 +99,8 @@ async def _run_held(
     # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
     job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
     await queue.enqueue_batch(dbs, queries, batch_id, job_size, after)
+    if queued is not None:
+        queued.set()
     runner = asyncio.create_task(
         queue.run_manager(
             qm,
@@ -128,11 +144,12 @@ async def run_on_workers(
     interrupt: asyncio.Event | None = None,
     held: liveness.Lease | None = None,
     after: Mapping[str, str] | None = None,
+    queued: asyncio.Event | None = None,
 ) -> None:
     """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends (or until
     interrupted: the workers go on).
 
-    `after`: as for `run_here`; the jobs carry it, so every worker waits the same way.
+    `after`, `queued`: as for `run_here`; the jobs carry `after`, so every worker waits the same way.
 
     The lease this run's preparation took (`held`) goes to the workers with the jobs: they beat
     the batch while they work on it, and its queued jobs keep it theirs.
@@ -144,6 +161,8 @@ async def run_on_workers(
             await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size, after)
     finally:
         await conn.close()
+    if queued is not None:
+        queued.set()
     if held is not None:
         await lease.hand_to_workers(dbs, batch_id, held)
     while True:

@@ -182,7 +182,7 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
         try:
             back = await engine.handle(chunk)
             if back:  # the worker is stopping: what it did not start goes to the others
-                await enqueue(queries, chunk.batch_id, back, len(back))
+                await enqueue(queries, chunk.batch_id, back, len(back), chunk.after)
         except Exception as exc:
             if job.attempts >= MAX_JOB_RETRIES:
                 log.exception(

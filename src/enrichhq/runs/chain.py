@@ -192,23 +192,27 @@ async def execute(
     # companies would otherwise wait for ever on its items (they are skipped, resumable).
     halt = asyncio.Event()
     bridge = asyncio.create_task(_relay(interrupt, halt)) if interrupt is not None else None
-    tasks = [
-        asyncio.create_task(
-            dispatch.execute(
-                dbs,
-                settings,
-                step.prepared,
-                None if on_progress is None else on_progress(step.prepared.batch_id),
-                cancel=cancel,
-                interrupt=halt,
-                after=step.after,
-            )
-        )
-        for step in chain.steps
-    ]
-    for task in tasks:
-        task.add_done_callback(lambda t: None if t.cancelled() or t.exception() is None else halt.set())
+    tasks: list[asyncio.Task[summaries.BatchSummary]] = []
     try:
+        for step in chain.steps:
+            queued = asyncio.Event()
+            task = asyncio.create_task(
+                dispatch.execute(
+                    dbs,
+                    settings,
+                    step.prepared,
+                    None if on_progress is None else on_progress(step.prepared.batch_id),
+                    cancel=cancel,
+                    interrupt=halt,
+                    after=step.after,
+                    queued=queued,
+                )
+            )
+            task.add_done_callback(lambda t: None if t.cancelled() or t.exception() is None else halt.set())
+            tasks.append(task)
+            # Steps are queued in order: on the workers' queue (first in, first out) every job of
+            # an earlier step is then taken before any job of a later step that may wait for it.
+            await queued.wait()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if bridge is not None:
