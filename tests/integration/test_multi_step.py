@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from enrichhq import runs
+from enrichhq.db import engines
 from enrichhq.execution.upstream import Upstream
 from enrichhq.runs import chain
 from enrichhq.settings import Settings
@@ -101,7 +102,7 @@ def webhook() -> Iterator[WebhookStub]:
 
 
 async def add(
-    env: Env,
+    env: Env | engines.Databases,
     slug: str,
     provider: str,
     table: str,
@@ -110,7 +111,7 @@ async def add(
     step: int,
 ) -> None:
     await sql(
-        env.dbs,
+        env if isinstance(env, engines.Databases) else env.dbs,
         "hq",
         INSERT_WORKFLOW,
         workflow_row(
