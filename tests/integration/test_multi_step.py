@@ -435,3 +435,38 @@ async def test_run_step_with_workflow_slugs_through_the_api(
     assert {d: s for d, (s, _) in sent.items() if d != "gone-x.com"} == {d: "succeeded" for d in good}
     assert await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_batches") == [(3,)]
     assert webhook.calls["gone-x.com"] == 0 and all(webhook.calls[d] == 1 for d in good)
+
+
+async def test_a_stopped_step_stops_the_later_one_and_the_exit_code_is_the_worst(env: Env) -> None:
+    """Step 1 (Zenrows stub) runs out of credits: it stops, resumable. Step 2's companies that step 1
+    left unrun are not skipped for good as input_missing: step 2 stops too, resumable; exit code 3."""
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "workspace", links_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    scrape = "scrape-homepage-via-zenrows"
+    await add(
+        env,
+        EXTRACT,
+        "extract",
+        "company_case_study_links",
+        {"matching_links": "urls", "title": "page_title", "extracted_at": "extracted_at"},
+        {"inputs": {"html": f"{{{{ steps['{scrape}'].homepage_html }}}}"}, "link_patterns": ["case-stud"]},
+        2,
+    )
+    await add_companies(env.dbs, ["nocredits-1.com"])
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichhq", "run", "--steps", f"{scrape},{EXTRACT}", "--all"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    statuses = await sql(env.dbs, "hq", "SELECT workflow_slug, status, message FROM enrichment_batches")
+    found = {r[0]: (r[1], r[2]) for r in statuses}
+    assert found[scrape][0] == "stopped" and found[EXTRACT][0] == "stopped", found
+    assert str(found[EXTRACT][1]).startswith(f"steps['{scrape}'] did not run"), found
+    ((state, error),) = [(s, e) for s, e in (await states(env, EXTRACT)).values()]
+    assert state == "skipped" and str(error).startswith(f"not run: steps['{scrape}'] did not run"), error
+    out = " ".join(done.stdout.split())
+    assert out.count("has cost") == 2, out

@@ -220,6 +220,11 @@ class BatchWork:
         try:
             while waiting and not (self.stop_flag or self.handing_back):
                 seen = await gate.check([c.id for c in waiting])
+                for reason in sorted(set(seen.held.values())):
+                    # An earlier step stopped: so does this batch, its companies resumable.
+                    ids = [cid for cid, why in seen.held.items() if why == reason]
+                    await self.store.skip(ids, reason, uncount=[], stop=reason)
+                    self.stop_flag.set(reason)
                 going = set(seen.ready) | set(seen.missing)
                 if go := [c for c in waiting if c.id in going]:
                     running.append(asyncio.create_task(self._take_and_run(go, poison_after, seen.missing)))

@@ -10,9 +10,10 @@ query for the chunk (`db.items.states_in`), asked again every `poll_s` for those
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enrichhq.db import engines, items
+from enrichhq.db.batches import STOPPED_PREFIX
 from enrichhq.inputs import InputMissing
 from enrichhq.states import ItemState
 
@@ -35,6 +36,8 @@ class Readiness:
     missing: dict[str, InputMissing]
     #: an earlier item is still open (queued, running, waiting for its callback, storing).
     waiting: list[str]
+    #: an earlier item was left unrun by a stop (resumable): this batch stops too, with why.
+    held: dict[str, str] = field(default_factory=dict)
 
 
 class Upstream:
@@ -55,21 +58,29 @@ class Upstream:
         ready: list[str] = []
         missing: dict[str, InputMissing] = {}
         waiting: list[str] = []
+        held: dict[str, str] = {}
         for company_id in company_ids:
             blocked = False
             lacking: InputMissing | None = None
+            unrun: str | None = None
             for slug, batch_id in sorted(self.batches.items()):
-                state = states.get(batch_id, {}).get(company_id)
-                if state is None:
+                found = states.get(batch_id, {}).get(company_id)
+                if found is None:
                     continue  # not in this run's earlier batch: what that step stored decides
+                state, error = found
                 if not ItemState(state).final:
                     blocked = True
                 elif state in _NO_RESULT and lacking is None:
                     lacking = InputMissing("", f"steps[{slug!r}]; {state} in batch {batch_id}")
+                elif state == ItemState.SKIPPED and (error or "").startswith(STOPPED_PREFIX):
+                    # Resumable there, so resumable here: not an input that is missing for good.
+                    unrun = f"steps[{slug!r}] did not run: batch {batch_id} stopped; resume it, then this one"
             if blocked:
                 waiting.append(company_id)
+            elif unrun is not None:
+                held[company_id] = unrun
             elif lacking is not None:
                 missing[company_id] = lacking
             else:
                 ready.append(company_id)
-        return Readiness(ready, missing, waiting)
+        return Readiness(ready, missing, waiting, held)
