@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -470,3 +471,38 @@ async def test_a_stopped_step_stops_the_later_one_and_the_exit_code_is_the_worst
     assert state == "skipped" and str(error).startswith(f"not run: steps['{scrape}'] did not run"), error
     out = " ".join(done.stdout.split())
     assert out.count("has cost") == 2, out
+
+
+async def test_run_steps_from_the_ui(env: Env, pages: Pages, webhook: WebhookStub) -> None:
+    """The grid's "Run steps": each step's dry run in the confirmation, then one Start for all."""
+    await three_steps(env, pages, webhook)
+    await add_companies(env.dbs, ["normal-u1.com", "normal-u2.com", "gone-u.com"])
+    port = free_port()
+    settings = type(env.settings).model_validate(
+        {**callbacks_to(env, port).model_dump(), "enrichhq_ui_password": "pw"}
+    )
+    with LiveServer(settings, port) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        login = client.get("/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', login.text)
+        assert found
+        assert (
+            client.post("/login", data={"csrf": found[1], "password": "pw", "next": "/"}).status_code == 303
+        )
+        grid = client.get("/")
+        assert "Run steps" in grid.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', grid.text)
+        assert csrf
+        form = {"csrf": csrf[1], "all_matching": "1", "steps": "1-3", "run_steps": "1", "play": "default"}
+        confirm = client.post("/runs/confirm", data=form)
+        assert confirm.status_code == 200, confirm.text
+        text = " ".join(confirm.text.split())
+        for number in (1, 2, 3):
+            assert f"<h3>Step {number}:" in text, text
+        assert text.count('<b class="will-run">3</b>') == 3, text
+        started = client.post("/runs", data=form, follow_redirects=False)
+        assert started.status_code == 303 and started.headers["location"] == "/batches"
+        await wait_for(env, SEND, "succeeded", 2)
+        webhook.wait()
+    sent = await states(env, SEND)
+    assert sent["gone-u.com"][0] == "skipped" and str(sent["gone-u.com"][1]).startswith("input_missing: ")
+    assert await sql(env.dbs, "hq", "SELECT count(*) FROM enrichment_batches") == [(3,)]
