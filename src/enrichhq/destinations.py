@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -83,13 +83,25 @@ class Destination:
 
     def unique_on_company_id(self) -> bool:
         """Whether an upsert on company_id has a unique key to land on."""
+        return self.unique_on(["company_id"])
+
+    def unique_on(self, columns: list[str]) -> bool:
+        """Whether a unique constraint, primary key or (non-partial) unique index is on exactly these columns.
+
+        ON CONFLICT (columns) lands only on a unique key of exactly that set, in any order.
+        """
+        wanted = set(columns)
         for constraint in self.table.constraints:
-            cols = [c.name for c in getattr(constraint, "columns", [])]
-            if cols == ["company_id"] and isinstance(
-                constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)
-            ):
+            cols = {c.name for c in getattr(constraint, "columns", [])}
+            if cols == wanted and isinstance(constraint, (sa.UniqueConstraint, sa.PrimaryKeyConstraint)):
                 return True
-        return any(i.unique and [c.name for c in i.columns] == ["company_id"] for i in self.table.indexes)
+        return any(
+            i.unique
+            and {c.name for c in i.columns} == wanted
+            and not i.dialect_options["postgresql"].get("where")
+            and not i.dialect_options["sqlite"].get("where")
+            for i in self.table.indexes
+        )
 
 
 def split_name(name: str, *, allow_hq: bool = False) -> tuple[str | None, str]:
@@ -252,9 +264,13 @@ async def create_table(
     table_name: str,
     columns: Mapping[str, str],
     *,
-    unique_company: bool,
+    unique_company: bool = False,
+    unique: Sequence[str] = (),
 ) -> None:
-    """Create a destination table: id, company_id, company_domain, the given columns, created_at."""
+    """Create a destination table: id, company_id, company_domain, the given columns, created_at.
+
+    `unique_company`: a unique index on company_id; `unique`: one on these columns (an upsert_key).
+    """
     for name in columns:
         if not dialect.IDENTIFIER.match(name):
             raise exceptions.ConfigError(
@@ -278,6 +294,8 @@ async def create_table(
     )
     if unique_company:
         sa.Index(f"uq_{bare}_company_id", table.c.company_id, unique=True)
+    if unique and set(unique) <= set(table.c.keys()):
+        sa.Index(f"uq_{bare}_{'_'.join(unique)}"[:63], *(table.c[c] for c in unique), unique=True)
     async with dbs.begin(db_name) as conn:
         await conn.run_sync(table.metadata.create_all)
 

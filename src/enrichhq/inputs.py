@@ -97,6 +97,10 @@ class InputError:
 Outcome = dict[str, Any] | InputMissing | InputError
 
 
+#: what a step stored for a company: its row, or (a rows_from step) its list of rows.
+StepRows = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
 # --- the sandbox ------------------------------------------------------------------------------------
 
 
@@ -446,10 +450,13 @@ class InputSpec:
     def render(
         self,
         company: Company,
-        rows: Mapping[str, Mapping[str, Any]],
+        rows: Mapping[str, StepRows],
         attributes: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        """One company's inputs, given the rows (slug -> column -> value) its steps stored."""
+        """One company's inputs, given the rows (slug -> column -> value) its steps stored.
+
+        A rows_from step's value is the list of its rows (each column -> value).
+        """
         context = {
             "company": _Node(
                 "company",
@@ -506,14 +513,15 @@ def _parse(raw: Any) -> tuple[InputSpec, list[str]]:
 def render_chunk(
     spec: InputSpec,
     companies: Iterable[Company],
-    rows_by_step: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    rows_by_step: Mapping[str, Mapping[str, StepRows]],
     *,
     attributes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Outcome]:
     """Every company's inputs, by company id.
 
     `rows_by_step`: slug -> company id -> the row that step stored for that company (column ->
-    value; a company absent from a step's mapping stored nothing there). `attributes`: company id ->
+    value, or a list of such rows for a rows_from step; a company absent from a step's mapping
+    stored nothing there). `attributes`: company id ->
     the company's imported attributes.
     """
     attributes = attributes or {}
@@ -595,6 +603,11 @@ class KnownStep:
     columns: Collection[str]
     provider_config: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def many(self) -> bool:
+        """Whether the step writes a list of rows per company (rows_from): steps['slug'] is a list."""
+        return self.provider_config.get("rows_from") is not None
+
 
 #: slug -> referenced slug -> (input, reference text) of the first reference making that edge.
 _Graph = dict[str, dict[str, tuple[str, str]]]
@@ -639,6 +652,13 @@ def _reference_problems(step: str, spec: InputSpec, known: Mapping[str, KnownSte
                 lines.append(f"{where}: {ref.text} is this step itself; a step reads what other steps stored")
             elif ref.slug not in known:
                 lines.append(f"{where}: {ref.text}: there is no step with workflow_slug {ref.slug!r}")
+            elif ref.column is not None and known[ref.slug].many:
+                lines.append(
+                    f"{where}: {ref.text}: step {ref.slug!r} stores a list of rows per company "
+                    f"(provider_config.rows_from), so {ref.text[: -len(_accessor(ref.column))]} is a list; "
+                    f"read a column of every row with {ref.text[: -len(_accessor(ref.column))]} "
+                    f"| map(attribute={ref.column!r}) | list"
+                )
             elif ref.column is not None and ref.column not in known[ref.slug].columns:
                 have = ", ".join(sorted(known[ref.slug].columns)) or "none"
                 lines.append(

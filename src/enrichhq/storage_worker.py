@@ -12,13 +12,41 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, enrichment_logger, exceptions
 from enrichhq.db import dialect, engines, errors, stored_rows, workflow_rows
+from enrichhq.db.common import chunked
 from enrichhq.models import LogEntry, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.states import LogStatus
 
 RESERVED = ("company_id", "company_domain")
+
+#: the write modes a config may name (`write_mode`).
+WRITE_MODES = ("append", "upsert", "replace")
+
+
+def rows_from(config: WorkflowConfig) -> Any:
+    """provider_config.rows_from: the data key holding a list, one destination row per element."""
+    return config.provider_config.get("rows_from")
+
+
+def write_mode_of(config: WorkflowConfig) -> str:
+    """How a step writes: its write_mode, with `replace` the default for a rows_from step.
+
+    The config table's column defaults to 'append', so 'append' cannot be told from "not set":
+    with rows_from it means replace (appending a company's list again on every re-run would
+    multiply its rows).
+    """
+    if rows_from(config) is not None and config.write_mode == "append":
+        return "replace"
+    return config.write_mode
+
+
+def upsert_key(config: WorkflowConfig) -> list[str]:
+    """The columns an upsert lands on: provider_config.upsert_key, else company_id."""
+    declared = config.provider_config.get("upsert_key")
+    return [str(c) for c in declared] if isinstance(declared, list) and declared else ["company_id"]
 
 
 async def load_config(dbs: engines.Databases, ref: str) -> WorkflowConfig:
@@ -50,11 +78,11 @@ async def store(
     config = workflow if isinstance(workflow, WorkflowConfig) else await load_config(dbs, workflow)
     if destination is None:
         destination = await destinations.reflect(dbs, config.destination_db, config.destination_table_name)
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     outcomes: dict[str, StoreOutcome] = {}
     for record in records:
         try:
-            rows[record.company_id] = map_row(config, destination.table, record)
+            rows[record.company_id] = rows_of(config, destination.table, record)
         except destinations.CoercionError as exc:
             outcomes[record.company_id] = StoreOutcome(record.company_id, False, str(exc))
     if rows:
@@ -79,11 +107,48 @@ async def store(
     return [outcomes[r.company_id] for r in records if r.company_id in outcomes]
 
 
-def map_row(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> dict[str, Any]:
+def rows_of(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> list[dict[str, Any]]:
+    """A record's destination rows: one, or with rows_from one per element of that data list.
+
+    For an element that is an object the mapping's keys name its fields; a plain value is the
+    key `value`. A missing key or a value that is not a list fails the company (CoercionError):
+    storing nothing would look like "this company has none".
+    """
+    source = rows_from(config)
+    if source is None:
+        return [map_row(config, table, record)]
+    if source not in record.data:
+        keys = ", ".join(sorted(map(repr, record.data))) or "none"
+        raise destinations.CoercionError(
+            f"rows_from: the provider's data has no key {source!r} (its keys: {keys})"
+        )
+    elements = record.data[source]
+    if not isinstance(elements, list):
+        raise destinations.CoercionError(
+            f"rows_from: data[{source!r}] is {type(elements).__name__}, not a list; "
+            "each element of a list becomes a row"
+        )
+    rows = [
+        map_row(config, table, record, element if isinstance(element, Mapping) else {"value": element})
+        for element in elements
+    ]
+    if write_mode_of(config) != "upsert":
+        return rows
+    # Two elements with one key would make one statement update one row twice (PostgreSQL
+    # refuses that): the last one wins, as it would have in two statements.
+    by_key = {tuple(str(row.get(c)) for c in upsert_key(config)): row for row in rows}
+    return list(by_key.values())
+
+
+def map_row(
+    config: WorkflowConfig, table: sa.Table, record: StoreRecord, data: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The destination row for one record: company_id, company_domain and the mapped keys.
 
+    `data`: where the mapped keys are read (the record's data, or one rows_from element).
     Keys not in the mapping are ignored; a mapped key absent from data stores NULL.
     """
+    source = record.data if data is None else data
     row: dict[str, Any] = {
         name: destinations.coerce(value, table.c[name])
         for name, value in (("company_id", record.company_id), ("company_domain", record.company_domain))
@@ -96,7 +161,7 @@ def map_row(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> dic
                 "fix the mapping or the table"
             )
         try:
-            row[column_name] = destinations.coerce(record.data.get(key), column)
+            row[column_name] = destinations.coerce(source.get(key), column)
         except destinations.CoercionError as exc:
             raise destinations.CoercionError(
                 f"data[{key!r}] cannot go into column {column_name} ({column.type}): {exc}"
@@ -118,7 +183,7 @@ async def _write(
     dbs: engines.Databases,
     config: WorkflowConfig,
     destination: destinations.Destination,
-    rows: Mapping[str, dict[str, Any]],
+    rows: Mapping[str, list[dict[str, Any]]],
     batch_id: str | None,
 ) -> dict[str, StoreOutcome]:
     if batch_id is not None:
@@ -144,38 +209,80 @@ async def _write_chunk(
     dbs: engines.Databases,
     config: WorkflowConfig,
     destination: destinations.Destination,
-    rows: Mapping[str, dict[str, Any]],
+    rows: Mapping[str, list[dict[str, Any]]],
     batch_id: str | None,
 ) -> dict[str, StoreOutcome]:
     """One transaction: the chunk's receipts, then rows for the companies whose receipt was new.
 
     A company whose receipt was there already was stored by an earlier attempt of this batch
     (its process died before HQ heard): it counts as stored, and gets no second row.
+    With `replace`, the rows this step's earlier batches wrote for a fresh company (their
+    receipts' row_keys) are deleted first, in the same transaction; a lock per step and company
+    makes two batches replacing one company's rows at once go in turn, so neither keeps the
+    other's rows.
     """
+    mode = write_mode_of(config)
     async with dbs.begin(destination.db) as conn:
         await dialect.compress_with(conn, dbs.toast_compression)
         if batch_id is None:  # no batch to make a receipt for (a direct storage_worker_v2 call)
             fresh = dict(rows)
         else:
+            if mode == "replace":
+                await dialect.lock_keys(conn, [f"{config.id}/{stored_rows.company_key(c)}" for c in rows])
             new = await stored_rows.claim(
                 conn, config.id, batch_id, destination.name, [stored_rows.company_key(c) for c in rows]
             )
             fresh = {cid: row for cid, row in rows.items() if stored_rows.company_key(cid) in new}
-        if fresh:
-            values = list(fresh.values())
-            keys = destination.table.primary_key.columns
+        if fresh and batch_id is not None and mode == "replace":
+            await _delete_earlier(conn, config, destination, batch_id, list(fresh))
+        values = [row for company_rows in fresh.values() for row in company_rows]
+        keys = destination.table.primary_key.columns
+        by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
+        if values:
+            # Not sort_by_parameter_order: without a sentinel column SQLAlchemy would then insert
+            # row by row. Both databases return a multi-row VALUES in its order in practice, so a
+            # receipt lists a company's rows as the provider did, but neither guarantees it.
             stmt = _statement(conn.dialect, config, destination, values[0]).returning(
                 destination.table.c.company_id, *keys
             )
             written = await conn.execute(stmt, values)
-            if batch_id is not None:
-                by_company: dict[str, list[dict[str, Any]]] = {}
-                for found in written.mappings():
-                    key = {c.name: found[c] for c in keys}
-                    by_company.setdefault(stored_rows.company_key(str(found["company_id"])), []).append(key)
-                if keys:
-                    await stored_rows.record_keys(conn, config.id, batch_id, by_company)
+            for found in written.mappings():
+                key = {c.name: found[c] for c in keys}
+                by_company.setdefault(stored_rows.company_key(str(found["company_id"])), []).append(key)
+        if rows_from(config) is None:
+            # One row per company: a company with none (an upsert that changed nothing) keeps
+            # its receipt's keys unknown, as before; with rows_from, [] says "no rows" and counts.
+            by_company = {c: k for c, k in by_company.items() if k}
+        if batch_id is not None and keys and by_company:
+            await stored_rows.record_keys(conn, config.id, batch_id, by_company)
     return {cid: StoreOutcome(cid, True) for cid in rows}
+
+
+async def _delete_earlier(
+    conn: AsyncConnection,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    batch_id: str,
+    company_ids: Sequence[str],
+) -> None:
+    """Delete the rows this step's earlier batches wrote for these companies, found by primary key."""
+    earlier = await stored_rows.earlier_keys(conn, config.id, batch_id, destination.name, company_ids)
+    table = destination.table
+    columns = list(table.primary_key.columns)
+    found = [key for company_keys in earlier.values() for key in company_keys]
+    usable = [key for key in found if all(c.name in key for c in columns)]
+    for chunk in chunked(usable):
+        match: sa.ColumnElement[bool]
+        if len(columns) == 1:
+            (column,) = columns
+            match = column.in_([destinations.coerce(key[column.name], column) for key in chunk])
+        else:
+            match = sa.or_(
+                *(sa.and_(*(c == destinations.coerce(key[c.name], c) for c in columns)) for key in chunk)
+            )
+        await conn.execute(sa.delete(table).where(match))
+    if earlier:
+        await stored_rows.forget_earlier(conn, config.id, batch_id, destination.name, list(earlier))
 
 
 def _statement(
@@ -184,7 +291,8 @@ def _statement(
     destination: destinations.Destination,
     row: Mapping[str, Any],
 ) -> sa.Insert:
-    if config.write_mode == "upsert":
-        update = [c for c in row if c not in ("company_id", "id")]
-        return dialect.upsert(db_dialect, destination.table, ["company_id"], update)
+    if write_mode_of(config) == "upsert":
+        conflict = upsert_key(config)
+        update = [c for c in row if c not in (*conflict, "id")]
+        return dialect.upsert(db_dialect, destination.table, conflict, update)
     return sa.insert(destination.table)

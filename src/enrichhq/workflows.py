@@ -17,7 +17,7 @@ from enrichhq import destinations, exceptions, functions, inputs, run_if
 from enrichhq.db import engines, step_rows, views, workflow_rows
 from enrichhq.models import WorkflowConfig
 from enrichhq.settings import Settings
-from enrichhq.storage_worker import RESERVED, load_config
+from enrichhq.storage_worker import RESERVED, WRITE_MODES, load_config, rows_from, upsert_key, write_mode_of
 
 
 class WorkflowSpec(pydantic.BaseModel):
@@ -33,7 +33,7 @@ class WorkflowSpec(pydantic.BaseModel):
     destination_table_name: str
     destination_field_mappings: dict[str, str]
     provider_config: dict[str, Any] = pydantic.Field(default_factory=dict)
-    write_mode: Literal["append", "upsert"] = "append"
+    write_mode: Literal["append", "upsert", "replace"] = "append"
     is_active: bool = True
 
     @classmethod
@@ -97,8 +97,9 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
     problems += run_if.problems(workflow.provider_config)
     problems += await _input_problems(dbs, workflow)
     problems += await _shared_step_number(dbs, workflow)
-    if workflow.write_mode not in ("append", "upsert"):
-        problems.append(f"write_mode must be 'append' or 'upsert', not {workflow.write_mode!r}")
+    if workflow.write_mode not in WRITE_MODES:
+        problems.append(f"write_mode must be 'append', 'upsert' or 'replace', not {workflow.write_mode!r}")
+    problems += _rows_from_problems(workflow)
     if workflow.destination_db not in engines.DESTINATIONS:
         problems.append(f"destination_db must be 'workspace' or 'hq', not {workflow.destination_db!r}")
         return Validation(workflow, tuple(problems), tuple(warnings))
@@ -189,14 +190,65 @@ def _check_columns(
             problems += _mapping_problems(workflow, destination, outputs, warnings, targets, key, column_name)
     problems += _unfilled_columns(destination, set(targets) | set(RESERVED) | {"id"})
     problems += _run_if_columns(workflow, destination)
-    if workflow.write_mode == "upsert" and not destination.unique_on_company_id():
-        problems.append(
-            f"write_mode 'upsert' needs a unique key on {destination.name}.company_id; create one with: "
-            f"CREATE UNIQUE INDEX {destination.table.name}_company_id_key ON {destination.name} (company_id)"
-        )
+    problems += _write_mode_columns(workflow, destination)
     if not workflow.destination_field_mappings:
         warnings.append("destination_field_mappings is empty: only company_id and company_domain are stored")
     return problems
+
+
+def _rows_from_problems(workflow: WorkflowConfig) -> list[str]:
+    """provider_config.rows_from and upsert_key, before any table is read."""
+    problems: list[str] = []
+    source = rows_from(workflow)
+    if source is not None and (not isinstance(source, str) or not source):
+        problems.append(
+            f"provider_config.rows_from must be the name of a data key holding a list, not {source!r}"
+        )
+    declared = workflow.provider_config.get("upsert_key")
+    if declared is not None and (
+        not isinstance(declared, list) or not declared or not all(isinstance(c, str) and c for c in declared)
+    ):
+        problems.append(
+            f'provider_config.upsert_key must be a list of column names, e.g. ["company_id", "email"], '
+            f"not {declared!r}"
+        )
+    if source is not None and write_mode_of(workflow) == "upsert" and declared is None:
+        problems.append(
+            "provider_config.rows_from with write_mode 'upsert' needs provider_config.upsert_key "
+            '(the columns that tell one row from another, e.g. ["company_id", "email"]); '
+            "or use write_mode 'replace'"
+        )
+    return problems
+
+
+def _write_mode_columns(workflow: WorkflowConfig, destination: destinations.Destination) -> list[str]:
+    """What the write mode needs of the table: a unique key to upsert on, a primary key to replace by."""
+    mode = write_mode_of(workflow)
+    table = destination.table
+    if mode == "replace" and not step_rows.readable(table):
+        return [
+            f"write_mode 'replace' needs a primary key on {destination.name}: the rows this step wrote "
+            "are found (and deleted on a re-run) by their keys; give the table one "
+            "(e.g. id UUID PRIMARY KEY)"
+        ]
+    if mode != "upsert":
+        return []
+    key = upsert_key(workflow)
+    if not all(isinstance(c, str) for c in key):
+        return []  # reported by _rows_from_problems
+    missing = [c for c in key if c not in table.c]
+    if missing:
+        return [
+            f"provider_config.upsert_key: {destination.name} has no column "
+            f"{', '.join(repr(c) for c in missing)} (its columns: {', '.join(table.c.keys())})"
+        ]
+    if not destination.unique_on(key):
+        columns = ", ".join(key)
+        return [
+            f"write_mode 'upsert' needs a unique key on {destination.name} ({columns}); create one with: "
+            f"CREATE UNIQUE INDEX {table.name}_{'_'.join(key)}_key ON {destination.name} ({columns})"
+        ]
+    return []
 
 
 def _mapping_problems(
@@ -308,6 +360,7 @@ def spec_of(workflow: WorkflowConfig) -> dict[str, Any]:
 
 
 async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:
+    candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": "00000000-0000-0000-0000-000000000000"})
     outputs = functions.load(spec.provider).outputs or {}
     columns = {
         column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()
@@ -321,7 +374,8 @@ async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> Non
             spec.destination_db,
             spec.destination_table_name,
             columns,
-            unique_company=spec.write_mode == "upsert",
+            # The unique key an upsert lands on: company_id, or the declared upsert_key.
+            unique=upsert_key(candidate) if spec.write_mode == "upsert" else (),
         )
 
 

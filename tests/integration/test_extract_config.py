@@ -1,8 +1,6 @@
-"""The issue's `extract` step as a config row: validated on both databases, bad link patterns refused.
-
-Running it through a batch needs the inputs machinery (issue 14 part 1) to hand the provider the
-page step 1 stored; until that is wired, the provider itself is tested in tests/unit/test_extract.py.
-"""
+"""The issue's `extract` step as a config row, after the seed's step 1 whose page it reads:
+validated on both databases, bad link patterns refused. The provider itself is tested in
+tests/unit/test_extract.py."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ import json
 
 from enrichhq import workflows
 from tests.conftest import Env
-from tests.helpers import INSERT_WORKFLOW, sql, workflow_row
+from tests.helpers import INSERT_WORKFLOW, homepage_ddl, sql, workflow_row
 
 SEED_CONFIG: dict[str, object] = {
     "inputs": {"html": "{{ steps['scrape-homepage-via-zenrows'].homepage_html }}"},
@@ -39,6 +37,8 @@ def links_ddl(backend: str) -> str:
 
 
 async def _validate(env: Env, config: dict[str, object]) -> tuple[str, ...]:
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())  # step 1, whose page step 2 reads
     await sql(env.dbs, "workspace", links_ddl(env.backend))
     row = workflow_row(
         "extract-case-study-links",
@@ -49,14 +49,16 @@ async def _validate(env: Env, config: dict[str, object]) -> tuple[str, ...]:
         step=2,
     )
     await sql(env.dbs, "hq", INSERT_WORKFLOW, row)
-    (checked,) = await workflows.validate_all(env.dbs)
+    (checked,) = [
+        c
+        for c in await workflows.validate_all(env.dbs)
+        if c.workflow.workflow_slug == "extract-case-study-links"
+    ]
     return checked.problems
 
 
 async def test_the_issues_extract_step_validates(env: Env) -> None:
-    # The inputs' own checks (the referenced step exists...) are issue 14 part 4's; this is the provider's part.
-    problems = await _validate(env, SEED_CONFIG)
-    assert [p for p in problems if "link_patterns" in p or "max_" in p or "extract" in p] == []
+    assert await _validate(env, SEED_CONFIG) == ()
 
 
 async def test_a_bad_link_pattern_is_one_clear_line(env: Env) -> None:
@@ -80,5 +82,9 @@ async def _validate_again(env: Env, config: dict[str, object]) -> tuple[str, ...
         "WHERE workflow_slug = 'extract-case-study-links'",
         {"config": json.dumps(config)},
     )
-    (checked,) = await workflows.validate_all(env.dbs)
+    (checked,) = [
+        c
+        for c in await workflows.validate_all(env.dbs)
+        if c.workflow.workflow_slug == "extract-case-study-links"
+    ]
     return checked.problems

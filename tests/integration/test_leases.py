@@ -386,3 +386,54 @@ async def test_a_batch_on_the_workers_is_theirs_while_beaten_or_queued(env: Env,
     )
     assert summary.count("succeeded") == 2
     assert [stub.calls[d] for d in domains] == [1, 1]
+
+
+async def test_a_rerun_does_not_call_again_what_the_dead_run_stored(env: Env, stub: Stub) -> None:
+    """The crash between the destination's commit and HQ's, then a re-run (not a resume): the
+    adopted company's receipt, written under the dead batch, is found, so it is neither called
+    nor stored again; its lost call is charged once as paid."""
+    from enrichhq import storage_worker, workflows
+    from enrichhq.models import StoreRecord
+
+    await _step(env)
+    domains = ["ok-stored-1.com", "ok-stored-2.com"]
+    companies = await add_companies(env.dbs, domains)
+    dead = await _dead_batch(env, domains)
+    # Its call had started (counted in HQ) and its row was stored (with its receipt); HQ never heard.
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batch_items SET deliveries = 1, attempts = 1 WHERE batch_id = :b AND company_domain = :d",
+        {"b": dead, "d": domains[0]},
+    )
+    workflow = await workflows.get(env.dbs, STEP)
+
+    async def no_log(entries: object) -> None:
+        return None
+
+    await storage_worker.store(
+        env.dbs,
+        workflow,
+        [StoreRecord(companies[0].id, domains[0], {"homepage_html": "<html>stored</html>"}, 1, None)],
+        batch_id=dead,
+        log=no_log,
+    )
+
+    prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    assert [a.batch_id for a in prepared.adopted] == [dead]
+    summary = await runs.execute(env.dbs, env.settings, prepared)
+    assert summary.count("succeeded") == 2
+    assert [stub.calls[d] for d in domains] == [0, 1]  # the stored one is not called again
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT company_domain, count(*) FROM company_homepage_scrapes GROUP BY company_domain ORDER BY 1",
+    )
+    assert [(r[0], r[1]) for r in rows] == [(domains[0], 1), (domains[1], 1)]
+    unknown = await sql(
+        env.dbs,
+        "hq",
+        "SELECT count(*) FROM enrichment_results_log WHERE batch_id = :b AND status = 'unknown'",
+        {"b": prepared.batch_id},
+    )
+    assert unknown[0][0] == 1  # the dead run's call, charged once as paid

@@ -22,3 +22,14 @@ def test_no_header_is_the_configured_cost() -> None:
 def test_a_header_that_is_no_price_counts_the_price(header: str, caplog: pytest.LogCaptureFixture) -> None:
     assert request_cost(header, configured=None, price=5.0) == 5.0
     assert f"ignoring Zenrows' X-Request-Cost {header!r}; counting the configured price 5.0" in caplog.text
+
+
+def test_the_zenrows_key_is_masked_without_mangling_error_texts() -> None:
+    from enrichhq.functions import zenrows
+
+    url = "GET https://api.zenrows.com/v1/?apikey=k&url=https://a.com: HTTP 500 [link=http://x]"
+    assert (
+        zenrows.scrub(url, "k")
+        == "GET https://api.zenrows.com/v1/?apikey=***&url=https://a.com: HTTP 500 [link=http://x]"
+    )
+    assert zenrows.scrub("refused key 0123456789abcdef here", "0123456789abcdef") == "refused key *** here"

@@ -256,3 +256,26 @@ async def analyze(conn: Any, table: sa.Table) -> None:
 def least(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
     """The smallest of the values: SQLite's scalar min() is PostgreSQL's least()."""
     return sa.func.min(*values) if is_sqlite(dialect) else sa.func.least(*values)
+
+
+async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
+    """Hold a lock on each key until this transaction ends, so two writers of one key go in turn.
+
+    PostgreSQL: transaction-level advisory locks, taken in the order of their hashes (two
+    transactions locking overlapping keys never wait on each other in a circle); read committed
+    statements after them see what the previous holder committed. SQLite has one writer at a
+    time already: the transaction's first write serialises it, so there is nothing to take.
+    """
+    if is_sqlite(conn.dialect) or not keys:
+        return
+    hashes = (
+        sa.select(sa.func.hashtextextended(sa.column("k", sa.Text), 0).label("h"))
+        .select_from(
+            sa.func.unnest(sa.bindparam("keys", sorted(set(keys)), type_=postgresql.ARRAY(sa.Text))).alias(
+                "k"
+            )
+        )
+        .distinct()
+        .subquery()
+    )
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(hashes.c.h)).order_by(hashes.c.h))

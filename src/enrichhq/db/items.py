@@ -503,6 +503,49 @@ async def get_item(conn: AsyncConnection, batch_id: str, company_id: str) -> Ite
     return ItemRow.of(row) if row else None
 
 
+#: the last_error of a dead run's item whose company a new batch adopted: "adopted by batch <new>".
+ADOPTED_PREFIX = "adopted by batch "
+
+
+async def carry_deliveries(conn: AsyncConnection, batch_id: str, old_batch_id: str, reason: str) -> None:
+    """Give a new batch's items the started-not-ended calls of the items it adopted from a dead batch."""
+    old = batch_items.alias("old")
+    started = (
+        sa.select(old.c.deliveries)
+        .where(
+            old.c.batch_id == old_batch_id,
+            old.c.company_id == batch_items.c.company_id,
+            old.c.last_error == reason,
+            old.c.deliveries > 0,
+        )
+        .scalar_subquery()
+    )
+    await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == ItemState.QUEUED,
+            sa.exists(started),
+        )
+        .values(deliveries=started)
+    )
+
+
+async def adopted_from(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
+    """For these companies of a batch, the dead batch each was adopted from (where one was)."""
+    found: dict[str, str] = {}
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.select(batch_items.c.company_id, batch_items.c.batch_id).where(
+                batch_items.c.company_id.in_(chunk),
+                batch_items.c.state == ItemState.SKIPPED,
+                batch_items.c.last_error == ADOPTED_PREFIX + batch_id,
+            )
+        )
+        found.update({str(r.company_id): str(r.batch_id) for r in result})
+    return found
+
+
 async def adopt_open(
     conn: AsyncConnection,
     batch_id: str,

@@ -11,6 +11,7 @@ references to such a step, so nothing here guesses.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime, time
@@ -98,6 +99,77 @@ async def rows_written(
         for row in await conn.execute(query):
             found[company_key(str(row[0]))] = {c.name: plain(row[i + 1]) for i, c in enumerate(wanted)}
     return found
+
+
+async def row_lists_written(
+    conn: AsyncConnection,
+    workflow_id: str,
+    table: sa.Table,
+    company_ids: Sequence[str],
+    columns: Collection[str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows a `rows_from` step wrote last for each company, in the order its receipt lists them.
+
+    company_key -> rows (column -> value, as `rows_written`); a company whose latest receipt
+    recorded no rows (the provider's list was empty) gets []. Two statements per chunk of
+    companies: the latest receipts, then their rows by primary key (portable; no JSON array
+    expansion, which the two databases spell differently).
+    """
+    if not readable(table) or not company_ids:
+        return {}
+    keys = list(table.primary_key.columns)
+    wanted = [
+        c for c in table.c if (c.name in columns if columns is not None else c.name not in _BOOKKEEPING)
+    ]
+    found: dict[str, list[dict[str, Any]]] = {}
+    ids = list(dict.fromkeys(company_key(c) for c in company_ids))
+    for chunk in chunked(ids):
+        latest = _latest_receipts(workflow_id, chunk)
+        receipts: dict[str, list[tuple[str, ...]]] = {}
+        for company_id, row_keys in await conn.execute(
+            sa.select(latest.c.company_id, latest.c.row_keys).where(latest.c.rank == 1)
+        ):
+            listed = json.loads(row_keys) if isinstance(row_keys, str) else row_keys or []
+            receipts[company_key(str(company_id))] = [
+                tuple(str(key.get(c.name)) for c in keys) for key in listed if isinstance(key, Mapping)
+            ]
+        rows = await _rows_by_key(conn, table, keys, wanted, [k for ks in receipts.values() for k in ks])
+        for company_id, row_keys in receipts.items():
+            found[company_id] = [rows[k] for k in row_keys if k in rows]
+    return found
+
+
+async def _rows_by_key(
+    conn: AsyncConnection,
+    table: sa.Table,
+    keys: Sequence[sa.Column[Any]],
+    wanted: Sequence[sa.Column[Any]],
+    row_keys: Sequence[tuple[str, ...]],
+) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Rows by their primary key's values (as text, the form receipts hold them in)."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for chunk in chunked(list(dict.fromkeys(row_keys))):
+        match: sa.ColumnElement[bool]
+        if len(keys) == 1:
+            match = keys[0].in_([_bindable(k[0], keys[0]) for k in chunk])
+        else:
+            match = sa.or_(
+                *(sa.and_(*(c == _bindable(v, c) for c, v in zip(keys, k, strict=True))) for k in chunk)
+            )
+        query = sa.select(*keys, *wanted).where(match)
+        for row in await conn.execute(query):
+            key = tuple(str(plain(v)) for v in row[: len(keys)])
+            out[key] = {c.name: plain(row[len(keys) + i]) for i, c in enumerate(wanted)}
+    return out
+
+
+def _bindable(value: str, column: sa.Column[Any]) -> Any:
+    """A key value from a receipt (text) as its column binds it: a uuid object, an integer."""
+    if isinstance(column.type, sa.Uuid) and column.type.as_uuid:
+        return uuid.UUID(value)
+    if isinstance(column.type, sa.Integer):
+        return int(value)
+    return value
 
 
 async def latest_by_company(conn: AsyncConnection, table: sa.Table, company_id: str) -> dict[str, Any] | None:

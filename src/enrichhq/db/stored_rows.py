@@ -124,25 +124,84 @@ async def record_keys(
     )
 
 
+async def earlier_keys(
+    conn: AsyncConnection, workflow_id: str, batch_id: str, table_name: str, company_ids: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The row keys this step's other batches recorded in this table, per company (company_key form).
+
+    What `write_mode: replace` deletes before it writes a company's new rows: the rows this step
+    wrote, never "every row of the company" (other steps may share the table). Receipts for
+    another table (the config pointed elsewhere then) are not this table's rows.
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    keys = list(dict.fromkeys(company_key(c) for c in company_ids))
+    for chunk in chunked(keys):
+        result = await conn.execute(
+            sa.select(stored_rows.c.company_id, stored_rows.c.row_keys).where(
+                stored_rows.c.workflow_id == workflow_id,
+                stored_rows.c.batch_id != batch_id,
+                stored_rows.c.table_name == table_name,
+                stored_rows.c.company_id.in_(chunk),
+            )
+        )
+        for company_id, row_keys in result:
+            if isinstance(row_keys, str):  # a JSON column read back as text
+                row_keys = json.loads(row_keys)
+            found.setdefault(company_key(str(company_id)), []).extend(row_keys or [])
+    return found
+
+
+async def forget_earlier(
+    conn: AsyncConnection, workflow_id: str, batch_id: str, table_name: str, company_ids: Sequence[str]
+) -> None:
+    """Empty the row keys of this step's other receipts for these companies: their rows are gone.
+
+    The receipts stay (a batch's "stored" remains true for resume); only the keys of rows that
+    no longer exist go, so a later replace has nothing stale to delete.
+    """
+    keys = list(dict.fromkeys(company_key(c) for c in company_ids))
+    for chunk in chunked(keys):
+        await conn.execute(
+            sa.update(stored_rows)
+            .where(
+                stored_rows.c.workflow_id == workflow_id,
+                stored_rows.c.batch_id != batch_id,
+                stored_rows.c.table_name == table_name,
+                stored_rows.c.company_id.in_(chunk),
+            )
+            .values(row_keys=[])
+        )
+
+
 async def receipted(
-    conn: AsyncConnection, workflow_id: str, batch_id: str, company_ids: Sequence[str]
+    conn: AsyncConnection,
+    workflow_id: str,
+    batch_id: str,
+    company_ids: Sequence[str],
+    earlier: Mapping[str, str] | None = None,
 ) -> set[str]:
     """Which of these companies this batch's step has stored already (in company_key form).
 
     One query per chunk of ids, through the primary key: read before a suspect is called again,
-    so a result stored before its process died (HQ never heard) is not paid for twice.
+    so a result stored before its process died (HQ never heard) is not paid for twice. `earlier`
+    maps a company to the dead batch it was adopted from, whose receipt counts as this batch's.
     """
     found: set[str] = set()
+    earlier = {company_key(c): b for c, b in (earlier or {}).items()}
     keys = list(dict.fromkeys(company_key(c) for c in company_ids))
+    batch_ids = {batch_id, *earlier.values()}
     for chunk in chunked(keys):
         result = await conn.execute(
-            sa.select(stored_rows.c.company_id).where(
+            sa.select(stored_rows.c.company_id, stored_rows.c.batch_id).where(
                 stored_rows.c.workflow_id == workflow_id,
-                stored_rows.c.batch_id == batch_id,
+                stored_rows.c.batch_id.in_(batch_ids),
                 stored_rows.c.company_id.in_(chunk),
             )
         )
-        found.update(company_key(str(cid)) for (cid,) in result)
+        for cid, bid in result:
+            key, bid = company_key(str(cid)), str(bid)
+            if bid == batch_id or earlier.get(key) == bid:
+                found.add(key)
     return found
 
 

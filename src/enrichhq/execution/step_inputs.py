@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from enrichhq import destinations, exceptions, workflows
 from enrichhq.db import engines, step_rows, stored_rows
-from enrichhq.inputs import InputSpec, Outcome, render_chunk
+from enrichhq.inputs import InputSpec, Outcome, StepRows, render_chunk
 from enrichhq.models import Company, WorkflowConfig
 
 
@@ -23,6 +23,11 @@ class Source:
     workflow: WorkflowConfig
     destination: destinations.Destination
     columns: frozenset[str] | None
+
+    @property
+    def many(self) -> bool:
+        """Whether the step writes a list of rows per company (provider_config.rows_from)."""
+        return self.workflow.provider_config.get("rows_from") is not None
 
 
 class StepInputs:
@@ -63,10 +68,15 @@ class StepInputs:
             sources[slug] = Source(source, destination, spec.columns[slug])
         return cls(dbs, spec, sources)
 
-    async def rows(self, companies: Sequence[Company]) -> dict[str, dict[str, dict[str, object]]]:
-        """slug -> company id -> the row that step wrote for it (companies without one left out)."""
+    async def rows(self, companies: Sequence[Company]) -> dict[str, dict[str, StepRows]]:
+        """slug -> company id -> the row that step wrote for it (companies without one left out).
+
+        A rows_from step gives the list of rows it wrote for the company (`steps['slug']` is a
+        list in templates; in the order the insert returned them, the provider's in practice):
+        two statements per chunk instead of one.
+        """
         ids = [c.id for c in companies]
-        out: dict[str, dict[str, dict[str, object]]] = {}
+        out: dict[str, dict[str, StepRows]] = {}
         for slug, source in self.sources.items():
             db = source.destination.db
             if db != "hq":
@@ -74,7 +84,8 @@ class StepInputs:
                 # migration, and an estimate reads while holding HQ's write lock (SQLite).
                 await stored_rows.ensure(self.dbs, db)
             async with self.dbs.begin(db) as conn:
-                found = await step_rows.rows_written(
+                read = step_rows.row_lists_written if source.many else step_rows.rows_written
+                found: Mapping[str, StepRows] = await read(
                     conn, source.workflow.id, source.destination.table, ids, source.columns
                 )
             self.queries += 1

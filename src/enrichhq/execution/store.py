@@ -187,9 +187,13 @@ class DbItemStore:
             return set()
 
         async def read() -> set[str]:
+            async with self.dbs.begin("hq") as conn:
+                earlier = await items.adopted_from(conn, self.batch_id, company_ids)
             await stored_rows.ensure(self.dbs, db_name)
             async with self.dbs.begin(db_name) as conn:
-                found = await stored_rows.receipted(conn, self.step.workflow_id, self.batch_id, company_ids)
+                found = await stored_rows.receipted(
+                    conn, self.step.workflow_id, self.batch_id, company_ids, earlier
+                )
             return {cid for cid in company_ids if stored_rows.company_key(cid) in found}
 
         return await outage.through(read)

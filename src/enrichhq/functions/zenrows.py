@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from typing import Any, ClassVar
 
 import httpx
@@ -113,10 +114,21 @@ class ZenrowsProvider(base.Provider):
     def _scrub(self, error: exceptions.ProviderError) -> exceptions.ProviderError:
         # The key travels in the query string; make sure no message ever carries it.
         key = self.settings.zenrows_api_key
-        secret = key.get_secret_value() if key else ""
-        if secret and secret in str(error):
-            error.args = (str(error).replace(secret, "***"),)
+        error.args = (scrub(str(error), key.get_secret_value() if key else ""),)
         return error
+
+
+#: a shorter key is masked only where it stands as the `apikey` parameter: replaced everywhere, a
+#: one-letter key would turn every such letter of an error text into `***`.
+MIN_MASKED_LEN = 8
+
+
+def scrub(text: str, secret: str) -> str:
+    """The text with the key masked: as the URL's `apikey` value, and anywhere when it is long enough."""
+    text = re.sub(r"(apikey=)[^&\s'\"]+", r"\1***", text)
+    if len(secret) >= MIN_MASKED_LEN:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _flag(value: Any) -> str:

@@ -133,6 +133,10 @@ async def prepare(
                 return await _replayed(conn, plan, first)
         adopted = await adopt_dead(conn, settings, plan, chosen, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+        for adoption in adopted:
+            # Calls the dead run had started stay suspects here: charged once as paid, and not
+            # called again when their receipt shows the result was stored before the crash.
+            await items.carry_deliveries(conn, batch_id, adoption.batch_id, adopted_reason(batch_id))
         # The new batch is this run's from the moment it exists.
         await lease.take_new(conn, settings, batch_id, mine)
     # The planner must see the new items' numbers before the first chunk is claimed.
@@ -302,6 +306,11 @@ async def _build(
     return batch_id
 
 
+def adopted_reason(new_batch_id: str) -> str:
+    """What an adopted item's old copy says (the new batch finds its old copies by it)."""
+    return items.ADOPTED_PREFIX + new_batch_id
+
+
 async def adopt_dead(
     conn: AsyncConnection,
     settings: Settings,
@@ -333,7 +342,7 @@ async def adopt_dead(
         if not await lease.take_in(conn, settings, old, mine, holder):
             continue  # another run took it first
         states = batches.ADOPTABLE_STATES if died else (ItemState.QUEUED, ItemState.RUNNING)
-        reason = f"adopted by batch {new_batch_id}"
+        reason = adopted_reason(new_batch_id)
         moved, left = await items.adopt_open(conn, old, reason, states, company_ids)
         if moved:
             found.append(Adoption(old, moved, died))
