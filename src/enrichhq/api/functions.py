@@ -30,6 +30,7 @@ from enrichhq.api.schemas import (
 )
 from enrichhq.db import batches, idempotency
 from enrichhq.models import Company, LogEntry, StoreRecord
+from enrichhq.runs import chain
 from enrichhq.states import BatchStatus
 
 router = APIRouter(
@@ -137,13 +138,57 @@ async def run_step(
     ids = list(body.company_ids or [])
     if body.companies:
         ids += await companies.ensure(svc.dbs, _companies(body.companies))
+    selection = runs.Selection(all=body.all, company_ids=tuple(dict.fromkeys(ids)))
+    play_name = body.play_name or runs.DEFAULT_PLAY
+    one = body.workflow_id or body.workflow_slug
+    if body.workflow_slugs or body.step_numbers:
+        picked: list[int | str] = [
+            *([one] if one else []),
+            *(body.workflow_slugs or []),
+            *(body.step_numbers or []),
+        ]
+        return await _start_steps(request, picked, selection, play_name=play_name, force=body.force, key=key)
     return await _start(
-        request,
-        body.workflow_id or body.workflow_slug or "",
-        runs.Selection(all=body.all, company_ids=tuple(dict.fromkeys(ids))),
-        play_name=body.play_name or runs.DEFAULT_PLAY,
-        force=body.force,
-        idempotency_key=key,
+        request, one or "", selection, play_name=play_name, force=body.force, idempotency_key=key
+    )
+
+
+async def _start_steps(
+    request: Request,
+    picked: list[int | str],
+    selection: runs.Selection,
+    *,
+    play_name: str,
+    force: bool,
+    key: str | None,
+) -> JSONResponse:
+    """Several steps in one run: one batch per step, all prepared before any starts."""
+    svc = services(request)
+    prepared = await chain.prepare(
+        svc.dbs, svc.settings, picked, selection, play_name=play_name, force=force, idempotency_key=key
+    )
+    svc.runner.start_chain(prepared)
+    replayed = all(s.prepared.replayed for s in prepared.steps)
+    steps: list[dict[str, Any]] = []
+    for step in prepared.steps:
+        summary = await runs.summary(svc.dbs, step.prepared.batch_id, failures=0)
+        steps.append(
+            {
+                "batch_id": step.prepared.batch_id,
+                "workflow": step.prepared.workflow.workflow_slug,
+                "step_number": step.prepared.workflow.overall_step_number,
+                "status": summary.status if step.prepared.replayed else BatchStatus.RUNNING,
+                "total": summary.total,
+                "counts": summary.counts,
+                "adopted": step.prepared.adoption_message,
+                # The earlier batches of this run whose items this step's companies wait for.
+                "waits_for": dict(step.after),
+            }
+        )
+    return JSONResponse(
+        {"batch_ids": prepared.batch_ids, "steps": steps},
+        status_code=202,
+        headers={REPLAYED: "true"} if replayed else None,
     )
 
 

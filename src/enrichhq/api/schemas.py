@@ -91,7 +91,13 @@ class RunStepRequest(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "allOf": [
-                _one_of_given("workflow_id", "workflow_slug"),
+                {
+                    "anyOf": [
+                        *_one_of_given("workflow_id", "workflow_slug")["anyOf"],
+                        {"required": ["workflow_slugs"], "properties": {"workflow_slugs": NONEMPTY_LIST}},
+                        {"required": ["step_numbers"], "properties": {"step_numbers": NONEMPTY_LIST}},
+                    ]
+                },
                 {
                     "anyOf": [
                         {"required": ["all"], "properties": {"all": {"const": True}}},
@@ -105,6 +111,10 @@ class RunStepRequest(BaseModel):
 
     workflow_id: str | None = None
     workflow_slug: str | None = None
+    #: several steps in one run (with each other and workflow_id / workflow_slug): one batch per
+    #: step, each company moving on to the next step as soon as its input is stored.
+    workflow_slugs: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=100)
+    step_numbers: list[int] | None = Field(default=None, max_length=100)
     company_ids: list[Uuid] | None = Field(default=None, max_length=1_000_000)
     companies: list[CompanyIn] | None = Field(default=None, max_length=100_000)
     all: bool = False
@@ -113,8 +123,8 @@ class RunStepRequest(BaseModel):
 
     @model_validator(mode="after")
     def _which(self) -> RunStepRequest:
-        if not (self.workflow_id or self.workflow_slug):
-            raise ValueError("give workflow_id or workflow_slug")
+        if not (self.workflow_id or self.workflow_slug or self.workflow_slugs or self.step_numbers):
+            raise ValueError("give workflow_id, workflow_slug, workflow_slugs or step_numbers")
         if not (self.all or self.company_ids or self.companies):
             raise ValueError("give company_ids, companies, or all: true")
         return self

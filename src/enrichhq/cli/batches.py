@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from enrichhq import companies, runs, settings
 from enrichhq.cli import output
 from enrichhq.cli.common import app, batches_app, command, err, out, run
 from enrichhq.db import engines
-from enrichhq.runs import summaries
+from enrichhq.runs import chain, summaries
 from enrichhq.states import BatchStatus
 
 #: the exit code of a run that stopped resumably (out of credits, budget, Ctrl-C).
@@ -30,7 +30,17 @@ EXIT_STOPPED = 3
 
 @command(app, "run")
 def run_command(
-    workflow: Annotated[str, typer.Argument(help="workflow slug or id")],
+    workflow: Annotated[
+        str | None, typer.Argument(help="workflow slug or id (or give --steps)", show_default=False)
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            "--steps",
+            help="several steps in one run: numbers (1-3, 1,3) or slugs (slug-a,slug-b); "
+            "each company moves on to the next step as soon as its input is stored",
+        ),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="every company in HQ")] = False,
     domain: Annotated[
         list[str] | None, typer.Option("--domain", help="a company's domain (repeatable)")
@@ -50,9 +60,15 @@ def run_command(
     ] = None,
     sample: Annotated[int | None, typer.Option(help="run on a random sample of this many companies")] = None,
 ) -> None:
-    """Run one step for a selection of companies, with a progress bar and a summary."""
+    """Run one step (or several, with --steps) for a selection of companies, with progress and a summary."""
+    if (workflow is None) == (steps is None):
+        raise typer.BadParameter("give one step (its slug or id) or --steps, not both")
     selection = selection_of(all_, domain or [], companies_file)
     conf = settings.load()
+    if steps is not None:
+        run_steps(conf, chain.parse(steps), selection, play, force, dry_run, budget, sample)
+        return
+    assert workflow is not None
     if dry_run:
         estimate = run(
             lambda dbs: runs.estimate(
@@ -70,6 +86,89 @@ def run_command(
         return await execute_with_progress(dbs, conf, prepared)
 
     finish(run(work))
+
+
+def run_steps(
+    conf: settings.Settings,
+    picked: list[int | str],
+    selection: runs.Selection,
+    play: str,
+    force: bool,
+    dry_run: bool,
+    budget: float | None,
+    sample: int | None,
+) -> None:
+    """`run --steps`: every step's batch at once, one progress bar per step, a summary per step."""
+    if dry_run:
+        estimates = run(
+            lambda dbs: chain.estimate(
+                dbs, conf, picked, selection, play_name=play, force=force, sample=sample
+            )
+        )
+        for estimate in estimates:
+            output.print_estimate(out, estimate)
+        if len(estimates) > 1:
+            out.print(
+                "a step reading an earlier step of this run counts its missing inputs as it runs",
+                highlight=False,
+            )
+        return
+
+    async def work(dbs: engines.Databases) -> list[runs.BatchSummary]:
+        prepared = await chain.prepare(
+            dbs, conf, picked, selection, play_name=play, force=force, budget=budget, sample=sample
+        )
+        for step in prepared.steps:
+            print_adopted(step.prepared)
+        return await execute_chain_with_progress(dbs, conf, prepared)
+
+    found = run(work)
+    for summary in found:
+        output.print_summary(out, summary)
+    code = max((exit_code(s) for s in found), default=0)
+    if code:
+        raise typer.Exit(code)
+
+
+async def execute_chain_with_progress(
+    dbs: engines.Databases, conf: settings.Settings, prepared: chain.Chain
+) -> list[runs.BatchSummary]:
+    """Execute a multi-step run behind one Rich progress display: a bar per step (on a terminal)."""
+    with _progress() as progress:
+        tasks: dict[str, TaskID] = {}
+        for step in prepared.steps:
+            current = await runs.summary(dbs, step.prepared.batch_id, failures=0)
+            tasks[step.prepared.batch_id] = progress.add_task(
+                step.prepared.workflow.workflow_slug, total=current.total, detail=""
+            )
+
+        def updater(batch_id: str) -> Callable[[dict[str, int]], None]:
+            def update(counts: dict[str, int]) -> None:
+                progress.update(
+                    tasks[batch_id],
+                    completed=summaries.finished(counts),
+                    detail=output.progress_detail(counts),
+                )
+
+            return update
+
+        interrupt = asyncio.Event()
+        with interruptible(interrupt, " / ".join(prepared.batch_ids)):
+            return await chain.execute(dbs, conf, prepared, updater, interrupt=interrupt)
+
+
+def _progress() -> Progress:
+    # The slug goes in as the task's description, not into the column's template: a template is
+    # formatted (braces) and parsed as markup (brackets), and a slug is data that may hold both.
+    return Progress(
+        TextColumn("{task.description}", style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}", markup=False),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
 
 
 def print_adopted(prepared: runs.Prepared) -> None:
@@ -90,17 +189,7 @@ async def execute_with_progress(
 ) -> runs.BatchSummary:
     """Execute a prepared batch behind a Rich progress bar (on a terminal)."""
     current = await runs.summary(dbs, prepared.batch_id, failures=0)
-    # The slug goes in as the task's description, not into the column's template: a template is
-    # formatted (braces) and parsed as markup (brackets), and a slug is data that may hold both.
-    with Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}", markup=False),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task(prepared.workflow.workflow_slug, total=current.total, detail="")
 
         def update(counts: dict[str, int]) -> None:
@@ -136,8 +225,13 @@ def interruptible(interrupt: asyncio.Event, batch_id: str) -> Iterator[None]:
 def finish(summary: runs.BatchSummary) -> None:
     """Print a run's summary; a stopped batch exits EXIT_STOPPED so scripts can resume it."""
     output.print_summary(out, summary)
-    if summary.status == BatchStatus.STOPPED:
-        raise typer.Exit(EXIT_STOPPED)
+    if code := exit_code(summary):
+        raise typer.Exit(code)
+
+
+def exit_code(summary: runs.BatchSummary) -> int:
+    """A step's exit code: EXIT_STOPPED for a stopped batch (resumable), else 0."""
+    return EXIT_STOPPED if summary.status == BatchStatus.STOPPED else 0
 
 
 @command(batches_app, "show")

@@ -579,3 +579,23 @@ async def adopt_open(
             moved += (await conn.execute(stmt)).rowcount
     left = await conn.execute(sa.select(batch_items.c.company_id).where(*where).limit(1))
     return moved, left.first() is not None
+
+
+async def states_in(
+    conn: AsyncConnection, batch_ids: Sequence[str], company_ids: Sequence[str]
+) -> dict[str, dict[str, tuple[str, str | None]]]:
+    """batch id -> company id -> (state, last_error), for these companies' items in these batches.
+
+    One statement for a chunk (a chained step asks whether its companies' earlier steps are done).
+    """
+    found: dict[str, dict[str, tuple[str, str | None]]] = {b: {} for b in batch_ids}
+    if not batch_ids or not company_ids:
+        return found
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.batch_id, batch_items.c.company_id, batch_items.c.state, batch_items.c.last_error
+        ).where(batch_items.c.batch_id.in_(batch_ids), batch_items.c.company_id.in_(company_ids))
+    )
+    for row in result:
+        found[str(row.batch_id)][str(row.company_id)] = (str(row.state), row.last_error)
+    return found

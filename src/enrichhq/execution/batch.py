@@ -30,6 +30,7 @@ from enrichhq.execution.budget import Budget
 from enrichhq.execution.caller import Caller, CallResult, Signing, StopFlag
 from enrichhq.execution.limits import Limits
 from enrichhq.execution.store import ItemStore, Runnable
+from enrichhq.execution.upstream import Readiness
 from enrichhq.execution.writer import BatchStep, Done, Storage, Ticket, Writer
 from enrichhq.functions import Provider
 from enrichhq.inputs import InputError, InputMissing, Outcome
@@ -61,6 +62,15 @@ class ChunkInputs(Protocol):
         """Each company's inputs by id, or why it has none."""
 
 
+class ChunkGate(Protocol):
+    """This run's earlier steps a chained batch waits for (`execution.upstream.Upstream`)."""
+
+    poll_s: float
+
+    async def check(self, company_ids: Sequence[str]) -> Readiness:
+        """Which companies may go on, which lack an earlier result, which must wait."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     company: Company
@@ -87,8 +97,12 @@ class BatchWork:
         chunk_size: int,
         watch_s: float = WATCH_SECONDS,
         inputs: ChunkInputs | None = None,
+        upstream: ChunkGate | None = None,
     ) -> None:
         self.step = step
+        #: None unless the batch is a later step of a multi-step run: its companies then wait
+        #: for their earlier steps' items before they are rendered.
+        self.upstream = upstream
         #: None for a step without inputs: its chunks read and render nothing.
         self.inputs = inputs
         self.calling = calling
@@ -163,6 +177,14 @@ class BatchWork:
             self.last_used = time.monotonic()
 
     async def _run_chunk(self, companies: Sequence[Company], poison_after: int) -> list[Company]:
+        if self.upstream is not None:
+            return await self._run_gated(self.upstream, list(companies), poison_after)
+        return await self._take_and_run(companies, poison_after, {})
+
+    async def _take_and_run(
+        self, companies: Sequence[Company], poison_after: int, lacking: Mapping[str, InputMissing]
+    ) -> list[Company]:
+        """Take the companies' items and run them; those `lacking` an earlier result end uncalled."""
         ids = [c.id for c in companies]
         taken = await self.store.take(ids, poison_after=poison_after)
         if taken.status != BatchStatus.RUNNING:
@@ -177,26 +199,72 @@ class BatchWork:
         if suspects:
             stored = await self._already_stored(suspects, taken.runnable)
             mine = [c for c in mine if c.id not in stored]
+        if lacking and (ended := [c for c in mine if c.id in lacking]):
+            await self._end_uncalled(ended, taken.runnable, lacking)
+            mine = [c for c in mine if c.id not in lacking]
         if not mine:
             return []
+        return await self._call_all(mine, taken.runnable)
+
+    async def _run_gated(self, gate: ChunkGate, companies: list[Company], poison_after: int) -> list[Company]:
+        """Run each company once its earlier steps' items are final; the rest of the chunk waits.
+
+        Companies go on in groups as they become ready, while the others keep waiting, still
+        queued (one look per chunk every `poll_s`). Those whose earlier item ended without a
+        result are skipped as missing their input, with no call. A stop skips the waiting ones
+        (resumable); a hand-back gives them back to the queue.
+        """
+        waiting = companies
+        running: list[asyncio.Task[list[Company]]] = []
+        back: list[Company] = []
+        try:
+            while waiting and not (self.stop_flag or self.handing_back):
+                seen = await gate.check([c.id for c in waiting])
+                for reason in sorted(set(seen.held.values())):
+                    # An earlier step stopped: so does this batch, its companies resumable.
+                    ids = [cid for cid, why in seen.held.items() if why == reason]
+                    await self.store.skip(ids, reason, uncount=[], stop=reason)
+                    self.stop_flag.set(reason)
+                going = set(seen.ready) | set(seen.missing)
+                if go := [c for c in waiting if c.id in going]:
+                    running.append(asyncio.create_task(self._take_and_run(go, poison_after, seen.missing)))
+                still = set(seen.waiting)
+                waiting = [c for c in waiting if c.id in still]
+                if waiting:
+                    await asyncio.sleep(gate.poll_s)
+            if waiting and self.handing_back:
+                back += await self._hand_back(waiting)
+            elif waiting:
+                await self._skip([c.id for c in waiting], None)
+        finally:
+            # Every group started ends (written) before the job does, whatever happened here.
+            results = await asyncio.gather(*running, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            back += result
+        return back
+
+    async def _call_all(self, mine: list[Company], runnable: Mapping[str, Runnable]) -> list[Company]:
+        """Render the companies' inputs, call them, and wait until every result is written."""
         rendered: Mapping[str, Outcome] = {}
         if self.inputs is not None:
-            rendered = await self._render(mine, taken.runnable)
+            rendered = await self._render(mine, runnable)
             mine = [c for c in mine if isinstance(rendered.get(c.id), dict)]
             if not mine:
                 return []
         ticket = Ticket(len(mine))
         self.outstanding += len(mine)
         for company in mine:
-            runnable = taken.runnable[company.id]
+            item = runnable[company.id]
             values = rendered.get(company.id)
             self.work.put_nowait(
                 _Job(
                     company,
-                    runnable.attempts,
-                    runnable.suspect,
+                    item.attempts,
+                    item.suspect,
                     ticket,
-                    runnable.charged,
+                    item.charged,
                     values if isinstance(values, dict) else {},
                 )
             )
@@ -258,6 +326,16 @@ class BatchWork:
             # uncalled, and the job fails so that it is delivered again.
             await self._hand_back(companies)
             raise
+        await self._end_uncalled(companies, runnable, rendered)
+        return rendered
+
+    async def _end_uncalled(
+        self,
+        companies: Sequence[Company],
+        runnable: Mapping[str, Runnable],
+        rendered: Mapping[str, Outcome],
+    ) -> None:
+        """End, with no call, the companies whose inputs are missing (skipped) or broken (failed)."""
         ref = self.writer.ref
         outcomes: list[ItemOutcome] = []
         entries: list[LogEntry] = []
@@ -279,7 +357,6 @@ class BatchWork:
             await self.store.finish(
                 entries, outcomes, callback_timeout_s=self.writer.callback_timeout_s, spend={}
             )
-        return rendered
 
     async def _after(self, ticket: Ticket) -> list[Company]:
         """A job's items are through: fail the job if some were not written, else end the rest."""

@@ -9,7 +9,7 @@ import functools
 import inspect
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from enrichhq import liveness
 from enrichhq.db import batches, engines, reports
@@ -40,8 +40,15 @@ async def run_here(
     cancel: asyncio.Event | None = None,
     interrupt: asyncio.Event | None = None,
     held: liveness.Lease | None = None,
+    after: Mapping[str, str] | None = None,
+    queued: asyncio.Event | None = None,
 ) -> None:
     """Run every unfinished item of the batch in this process, on the in-memory queue.
+
+    `queued` is set once the batch's jobs are queued (a multi-step run queues its steps in order).
+
+    `after` (slug -> batch id): the earlier batches of a multi-step run that this one reads; its
+    companies wait for their items there to be final (`execution.upstream`).
 
     The run holds the batch's lease throughout (`held`, when its preparation took it already):
     taken first, so a batch a live process holds is never run beside it (LeaseHeld); beaten
@@ -50,7 +57,19 @@ async def run_here(
     mine = held or liveness.Lease.new()
     await lease.take(dbs, settings, batch_id, mine)
     try:
-        await _run_held(dbs, settings, batch_id, mine, pipeline, concurrency, on_progress, cancel, interrupt)
+        await _run_held(
+            dbs,
+            settings,
+            batch_id,
+            mine,
+            pipeline,
+            concurrency,
+            on_progress,
+            cancel,
+            interrupt,
+            after or {},
+            queued,
+        )
     finally:
         await lease.release(dbs, batch_id, mine)
 
@@ -65,6 +84,8 @@ async def _run_held(
     on_progress: ProgressCallback | None,
     cancel: asyncio.Event | None,
     interrupt: asyncio.Event | None,
+    after: Mapping[str, str],
+    queued: asyncio.Event | None,
 ) -> None:
     queries = queue.memory_queries()
     engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
@@ -77,7 +98,9 @@ async def _run_held(
 
     # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
     job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
-    await queue.enqueue_batch(dbs, queries, batch_id, job_size)
+    await queue.enqueue_batch(dbs, queries, batch_id, job_size, after)
+    if queued is not None:
+        queued.set()
     runner = asyncio.create_task(
         queue.run_manager(
             qm,
@@ -120,9 +143,13 @@ async def run_on_workers(
     cancel: asyncio.Event | None = None,
     interrupt: asyncio.Event | None = None,
     held: liveness.Lease | None = None,
+    after: Mapping[str, str] | None = None,
+    queued: asyncio.Event | None = None,
 ) -> None:
     """Queue the batch on HQ for the `enrichhq worker`s and follow it until it ends (or until
     interrupted: the workers go on).
+
+    `after`, `queued`: as for `run_here`; the jobs carry `after`, so every worker waits the same way.
 
     The lease this run's preparation took (`held`) goes to the workers with the jobs: they beat
     the batch while they work on it, and its queued jobs keep it theirs.
@@ -131,9 +158,11 @@ async def run_on_workers(
     try:
         queries = await queue.pg_queries(conn)
         if not await queue.has_jobs(queries, batch_id):  # else the workers hold it already
-            await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size)
+            await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size, after)
     finally:
         await conn.close()
+    if queued is not None:
+        queued.set()
     if held is not None:
         await lease.hand_to_workers(dbs, batch_id, held)
     while True:

@@ -12,7 +12,8 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from enrichhq import exceptions, extras, functions, receiver, tokens, workflows
@@ -22,6 +23,7 @@ from enrichhq.execution.budget import HqLedger, HqPurse
 from enrichhq.execution.limits import Limits, LocalLimits, RedisLimits, SharedLimits
 from enrichhq.execution.step_inputs import StepInputs
 from enrichhq.execution.store import DbItemStore
+from enrichhq.execution.upstream import Upstream
 from enrichhq.execution.writer import BatchStep
 from enrichhq.functions import Provider
 from enrichhq.models import Company
@@ -41,11 +43,17 @@ class Chunk:
 
     batch_id: str
     companies: tuple[Company, ...]
+    #: a later step of a multi-step run: the earlier batches it waits for (slug -> batch id).
+    #: In the job, so that every worker running the batch waits the same way.
+    after: Mapping[str, str] = field(default_factory=dict)
 
     def dump(self) -> bytes:
         """The payload as stored in the queue."""
         rows = [[c.id, c.domain, c.name] for c in self.companies]
-        return json.dumps({"batch_id": self.batch_id, "companies": rows}).encode()
+        payload: dict[str, Any] = {"batch_id": self.batch_id, "companies": rows}
+        if self.after:
+            payload["after"] = dict(self.after)
+        return json.dumps(payload).encode()
 
     @classmethod
     def load(cls, raw: bytes | None) -> Chunk:
@@ -55,7 +63,8 @@ class Chunk:
             rows = tuple(
                 Company(str(i), str(d), None if n is None else str(n)) for i, d, n in data["companies"]
             )
-            return cls(str(data["batch_id"]), rows)
+            after = {str(k): str(v) for k, v in dict(data.get("after") or {}).items()}
+            return cls(str(data["batch_id"]), rows, after)
         except (ValueError, KeyError, TypeError) as exc:
             raise exceptions.InputError(f"malformed queue job payload: {exc}") from exc
 
@@ -74,6 +83,9 @@ class Engine:
         concurrency: int | None = None,
     ) -> None:
         self.dbs = dbs
+        #: batch id -> the earlier batches of its multi-step run it waits for (slug -> batch id),
+        #: as its jobs carry them.
+        self.after: dict[str, dict[str, str]] = {}
         self.settings = settings
         self.pipeline = pipeline
         self.shared = shared
@@ -92,6 +104,8 @@ class Engine:
         """Run one job; returns the companies handed back unstarted (the worker is stopping)."""
         if self.handing_back:
             return list(chunk.companies)
+        if chunk.after:
+            self.after.setdefault(chunk.batch_id, dict(chunk.after))
         work = await self._work(chunk.batch_id)
         if work is None:
             return []
@@ -179,6 +193,7 @@ class Engine:
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
                 inputs=inputs,
+                upstream=Upstream(self.dbs, self.after[batch_id]) if self.after.get(batch_id) else None,
             )
         )
         self.closing[batch_id] = closing

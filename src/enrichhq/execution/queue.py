@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -95,18 +95,37 @@ async def pg_queries(conn: asyncpg.Connection) -> Queries:
     return queries
 
 
-async def enqueue(queries: AnyQueries, batch_id: str, companies: Sequence[Company], job_size: int) -> int:
-    """Queue these companies of a batch as jobs of job_size; returns how many jobs."""
+async def enqueue(
+    queries: AnyQueries,
+    batch_id: str,
+    companies: Sequence[Company],
+    job_size: int,
+    after: Mapping[str, str] | None = None,
+) -> int:
+    """Queue these companies of a batch as jobs of job_size; returns how many jobs.
+
+    after: the earlier batches of a multi-step run this batch waits for (slug -> batch id).
+    """
     chunks = [
-        Chunk(batch_id, tuple(companies[i : i + job_size])).dump() for i in range(0, len(companies), job_size)
+        Chunk(batch_id, tuple(companies[i : i + job_size]), dict(after or {})).dump()
+        for i in range(0, len(companies), job_size)
     ]
     if chunks:
         await queries.enqueue([ENTRYPOINT] * len(chunks), list(chunks), [0] * len(chunks))
     return len(chunks)
 
 
-async def enqueue_batch(dbs: engines.Databases, queries: AnyQueries, batch_id: str, job_size: int) -> int:
-    """Queue every item of the batch still to run (queued, or running when its process died)."""
+async def enqueue_batch(
+    dbs: engines.Databases,
+    queries: AnyQueries,
+    batch_id: str,
+    job_size: int,
+    waits_for: Mapping[str, str] | None = None,
+) -> int:
+    """Queue every item of the batch still to run (queued, or running when its process died).
+
+    waits_for: the earlier batches of a multi-step run this batch waits for (slug -> batch id).
+    """
     after = "00000000-0000-0000-0000-000000000000"
     jobs = 0
     while True:
@@ -114,7 +133,7 @@ async def enqueue_batch(dbs: engines.Databases, queries: AnyQueries, batch_id: s
             page = await delivery.unfinished(conn, batch_id, after=after, limit=max(job_size, 1000))
         if not page:
             return jobs
-        jobs += await enqueue(queries, batch_id, page, job_size)
+        jobs += await enqueue(queries, batch_id, page, job_size, waits_for)
         after = page[-1].id
 
 
@@ -163,7 +182,7 @@ def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
         try:
             back = await engine.handle(chunk)
             if back:  # the worker is stopping: what it did not start goes to the others
-                await enqueue(queries, chunk.batch_id, back, len(back))
+                await enqueue(queries, chunk.batch_id, back, len(back), chunk.after)
         except Exception as exc:
             if job.attempts >= MAX_JOB_RETRIES:
                 log.exception(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from enrichhq.db import engines
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import dispatch, lifecycle, preparation, summaries
+from enrichhq.runs.chain import Chain
 from enrichhq.settings import Settings
 
 log = logging.getLogger("enrichhq.background")
@@ -22,11 +24,16 @@ class BatchRunner:
         self.pipeline = pipeline
         self.tasks: dict[str, tuple[asyncio.Task[summaries.BatchSummary], asyncio.Event]] = {}
 
-    def start(self, prepared: preparation.Prepared) -> None:
-        """Execute a prepared batch without waiting for it."""
+    def start(self, prepared: preparation.Prepared, after: Mapping[str, str] | None = None) -> None:
+        """Execute a prepared batch without waiting for it.
+
+        `after`: a later step of a multi-step run (`runs.chain`): the earlier batches it waits for.
+        """
         cancel = asyncio.Event()
         task = asyncio.create_task(
-            dispatch.execute(self.dbs, self.settings, prepared, pipeline=self.pipeline, cancel=cancel),
+            dispatch.execute(
+                self.dbs, self.settings, prepared, pipeline=self.pipeline, cancel=cancel, after=after
+            ),
             name=f"batch-{prepared.batch_id}",
         )
         self.tasks[prepared.batch_id] = (task, cancel)
@@ -36,6 +43,12 @@ class BatchRunner:
         self.tasks.pop(batch_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch %s ended with an error: %s", batch_id, exc, exc_info=exc)
+
+    def start_chain(self, chain: Chain) -> None:
+        """Execute every step's batch of a multi-step run side by side, without waiting for them."""
+        for step in chain.steps:
+            if not step.prepared.replayed:
+                self.start(step.prepared, step.after)
 
     async def cancel(self, batch_id: str) -> summaries.BatchSummary:
         """Stop a batch: a running one stops dispatching; every unfinished item ends skipped."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from enrichhq import exceptions, functions
 from enrichhq.db import engines
@@ -22,16 +23,26 @@ async def execute(
     pipeline: Pipeline | None = None,
     cancel: asyncio.Event | None = None,
     interrupt: asyncio.Event | None = None,
+    after: Mapping[str, str] | None = None,
+    queued: asyncio.Event | None = None,
 ) -> summaries.BatchSummary:
     """Drive a prepared batch to its end: in this process, or on the `enrichhq worker`s.
+
+    `after`: a later step of a multi-step run (`runs.chain`): the earlier batches (slug -> batch
+    id) whose items its companies wait for. `queued` is set once the batch's jobs are queued
+    (or once it ended without queueing any).
 
     `cancel` cancels the batch; `interrupt` (Ctrl-C) stops a batch run here resumably: calls in
     flight end and are written, the rest waits for `enrichhq batches resume`. A batch run by
     workers is only no longer followed: it goes on there.
     """
     try:
-        return await _execute(dbs, settings, prepared, on_progress, pipeline, cancel, interrupt)
+        return await _execute(
+            dbs, settings, prepared, on_progress, pipeline, cancel, interrupt, after, queued
+        )
     finally:
+        if queued is not None:
+            queued.set()
         if prepared.lease is not None:  # however it ended (or failed to start), this run holds nothing
             await lease.release(dbs, prepared.batch_id, prepared.lease)
 
@@ -44,6 +55,8 @@ async def _execute(
     pipeline: Pipeline | None,
     cancel: asyncio.Event | None,
     interrupt: asyncio.Event | None,
+    after: Mapping[str, str] | None,
+    queued: asyncio.Event | None,
 ) -> summaries.BatchSummary:
     if await queue.queue_mode(dbs, settings) == "postgres":
         await embedded.run_on_workers(
@@ -54,6 +67,8 @@ async def _execute(
             cancel=cancel,
             interrupt=interrupt,
             held=prepared.lease,
+            after=after,
+            queued=queued,
         )
         return await summaries.summary(dbs, prepared.batch_id)
     if await queue.queued_elsewhere(settings, prepared.batch_id):
@@ -75,6 +90,8 @@ async def _execute(
             cancel=cancel,
             interrupt=interrupt,
             held=prepared.lease,
+            after=after,
+            queued=queued,
         )
     finally:
         if own_pipeline:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import destinations, exceptions, liveness, workflows
+from enrichhq import destinations, exceptions, inputs, liveness, workflows
 from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
 from enrichhq.db import company_rows as companies_rows
 from enrichhq.execution import lease
@@ -156,6 +156,20 @@ async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepar
     return Prepared(batch_id, plan.workflow, plan.destination, batch.play_name, batch.budget, replayed=True)
 
 
+async def check(
+    dbs: engines.Databases,
+    settings: Settings,
+    workflow_ref: str,
+    chosen: selection.Selection,
+    *,
+    play_name: str = DEFAULT_PLAY,
+    budget: float | None = None,
+) -> None:
+    """Every check `prepare` makes before it builds a batch, building nothing (a multi-step run
+    checks all its steps before any batch exists)."""
+    await _plan(dbs, settings, workflow_ref, chosen, play_name, False, budget, None)
+
+
 async def estimate(
     dbs: engines.Databases,
     settings: Settings,
@@ -165,15 +179,22 @@ async def estimate(
     play_name: str = DEFAULT_PLAY,
     force: bool = False,
     sample: int | None = None,
+    produced: frozenset[str] = frozenset(),
 ) -> Estimate:
-    """What a run would call and skip, and its price: the real preparation, rolled back."""
+    """What a run would call and skip, and its price: the real preparation, rolled back.
+
+    produced: the steps run with this one (`--steps`): a step reading one of them counts no
+    missing input beforehand, since that step stores its rows during the run.
+    """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, None, sample)
+    reads_run = bool(inputs.referenced_steps(plan.workflow.provider_config) & produced)
     async with dbs.begin("hq") as conn:
         batch_id = str(uuid.uuid4())
         # Adopted companies would run: the estimate counts them (and, rolled back, adopts nothing).
         await adopt_dead(conn, settings, plan, chosen, batch_id, liveness.Lease.new())
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
-        await _skip_missing_inputs(dbs, conn, plan.workflow, batch_id)
+        if not reads_run:
+            await _skip_missing_inputs(dbs, conn, plan.workflow, batch_id)
         breakdown = await reports.item_breakdown(conn, batch_id)
         # A dry run writes nothing: the batch built to be counted is undone.
         await conn.rollback()

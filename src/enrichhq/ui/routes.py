@@ -13,6 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from enrichhq import companies, destinations, exceptions, functions, overview, runs, workflows
 from enrichhq.api.deps import services
+from enrichhq.runs import chain
 from enrichhq.ui import auth
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -122,6 +123,8 @@ async def _selection(request: Request, form: FormData, play: str) -> runs.Select
 async def confirm_run(request: Request) -> HTMLResponse:
     form = await request.form()
     play = _play(request, form)
+    if form.get("run_steps"):
+        return await _confirm_steps(request, form, play)
     try:
         selection = await _selection(request, form, play)
         estimate = await runs.estimate(
@@ -137,6 +140,24 @@ async def confirm_run(request: Request) -> HTMLResponse:
     return render(request, "_confirm.html", estimate=estimate, form=form, play=play)
 
 
+async def _confirm_steps(request: Request, form: FormData, play: str) -> HTMLResponse:
+    """ "Run steps": each step's dry run, then one Start for all of them."""
+    steps = str(form.get("steps") or "").strip()
+    try:
+        selection = await _selection(request, form, play)
+        estimates = await chain.estimate(
+            services(request).dbs,
+            services(request).settings,
+            chain.parse(steps),
+            selection,
+            play_name=play,
+            force=bool(form.get("force")),
+        )
+    except exceptions.EnrichHQError as exc:
+        return render(request, "_confirm_steps.html", error=str(exc))
+    return render(request, "_confirm_steps.html", estimates=estimates, form=form, play=play, steps=steps)
+
+
 def _number(value: object, name: str) -> float | None:
     text = str(value or "").strip()
     try:
@@ -150,6 +171,8 @@ async def start_run(request: Request) -> Response:
     form = await request.form()
     play = _play(request, form)
     svc = services(request)
+    if form.get("run_steps"):
+        return await _start_steps(request, form, play)
     try:
         selection = await _selection(request, form, play)
         budget = _number(form.get("budget"), "budget")
@@ -169,6 +192,27 @@ async def start_run(request: Request) -> Response:
     if prepared.adoption_message:
         request.session["message"] = f"Run started; it {prepared.adoption_message}."
     return RedirectResponse(f"/batches/{prepared.batch_id}", 303)
+
+
+async def _start_steps(request: Request, form: FormData, play: str) -> Response:
+    svc = services(request)
+    try:
+        selection = await _selection(request, form, play)
+        made = await chain.prepare(
+            svc.dbs,
+            svc.settings,
+            chain.parse(str(form.get("steps") or "")),
+            selection,
+            play_name=play,
+            force=bool(form.get("force")),
+            budget=_number(form.get("budget"), "budget"),
+        )
+    except exceptions.EnrichHQError as exc:
+        request.session["message"] = f"error: {exc}"
+        return RedirectResponse("/", 303)
+    svc.runner.start_chain(made)
+    # The batches page lists each step's batch, newest first.
+    return RedirectResponse("/batches", 303)
 
 
 # --- batches --------------------------------------------------------------------------------
