@@ -74,13 +74,20 @@ class Provider(abc.ABC):
             if self.options.retry_base_delay is None
             else self.options.retry_base_delay
         )
-        # Every URL a provider calls comes from data: the network policy guards each connection.
-        self.client = netpolicy.client(
-            settings.network_policy(),
-            timeout=self.options.timeout_s or self.default_timeout_s,
-            concurrency=self.concurrency,
-            headers={"User-Agent": "enrichhq/0.1"},
-        )
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client, opened on first use: a provider that calls nobody (extract) opens none."""
+        if self._client is None:
+            # Every URL a provider calls comes from data: the network policy guards each connection.
+            self._client = netpolicy.client(
+                self.settings.network_policy(),
+                timeout=self.options.timeout_s or self.default_timeout_s,
+                concurrency=self.concurrency,
+                headers={"User-Agent": "enrichhq/0.1"},
+            )
+        return self._client
 
     @classmethod
     def option_problems(cls, workflow: WorkflowConfig) -> list[str]:
@@ -116,8 +123,9 @@ class Provider(abc.ABC):
         """Get the data for one company."""
 
     async def aclose(self) -> None:
-        """Release the HTTP connections."""
-        await self.client.aclose()
+        """Release the HTTP connections (if any were opened)."""
+        if self._client is not None:
+            await self._client.aclose()
 
     def note_remaining(self, response: httpx.Response) -> None:
         """Read a Concurrency-Remaining header, where the provider sends one."""

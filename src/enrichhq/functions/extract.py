@@ -160,22 +160,9 @@ class ExtractProvider(base.Provider):
     default_timeout_s: ClassVar[float] = 10.0
 
     def __init__(self, workflow: WorkflowConfig, settings: Settings) -> None:
-        # Not Provider.__init__: it opens an HTTP client, and extract calls nobody. These are the
-        # attributes it sets that the executor reads (tests/unit/test_extract.py keeps them in step).
-        self.workflow = workflow
-        self.settings = settings
-        self.options = base.ProviderOptions.model_validate(workflow.provider_config)
+        super().__init__(workflow, settings)
         self.extract_options = ExtractOptions.model_validate(workflow.provider_config)
         self.concurrency = self.concurrency_for(workflow)
-        self.max_rps = self.options.max_rps
-        self.concurrency_remaining: int | None = None
-        self.max_attempts = self.options.max_attempts
-        self.callback_timeout_s = self.options.callback_timeout_s
-        self.retry_base_delay = (
-            settings.enrichhq_retry_base_delay
-            if self.options.retry_base_delay is None
-            else self.options.retry_base_delay
-        )
         self.pool = PagePool(self.concurrency)
 
     @classmethod
@@ -238,6 +225,7 @@ class ExtractProvider(base.Provider):
     async def aclose(self) -> None:
         """Stop the worker processes."""
         await self.pool.aclose()
+        await super().aclose()
 
 
 # --- the worker processes -----------------------------------------------------------------------------
