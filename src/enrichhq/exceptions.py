@@ -69,3 +69,7 @@ class AuthError(EnrichHQError):
 
 class StorageError(EnrichHQError):
     """A result that could not be written to its destination table."""
+
+
+class NotOurs(EnrichHQError):
+    """An item this run took is no longer its own (taken over, cancelled): its call does not go out."""

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq.db import types
 from enrichhq.db.common import chunked, now
 from enrichhq.db.items import among, finish_items, these, update_ids
-from enrichhq.db.schema import batch_items, companies, results_log
+from enrichhq.db.schema import batch_items, batches, companies, results_log
 from enrichhq.models import Company, ItemOutcome, LogEntry, StepRef
 from enrichhq.states import ItemState, LogStatus
 
@@ -219,21 +219,31 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
     )
 
 
-async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+async def mark_started(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, owner: str | None = None
+) -> set[str]:
     """Calls are about to go out: each counts as an attempt and as a call started, not yet ended.
 
     Written (and committed) before every call, so a call whose process dies is still counted:
     charged once and blamed once when its item is taken again. Starts close together share this
     one statement (`BatchWork._write_starts`).
+
+    Returns the companies whose start was written: those whose item is still running in this
+    batch while the batch's lease is still `owner`'s (None: the workers'). A run that stalled
+    past its heartbeat and lost its batch (or items) to another run gets the others back
+    unwritten, and must not call them: the other run does.
     """
-    await update_ids(
-        conn,
-        batch_id,
-        company_ids,
-        [among((ItemState.RUNNING,))],
-        attempts=batch_items.c.attempts + 1,
-        deliveries=batch_items.c.deliveries + 1,
-    )
+    started: set[str] = set()
+    held = sa.exists().where(batches.c.id == batch_id, batches.c.owner.is_not_distinct_from(owner))
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held)
+            .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
+            .returning(batch_items.c.company_id)
+        )
+        started.update(result.scalars())
+    return started
 
 
 async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:

@@ -80,12 +80,14 @@ class InMemoryItemStore:
                 runnable[cid] = Runnable(item.attempts, suspect=True)
         return Delivery(self.status, runnable, poisoned)
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Each call counts as an attempt and a call not yet ended."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Each call of a running item counts as an attempt and a call not yet ended."""
         self.calls.append("mark_started")
-        for item in self._these(company_ids, (ItemState.RUNNING,)):
-            item.attempts += 1
-            item.deliveries += 1
+        started = {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+        for cid in started:
+            self.items[cid].attempts += 1
+            self.items[cid].deliveries += 1
+        return started
 
     async def still_running(self, company_ids: Sequence[str]) -> set[str]:
         """Those whose item is running."""

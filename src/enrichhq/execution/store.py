@@ -77,8 +77,9 @@ class ItemStore(Protocol):
     async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
         """Take a job's items for this process (items already final are left alone)."""
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count calls as started (an attempt, a call not yet ended) before they go out."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Count calls as started (an attempt, a call not yet ended) before they go out; those
+        written, the only ones that may be called (the rest are no longer this run's)."""
 
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
         """Which of these companies this batch has stored already in `db_name` (their receipts)."""
@@ -126,9 +127,17 @@ class DbItemStore:
     """
 
     def __init__(
-        self, dbs: engines.Databases, step: StepRef, *, price: float | None = None, adds_spend: bool
+        self,
+        dbs: engines.Databases,
+        step: StepRef,
+        *,
+        price: float | None = None,
+        adds_spend: bool,
+        owner: str | None = None,
     ) -> None:
         self.dbs = dbs
+        #: the batch's lease holder this process runs for (None: the workers, who hold no lease).
+        self.owner = owner
         self.step = step
         self.batch_id = step.batch_id or ""
         #: the step's price of one call: what a call lost with a dead process is counted as.
@@ -176,16 +185,17 @@ class DbItemStore:
 
         return await outage.through(take)
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count calls as started, committed before they go out (one statement per group)."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Count calls as started, committed before they go out (one statement per group); the
+        companies whose start was written, the only ones that may be called."""
 
-        async def mark() -> None:
+        async def mark() -> set[str]:
             async with self.dbs.begin("hq") as conn:
                 # It must outlive this process, not the server: no fsync wait before each call.
                 await dialect.commit_without_flush(conn)
-                await delivery.mark_started(conn, self.batch_id, company_ids)
+                return await delivery.mark_started(conn, self.batch_id, company_ids, owner=self.owner)
 
-        await outage.through(mark)
+        return await outage.through(mark)
 
     async def still_running(self, company_ids: Sequence[str]) -> set[str]:
         """Which of these items are still running in this batch (one read through the primary key)."""
