@@ -19,6 +19,10 @@ class ConfigError(EnrichHQError):
     """A workflow config that cannot be run as it stands."""
 
 
+class IdempotencyConflict(EnrichHQError):
+    """An Idempotency-Key sent again with another request than the one it was first used with."""
+
+
 class NotFound(EnrichHQError):
     """A workflow, batch, company or table that does not exist."""
 

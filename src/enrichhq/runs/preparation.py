@@ -112,7 +112,7 @@ async def prepare(
     batch_id: str | None = None,
     budget: float | None = None,
     sample: int | None = None,
-    idempotency_key: str | None = None,
+    idempotency_key: idempotency.Key | None = None,
 ) -> Prepared:
     """Check everything that can be checked before a provider is called, then create the batch.
 
@@ -120,7 +120,8 @@ async def prepare(
     play (unless forced), or ruled out by the workflow's run_if.
 
     With an idempotency key (scoped by the caller: see `idempotency.scoped`), the batch an
-    earlier request with the key created is returned instead, `replayed`, and nothing is built.
+    earlier request with the key created is returned instead, `replayed`, and nothing is built;
+    IdempotencyConflict if that request was another one.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
     mine = liveness.Lease.new()
@@ -149,7 +150,8 @@ async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepar
     """The batch an earlier request with the same key made, if it ran the same step and play."""
     batch = await batches.get_batch(conn, batch_id)
     if batch is None or str(batch.workflow_id) != plan.workflow.id or batch.play_name != plan.play_name:
-        raise exceptions.InputError(
+        # A key stored without a fingerprint (before migration 0008) is checked by what it ran.
+        raise exceptions.IdempotencyConflict(
             f"this Idempotency-Key was already used for another request (batch {batch_id}); "
             "send a new key for a new run"
         )
