@@ -181,9 +181,12 @@ async def test_an_adoption_inside_the_store_window_stores_the_company_once(
 # -- a dead run's claims ---------------------------------------------------------------------------------
 
 
-async def _dead_claims(env: Env, domains: list[str]) -> tuple[runs.Prepared, WorkflowConfig]:
+async def _dead_claims(
+    env: Env, domains: list[str], holder: str = "dead"
+) -> tuple[runs.Prepared, WorkflowConfig]:
     """A batch whose process died inside its store window: every item claimed by its writer, the
-    first one's row stored (with its receipt), the lease on a dead pid of this host."""
+    first one's row stored (with its receipt), the lease on a dead pid of this host (or, with
+    holder "none", on nobody: a run that gave its lease up with claims it could not give back)."""
     import socket
 
     companies = await add_companies(env.dbs, domains)
@@ -203,10 +206,10 @@ async def _dead_claims(env: Env, domains: list[str]) -> tuple[runs.Prepared, Wor
         "UPDATE enrichment_batches SET owner = :o, owner_host = :h, owner_pid = :p, heartbeat_at = :t "
         "WHERE id = :b",
         {
-            "o": f"{socket.gethostname()}:{GONE_PID}:dead",
-            "h": socket.gethostname(),
-            "p": GONE_PID,
-            "t": common.now(),
+            "o": f"{socket.gethostname()}:{GONE_PID}:dead" if holder == "dead" else None,
+            "h": socket.gethostname() if holder == "dead" else None,
+            "p": GONE_PID if holder == "dead" else None,
+            "t": common.now() if holder == "dead" else None,
             "b": prepared.batch_id,
         },
     )
@@ -238,12 +241,15 @@ async def test_a_cancel_of_a_dead_run_settles_its_claims_by_their_receipts(env: 
     assert completed == 1  # the stored one is done: a later run does not pay for it again
 
 
+@pytest.mark.parametrize("holder", ["dead", "none"])
 @pytest.mark.parametrize("how", ["rerun", "resume"])
-async def test_a_dead_runs_claims_are_resolved_by_their_receipts(env: Env, stub: Stub, how: str) -> None:
+async def test_a_dead_runs_claims_are_resolved_by_their_receipts(
+    env: Env, stub: Stub, how: str, holder: str
+) -> None:
     """Stored -> succeeded without a call; not stored -> run again; nothing left storing."""
     await _step(env)
-    domains = [f"ok-dead-{how}-1.com", f"ok-dead-{how}-2.com"]
-    prepared, _ = await _dead_claims(env, domains)
+    domains = [f"ok-dead-{how}-{holder}-1.com", f"ok-dead-{how}-{holder}-2.com"]
+    prepared, _ = await _dead_claims(env, domains, holder)
     if how == "rerun":
         again = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(domains=tuple(domains)))
         assert [(a.batch_id, a.companies) for a in again.adopted] == [(prepared.batch_id, 2)]
