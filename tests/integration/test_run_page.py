@@ -16,7 +16,7 @@ import pytest
 
 from enrichhq import runs
 from enrichhq.runs import chain, chain_view
-from enrichhq.states import BatchStatus
+from enrichhq.states import BatchStatus, ItemState
 from tests.conftest import Env
 from tests.helpers import add_companies, homepage_ddl, sql
 from tests.integration.test_extract_config import links_ddl
@@ -195,6 +195,42 @@ async def test_the_run_page_names_a_bad_address(env: Env, pages: Pages) -> None:
         refused = client.post("/runs/cancel", data={"csrf": csrf, "batch": [real, missing]})
         assert refused.status_code == 404 and f"no batch &#39;{missing}&#39;" in refused.text, refused.text
     assert await sql(env.dbs, "hq", "SELECT status FROM enrichment_batches") == [("running",)]
+
+
+async def test_a_company_is_through_the_run_once_final_in_every_step(env: Env, pages: Pages) -> None:
+    """The run's line counts a company finished only when its item in every step's batch is final."""
+    await two_steps(env, pages)
+    await add_companies(env.dbs, ["a.com", "b.com", "c.com"])
+    made = await chain.prepare(env.dbs, env.settings, [1, 2], runs.Selection(all=True))
+    first, second = made.batch_ids
+    for batch_id, domain, state in (
+        (first, "a.com", "succeeded"),
+        (second, "a.com", "succeeded"),
+        (first, "b.com", "succeeded"),  # b.com's step 2 is still queued
+        (first, "c.com", "failed"),
+        (second, "c.com", "skipped"),
+    ):
+        await sql(
+            env.dbs,
+            "hq",
+            "UPDATE enrichment_batch_items SET state = :s, last_error = :e WHERE batch_id = :b AND company_domain = :d",
+            {
+                "s": state,
+                "e": "input_missing: x; more" if state == "skipped" else None,
+                "b": batch_id,
+                "d": domain,
+            },
+        )
+    run = await chain_view.view(env.dbs, [second, first.upper(), first])
+    assert (run.companies, run.finished, run.succeeded) == (3, 2, 1)
+    assert [s.batch_id for s in run.steps] == [first, second] and run.query == chain_view.address(
+        [first, second]
+    )
+    assert run.status == BatchStatus.RUNNING and not run.final
+    one, two = run.steps
+    assert (one.done, one.total, dict(one.counts)) == (3, 3, {"succeeded": 2, "failed": 1})
+    assert (two.done, dict(two.skipped), two.count(ItemState.QUEUED)) == (2, {"input_missing: x": 1}, 1)
+    assert [name for name, _ in two.bar] == ["succeeded", "skipped"]
 
 
 def test_the_run_status_is_the_worst_step() -> None:
