@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from enrichhq import exceptions, inputs, workflows
@@ -238,16 +238,22 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
-#: how bad a step's end is, for the run's: the worst step decides.
+#: how bad a step's state is, for the run's: the worst step decides. A step still waiting for
+#: callbacks outranks a completed one, so a run is not shown completed while results are to come.
 _BADNESS = {
     BatchStatus.COMPLETED: 0,
-    BatchStatus.WAITING: 0,
-    BatchStatus.RUNNING: 1,
-    BatchStatus.STOPPED: 2,
-    BatchStatus.CANCELLED: 3,
+    BatchStatus.WAITING: 1,
+    BatchStatus.RUNNING: 2,
+    BatchStatus.STOPPED: 3,
+    BatchStatus.CANCELLED: 4,
 }
 
 
 def worst(found: Sequence[summaries.BatchSummary]) -> BatchStatus:
     """The status of the step that ended worst (what the run's exit code follows)."""
-    return max((s.status for s in found), key=lambda status: _BADNESS.get(status, 0))
+    return worst_of(s.status for s in found)
+
+
+def worst_of(statuses: Iterable[BatchStatus]) -> BatchStatus:
+    """The worst of these step statuses."""
+    return max(statuses, key=lambda status: _BADNESS.get(status, 0))
