@@ -269,4 +269,12 @@ async def test_a_run_that_lost_its_batch_calls_none_of_what_it_had_taken(env: En
     # Left as the other run holds them: not skipped, not counted by this run.
     expected = ("running", 0, 0) if lost_to == "lease" else ("skipped", 0, 0)
     assert set(rest.values()) == {expected}
-    print(f"lost to {lost_to}: 1 call in flight ended, 0 of the 5 taken after it called")
+    rows = await count(env.dbs, "workspace", "company_homepage_scrapes")
+    if lost_to == "lease":
+        # The call in flight at the takeover: not stored by the run that lost the batch, its
+        # item left running for the run that has it (which charges it as lost and looks at
+        # its receipts), not ended by this one.
+        assert states[first.domain] == ("running", 1, 1) and rows == 0
+    else:
+        assert states[first.domain][0] == "succeeded" and rows == 1
+    print(f"lost to {lost_to}: 1 call in flight ended, 0 of the 5 taken after it called, {rows} row")

@@ -231,6 +231,11 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
     )
 
 
+def held_by(batch_id: str, owner: str | None) -> sa.Exists:
+    """The batch's lease is still `owner`'s (None: the workers', who hold none)."""
+    return sa.exists().where(batches.c.id == batch_id, batches.c.owner.is_not_distinct_from(owner))
+
+
 async def mark_started(
     conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, owner: str | None = None
 ) -> set[str]:
@@ -246,11 +251,10 @@ async def mark_started(
     unwritten, and must not call them: the other run does.
     """
     started: set[str] = set()
-    held = sa.exists().where(batches.c.id == batch_id, batches.c.owner.is_not_distinct_from(owner))
     for chunk in chunked(company_ids):
         result = await conn.execute(
             sa.update(batch_items)
-            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held)
+            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held_by(batch_id, owner))
             .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
             .returning(batch_items.c.company_id)
         )
@@ -265,18 +269,22 @@ async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
     )
 
 
-async def claim_for_storing(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> set[str]:
+async def claim_for_storing(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, owner: str | None = None
+) -> set[str]:
     """Claim running items to store their fetched results; returns the companies claimed.
 
     A compare-and-swap, running -> storing: a cancel or an adoption committed first leaves its
     item out (its result is not stored), and one landing after it finds the item storing, which
     neither takes from a live run. Only the claimed companies may be written to the destination.
+    Like a start, a claim is taken only while the batch's lease is still `owner`'s: a run that
+    stalled and lost its batch to a resume stores nothing of what the resumed run now runs.
     """
     claimed: set[str] = set()
     for chunk in chunked(list(dict.fromkeys(company_ids))):
         result = await conn.execute(
             sa.update(batch_items)
-            .where(these(batch_id, chunk), among((ItemState.RUNNING,)))
+            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held_by(batch_id, owner))
             .values(state=ItemState.STORING, updated_at=now())
             .returning(batch_items.c.company_id)
         )

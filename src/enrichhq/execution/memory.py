@@ -104,6 +104,10 @@ class InMemoryItemStore:
         for item in self._these(company_ids, (ItemState.STORING,)):
             item.state = ItemState.RUNNING
 
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Those whose item is running."""
+        return {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Those skipped as adopted by another batch."""
         prefix = items.ADOPTED_PREFIX

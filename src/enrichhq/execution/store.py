@@ -98,6 +98,10 @@ class ItemStore(Protocol):
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Which of these items a re-run adopted (it charges their lost calls itself)."""
 
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items are running in this batch (under another run's lease, when
+        this run could not claim them)."""
+
     async def skip(
         self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
     ) -> None:
@@ -212,7 +216,7 @@ class DbItemStore:
 
         async def claim() -> set[str]:
             async with self.dbs.begin("hq") as conn:
-                return await delivery.claim_for_storing(conn, self.batch_id, company_ids)
+                return await delivery.claim_for_storing(conn, self.batch_id, company_ids, owner=self.owner)
 
         return await outage.through(claim)
 
@@ -224,6 +228,16 @@ class DbItemStore:
                 await delivery.unclaim(conn, self.batch_id, company_ids)
 
         await outage.through(unclaim)
+
+    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
+        """Which of these items are still running in this batch (one read through the primary key)."""
+
+        async def read() -> set[str]:
+            async with self.dbs.begin("hq") as conn:
+                states = await items.item_states(conn, self.batch_id, company_ids)
+            return {cid for cid, state in states.items() if state == ItemState.RUNNING}
+
+        return await outage.through(read)
 
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Which of these items a re-run adopted."""

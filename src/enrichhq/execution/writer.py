@@ -280,11 +280,14 @@ class Writer:
             len(gone),
         )
         adopted = await self.store.adopted(sorted(gone))
+        # Still running, yet not claimable: the batch's lease went to another run (a resume of
+        # this stalled one), whose item it now is; that run ends it (charging this call as lost).
+        others = await self.store.still_running(sorted(gone - adopted)) if gone - adopted else set()
         kept: list[Done] = []
         for d in chunk:
             if d.call.company.id not in gone:
                 kept.append(d)
-            elif d.call.company.id not in adopted:
+            elif d.call.company.id not in adopted | others:
                 error = "result not stored: the item was cancelled while its call was out"
                 kept.append(dataclasses.replace(d, call=dataclasses.replace(d.call, data=None, error=error)))
         return kept, ours
