@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import command
 from pydantic import SecretStr
 
-from enrichhq import exceptions, runs, settings
+from enrichhq import exceptions, liveness, runs, settings
 from enrichhq.db import batches, engines, errors, items, migrate
 from enrichhq.execution import lease
 from enrichhq.states import BatchStatus
@@ -493,6 +493,9 @@ async def test_new_batch_racing_a_requeue_skips_the_company(env: Env) -> None:
         first = await _stopped_batch(
             env, play, {company.id: ("skipped", batches.STOPPED_PREFIX + "stopped", None)}
         )
+        # A resume holds the batch's lease before it queues its items again (`lifecycle`), so
+        # the new batch sees a live holder, not an orphan to adopt.
+        await lease.take(env.dbs, env.settings, first, liveness.Lease.new())
         async with env.dbs.hq.connect() as resumer:
             await resumer.begin()
             assert await items.requeue_for_resume(resumer, first) == 1
