@@ -29,6 +29,8 @@ GOOD = [f"saas-{i:03d}.com" for i in range(195)]
 #: broken-* get Zenrows' 500 on every attempt (three), gone-* the site's 404 (no retry).
 FAILING = ["broken-1.com", "broken-2.com", "broken-3.com", "gone-1.com", "gone-2.com"]
 ZENROWS_PRICE, N8N_PRICE, CLAY_PRICE = 5.0, 0.5, 2.0  # js_render's credits; the configs' cost_per_call
+#: a plan allowing 10 concurrent requests (the smallest allows 5, the default).
+ZENROWS_PLAN = json.dumps({"max_concurrency": 10})
 CLAY_AUTH = ("x-clay-webhook-auth", "clay-secret")
 
 
@@ -124,7 +126,7 @@ def add_homepage_step(environ: dict[str, str]) -> None:
             "workflows", "add", "--slug", SCRAPE, "--title", "Scrape Homepage", "--step", "1",
             "--provider", "zenrows", "--table", "company_homepage_scrapes",
             "--map", "homepage_html=homepage_html", "--map", "scraped_at=scraped_at",
-            "--map", "final_url=final_url", "--create-table", env=environ,
+            "--map", "final_url=final_url", "--config", ZENROWS_PLAN, "--create-table", env=environ,
         )
     )  # fmt: skip
 
