@@ -19,6 +19,10 @@ class ConfigError(EnrichHQError):
     """A workflow config that cannot be run as it stands."""
 
 
+class IdempotencyConflict(EnrichHQError):
+    """An Idempotency-Key sent again with another request than the one it was first used with."""
+
+
 class NotFound(EnrichHQError):
     """A workflow, batch, company or table that does not exist."""
 
@@ -69,3 +73,7 @@ class AuthError(EnrichHQError):
 
 class StorageError(EnrichHQError):
     """A result that could not be written to its destination table."""
+
+
+class NotOurs(EnrichHQError):
+    """An item this run took is no longer its own (taken over, cancelled): its call does not go out."""

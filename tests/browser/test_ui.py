@@ -15,6 +15,7 @@ from enrichhq import settings
 from enrichhq.db import migrate
 from tests import helpers
 from tests.helpers import homepage_ddl
+from tests.integration.test_extract_config import links_ddl
 from tests.live import LiveServer, free_port
 from tests.stubs import API_KEY, Stub
 
@@ -194,8 +195,60 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     expect(page.locator("table.list tbody tr")).to_have_count(1)
 
 
+def test_run_steps_lands_on_the_run_page(page: Page, server: LiveServer, tmp_path: Path) -> None:
+    """ "Run steps" 1-2: the run page shows a bar per step, polls, and both reach done."""
+    data = tmp_path / "data"
+    with sqlite3.connect(data / "workspace.db") as ws:
+        ws.execute(links_ddl("sqlite"))
+    with sqlite3.connect(data / "hq.db") as hq_db:
+        hq_db.execute(
+            "INSERT INTO db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+            "destination_db, destination_table_name, destination_field_mappings, provider_config) VALUES "
+            "('extract-case-study-links', 'Case-study links', 2, 'extract', 'workspace', "
+            '\'company_case_study_links\', \'{"matching_links": "urls", "title": "page_title"}\', '
+            '\'{"inputs": {"html": "{{ steps[\'\'scrape-homepage-via-zenrows\'\'].homepage_html }}"}, '
+            '"link_patterns": ["case-stud"]}\')'
+        )
+    log_in(page)
+    csv = tmp_path / "companies.csv"
+    csv.write_text(
+        "domain,name\nok-acme.com,Acme\nslow-globex.com,Globex\nunprocessable-initech.com,Initech\n",
+        encoding="utf-8",
+    )
+    page.set_input_files("input[type=file]", str(csv))
+    page.click("text=Import CSV")
+    expect(page.locator(".flash")).to_contain_text("Imported 3 companies")
+    page.check("#all-matching")
+    page.fill("input[aria-label='steps to run together']", "1-2")
+    page.click("button:has-text('Run steps')")
+    expect(page.locator(".confirm h3")).to_have_count(2)
+    page.click(".confirm button:has-text('Start')")
+    expect(page).to_have_url(re.compile(r"/runs/view\?batch=[0-9a-f-]{36}&batch=[0-9a-f-]{36}$"))
+    steps = page.locator("section.step")
+    expect(steps).to_have_count(2)
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("#run")).to_have_attribute("data-final", "yes")
+    for number, slug in ((1, "scrape-homepage-via-zenrows"), (2, "extract-case-study-links")):
+        step = page.locator(f"section.step[data-step='{number}']")
+        expect(step).to_have_attribute("data-slug", slug)
+        expect(step.locator(".done")).to_have_text("3")
+        expect(step.locator(".total")).to_have_text("3")
+        expect(step.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    first, second = (page.locator(f"section.step[data-step='{n}']") for n in (1, 2))
+    expect(first.locator("[data-state=failed]")).to_have_text("1")
+    expect(second.locator(".counts")).to_contain_text("1 skipped: input_missing")
+    expect(page.locator("#run-finished")).to_have_text("3")
+    expect(page.locator("#run-succeeded")).to_have_text("2")
+    expect(page.locator("button:has-text('Cancel every step')")).to_have_count(0)
+    assert server.app.paths["/runs/progress"] >= 1  # it got there by polling the fragment
+    page.screenshot(path=str(SHOTS / "run.png"), full_page=True)
+    first.locator("a:has-text('batch page')").click()
+    expect(page).to_have_url(re.compile(r"/batches/[0-9a-f-]{36}$"))
+    expect(page.locator("h1")).to_contain_text("scrape-homepage-via-zenrows")
+
+
 def test_nothing_is_reachable_without_logging_in(page: Page, server: LiveServer) -> None:
-    for path in ("/", "/batches", "/workflows", "/log", "/workflows/new"):
+    for path in ("/", "/batches", "/workflows", "/log", "/workflows/new", "/runs/view"):
         page.goto(path)
         expect(page).to_have_url(re.compile(r"/login"))
     # The login check comes before the CSRF check: a stranger is sent to log in, not told why.

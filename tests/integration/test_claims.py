@@ -263,7 +263,8 @@ async def test_same_idempotency_key_twice_at_once_gives_one_batch(
 
 async def test_idempotency_key_is_checked_and_scoped_by_route(env: Env, stub: Stub, tmp_path: Path) -> None:
     """A bad key is a 400 that says what a key must be; a key is scoped by its route; a key
-    reused for another play is refused; the OpenAPI document declares the header."""
+    reused for another play is refused (422: tests/integration/test_idempotency.py); the OpenAPI
+    document declares the header."""
     workflow_id = await _homepage_step(env, stub)
     (company,) = await add_companies(env.dbs, ["ok-scope.com"])
     body = {"workflow_slug": SLUG, "company_ids": [company.id]}
@@ -295,7 +296,10 @@ async def test_idempotency_key_is_checked_and_scoped_by_route(env: Env, stub: St
             assert other.json()["batch_id"] != first.json()["batch_id"]
             _finished(server.url, other.json()["batch_id"])
             reused = client.post("/functions/v1/run_step", json={**body, "play_name": "other"}, headers=key)
-            assert reused.status_code == 400 and "already used for another request" in reused.json()["error"]
+            assert (
+                reused.status_code == 422
+                and "first used with a different request body" in reused.json()["error"]
+            )
 
             # retry-failed: the key is scoped by the batch's path; a retry sent twice retries once.
             batch_id = first.json()["batch_id"]

@@ -500,7 +500,7 @@ async def test_run_steps_from_the_ui(env: Env, pages: Pages, webhook: WebhookStu
             assert f"<h3>Step {number}:" in text, text
         assert text.count('<b class="will-run">3</b>') == 3, text
         started = client.post("/runs", data=form, follow_redirects=False)
-        assert started.status_code == 303 and started.headers["location"] == "/batches"
+        assert started.status_code == 303 and started.headers["location"].startswith("/runs/view?batch=")
         await wait_for(env, SEND, "succeeded", 2)
         webhook.wait()
     sent = await states(env, SEND)

@@ -73,22 +73,42 @@ async def new_batch(env: Env, budget: float | None) -> str:
 async def test_a_reservation_is_refused_once_spent_reserved_and_it_would_exceed_the_budget(env: Env) -> None:
     batch_id = await new_batch(env, 3.0)
     async with env.dbs.begin("hq") as conn:
-        assert await purse.reserve(conn, batch_id, 1.0)
-        assert await purse.reserve(conn, batch_id, 1.0)
+        assert await purse.reserve(conn, batch_id, 1.0) == 1.0
+        assert await purse.reserve(conn, batch_id, 1.0) == 1.0
         await purse.settle(conn, batch_id, 1.0, 0.75)  # a call came back cheaper than reserved
-        assert await purse.reserve(conn, batch_id, 1.0)  # 0.75 + 2 reserved: 2.75
-        assert not await purse.reserve(conn, batch_id, 1.0)  # 3.75 > 3
-        assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 0.75, 2.0)
+        assert await purse.reserve(conn, batch_id, 1.0) == 1.0  # 0.75 + 2 reserved: 2.75
+        assert await purse.reserve(conn, batch_id, 1.0) is None  # 3.75 > 3
+        assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 0.75, 2.0, 0.75)
         await purse.settle(conn, batch_id, 5.0, 1.0)  # never below nothing reserved
-        assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 1.75, 0.0)
+        assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 1.75, 0.0, 1.0)
         # A budget met exactly despite float rounding still allows the call.
-        assert await purse.reserve(conn, batch_id, 1.25)
+        assert await purse.reserve(conn, batch_id, 1.25) == 1.25
     free = await new_batch(env, None)
     async with env.dbs.begin("hq") as conn:
-        assert all([await purse.reserve(conn, free, 100.0) for _ in range(3)])
+        assert [await purse.reserve(conn, free, 100.0) for _ in range(3)] == [100.0] * 3
         await purse.add_spent(conn, free, 12.5)
         assert await purse.read(conn, free) == purse.PurseRow(None, 12.5, 300.0)
         assert await purse.read(conn, str(uuid.uuid4())) is None
+
+
+async def test_a_reservation_is_raised_to_the_dearest_call_settled_and_reports_what_it_took(env: Env) -> None:
+    """The learned price lives in the batch row: whoever asks for the declared price reserves the
+    dearest call settled so far (from any worker), is told so, and a settle gives back exactly that."""
+    batch_id = await new_batch(env, 10.0)
+    async with env.dbs.begin("hq") as conn:
+        assert await purse.reserve(conn, batch_id, 1.0) == 1.0  # nothing learned yet: as declared
+        await purse.settle(conn, batch_id, 1.0, 2.5)  # the call cost 2.5, not the declared 1
+        assert await purse.read(conn, batch_id) == purse.PurseRow(10.0, 2.5, 0.0, 2.5)
+        assert await purse.reserve(conn, batch_id, 1.0) == 2.5  # another worker asks for 1
+        assert await purse.reserve(conn, batch_id, 4.0) == 4.0  # a dearer declared price stands
+        await purse.settle(conn, batch_id, 2.5, 0.5)  # a cheaper call teaches nothing
+        assert await purse.read(conn, batch_id) == purse.PurseRow(10.0, 3.0, 4.0, 2.5)
+        # 3 spent + 4 reserved + 2.5 (not the 1 asked for) = 9.5 fits; a second would make 12.
+        assert await purse.reserve(conn, batch_id, 1.0) == 2.5
+        assert await purse.reserve(conn, batch_id, 1.0) is None
+        assert await purse.read(conn, batch_id) == purse.PurseRow(10.0, 3.0, 6.5, 2.5)
+        await purse.settle(conn, batch_id, 0.0, 0.0)  # a call that never went out teaches nothing
+        assert await purse.read(conn, batch_id) == purse.PurseRow(10.0, 3.0, 6.5, 2.5)
 
 
 def _reserver(hq_url: str, ws_url: str, batch_ids: list[str], barrier: Barrier, results: Any) -> None:
@@ -115,7 +135,7 @@ def purse_ledger(dbs: engines.Databases, batch_id: str) -> Any:
         calls = 0
         while True:
             async with dbs.begin("hq") as conn:
-                if not await purse.reserve(conn, batch_id, RACE_PRICE):
+                if await purse.reserve(conn, batch_id, RACE_PRICE) is None:
                     return calls
             calls += 1
             await asyncio.sleep(0.001)

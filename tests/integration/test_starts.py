@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from enrichhq import destinations, workflows
 from enrichhq.db import engines, stored_rows
 from enrichhq.execution.batch import BatchWork, Calling
@@ -214,3 +216,57 @@ async def test_a_lost_result_found_stored_is_settled_without_a_second_call(env: 
 
 async def _drop(entries: object) -> None:
     """The HQ side of the first process never happened (it died)."""
+
+
+@pytest.mark.parametrize("lost_to", ["lease", "adoption"])
+async def test_a_run_that_lost_its_batch_calls_none_of_what_it_had_taken(env: Env, lost_to: str) -> None:
+    """A run stalled past its heartbeat (SIGSTOP, a long pause) holds a job it took before: once
+    another run has its batch (its lease) or its items (adopted), not one more of them is called."""
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    workflow = await _step(env)
+    companies = await add_companies(env.dbs, [f"taken-{i}.com" for i in range(6)])
+    batch_id = await _batch(env, workflow, companies)
+    await sql(env.dbs, "hq", "UPDATE enrichment_batches SET owner = 'me' WHERE id = :b", {"b": batch_id})
+    step = StepRef.of(workflow, batch_id=batch_id, play_name="default")
+    destination = await destinations.reflect(env.dbs, "workspace", "company_homepage_scrapes")
+    first = companies[0]
+    provider = fakes.Scripted(workflow)
+    provider.hold[first.id] = asyncio.Event()
+    # One call at a time: the job's other five wait, taken, behind the first.
+    calling = Calling(provider, fakes.CountingLimits(), Purse(None), 1, fakes.Signing())
+    work = BatchWork(
+        BatchStep(batch_id, "default", workflow, destination),
+        calling,
+        store=DbItemStore(env.dbs, step, price=PRICE, adds_spend=True, owner="me"),
+        storage=Pipeline(env.dbs, env.settings),
+        chunk_size=100,
+    )
+    async with work:
+        running = asyncio.create_task(work.run_chunk(companies, poison_after=3))
+        try:
+            await asyncio.wait_for(provider.started.setdefault(first.id, asyncio.Event()).wait(), 10)
+            if lost_to == "lease":
+                await sql(
+                    env.dbs,
+                    "hq",
+                    "UPDATE enrichment_batches SET owner = 'other' WHERE id = :b",
+                    {"b": batch_id},
+                )
+            else:
+                await sql(
+                    env.dbs,
+                    "hq",
+                    "UPDATE enrichment_batch_items SET state = 'skipped', last_error = 'adopted' "
+                    "WHERE batch_id = :b AND company_id != :c",
+                    {"b": batch_id, "c": first.id},
+                )
+        finally:
+            provider.hold[first.id].set()
+        await asyncio.wait_for(running, 30)
+    assert provider.called() == [first.id]
+    states = await _counts(env, batch_id)
+    rest = {d: v for d, v in states.items() if d != first.domain}
+    # Left as the other run holds them: not skipped, not counted by this run.
+    expected = ("running", 0, 0) if lost_to == "lease" else ("skipped", 0, 0)
+    assert set(rest.values()) == {expected}
+    print(f"lost to {lost_to}: 1 call in flight ended, 0 of the 5 taken after it called")

@@ -87,23 +87,26 @@ class MemoryLedger:
         self.budget = budget
         self.spent = spent
         self.reserved = 0.0
+        self.max_call_cost = 0.0
         self.asked: list[str] = []
 
-    async def reserve(self, price: float) -> bool:
+    async def reserve(self, price: float) -> float | None:
         self.asked.append("reserve")
+        price = max(price, self.max_call_cost)
         if self.budget is not None and self.spent + self.reserved + price > self.budget + EPSILON:
-            return False
+            return None
         self.reserved += price
-        return True
+        return price
 
     async def settle(self, price: float, cost: float) -> None:
         self.asked.append("settle")
         self.reserved = max(0.0, self.reserved - price)
         self.spent += cost
+        self.max_call_cost = max(self.max_call_cost, cost)
 
     async def read(self) -> PurseRow | None:
         self.asked.append("read")
-        return PurseRow(self.budget, self.spent, self.reserved)
+        return PurseRow(self.budget, self.spent, self.reserved, self.max_call_cost)
 
 
 def test_hq_purse_is_a_budget() -> None:
@@ -153,6 +156,28 @@ async def test_a_settle_gives_back_what_its_own_call_reserved_though_the_price_g
     assert purse.per_call == 10.0
     # Each settle gave back 1 (what its task reserved), not the grown price: nothing left held.
     assert (ledger.spent, ledger.reserved) == (11.0, 0.0)
+
+
+async def test_a_worker_reserves_the_price_another_worker_learned_and_settles_exactly_that() -> None:
+    ledger = MemoryLedger(100.0)  # one batch row, two workers' purses on it
+    first, second = HqPurse(ledger, 100.0, per_call=1.0), HqPurse(ledger, 100.0, per_call=1.0)
+
+    async def call(purse: HqPurse, cost: float) -> None:  # one task per call, as `Caller.call`
+        assert await purse.reserve()
+        await purse.settle(cost)
+
+    await asyncio.create_task(call(first, 4.0))  # the provider charges 4, not the declared 1
+    assert second.per_call == 1.0  # the second worker has seen no call of its own
+
+    async def reserve_then_look() -> float:
+        assert await second.reserve()
+        reserved = ledger.reserved
+        await second.settle(4.0)
+        return reserved
+
+    # It reserves 4, as the ledger learned from the first worker, and gives back exactly 4.
+    assert await asyncio.create_task(reserve_then_look()) == 4.0
+    assert (ledger.spent, ledger.reserved) == (8.0, 0.0)
 
 
 async def test_a_refused_call_waits_for_the_calls_out_and_says_the_final_figure() -> None:

@@ -36,6 +36,7 @@ STATUS = {
     exceptions.InputError: 400,
     exceptions.NotFound: 404,
     exceptions.ConfigError: 422,
+    exceptions.IdempotencyConflict: 422,
     exceptions.DatabaseError: 503,
     exceptions.StorageError: 502,
 }

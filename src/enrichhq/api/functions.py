@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from enrichhq import (
     companies,
@@ -49,8 +50,9 @@ REPLAYED = "Idempotent-Replayed"
 MAX_KEY_CHARS = 200
 
 
-def idempotency_key(request: Request, given: str | None) -> str | None:
-    """The key to store for this request (scoped by method and path), or None when none was sent.
+def idempotency_key(request: Request, given: str | None, body: BaseModel | None) -> idempotency.Key | None:
+    """The key to store for this request (scoped by method and path, with the fingerprint of its
+    method, path and parsed body), or None when none was sent.
 
     InputError (400) for a key that is empty, over MAX_KEY_CHARS or not printable ASCII.
     """
@@ -61,7 +63,11 @@ def idempotency_key(request: Request, given: str | None) -> str | None:
             f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters "
             f"(got {len(given)} characters); a UUID is a good key"
         )
-    return idempotency.scoped(f"{request.method} {request.url.path}", given)
+    method, path = request.method, request.url.path
+    parsed = None if body is None else body.model_dump(mode="json")
+    return idempotency.Key(
+        idempotency.scoped(f"{method} {path}", given), given, idempotency.fingerprint(method, path, parsed)
+    )
 
 
 def _companies(given: list[CompanyIn]) -> list[Company]:
@@ -97,7 +103,7 @@ async def scrape_homepage_v1(
 ) -> JSONResponse:
     """Scrape the homepage of these companies with a homepage workflow (zenrows or http)."""
     svc = services(request)
-    key = idempotency_key(request, idempotency_key_header)
+    key = idempotency_key(request, idempotency_key_header, body)
     workflow = await workflows.get(svc.dbs, body.workflow.ref)
     if workflow.provider not in HOMEPAGE_PROVIDERS:
         raise exceptions.ConfigError(
@@ -131,10 +137,11 @@ async def run_step(
     """Run any step for companies (ids, domains or all): routes by the config's provider.
 
     With an `Idempotency-Key` header, a request sent again with the same key (a retry, a
-    double-click) is answered with the batch the first one created, and runs nothing.
+    double-click) is answered with the batch the first one created, and runs nothing; the key
+    sent with another body is refused with 422.
     """
     svc = services(request)
-    key = idempotency_key(request, idempotency_key_header)
+    key = idempotency_key(request, idempotency_key_header, body)
     ids = list(body.company_ids or [])
     if body.companies:
         ids += await companies.ensure(svc.dbs, _companies(body.companies))
@@ -160,7 +167,7 @@ async def _start_steps(
     *,
     play_name: str,
     force: bool,
-    key: str | None,
+    key: idempotency.Key | None,
 ) -> JSONResponse:
     """Several steps in one run: one batch per step, all prepared before any starts."""
     svc = services(request)

@@ -160,7 +160,7 @@ async def retry_failed(
     batch's path) retries nothing more: it is answered with the batch as it stands.
     """
     svc = services(request)
-    key = idempotency_key(request, idempotency_key_header)
+    key = idempotency_key(request, idempotency_key_header, None)  # no body: the path says it all
     if key is not None:
         # A retry creates no batch to take the key with: it is taken first, in a transaction
         # of its own (a request sent twice at once waits for it), and given back if the retry fails.

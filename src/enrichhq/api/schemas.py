@@ -14,8 +14,8 @@ IDEMPOTENCY_KEY_DOC = (
     "Any string of 1 to 200 printable ASCII characters (a UUID, say), new for each run you mean. "
     "A request sent again with the same key on the same route (a retry, a double-click), even at "
     "the same time as the first, runs nothing: it is answered with the batch the first one created, "
-    "with the header `Idempotent-Replayed: true`. A key already used for another step or play is "
-    "refused with 400."
+    "with the header `Idempotent-Replayed: true`. The same key with a different body (other "
+    "companies, step, play or options) is refused with 422: use a new key for a new request."
 )
 
 
@@ -205,7 +205,10 @@ ERROR_MEANINGS = {
     404: "no such workflow, batch or company",
     409: "the request conflicts with what is already there",
     413: "request body over ENRICHHQ_MAX_BODY_BYTES",
-    422: "invalid request body or parameters, or a config that cannot run",
+    422: (
+        "invalid request body or parameters, a config that cannot run, "
+        "or an Idempotency-Key first used with another request"
+    ),
     429: "too many requests: wait for Retry-After",
     502: "the destination database refused or failed a write",
     503: "a database that cannot be reached right now",

@@ -242,7 +242,8 @@ async def end_beats(conn: AsyncConnection, batch_id: str) -> None:
     )
 
 
-#: the item states a dead run leaves behind that another run may take over.
+#: the item states a dead run leaves behind that another run may take over (`storing`: the claims
+#: of its writer, see `items.adopt_open`).
 ADOPTABLE_STATES = (ItemState.QUEUED, ItemState.RUNNING, ItemState.STORING)
 
 

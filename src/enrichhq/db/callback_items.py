@@ -82,6 +82,10 @@ async def claim_many(
 ) -> dict[str, ClaimedItem]:
     """Take waiting items to store their callbacks; returns those taken, by company id.
 
+    A callback ends its item's call: `deliveries` goes to 0 (a running item's call may still be
+    counted when its callback beats the sender's answer), which tells this claim from a writer's
+    (`items.claimed_by_writer`), so no run's takeover touches it.
+
     The items are locked first, in company id order (as mark_waiting writes them): an UPDATE
     locks rows in whatever order its plan meets them.
     """
@@ -97,7 +101,7 @@ async def claim_many(
         result = await conn.execute(
             sa.update(batch_items)
             .where(*where)
-            .values(state=ItemState.STORING, updated_at=now())
+            .values(state=ItemState.STORING, deliveries=0, updated_at=now())
             .returning(
                 batch_items.c.company_id,
                 batch_items.c.company_domain,
@@ -144,11 +148,16 @@ async def release_claims(conn: AsyncConnection, batch_id: str, company_ids: Sequ
 
 
 async def release_stale_claims(conn: AsyncConnection, older_than_s: float) -> int:
-    """Items left `storing` by a process that died mid-callback wait for their callback again."""
+    """Items left `storing` by a process that died mid-callback wait for their callback again.
+
+    A writer's claim (a run's, `items.claimed_by_writer`) is not one: it is its run's while the
+    run's lease lives, and resolved by its receipt when a re-run, resume or cancel takes over.
+    """
     result = await conn.execute(
         sa.update(batch_items)
         .where(
             batch_items.c.state == ItemState.STORING,
+            batch_items.c.deliveries == 0,
             batch_items.c.updated_at < now() - timedelta(seconds=older_than_s),
         )
         .values(state=ItemState.WAITING_CALLBACK, updated_at=now())

@@ -21,8 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db import types
 from enrichhq.db.common import chunked, now
-from enrichhq.db.items import among, finish_items, these, update_ids
-from enrichhq.db.schema import batch_items, companies, results_log
+from enrichhq.db.items import (
+    among,
+    claimed_by_writer,
+    finish_items,
+    open_or_claimed,
+    these,
+    unindexed_state,
+    update_ids,
+)
+from enrichhq.db.schema import batch_items, batches, companies, results_log
 from enrichhq.models import Company, ItemOutcome, LogEntry, StepRef
 from enrichhq.states import ItemState, LogStatus
 
@@ -30,7 +38,8 @@ UNKNOWN_RESULT = "result unknown: the process died during the call; counted as p
 
 
 async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
-    """The next page of a batch's items still to run (queued or running), keyset on company_id."""
+    """The next page of a batch's items still to run, keyset on company_id: queued, running, or
+    claimed by a writer whose process is gone (taken again as suspects, see `deliver`)."""
     result = await conn.execute(
         sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
         .select_from(
@@ -40,7 +49,7 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
         )
         .where(
             batch_items.c.batch_id == batch_id,
-            batch_items.c.state.in_((ItemState.QUEUED, ItemState.RUNNING)),
+            sa.or_(batch_items.c.state.in_((ItemState.QUEUED, ItemState.RUNNING)), claimed_by_writer()),
             batch_items.c.company_id > after,
         )
         .order_by(batch_items.c.company_id)
@@ -74,7 +83,10 @@ async def deliver(
     """Take a job's items for a worker: open ones become running, nothing is counted.
 
     runnable maps each company id to (attempts so far, suspect, charged): items already final (or
-    waiting for a callback) are left alone, so a redelivered job changes nothing.
+    waiting for a callback) are left alone, so a redelivered job changes nothing. An item a writer
+    claimed (`delivery.claim_for_storing`) is taken too: the job is delivered again only once the
+    process that ran it failed it or died, so its writer is done with the item, whose stored
+    result (if it was stored) its receipt shows.
 
     A call counts as an attempt and a delivery as it starts (`mark_started`), not here: a company
     that merely shared a job with a crashing one, or was taken by a process that died before
@@ -91,7 +103,7 @@ async def deliver(
     for chunk in chunked(company_ids):
         result = await conn.execute(
             sa.update(batch_items)
-            .where(these(batch_id, chunk), among((ItemState.QUEUED, ItemState.RUNNING)))
+            .where(these(batch_id, chunk), open_or_claimed((ItemState.QUEUED, ItemState.RUNNING)))
             .values(state=ItemState.RUNNING, updated_at=now())
             .returning(
                 batch_items.c.company_id,
@@ -219,21 +231,31 @@ async def uncount(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
     )
 
 
-async def mark_started(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
+async def mark_started(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], *, owner: str | None = None
+) -> set[str]:
     """Calls are about to go out: each counts as an attempt and as a call started, not yet ended.
 
     Written (and committed) before every call, so a call whose process dies is still counted:
     charged once and blamed once when its item is taken again. Starts close together share this
     one statement (`BatchWork._write_starts`).
+
+    Returns the companies whose start was written: those whose item is still running in this
+    batch while the batch's lease is still `owner`'s (None: the workers'). A run that stalled
+    past its heartbeat and lost its batch (or items) to another run gets the others back
+    unwritten, and must not call them: the other run does.
     """
-    await update_ids(
-        conn,
-        batch_id,
-        company_ids,
-        [among((ItemState.RUNNING,))],
-        attempts=batch_items.c.attempts + 1,
-        deliveries=batch_items.c.deliveries + 1,
-    )
+    started: set[str] = set()
+    held = sa.exists().where(batches.c.id == batch_id, batches.c.owner.is_not_distinct_from(owner))
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held)
+            .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
+            .returning(batch_items.c.company_id)
+        )
+        started.update(result.scalars())
+    return started
 
 
 async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> None:
@@ -241,3 +263,50 @@ async def release(conn: AsyncConnection, batch_id: str, company_ids: Sequence[st
     await update_ids(
         conn, batch_id, company_ids, [among((ItemState.RUNNING,))], state=ItemState.QUEUED, updated_at=now()
     )
+
+
+async def claim_for_storing(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> set[str]:
+    """Claim running items to store their fetched results; returns the companies claimed.
+
+    A compare-and-swap, running -> storing: a cancel or an adoption committed first leaves its
+    item out (its result is not stored), and one landing after it finds the item storing, which
+    neither takes from a live run. Only the claimed companies may be written to the destination.
+    """
+    claimed: set[str] = set()
+    for chunk in chunked(list(dict.fromkeys(company_ids))):
+        result = await conn.execute(
+            sa.update(batch_items)
+            .where(these(batch_id, chunk), among((ItemState.RUNNING,)))
+            .values(state=ItemState.STORING, updated_at=now())
+            .returning(batch_items.c.company_id)
+        )
+        claimed.update(str(r.company_id) for r in result)
+    return claimed
+
+
+async def unclaim(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str] | None = None) -> int:
+    """Writers' claims (these, or all of the batch's) go back to running: their result's fate is
+    unknown to HQ, so the next delivery takes them as suspects and looks for their receipts."""
+    where = [claimed_by_writer(unindexed_state())]
+    values = {"state": ItemState.RUNNING, "updated_at": now()}
+    if company_ids is None:
+        stmt = sa.update(batch_items).where(batch_items.c.batch_id == batch_id, *where).values(values)
+        return (await conn.execute(stmt)).rowcount
+    moved = 0
+    for chunk in chunked(company_ids):
+        stmt = sa.update(batch_items).where(these(batch_id, chunk), *where).values(values)
+        moved += (await conn.execute(stmt)).rowcount
+    return moved
+
+
+async def writer_claims(conn: AsyncConnection, batch_id: str) -> list[tuple[str, str, int, float | None]]:
+    """(company id, domain, attempts, cost) of the batch's items claimed by a writer."""
+    result = await conn.execute(
+        sa.select(
+            batch_items.c.company_id,
+            batch_items.c.company_domain,
+            batch_items.c.attempts,
+            batch_items.c.cost,
+        ).where(batch_items.c.batch_id == batch_id, claimed_by_writer())
+    )
+    return [(str(r.company_id), r.company_domain, int(r.attempts), r.cost) for r in result]

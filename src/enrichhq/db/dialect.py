@@ -258,6 +258,11 @@ def least(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
     return sa.func.min(*values) if is_sqlite(dialect) else sa.func.least(*values)
 
 
+def greatest(dialect: Dialect, *values: Any) -> sa.ColumnElement[Any]:
+    """The largest of the values: SQLite's scalar max() is PostgreSQL's greatest()."""
+    return sa.func.max(*values) if is_sqlite(dialect) else sa.func.greatest(*values)
+
+
 async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
     """Hold a lock on each key until this transaction ends, so two writers of one key go in turn.
 

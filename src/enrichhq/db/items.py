@@ -42,6 +42,22 @@ def among(states: Sequence[str]) -> sa.ColumnElement[bool]:
     return unindexed_state().in_(states)
 
 
+def claimed_by_writer(state: sa.ColumnElement[str] = batch_items.c.state) -> sa.ColumnElement[bool]:
+    """The item is `storing` for a run's writer (`claim_for_storing`), not for a callback or a replay.
+
+    A writer claims only items whose call started (its start is written first: deliveries > 0);
+    a callback's or a replay's claim holds no started call (deliveries = 0). So a writer's claim
+    is its run's, kept while that run's lease lives and taken over with it; a callback's claim
+    is the receiver's, freed by `callback_items.release_stale_claims`.
+    """
+    return sa.and_(state == ItemState.STORING, batch_items.c.deliveries > 0)
+
+
+def open_or_claimed(states: Sequence[str]) -> sa.ColumnElement[bool]:
+    """state IN states, through the primary key, or a writer's claim (a started call not ended)."""
+    return sa.or_(among(states), claimed_by_writer(unindexed_state()))
+
+
 async def update_ids(
     conn: AsyncConnection,
     batch_id: str,
@@ -465,10 +481,13 @@ async def claim_kept_results(conn: AsyncConnection, batch_id: str, *, limit: int
 
 
 async def has_unrun(conn: AsyncConnection, batch_id: str) -> bool:
-    """Whether any of the batch's items is still queued or running."""
+    """Whether any of the batch's items is still queued, running, or claimed by a writer."""
     result = await conn.execute(
         sa.select(batch_items.c.company_id)
-        .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(("queued", "running")))
+        .where(
+            batch_items.c.batch_id == batch_id,
+            sa.or_(batch_items.c.state.in_(("queued", "running")), claimed_by_writer()),
+        )
         .limit(1)
     )
     return result.first() is not None
@@ -567,9 +586,17 @@ async def adopt_open(
     company_ids: Sequence[str] | None,
 ) -> tuple[int, bool]:
     """End a dead run's items in these states as skipped with the reason: all of them, or these
-    companies'. Returns how many, and whether any item of the batch is still in these states."""
+    companies'. Returns how many, and whether any item of the batch is still in these states.
+
+    `storing` in states means a writer's claims only (`claimed_by_writer`): a callback being
+    stored is the receiver's, which lives on whatever became of the run.
+    """
     values = {"state": "skipped", "last_error": reason, "updated_at": now(), "finished_at": now()}
-    where = [batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states)]
+    plain = [s for s in states if s != ItemState.STORING]
+    which: sa.ColumnElement[bool] = batch_items.c.state.in_(plain)
+    if ItemState.STORING in states:
+        which = sa.or_(which, claimed_by_writer())
+    where = [batch_items.c.batch_id == batch_id, which]
     moved = 0
     if company_ids is None:
         moved = (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount

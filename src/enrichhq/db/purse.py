@@ -3,6 +3,11 @@
 A call's price is reserved before it goes out and settled with its real cost after. Each is one
 UPDATE of the batch row: the row lock serialises reservations from any number of processes, so two
 workers can never both take the last room in the budget (no read-then-write in Python).
+
+The price reserved is the step's declared one, raised to the dearest call the batch has settled
+(`max_call_cost`, whichever worker made it): a provider that charges more than declared teaches
+every worker at once, so the budget is exceeded only by calls reserved before the first of them
+came back, each by the difference between its reserved and real cost.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrichhq.db import dialect
 from enrichhq.db.common import is_uuid
 from enrichhq.db.schema import batches
 
@@ -28,34 +34,49 @@ class PurseRow:
     spent: float
     #: the prices of calls in flight, not yet settled.
     reserved: float
+    #: the dearest call settled so far: the least a call of the batch reserves.
+    max_call_cost: float = 0.0
 
 
-async def reserve(conn: AsyncConnection, batch_id: str, price: float) -> bool:
-    """Reserve one call's price; False (nothing changed) when spent, reserved and it exceed the budget."""
+async def reserve(conn: AsyncConnection, batch_id: str, price: float) -> float | None:
+    """Reserve one call: `price`, or the dearest call the batch has settled if that is more.
+
+    The price reserved (the settle gives back exactly that), or None, nothing changed, when spent,
+    reserved and it would exceed the budget. One UPDATE ... RETURNING: the learned price is read
+    under the row lock that the reservation takes, so no worker reserves a price already outdated.
+    """
+    charge = dialect.greatest(conn.dialect, sa.literal(price, sa.Float), batches.c.max_call_cost)
     result = await conn.execute(
         sa.update(batches)
         .where(
             batches.c.id == batch_id,
             sa.or_(
                 batches.c.budget.is_(None),
-                batches.c.spent + batches.c.reserved + price <= batches.c.budget + EPSILON,
+                batches.c.spent + batches.c.reserved + charge <= batches.c.budget + EPSILON,
             ),
         )
-        .values(reserved=batches.c.reserved + price)
-        .returning(batches.c.id)
+        .values(reserved=batches.c.reserved + charge)
+        # max_call_cost is not written here, so the row returned reserves what the SET added.
+        .returning(charge.label("price"))
     )
-    return result.first() is not None
+    row = result.first()
+    return None if row is None else float(row.price)
 
 
 async def settle(conn: AsyncConnection, batch_id: str, reserved_price: float, cost: float) -> None:
-    """A call came back: its reservation is given back and its real cost spent, in one UPDATE."""
+    """A call came back: its reservation is given back, its real cost spent and, if it is the
+    dearest yet, learned as the batch's price for every worker's next reservation; one UPDATE."""
     left = batches.c.reserved - reserved_price
     await conn.execute(
         sa.update(batches)
         .where(batches.c.id == batch_id)
-        # Never below 0: float residue (or a reservation already moved into spent by a takeover)
-        # must not hand out room nobody reserved.
-        .values(reserved=sa.case((left > EPSILON, left), else_=0.0), spent=batches.c.spent + cost)
+        .values(
+            # Never below 0: float residue (or a reservation already moved into spent by a takeover)
+            # must not hand out room nobody reserved.
+            reserved=sa.case((left > EPSILON, left), else_=0.0),
+            spent=batches.c.spent + cost,
+            max_call_cost=dialect.greatest(conn.dialect, batches.c.max_call_cost, sa.literal(cost, sa.Float)),
+        )
     )
 
 
@@ -73,9 +94,13 @@ async def read(conn: AsyncConnection, batch_id: str) -> PurseRow | None:
         return None
     row = (
         await conn.execute(
-            sa.select(batches.c.budget, batches.c.spent, batches.c.reserved).where(batches.c.id == batch_id)
+            sa.select(batches.c.budget, batches.c.spent, batches.c.reserved, batches.c.max_call_cost).where(
+                batches.c.id == batch_id
+            )
         )
     ).first()
     if row is None:
         return None
-    return PurseRow(row.budget, float(row.spent or 0), float(row.reserved or 0))
+    return PurseRow(
+        row.budget, float(row.spent or 0), float(row.reserved or 0), float(row.max_call_cost or 0)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.inputs import MISSING_PREFIX as INPUT_MISSING
-from enrichhq.states import BatchStatus, ItemState
+from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
 
 async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
@@ -130,3 +131,26 @@ async def seconds_since_progress(conn: AsyncConnection, batch_id: str) -> float 
         return None
     last = last if last.tzinfo else last.replace(tzinfo=UTC)
     return float((now() - last).total_seconds())
+
+
+async def through_every_batch(conn: AsyncConnection, batch_ids: Sequence[str]) -> tuple[int, int, int]:
+    """Over these batches (a multi-step run's): its companies, those whose item is final in every
+    batch, and those whose item succeeded in every batch. A company missing from one is neither."""
+    final = sa.func.sum(sa.case((batch_items.c.state.in_(tuple(FINAL_STATES)), 1), else_=0))
+    succeeded = sa.func.sum(sa.case((batch_items.c.state == ItemState.SUCCEEDED, 1), else_=0))
+    per_company = (
+        sa.select(final.label("final"), succeeded.label("succeeded"))
+        .where(batch_items.c.batch_id.in_(tuple(batch_ids)))
+        .group_by(batch_items.c.company_id)
+        .subquery()
+    )
+    steps = len(set(batch_ids))
+    result = await conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.sum(sa.case((per_company.c.final == steps, 1), else_=0)),
+            sa.func.sum(sa.case((per_company.c.succeeded == steps, 1), else_=0)),
+        ).select_from(per_company)
+    )
+    companies, finished, succeeded_all = result.one()
+    return int(companies), int(finished or 0), int(succeeded_all or 0)

@@ -102,6 +102,8 @@ batches = sa.Table(
     # The purse: what the batch's calls have cost, and what calls in flight have reserved.
     sa.Column("spent", sa.Float, nullable=False, server_default="0"),
     sa.Column("reserved", sa.Float, nullable=False, server_default="0"),
+    # The dearest call the batch has settled: every worker reserves at least that (migration 0008).
+    sa.Column("max_call_cost", sa.Float, nullable=False, server_default="0"),
 )
 
 batch_items = sa.Table(
@@ -191,6 +193,8 @@ idempotency_keys = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("batch_id", GUID),
     sa.Column("created_at", TZ, nullable=False),
+    # SHA-256 of the request the key first came with (never the body itself); NULL before 0008.
+    sa.Column("fingerprint", sa.Text),
 )
 
 # Receipts of stored results, in the destination's own database (HQ here; a workspace database

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,15 @@ log = logging.getLogger("enrichhq.batch")
 CANCELLED = "cancelled by the user"
 STOPPED = "the batch was stopped"
 WATCH_SECONDS = 1.0
+
+
+class _Lost(enum.Enum):
+    """A call that did not go out because its item is no longer this run's."""
+
+    LOST = "lost"
+
+
+_LOST = _Lost.LOST
 
 
 @dataclass(frozen=True)
@@ -401,14 +411,16 @@ class BatchWork:
         while self.starting:
             taken, self.starting = self.starting, []
             # Whatever the write raises, each waiting call hears it (and fails its company).
-            (error,) = await asyncio.gather(
+            (started,) = await asyncio.gather(
                 self.store.mark_started([cid for cid, _ in taken]), return_exceptions=True
             )
-            for _, done in taken:
-                if isinstance(error, BaseException):
-                    done.set_exception(error)
-                else:
+            for cid, done in taken:
+                if isinstance(started, BaseException):
+                    done.set_exception(started)
+                elif cid in started:
                     done.set_result(None)
+                else:
+                    done.set_exception(exceptions.NotOurs(f"{cid}: no longer this run's item"))
 
     def hand_back(self) -> None:
         """Stop starting calls: items not yet called go back to the queue (a worker stopping)."""
@@ -457,7 +469,11 @@ class BatchWork:
             return
         began: list[bool] = []
         call = None if self.stop_flag else await self._call(job, began)
-        if call is None:  # a stop left it unrun
+        if call is _LOST:
+            # Taken over (or cancelled) before its call went out: the item is another run's to
+            # end, so this run neither calls nor touches it.
+            ticket.one()
+        elif call is None:  # a stop left it unrun
             if began:  # its call went out and was answered with the stop: take its start back
                 self.unrun_started.add(company.id)
             ticket.unrun.append(company.id)
@@ -478,13 +494,15 @@ class BatchWork:
         else:
             self.writer.put(Done(call, job.attempts, ticket, job.charged))
 
-    async def _call(self, job: _Job, began: list[bool]) -> CallResult | None:
+    async def _call(self, job: _Job, began: list[bool]) -> CallResult | _Lost | None:
         async def start() -> None:
             await self._started(job.company.id)
             began.append(True)
 
         try:
             return await self.caller.call(job.company, job.attempts, start=start, inputs=job.inputs)
+        except exceptions.NotOurs:
+            return _LOST
         except Exception as exc:  # whatever breaks, the company ends failed and the worker lives on
             log.exception("batch %s: %s could not be called", self.step.batch_id, job.company.id)
             return CallResult(job.company, 1, error=f"internal error: {type(exc).__name__}: {exc}")

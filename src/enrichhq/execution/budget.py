@@ -77,8 +77,9 @@ class Purse:
 class Ledger(Protocol):
     """Where a batch's purse is kept: its row in HQ (`HqLedger`), or a twin in a unit test."""
 
-    async def reserve(self, price: float) -> bool:
-        """Reserve one call's price atomically; False when it would go over the budget."""
+    async def reserve(self, price: float) -> float | None:
+        """Reserve one call atomically, at least `price`; what was reserved, None when it would go
+        over the budget."""
 
     async def settle(self, price: float, cost: float) -> None:
         """Give back a reservation of `price` and spend `cost`, atomically."""
@@ -94,10 +95,10 @@ class HqLedger:
         self.dbs = dbs
         self.batch_id = batch_id
 
-    async def reserve(self, price: float) -> bool:
+    async def reserve(self, price: float) -> float | None:
         """One UPDATE ... RETURNING; an HQ restart is waited out (a call cannot go out unreserved)."""
 
-        async def step() -> bool:
+        async def step() -> float | None:
             async with self.dbs.begin("hq") as conn:
                 return await purse.reserve(conn, self.batch_id, price)
 
@@ -146,10 +147,11 @@ class HqPurse:
     ) -> None:
         self.ledger = ledger
         self.budget = budget
-        #: what a call reserves: the step's known price, raised to the dearest call seen here.
+        #: what a call asks to reserve: the step's known price, raised to the dearest call seen
+        #: here; the ledger raises it further to the dearest call any worker of the batch has seen.
         self.per_call = per_call
         self.drain_s, self.poll_s, self.sleep, self.clock = drain_s, poll_s, sleep, clock
-        #: what each calling task reserved, so its settle gives back exactly that (per_call may have
+        #: what each calling task reserved, so its settle gives back exactly that (the price may have
         #: grown in between, and a settle giving back more would free room another call holds).
         self.held: dict[object, float] = {}
         self.message: str | None = None
@@ -164,9 +166,9 @@ class HqPurse:
         """Reserve the next call's price in the shared purse; False once it could go over the budget."""
         if self.budget is None:
             return True
-        price = self.per_call
-        if await self.ledger.reserve(price):
-            self.held[_caller()] = price
+        reserved = await self.ledger.reserve(self.per_call)
+        if reserved is not None:
+            self.held[_caller()] = reserved
             return True
         # Concurrent refusals share one wait; a later refusal (after a resume, say) looks anew.
         if self.draining is None or self.draining.done():

@@ -88,7 +88,9 @@ async def _run_held(
     queued: asyncio.Event | None,
 ) -> None:
     queries = queue.memory_queries()
-    engine = Engine(dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}")
+    engine = Engine(
+        dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}", owner=mine.owner
+    )
     qm = queue.manager(queries, engine)
 
     def lost() -> None:

@@ -81,8 +81,12 @@ class Engine:
         shared: bool,
         worker_id: str,
         concurrency: int | None = None,
+        owner: str | None = None,
     ) -> None:
         self.dbs = dbs
+        #: the lease holder this engine runs for: an embedded run's own; None for the workers.
+        #: A call starts only while its batch is still that holder's (`delivery.mark_started`).
+        self.owner = owner
         #: batch id -> the earlier batches of its multi-step run it waits for (slug -> batch id),
         #: as its jobs carry them.
         self.after: dict[str, dict[str, str]] = {}
@@ -189,7 +193,13 @@ class Engine:
             BatchWork(
                 step,
                 calling,
-                store=DbItemStore(self.dbs, step.ref, price=per_call, adds_spend=not purse.settles_per_call),
+                store=DbItemStore(
+                    self.dbs,
+                    step.ref,
+                    price=per_call,
+                    adds_spend=not purse.settles_per_call,
+                    owner=self.owner,
+                ),
                 storage=self.pipeline,
                 chunk_size=self.settings.enrichhq_chunk_size,
                 inputs=inputs,

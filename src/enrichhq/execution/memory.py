@@ -7,7 +7,7 @@ counted only as its call starts, only running items settle, a cancel made elsewh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from enrichhq.db import batches, items
@@ -68,7 +68,8 @@ class InMemoryItemStore:
         poisoned = 0
         for cid in company_ids:
             item = self.items[cid]
-            if item.state not in _OPEN:
+            # A writer's claim left by a job that failed or died is taken again, as a suspect.
+            if item.state not in _OPEN and not (item.state == ItemState.STORING and item.deliveries):
                 continue
             item.state = ItemState.RUNNING
             if item.deliveries == 0:
@@ -80,16 +81,28 @@ class InMemoryItemStore:
                 runnable[cid] = Runnable(item.attempts, suspect=True)
         return Delivery(self.status, runnable, poisoned)
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Each call counts as an attempt and a call not yet ended."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Each call of a running item counts as an attempt and a call not yet ended."""
         self.calls.append("mark_started")
-        for item in self._these(company_ids, (ItemState.RUNNING,)):
-            item.attempts += 1
-            item.deliveries += 1
+        started = {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+        for cid in started:
+            self.items[cid].attempts += 1
+            self.items[cid].deliveries += 1
+        return started
 
-    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
-        """Those whose item is running."""
-        return {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+    async def claim(self, company_ids: Sequence[str]) -> set[str]:
+        """Running items become storing; those claimed."""
+        self.calls.append("claim")
+        claimed = {cid for cid in company_ids if self.items[cid].state == ItemState.RUNNING}
+        for cid in claimed:
+            self.items[cid].state = ItemState.STORING
+        return claimed
+
+    async def unclaim(self, company_ids: Sequence[str]) -> None:
+        """Claimed items run again."""
+        self.calls.append("unclaim")
+        for item in self._these(company_ids, (ItemState.STORING,)):
+            item.state = ItemState.RUNNING
 
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Those skipped as adopted by another batch."""
@@ -133,8 +146,9 @@ class InMemoryItemStore:
         *,
         callback_timeout_s: float,
         spend: Mapping[str, float],
+        claimed: Collection[str] = (),
     ) -> None:
-        """Only running items settle: what another path settled first stands."""
+        """Only running (or, when claimed, storing) items settle: what another path settled first stands."""
         self.calls.append("finish")
         if self.fail_finish is not None:
             raise self.fail_finish
@@ -144,7 +158,11 @@ class InMemoryItemStore:
         for o in outcomes:
             item = self.items[o.company_id]
             waits = o.state is ItemState.WAITING_CALLBACK
-            if item.state not in ((ItemState.RUNNING,) if waits else _OPEN):
+            if o.company_id in claimed:
+                allowed: tuple[ItemState, ...] = (ItemState.STORING,)
+            else:
+                allowed = (ItemState.RUNNING,) if waits else _OPEN
+            if item.state not in allowed:
                 continue
             item.state, item.attempts, item.cost, item.deliveries = o.state, o.attempts, o.cost, 0
             if not waits:

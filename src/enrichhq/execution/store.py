@@ -77,14 +77,23 @@ class ItemStore(Protocol):
     async def take(self, company_ids: Sequence[str], *, poison_after: int) -> Delivery:
         """Take a job's items for this process (items already final are left alone)."""
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count calls as started (an attempt, a call not yet ended) before they go out."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Count calls as started (an attempt, a call not yet ended) before they go out; those
+        written, the only ones that may be called (the rest are no longer this run's)."""
 
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:
         """Which of these companies this batch has stored already in `db_name` (their receipts)."""
 
-    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
-        """Which of these items are still running in this batch (not adopted, cancelled or ended)."""
+    async def claim(self, company_ids: Sequence[str]) -> set[str]:
+        """Claim these running items to store their results (running -> storing); those claimed.
+
+        An item adopted, cancelled or ended meanwhile is not claimed; one claimed is left alone
+        by a cancel or an adoption while this run lives, until `finish` ends it.
+        """
+
+    async def unclaim(self, company_ids: Sequence[str]) -> None:
+        """Give claims back (running) when their results could not be written: the job is
+        delivered again, and takes them as suspects (their receipts say what was stored)."""
 
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Which of these items a re-run adopted (it charges their lost calls itself)."""
@@ -107,11 +116,13 @@ class ItemStore(Protocol):
         *,
         callback_timeout_s: float,
         spend: Mapping[str, float],
+        claimed: Collection[str] = (),
     ) -> None:
         """Write log entries and outcomes together: final states, and items now waiting for a callback.
 
         spend: what each company's calls in this delivery cost (not the charges for calls lost
         with a dead process, which the delivery counted), added to the batch's spent with them.
+        claimed: the companies this delivery claimed (`claim`): their items end from storing.
         """
 
 
@@ -126,9 +137,17 @@ class DbItemStore:
     """
 
     def __init__(
-        self, dbs: engines.Databases, step: StepRef, *, price: float | None = None, adds_spend: bool
+        self,
+        dbs: engines.Databases,
+        step: StepRef,
+        *,
+        price: float | None = None,
+        adds_spend: bool,
+        owner: str | None = None,
     ) -> None:
         self.dbs = dbs
+        #: the batch's lease holder this process runs for (None: the workers, who hold no lease).
+        self.owner = owner
         self.step = step
         self.batch_id = step.batch_id or ""
         #: the step's price of one call: what a call lost with a dead process is counted as.
@@ -176,26 +195,35 @@ class DbItemStore:
 
         return await outage.through(take)
 
-    async def mark_started(self, company_ids: Sequence[str]) -> None:
-        """Count calls as started, committed before they go out (one statement per group)."""
+    async def mark_started(self, company_ids: Sequence[str]) -> set[str]:
+        """Count calls as started, committed before they go out (one statement per group); the
+        companies whose start was written, the only ones that may be called."""
 
-        async def mark() -> None:
+        async def mark() -> set[str]:
             async with self.dbs.begin("hq") as conn:
                 # It must outlive this process, not the server: no fsync wait before each call.
                 await dialect.commit_without_flush(conn)
-                await delivery.mark_started(conn, self.batch_id, company_ids)
+                return await delivery.mark_started(conn, self.batch_id, company_ids, owner=self.owner)
 
-        await outage.through(mark)
+        return await outage.through(mark)
 
-    async def still_running(self, company_ids: Sequence[str]) -> set[str]:
-        """Which of these items are still running in this batch (one read through the primary key)."""
+    async def claim(self, company_ids: Sequence[str]) -> set[str]:
+        """Claim running items to store their results: one UPDATE ... RETURNING per chunk of ids."""
 
-        async def read() -> set[str]:
+        async def claim() -> set[str]:
             async with self.dbs.begin("hq") as conn:
-                states = await items.item_states(conn, self.batch_id, company_ids)
-            return {cid for cid, state in states.items() if state == ItemState.RUNNING}
+                return await delivery.claim_for_storing(conn, self.batch_id, company_ids)
 
-        return await outage.through(read)
+        return await outage.through(claim)
+
+    async def unclaim(self, company_ids: Sequence[str]) -> None:
+        """Claims whose results could not be written go back to running."""
+
+        async def unclaim() -> None:
+            async with self.dbs.begin("hq") as conn:
+                await delivery.unclaim(conn, self.batch_id, company_ids)
+
+        await outage.through(unclaim)
 
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Which of these items a re-run adopted."""
@@ -262,9 +290,23 @@ class DbItemStore:
         *,
         callback_timeout_s: float,
         spend: Mapping[str, float],
+        claimed: Collection[str] = (),
     ) -> None:
         """Log entries, final states, waiting items and (without a budget) spent in one HQ transaction."""
         final = [o for o in outcomes if o.state is not ItemState.WAITING_CALLBACK]
+        storing = set(claimed)
+
+        async def end(conn: AsyncConnection, ended: Sequence[ItemOutcome]) -> None:
+            # A claimed item ends from storing, any other from queued or running: an outcome
+            # another path settled first (a cancel before the claim, a callback) stands.
+            await items.finish_items(conn, self.batch_id, [o for o in ended if o.company_id not in storing])
+            await items.finish_items(
+                conn,
+                self.batch_id,
+                [o for o in ended if o.company_id in storing],
+                from_states=(ItemState.STORING,),
+            )
+
         waiting = [
             {"company_id": o.company_id, "attempts": o.attempts, "cost": o.cost}
             for o in outcomes
@@ -278,9 +320,7 @@ class DbItemStore:
         async def write(conn: AsyncConnection, chosen: Collection[str]) -> None:
             every = len(chosen) == len(ids)
             await enrichment_logger.write(conn, [e for e in entries if every or e.company_id in chosen])
-            await items.finish_items(
-                conn, self.batch_id, [o for o in final if every or o.company_id in chosen]
-            )
+            await end(conn, [o for o in final if every or o.company_id in chosen])
             await callback_items.mark_waiting(
                 conn, self.batch_id, [w for w in waiting if every or w["company_id"] in chosen], deadline
             )
@@ -307,7 +347,7 @@ class DbItemStore:
                 )
             if outcome is not None:
                 failed = ItemOutcome(company_id, ItemState.FAILED, outcome.attempts, error, outcome.cost)
-                await items.finish_items(conn, self.batch_id, [failed])
+                await end(conn, [failed])
             await purse.add_spent(conn, self.batch_id, paid.get(company_id, 0.0))
 
         # The calls are made and paid for: an HQ outage is waited out rather than losing them.

@@ -8,6 +8,7 @@ written (or handed back, or left unrun): its `Ticket` says when.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -210,7 +211,18 @@ class Writer:
 
     async def settle(self, chunk: Sequence[Done]) -> None:
         """Store the successes, log every outcome, and write every item's end (or its wait)."""
-        chunk = await self._still_ours(chunk)
+        chunk, claimed = await self._claim(chunk)
+        try:
+            await self._settle_claimed(chunk, claimed)
+        except Exception:
+            # Unwritten, the claims go back to running, so the job delivered again takes them
+            # (as suspects: their receipts say whether the destination has their rows).
+            if claimed:
+                with contextlib.suppress(Exception):
+                    await self.store.unclaim(sorted(claimed))
+            raise
+
+    async def _settle_claimed(self, chunk: Sequence[Done], claimed: set[str]) -> None:
         entries: list[LogEntry] = []
         outcomes = await self._store([d for d in chunk if d.call.data is not None], entries)
         entries += [e for d in chunk for e in d.call.retries]
@@ -240,23 +252,27 @@ class Writer:
         spend: dict[str, float] = {}
         for d in chunk:
             spend[d.call.company.id] = spend.get(d.call.company.id, 0.0) + (d.call.cost or 0.0)
-        await self.store.finish(entries, ends, callback_timeout_s=self.callback_timeout_s, spend=spend)
+        await self.store.finish(
+            entries, ends, callback_timeout_s=self.callback_timeout_s, spend=spend, claimed=claimed
+        )
 
-    async def _still_ours(self, chunk: Sequence[Done]) -> Sequence[Done]:
-        """The chunk without the results whose items this run no longer holds.
+    async def _claim(self, chunk: Sequence[Done]) -> tuple[Sequence[Done], set[str]]:
+        """Claim the fetched results' items for the destination write; the chunk without the
+        results whose items this run no longer holds, and the companies claimed.
 
-        A run that stalled past its heartbeat (a suspended process, a long GC) may have lost its
-        items to a re-run (adopted) or a cancel meanwhile: their fetched data is dropped here,
-        before the destination, so the company does not get a second row (the window left is one
-        destination write). The call stays paid: a re-run charges it as lost; after a cancel, its
-        cost is logged here.
+        The claim is a compare-and-swap (running -> storing, `ItemStore.claim`), not a read: a
+        cancel or a re-run's adoption committed before it wins, and the result is dropped before
+        the destination (a run stalled past its heartbeat lost the item); one landing after it
+        finds the item storing, and leaves it to this run, whose `finish` ends it. So an item is
+        never ended skipped while its row is stored. The call stays paid: a re-run charges it
+        as lost; after a cancel, its cost is logged here.
         """
         fetched = [d.call.company.id for d in chunk if d.call.data is not None]
         if not fetched:
-            return chunk
-        ours = await self.store.still_running(fetched)
+            return chunk, set()
+        ours = await self.store.claim(fetched)
         if len(ours) == len(set(fetched)):
-            return chunk
+            return chunk, ours
         gone = {cid for cid in fetched if cid not in ours}
         log.warning(
             "batch %s: %d result(s) not stored: their items were taken over or cancelled meanwhile",
@@ -271,7 +287,7 @@ class Writer:
             elif d.call.company.id not in adopted:
                 error = "result not stored: the item was cancelled while its call was out"
                 kept.append(dataclasses.replace(d, call=dataclasses.replace(d.call, data=None, error=error)))
-        return kept
+        return kept, ours
 
     async def _store(self, fetched: list[Done], entries: list[LogEntry]) -> dict[str, StoreOutcome]:
         """Hand the fetched data to the storage step; its log entries join `entries` when local."""

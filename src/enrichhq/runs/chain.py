@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from enrichhq import exceptions, inputs, workflows
-from enrichhq.db import engines
+from enrichhq.db import engines, idempotency
 from enrichhq.execution.embedded import ProgressCallback
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import dispatch, lifecycle, preparation, selection, summaries
@@ -114,12 +114,14 @@ async def prepare(
     force: bool = False,
     budget: float | None = None,
     sample: int | None = None,
-    idempotency_key: str | None = None,
+    idempotency_key: idempotency.Key | None = None,
 ) -> Chain:
     """Check every step, then create one batch per step (none if any step fails its check).
 
-    A budget applies to each step's batch. An idempotency key (scoped by the caller) is scoped
-    again per step: a request sent again gets the same batches, each `replayed`.
+    A budget applies to each step's batch. An idempotency key (scoped by the caller) is the first
+    step's, as it stands, and scoped again for each later step: a request sent again gets the same
+    batches, each `replayed`; the key once used by any other request on its route (one step or
+    several) is refused at the first step, before any batch is made.
     """
     steps = await resolve(dbs, picked)
     _check_options(steps, sample)
@@ -129,7 +131,7 @@ async def prepare(
     made: list[ChainStep] = []
     by_slug: dict[str, str] = {}
     try:
-        for workflow in steps:
+        for index, workflow in enumerate(steps):
             prepared = await preparation.prepare(
                 dbs,
                 settings,
@@ -139,7 +141,7 @@ async def prepare(
                 force=force,
                 budget=budget,
                 sample=sample,
-                idempotency_key=None if idempotency_key is None else f"{idempotency_key} step {workflow.id}",
+                idempotency_key=_step_key(idempotency_key, index, workflow.id),
             )
             reads = inputs.referenced_steps(workflow.provider_config) & slugs
             made.append(ChainStep(prepared, {s: by_slug[s] for s in sorted(reads) if s in by_slug}))
@@ -150,6 +152,14 @@ async def prepare(
             await lifecycle.cancel(dbs, settings, step.prepared.batch_id)
         raise
     return Chain(tuple(made))
+
+
+def _step_key(key: idempotency.Key | None, index: int, workflow_id: str) -> idempotency.Key | None:
+    """The key a step's batch takes: the request's own for the first (so it meets a one-step
+    request's key, and its fingerprint), a key of its own, same fingerprint, for each later one."""
+    if key is None or index == 0:
+        return key
+    return key.part(f"step {workflow_id}")
 
 
 async def estimate(
@@ -228,16 +238,22 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
-#: how bad a step's end is, for the run's: the worst step decides.
+#: how bad a step's state is, for the run's: the worst step decides. A step still waiting for
+#: callbacks outranks a completed one, so a run is not shown completed while results are to come.
 _BADNESS = {
     BatchStatus.COMPLETED: 0,
-    BatchStatus.WAITING: 0,
-    BatchStatus.RUNNING: 1,
-    BatchStatus.STOPPED: 2,
-    BatchStatus.CANCELLED: 3,
+    BatchStatus.WAITING: 1,
+    BatchStatus.RUNNING: 2,
+    BatchStatus.STOPPED: 3,
+    BatchStatus.CANCELLED: 4,
 }
 
 
 def worst(found: Sequence[summaries.BatchSummary]) -> BatchStatus:
     """The status of the step that ended worst (what the run's exit code follows)."""
-    return max((s.status for s in found), key=lambda status: _BADNESS.get(status, 0))
+    return worst_of(s.status for s in found)
+
+
+def worst_of(statuses: Iterable[BatchStatus]) -> BatchStatus:
+    """The worst of these step statuses."""
+    return max(statuses, key=lambda status: _BADNESS.get(status, 0))

@@ -11,14 +11,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from enrichhq import destinations, liveness, workflows
-from enrichhq.db import batches, engines, errors, items, rows
+from enrichhq import destinations, exceptions, liveness, workflows
+from enrichhq.db import batches, delivery, engines, errors, items, rows
 from enrichhq.execution import lease
-from enrichhq.models import ItemOutcome, StoreOutcome, StoreRecord, WorkflowConfig
+from enrichhq.execution.store import DbItemStore
+from enrichhq.models import ItemOutcome, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, summaries
 from enrichhq.settings import Settings
-from enrichhq.states import BatchStatus, ItemState
+from enrichhq.states import BatchStatus, ItemState, LogStatus
 
 log = logging.getLogger("enrichhq.runs")
 
@@ -159,20 +160,61 @@ async def cancel(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
     mine = liveness.Lease.new()
     taken = await lease.try_take(dbs, settings, batch_id, mine)
     try:
+        if taken:  # no live run holds the batch: a writer's claim left in it is a dead run's
+            await _settle_dead_claims(dbs, batch_id)
         async with dbs.begin("hq") as conn:
             batch = await summaries.existing_batch(conn, batch_id)
-            if not batch.status.final:
+            if taken:  # what the dead run's claims did not store ends skipped with the rest
+                await delivery.unclaim(conn, batch_id)
+            if not batch.status.final or taken:
                 await items.skip_unfinished(
                     conn,
                     batch_id,
                     batches.STOPPED_PREFIX + CANCELLED,
                     (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING_CALLBACK),
                 )
+            if not batch.status.final:
                 await batches.finish_batch(conn, batch_id, BatchStatus.CANCELLED, CANCELLED)
     finally:
         if taken:
             await lease.release(dbs, batch_id, mine)
     return await summaries.summary(dbs, batch_id)
+
+
+async def _settle_dead_claims(dbs: engines.Databases, batch_id: str) -> None:
+    """Settle as stored the writer's claims a dead run left whose receipt is in the destination.
+
+    Its process died between the claim and HQ's write: a claim whose rows were stored (the
+    receipt, in the destination's transaction) ends succeeded, logged and completed, as a lost
+    result found stored does on delivery; the others are not stored, and the cancel skips them.
+    Only for the lease's holder, so no live writer is still writing them.
+    """
+    async with dbs.begin("hq") as conn:
+        claims = await delivery.writer_claims(conn, batch_id)
+        batch = await batches.get_batch(conn, batch_id) if claims else None
+    if batch is None:
+        return
+    try:
+        workflow = await workflows.get(dbs, str(batch.workflow_id))
+    except exceptions.NotFound:
+        return  # the step is gone, and with it where its rows went: nothing counts as stored
+    step = StepRef.of(workflow, batch_id=batch_id, play_name=batch.play_name)
+    store = DbItemStore(dbs, step, adds_spend=False)
+    stored = await store.receipted(workflow.destination_db, [cid for cid, *_ in claims])
+    done = [(cid, domain, attempts, cost) for cid, domain, attempts, cost in claims if cid in stored]
+    if not done:
+        return
+    log.info("batch %s: %d result(s) of a dead run found stored (receipts)", batch_id, len(done))
+    await store.finish(
+        [step.entry(cid, domain, LogStatus.SUCCEEDED, attempt=attempts) for cid, domain, attempts, _ in done],
+        [
+            ItemOutcome.of_store(cid, StoreOutcome(cid, True), attempts=attempts, cost=cost, data={})
+            for cid, _, attempts, cost in done
+        ],
+        callback_timeout_s=0.0,
+        spend={},
+        claimed=stored,
+    )
 
 
 async def orphans(dbs: engines.Databases, settings: Settings) -> list[str]:

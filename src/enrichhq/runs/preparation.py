@@ -112,7 +112,7 @@ async def prepare(
     batch_id: str | None = None,
     budget: float | None = None,
     sample: int | None = None,
-    idempotency_key: str | None = None,
+    idempotency_key: idempotency.Key | None = None,
 ) -> Prepared:
     """Check everything that can be checked before a provider is called, then create the batch.
 
@@ -120,7 +120,8 @@ async def prepare(
     play (unless forced), or ruled out by the workflow's run_if.
 
     With an idempotency key (scoped by the caller: see `idempotency.scoped`), the batch an
-    earlier request with the key created is returned instead, `replayed`, and nothing is built.
+    earlier request with the key created is returned instead, `replayed`, and nothing is built;
+    IdempotencyConflict if that request was another one.
     """
     plan = await _plan(dbs, settings, workflow_ref, chosen, play_name, force, budget, sample)
     mine = liveness.Lease.new()
@@ -149,7 +150,8 @@ async def _replayed(conn: AsyncConnection, plan: _Plan, batch_id: str) -> Prepar
     """The batch an earlier request with the same key made, if it ran the same step and play."""
     batch = await batches.get_batch(conn, batch_id)
     if batch is None or str(batch.workflow_id) != plan.workflow.id or batch.play_name != plan.play_name:
-        raise exceptions.InputError(
+        # A key stored without a fingerprint (before migration 0008) is checked by what it ran.
+        raise exceptions.IdempotencyConflict(
             f"this Idempotency-Key was already used for another request (batch {batch_id}); "
             "send a new key for a new run"
         )
@@ -322,11 +324,13 @@ async def adopt_dead(
     """Take over the selected companies' open items in this step and play's batches whose process died.
 
     Each such batch's lease is taken over (the compare-and-swap decides, so of two re-runs one
-    adopts); the selected companies' items still queued or running there (and storing, when its
-    holder died mid-store) end `skipped`, "adopted by batch <new>", which frees them for the new
-    batch's items. A batch left with nothing open is closed with what happened. Items waiting for
-    a callback stay: the callback may still come. Runs in the new batch's transaction, before its
-    items are added. A sampled run adopts nothing: its sample is drawn only as its items are added.
+    adopts); the selected companies' items still queued or running there (and its writer's
+    claims: no live run holds the batch, so no writer is storing them) end `skipped`, "adopted by
+    batch <new>", which frees them for the new batch's items, where their receipts decide whether
+    they are called again. A batch left with nothing open is closed with what happened. Items
+    waiting for a callback, or storing one, stay: the callback may still come, or be stored. Runs
+    in the new batch's transaction, before its items are added. A sampled run adopts nothing: its
+    sample is drawn only as its items are added.
     """
     if plan.sample is not None:
         return ()
@@ -341,9 +345,8 @@ async def adopt_dead(
         died = holder.heartbeat_at is not None  # else nobody held it: a clean end left items queued
         if not await lease.take_in(conn, settings, old, mine, holder):
             continue  # another run took it first
-        states = batches.ADOPTABLE_STATES if died else (ItemState.QUEUED, ItemState.RUNNING)
         reason = adopted_reason(new_batch_id)
-        moved, left = await items.adopt_open(conn, old, reason, states, company_ids)
+        moved, left = await items.adopt_open(conn, old, reason, batches.ADOPTABLE_STATES, company_ids)
         if moved:
             found.append(Adoption(old, moved, died))
         if moved and not left:

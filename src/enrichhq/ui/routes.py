@@ -13,7 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from enrichhq import companies, destinations, exceptions, functions, overview, runs, workflows
 from enrichhq.api.deps import services
-from enrichhq.runs import chain
+from enrichhq.runs import chain, chain_view
 from enrichhq.ui import auth
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -211,8 +211,33 @@ async def _start_steps(request: Request, form: FormData, play: str) -> Response:
         request.session["message"] = f"error: {exc}"
         return RedirectResponse("/", 303)
     svc.runner.start_chain(made)
-    # The batches page lists each step's batch, newest first.
-    return RedirectResponse("/batches", 303)
+    adopted = [s.prepared.adoption_message for s in made.steps if s.prepared.adoption_message]
+    if adopted:
+        request.session["message"] = f"Run started; it {'; '.join(adopted)}."
+    return RedirectResponse(f"/runs/view?{chain_view.address(made.batch_ids)}", 303)
+
+
+# --- a multi-step run -----------------------------------------------------------------------
+
+
+@router.get("/runs/view", dependencies=Logged)
+async def run_page(request: Request) -> HTMLResponse:
+    run = await chain_view.view(services(request).dbs, request.query_params.getlist("batch"))
+    return render(request, "run.html", run=run, message=request.session.pop("message", None))
+
+
+@router.get("/runs/progress", dependencies=Logged)
+async def run_progress(request: Request) -> HTMLResponse:
+    run = await chain_view.view(services(request).dbs, request.query_params.getlist("batch"))
+    return render(request, "_run_progress.html", run=run)
+
+
+@router.post("/runs/cancel", dependencies=Posting)
+async def cancel_run(request: Request) -> Response:
+    form = await request.form()
+    svc = services(request)
+    ids = await chain_view.cancel(svc.dbs, svc.runner, [str(v) for v in form.getlist("batch")])
+    return RedirectResponse(f"/runs/view?{chain_view.address(ids)}", 303)
 
 
 # --- batches --------------------------------------------------------------------------------
