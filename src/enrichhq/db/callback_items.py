@@ -36,6 +36,9 @@ async def mark_waiting(
 
     Only items still `running` change: a callback that beat the sender's answer has
     already settled its item, and that outcome stands.
+
+    Rows are written in company id order, the order claim_many locks them in: a claim racing
+    this write then waits for it (or it for the claim) instead of both waiting in a circle.
     """
     if not updates:
         return
@@ -64,9 +67,14 @@ async def mark_waiting(
                 "b_attempts": u["attempts"],
                 "b_cost": u.get("cost"),
             }
-            for u in updates
+            for u in sorted(updates, key=lambda u: lock_order(u["company_id"]))
         ],
     )
+
+
+def lock_order(company_id: str) -> str:
+    """The key that sorts company ids as the database orders them (a uuid's bytes, as lower hex)."""
+    return company_id.lower()
 
 
 async def claim_many(
@@ -77,15 +85,22 @@ async def claim_many(
     A callback ends its item's call: `deliveries` goes to 0 (a running item's call may still be
     counted when its callback beats the sender's answer), which tells this claim from a writer's
     (`items.claimed_by_writer`), so no run's takeover touches it.
+
+    The items are locked first, in company id order (as mark_waiting writes them): an UPDATE
+    locks rows in whatever order its plan meets them.
     """
     claimed: dict[str, ClaimedItem] = {}
-    for chunk in chunked(company_ids):
+    for chunk in chunked(sorted(company_ids, key=lock_order)):
+        where = (these(batch_id, chunk), among((ItemState.WAITING_CALLBACK, ItemState.RUNNING)))
+        await conn.execute(
+            sa.select(batch_items.c.company_id)
+            .where(*where)
+            .order_by(batch_items.c.company_id)
+            .with_for_update()
+        )
         result = await conn.execute(
             sa.update(batch_items)
-            .where(
-                these(batch_id, chunk),
-                among((ItemState.WAITING_CALLBACK, ItemState.RUNNING)),
-            )
+            .where(*where)
             .values(state=ItemState.STORING, deliveries=0, updated_at=now())
             .returning(
                 batch_items.c.company_id,
