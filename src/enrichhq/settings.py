@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         description="let providers connect to loopback, private and link-local addresses: true, or "
         "networks such as 10.0.0.0/8,127.0.0.1/32 (default: public addresses only)",
     )
+    enrichhq_secret_env_prefixes: str = Field(
+        default="API_,N8N_,CLAY_,WEBHOOK_",
+        description="prefixes of the environment variables a step's config may read as a secret "
+        "({{ secrets.X }}, auth_env, api_key_env), comma-separated; nothing else can be read",
+    )
     redis_url: str | None = Field(
         default=None, description="keep provider limits shared by workers in Redis instead of HQ"
     )
@@ -107,6 +112,10 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(size))
         return path.read_text().strip()
+
+    def secret_env_prefixes(self) -> tuple[str, ...]:
+        """The allowed secret prefixes (ENRICHHQ_SECRET_ENV_PREFIXES), upper-cased, empty ones dropped."""
+        return tuple(p.strip().upper() for p in self.enrichhq_secret_env_prefixes.split(",") if p.strip())
 
     def network_policy(self) -> netpolicy.NetworkPolicy:
         """Which addresses providers may connect to (ENRICHHQ_ALLOW_PRIVATE_NETWORKS)."""

@@ -7,18 +7,15 @@ answers they give to a bad request are handled the same way here.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import httpx
 
-from enrichhq import exceptions
+from enrichhq import exceptions, secret_env
 from enrichhq.functions import base
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
-
-AUTH_ENV = re.compile(r"^(N8N|CLAY|WEBHOOK)_[A-Z0-9_]+$")
 
 
 class WebhookProvider(base.Provider):
@@ -47,16 +44,8 @@ class WebhookProvider(base.Provider):
                 "at which it can reach enrichhq (e.g. https://enrich.example.com)"
             )
         env = cls._auth_env(workflow)
-        if env and not AUTH_ENV.match(env):
-            raise exceptions.ConfigError(
-                f"provider_config.auth_env {env!r}: webhook secrets must live in variables named N8N_*, "
-                "CLAY_* or WEBHOOK_* (so a config row can never send enrichhq's own secrets to a webhook)"
-            )
-        if env and not os.environ.get(env):
-            raise exceptions.ConfigError(
-                f"{cls.label} auth is read from ${env}, which is not set; export it (secrets live in the "
-                "environment, never in config rows)"
-            )
+        if env:
+            secret_env.check(env, settings, what=f"{cls.label} provider_config.auth_env")
 
     @classmethod
     def _auth_env(cls, workflow: WorkflowConfig) -> str | None:
@@ -66,7 +55,7 @@ class WebhookProvider(base.Provider):
     def headers(self) -> dict[str, str]:
         """The auth header, from the environment variable the config names."""
         env = self._auth_env(self.workflow)
-        if not env or not AUTH_ENV.match(env) or not os.environ.get(env):
+        if not env or secret_env.problem(env, self.settings) or not os.environ.get(env):
             return {}
         return {str(self.workflow.option("auth_header", self.auth_header)): os.environ[env]}
 
