@@ -442,7 +442,10 @@ async def _assert_exact(
     # Called again: only calls the kills took (each one charged 'unknown' once), no chunk allowance.
     assert extra <= unknown
     if kills.unended:
-        assert sum(kills.unended) == unknown
+        # Each kill's unended calls are counted from a snapshot taken just after the kill; a start
+        # write the dead client had sent can still commit on the server after that snapshot, so the
+        # snapshots may miss up to one chunk of starts (<= the step's concurrency) in a whole run.
+        assert 0 <= unknown - sum(kills.unended) <= concurrency, (unknown, kills)
     # The one gap allowed: starts written, the process killed before their requests reached the
     # stub (a fresh process still connecting): at most one group of starts, `concurrency` calls.
     assert calls * PRICE <= recorded <= (calls + concurrency * len(kills.at_stub)) * PRICE
