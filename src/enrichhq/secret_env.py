@@ -4,15 +4,14 @@ A config row is data that users edit (in the UI, through the API), so it must ne
 send enrichhq's own key, its database URLs or ENRICHHQ_SECRET to a URL it chose. It may only
 name variables whose names carry a prefix from ENRICHHQ_SECRET_ENV_PREFIXES (default
 API_, N8N_, CLAY_, WEBHOOK_); names of enrichhq's own settings are refused whatever the prefixes.
-One mechanism for every provider: `auth_env` of n8n/Clay, `{{ secrets.X }}` of http_api,
-`api_key_env` of llm.
+Today it serves `auth_env` of n8n and Clay; it is the one rule any further provider option that
+reads a secret should call.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
 
 from enrichhq import exceptions
 from enrichhq.settings import Settings
@@ -20,8 +19,6 @@ from enrichhq.settings import Settings
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 #: never readable, whatever prefixes the operator allows (enrichhq's own settings and databases).
 _OWN = ("ENRICHHQ_", "HQ_DATABASE", "WORKSPACE_DATABASE", "DATABASE_URL", "REDIS_URL", "PG")
-#: a secret shorter than this is not scrubbed from texts (it would mangle ordinary words).
-_MIN_SCRUB = 4
 
 
 def problem(name: str, settings: Settings) -> str | None:
@@ -53,30 +50,3 @@ def read(name: str, settings: Settings, *, what: str) -> str:
     """The value of an allowed, set secret variable (ConfigError otherwise)."""
     check(name, settings, what=what)
     return os.environ[name]
-
-
-class Secrets(Mapping[str, str]):
-    """`secrets` in templates: reading a name reads the variable if allowed, else fails with why."""
-
-    def __init__(self, settings: Settings, *, what: str) -> None:
-        self._settings = settings
-        self._what = what
-        self.used: dict[str, str] = {}
-
-    def __getitem__(self, name: str) -> str:
-        value = read(name, self._settings, what=self._what)
-        self.used[name] = value
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.used)
-
-    def __len__(self) -> int:
-        return len(self.used)
-
-
-def scrub(text: str, values: Iterable[str]) -> str:
-    """`text` with every secret value in it replaced by `***` (for errors, logs and stored answers)."""
-    for value in sorted({v for v in values if len(v) >= _MIN_SCRUB}, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text

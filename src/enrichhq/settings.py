@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     enrichhq_secret_env_prefixes: str = Field(
         default="API_,N8N_,CLAY_,WEBHOOK_",
         description="prefixes of the environment variables a step's config may read as a secret "
-        "({{ secrets.X }}, auth_env, api_key_env), comma-separated; nothing else can be read",
+        "(n8n and Clay auth_env), comma-separated; enrichhq's own settings never",
     )
     redis_url: str | None = Field(
         default=None, description="keep provider limits shared by workers in Redis instead of HQ"

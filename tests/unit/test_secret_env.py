@@ -37,15 +37,3 @@ def test_the_operator_chooses_the_prefixes(monkeypatch: pytest.MonkeyPatch) -> N
     assert secret_env.problem("HUNTER_KEY", Settings()) is not None
     assert secret_env.problem("HUNTER_KEY", Settings(enrichhq_secret_env_prefixes="hunter_")) is None
     assert secret_env.problem("API_X", Settings(enrichhq_secret_env_prefixes="")) is not None
-
-
-def test_secrets_mapping_records_what_a_template_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("API_A", "value-a-123")
-    secrets = secret_env.Secrets(Settings(), what="headers")
-    assert secrets["API_A"] == "value-a-123"
-    assert dict(secrets) == {"API_A": "value-a-123"}
-
-
-def test_scrub_hides_every_value_longest_first() -> None:
-    text = "key=abcdef123 and abcdef123456 and ab"
-    assert secret_env.scrub(text, ["abcdef123", "abcdef123456", "ab"]) == "key=*** and *** and ab"
