@@ -104,6 +104,9 @@ class StoreRecord:
     data: Mapping[str, Any]
     attempt: int = 1
     cost: float | None = None
+    #: the batch whose key its receipt is claimed under when not the storing batch's own: the
+    #: dead run it was adopted from, whose stalled writer may still write it.
+    receipt_batch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,8 @@ class Pipeline:
                 "play_name": play_name,
                 "attempt": r.attempt,
                 "cost": r.cost,
+                # enrichhq's addition, sent only when set: the seed's body stays the seed's.
+                **({"receipt_batch_id": r.receipt_batch} if r.receipt_batch else {}),
             }
             for r in records
         ]

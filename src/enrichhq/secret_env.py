@@ -4,14 +4,17 @@ A config row is data that users edit (in the UI, through the API), so it must ne
 send enrichhq's own key, its database URLs or ENRICHHQ_SECRET to a URL it chose. It may only
 name variables whose names carry a prefix from ENRICHHQ_SECRET_ENV_PREFIXES (default
 API_, N8N_, CLAY_, WEBHOOK_); names of enrichhq's own settings are refused whatever the prefixes.
-Today it serves `auth_env` of n8n and Clay; it is the one rule any further provider option that
-reads a secret should call.
+It serves `auth_env` of n8n and Clay and the Zenrows key's masking; it is the one rule any
+further provider option that reads a secret should call, and `scrub` the one mask for texts
+(errors, log rows) that may hold a secret a call sent.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import urllib.parse
+from collections.abc import Iterable
 
 from enrichhq import exceptions
 from enrichhq.settings import Settings
@@ -50,3 +53,22 @@ def read(name: str, settings: Settings, *, what: str) -> str:
     """The value of an allowed, set secret variable (ConfigError otherwise)."""
     check(name, settings, what=what)
     return os.environ[name]
+
+
+#: a shorter secret is not masked in free text: replaced everywhere, a two-letter key would turn
+#: every such pair of letters of an error message into `***` (and tell where it was).
+MIN_MASKED_LEN = 8
+MASK = "***"
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """The text with each secret masked, as sent and as it reads URL-encoded (in a query string)."""
+    for secret in sorted({s for s in secrets if len(s) >= MIN_MASKED_LEN}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+        encoded = urllib.parse.quote(secret, safe="")
+        if encoded != secret:
+            text = text.replace(encoded, MASK)
+        plus = urllib.parse.quote_plus(secret, safe="")
+        if plus not in (secret, encoded):
+            text = text.replace(plus, MASK)
+    return text

@@ -8,7 +8,7 @@ then calls the logger. It knows nothing of what the data means or where it came 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -86,7 +86,12 @@ async def store(
         except destinations.CoercionError as exc:
             outcomes[record.company_id] = StoreOutcome(record.company_id, False, str(exc))
     if rows:
-        outcomes.update(await _write(dbs, config, destination, rows, batch_id))
+        receipts = (
+            None
+            if batch_id is None
+            else {stored_rows.company_key(r.company_id): r.receipt_batch or batch_id for r in records}
+        )
+        outcomes.update(await _write(dbs, config, destination, rows, receipts))
     by_id = {r.company_id: r for r in records}
     step = StepRef.of(config, batch_id=batch_id, play_name=play_name)
     entries = [
@@ -184,12 +189,12 @@ async def _write(
     config: WorkflowConfig,
     destination: destinations.Destination,
     rows: Mapping[str, list[dict[str, Any]]],
-    batch_id: str | None,
+    receipts: Mapping[str, str] | None,
 ) -> dict[str, StoreOutcome]:
-    if batch_id is not None:
+    if receipts is not None:
         await stored_rows.ensure(dbs, destination.db)
     try:
-        return await _write_chunk(dbs, config, destination, rows, batch_id)
+        return await _write_chunk(dbs, config, destination, rows, receipts)
     except sa.exc.StatementError as exc:
         # Any error the statement met (the driver's, or a value no bind processor takes);
         # an unreachable database is not one of them (dbs.begin made it a DatabaseError).
@@ -199,7 +204,7 @@ async def _write(
     outcomes: dict[str, StoreOutcome] = {}
     for company_id, row in rows.items():
         try:
-            outcomes.update(await _write_chunk(dbs, config, destination, {company_id: row}, batch_id))
+            outcomes.update(await _write_chunk(dbs, config, destination, {company_id: row}, receipts))
         except sa.exc.StatementError as exc:
             outcomes[company_id] = StoreOutcome(company_id, False, errors.first_line(exc))
     return outcomes
@@ -210,12 +215,14 @@ async def _write_chunk(
     config: WorkflowConfig,
     destination: destinations.Destination,
     rows: Mapping[str, list[dict[str, Any]]],
-    batch_id: str | None,
+    receipts: Mapping[str, str] | None,
 ) -> dict[str, StoreOutcome]:
     """One transaction: the chunk's receipts, then rows for the companies whose receipt was new.
 
-    A company whose receipt was there already was stored by an earlier attempt of this batch
-    (its process died before HQ heard): it counts as stored, and gets no second row.
+    `receipts` maps each company (company_key form) to the batch its receipt is claimed under:
+    the storing batch, or the dead one it was adopted from. A company whose receipt was there
+    already was stored by an earlier attempt (its process died before HQ heard, or a stalled
+    writer of the dead batch got there first): it counts as stored, and gets no second row.
     With `replace`, the rows this step's earlier batches wrote for a fresh company (their
     receipts' row_keys) are deleted first, in the same transaction; a lock per step and company
     makes two batches replacing one company's rows at once go in turn, so neither keeps the
@@ -224,17 +231,11 @@ async def _write_chunk(
     mode = write_mode_of(config)
     async with dbs.begin(destination.db) as conn:
         await dialect.compress_with(conn, dbs.toast_compression)
-        if batch_id is None:  # no batch to make a receipt for (a direct storage_worker_v2 call)
-            fresh = dict(rows)
-        else:
-            if mode == "replace":
-                await dialect.lock_keys(conn, [f"{config.id}/{stored_rows.company_key(c)}" for c in rows])
-            new = await stored_rows.claim(
-                conn, config.id, batch_id, destination.name, [stored_rows.company_key(c) for c in rows]
-            )
-            fresh = {cid: row for cid, row in rows.items() if stored_rows.company_key(cid) in new}
-        if fresh and batch_id is not None and mode == "replace":
-            await _delete_earlier(conn, config, destination, batch_id, list(fresh))
+        # No batch to make a receipt for: a direct storage_worker_v2 call.
+        fresh = dict(rows) if receipts is None else await _claim(conn, config, destination, rows, receipts)
+        if fresh and receipts is not None and mode == "replace":
+            for receipt, ids in _by_receipt(receipts, fresh).items():
+                await _delete_earlier(conn, config, destination, receipt, ids)
         values = [row for company_rows in fresh.values() for row in company_rows]
         keys = destination.table.primary_key.columns
         by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
@@ -253,9 +254,36 @@ async def _write_chunk(
             # One row per company: a company with none (an upsert that changed nothing) keeps
             # its receipt's keys unknown, as before; with rows_from, [] says "no rows" and counts.
             by_company = {c: k for c, k in by_company.items() if k}
-        if batch_id is not None and keys and by_company:
-            await stored_rows.record_keys(conn, config.id, batch_id, by_company)
+        if receipts is not None and keys and by_company:
+            for receipt, ids in _by_receipt(receipts, by_company).items():
+                await stored_rows.record_keys(conn, config.id, receipt, {c: by_company[c] for c in ids})
     return {cid: StoreOutcome(cid, True) for cid in rows}
+
+
+async def _claim(
+    conn: AsyncConnection,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    rows: Mapping[str, list[dict[str, Any]]],
+    receipts: Mapping[str, str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Claim the chunk's receipts; the rows of the companies whose receipt is new."""
+    if write_mode_of(config) == "replace":
+        await dialect.lock_keys(conn, [f"{config.id}/{stored_rows.company_key(c)}" for c in rows])
+    fresh: dict[str, list[dict[str, Any]]] = {}
+    for receipt, ids in _by_receipt(receipts, rows).items():
+        claims = [stored_rows.company_key(c) for c in ids]
+        new = await stored_rows.claim(conn, config.id, receipt, destination.name, claims)
+        fresh.update({cid: rows[cid] for cid in ids if stored_rows.company_key(cid) in new})
+    return fresh
+
+
+def _by_receipt(receipts: Mapping[str, str], company_ids: Iterable[str]) -> dict[str, list[str]]:
+    """The companies grouped by the batch their receipts are claimed under (one group, usually)."""
+    groups: dict[str, list[str]] = {}
+    for cid in company_ids:
+        groups.setdefault(receipts[stored_rows.company_key(cid)], []).append(cid)
+    return groups
 
 
 async def _delete_earlier(

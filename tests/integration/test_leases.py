@@ -4,6 +4,7 @@ that is gone is taken over at once; a re-run after a crash adopts what the dead 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -437,3 +438,55 @@ async def test_a_rerun_does_not_call_again_what_the_dead_run_stored(env: Env, st
         {"b": prepared.batch_id},
     )
     assert unknown[0][0] == 1  # the dead run's call, charged once as paid
+
+
+@pytest.mark.parametrize("dead_runs", [1, 2])
+async def test_a_stalled_writer_of_an_adopted_item_writes_no_second_row(
+    env: Env, stub: Stub, dead_runs: int
+) -> None:
+    """A run stalled past its heartbeat after claiming a result for storing (before writing it): a
+    re-run adopts the item, calls and stores it; then the stalled writer wakes and writes. Its write
+    must find the re-run's receipt (claimed under the dead batch's key), so the company has one row
+    — also when the item went through a second dead run (whose writer wakes too) before the re-run."""
+    from enrichhq import storage_worker, workflows
+    from enrichhq.models import StoreRecord
+
+    await _step(env)
+    domains = ["stalled-1.com", "stalled-2.com"]
+    companies = await add_companies(env.dbs, domains)
+    started = "UPDATE enrichment_batch_items SET deliveries = 1, attempts = 1 WHERE batch_id = :b AND company_domain = :d"
+    dead = [await _dead_batch(env, domains)]
+    await sql(env.dbs, "hq", started, {"b": dead[0], "d": domains[0]})
+    for _ in range(dead_runs - 1):  # a re-run that adopted it and died in turn, its call out
+        again = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+        assert [a.batch_id for a in again.adopted] == [dead[-1]]
+        await _kill(env, again.batch_id, domains)
+        await sql(env.dbs, "hq", started, {"b": again.batch_id, "d": domains[0]})
+        dead.append(again.batch_id)
+
+    prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    assert [a.batch_id for a in prepared.adopted] == [dead[-1]]
+    summary = await runs.execute(env.dbs, env.settings, prepared)
+    assert summary.count("succeeded") == 2
+    assert stub.calls[domains[0]] == 1
+
+    workflow = await workflows.get(env.dbs, STEP)
+
+    async def no_log(entries: object) -> None:
+        return None
+
+    # Each stalled writer wakes: the first run's under its own key, a later one's under the key
+    # its take gave it (the first run's), as `DbItemStore.take` does for an adopted suspect.
+    for i, batch_id in enumerate(dead):
+        html = {"homepage_html": f"<html>late {i}</html>"}
+        late = StoreRecord(companies[0].id, domains[0], html, 1, None)
+        if i > 0:
+            late = dataclasses.replace(late, receipt_batch=dead[0])
+        outcomes = await storage_worker.store(env.dbs, workflow, [late], batch_id=batch_id, log=no_log)
+        assert [o.stored for o in outcomes] == [True]  # its row is there: the one the re-run wrote
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT company_domain, count(*) FROM company_homepage_scrapes GROUP BY company_domain ORDER BY 1",
+    )
+    assert [(r[0], r[1]) for r in rows] == [(domains[0], 1), (domains[1], 1)]

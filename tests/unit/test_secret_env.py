@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
 from enrichhq import exceptions, secret_env
@@ -37,3 +39,22 @@ def test_the_operator_chooses_the_prefixes(monkeypatch: pytest.MonkeyPatch) -> N
     assert secret_env.problem("HUNTER_KEY", Settings()) is not None
     assert secret_env.problem("HUNTER_KEY", Settings(enrichhq_secret_env_prefixes="hunter_")) is None
     assert secret_env.problem("API_X", Settings(enrichhq_secret_env_prefixes="")) is not None
+
+
+def test_scrub_masks_a_secret_as_sent_and_url_encoded() -> None:
+    secret = "k3y/with+odd chars&="
+    text = f"GET https://api.example/x?key={urllib.parse.quote(secret, safe='')}&q=1 said {secret}; form {urllib.parse.quote_plus(secret)}"
+    scrubbed = secret_env.scrub(text, [secret])
+    assert secret not in scrubbed
+    assert urllib.parse.quote(secret, safe="") not in scrubbed
+    assert urllib.parse.quote_plus(secret) not in scrubbed
+    assert scrubbed.count(secret_env.MASK) == 3
+
+
+def test_scrub_leaves_short_values_alone() -> None:
+    """A one-letter secret masked everywhere would mangle the message and point at the key."""
+    assert secret_env.scrub("an error about a thing", ["a"]) == "an error about a thing"
+
+
+def test_scrub_masks_the_longer_of_two_overlapping_secrets_whole() -> None:
+    assert secret_env.scrub("token abcdefgh12345678", ["abcdefgh", "abcdefgh12345678"]) == "token ***"

@@ -215,7 +215,17 @@ async def storage_worker_v2(body: StorageRequest | list[StorageRequest], request
         outcomes = await storage_worker.store(
             svc.dbs,
             workflow,
-            [StoreRecord(i.company_id, i.company_domain, i.data, i.attempt or 1, i.cost) for i in group],
+            [
+                StoreRecord(
+                    i.company_id,
+                    i.company_domain,
+                    i.data,
+                    i.attempt or 1,
+                    i.cost,
+                    receipt_batch=i.receipt_batch_id,
+                )
+                for i in group
+            ],
             batch_id=batch_id,
             play_name=play_name,
             log=svc.pipeline.log,

@@ -143,6 +143,8 @@ class StorageRequest(BaseModel):
     play_name: str | None = None
     attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
+    #: the dead batch a result's item was adopted from, whose receipt key it is stored under.
+    receipt_batch_id: Uuid | None = None
 
 
 class LoggerRequest(BaseModel):

@@ -563,18 +563,37 @@ async def adopted_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequenc
     return found
 
 
-async def adopted_from(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
-    """For these companies of a batch, the dead batch each was adopted from (where one was)."""
+async def receipt_batches(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
+    """For these companies of a batch, the batch under whose key their receipts are claimed, where
+    it is not this one: the first batch of the chain of dead runs each was adopted through.
+
+    A stalled writer of a dead batch may still write after its items were adopted: claiming the
+    adopting item's receipt under the same key as that writer's makes one of the two writes find
+    the other's receipt, so the destination gets one row. One query per chunk and link of the chain.
+    """
     found: dict[str, str] = {}
-    for chunk in chunked(company_ids):
-        result = await conn.execute(
-            sa.select(batch_items.c.company_id, batch_items.c.batch_id).where(
-                batch_items.c.company_id.in_(chunk),
-                batch_items.c.state == ItemState.SKIPPED,
-                batch_items.c.last_error == ADOPTED_PREFIX + batch_id,
-            )
-        )
-        found.update({str(r.company_id): str(r.batch_id) for r in result})
+    todo: dict[str, list[str]] = {batch_id: list(company_ids)}
+    seen: dict[str, set[str]] = {}
+    while todo:
+        following: dict[str, list[str]] = {}
+        for adopter, ids in todo.items():
+            for chunk in chunked(ids):
+                result = await conn.execute(
+                    sa.select(batch_items.c.company_id, batch_items.c.batch_id).where(
+                        batch_items.c.company_id.in_(chunk),
+                        batch_items.c.state == ItemState.SKIPPED,
+                        batch_items.c.last_error == ADOPTED_PREFIX + adopter,
+                    )
+                )
+                for r in result:
+                    company_id, origin = str(r.company_id), str(r.batch_id)
+                    chain = seen.setdefault(company_id, {batch_id})
+                    if origin in chain:  # adoption cannot make a cycle; never loop on one
+                        continue
+                    chain.add(origin)
+                    found[company_id] = origin
+                    following.setdefault(origin, []).append(company_id)
+        todo = following
     return found
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -26,8 +27,9 @@ from enrichhq.db.schema import stored_rows
 
 KEY = ["workflow_id", "batch_id", "company_id"]
 
-#: engines (by URL) known to hold the table: it is created once per engine and process.
-_ready: set[str] = set()
+#: engines known to hold the table: it is created once per engine. Not by URL: a database dropped
+#: and made again under the same name (tests, benchmarks, an operator's reset) lacks it again.
+_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ async def ensure(dbs: engines.Databases, db_name: str) -> None:
     recognised by its SQLSTATE, never its message (SQLite takes the write lock before it looks,
     so IF NOT EXISTS is enough there).
     """
-    key = dbs.engine(db_name).url.render_as_string(hide_password=True)
+    key = dbs.engine(db_name).sync_engine
     if key in _ready:
         return
     try:

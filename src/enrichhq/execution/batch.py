@@ -92,6 +92,8 @@ class _Job:
     charged: float | None = None
     #: the step's rendered inputs for this company.
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    #: the dead batch its receipt is claimed under (see `Runnable.receipt_batch`).
+    receipt_batch: str | None = None
 
 
 class BatchWork:
@@ -276,6 +278,7 @@ class BatchWork:
                     ticket,
                     item.charged,
                     values if isinstance(values, dict) else {},
+                    item.receipt_batch,
                 )
             )
         await ticket.done.wait()
@@ -483,7 +486,7 @@ class BatchWork:
             # before this worker calls anything else: should the next call kill the worker, this
             # company's finished call is not counted against it.
             try:
-                await self.writer.settle([Done(call, job.attempts, ticket, job.charged)])
+                await self.writer.settle([Done(call, job.attempts, ticket, job.charged, job.receipt_batch)])
             except Exception as exc:
                 log.exception(
                     "batch %s: the result of %s could not be written", self.step.batch_id, company.id
@@ -492,7 +495,7 @@ class BatchWork:
             finally:
                 ticket.one()
         else:
-            self.writer.put(Done(call, job.attempts, ticket, job.charged))
+            self.writer.put(Done(call, job.attempts, ticket, job.charged, job.receipt_batch))
 
     async def _call(self, job: _Job, began: list[bool]) -> CallResult | _Lost | None:
         async def start() -> None:

@@ -46,6 +46,9 @@ class Runnable:
     #: what the calls lost with a dead process were charged (their result unknown): the item's
     #: final cost adds this delivery's calls to it.
     charged: float | None = None
+    #: the dead batch whose receipt key its result is stored under (`items.receipt_batches`):
+    #: set for a suspect adopted from a dead run, whose stalled writer may still write.
+    receipt_batch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +194,10 @@ class DbItemStore:
                         ),
                     ],
                 )
+                suspects = [cid for cid, (_, suspect, _) in taken.runnable.items() if suspect]
+                origins = await items.receipt_batches(conn, self.batch_id, suspects) if suspects else {}
             runnable = {
-                cid: Runnable(attempts, suspect, charged)
+                cid: Runnable(attempts, suspect, charged, origins.get(cid))
                 for cid, (attempts, suspect, charged) in taken.runnable.items()
             }
             return Delivery(status, runnable, len(taken.poisoned))
@@ -255,7 +260,7 @@ class DbItemStore:
 
         async def read() -> set[str]:
             async with self.dbs.begin("hq") as conn:
-                earlier = await items.adopted_from(conn, self.batch_id, company_ids)
+                earlier = await items.receipt_batches(conn, self.batch_id, company_ids)
             await stored_rows.ensure(self.dbs, db_name)
             async with self.dbs.begin(db_name) as conn:
                 found = await stored_rows.receipted(

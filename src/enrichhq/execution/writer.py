@@ -105,6 +105,8 @@ class Done:
     ticket: Ticket
     #: what this item's calls lost with a dead process were charged: its final cost includes it.
     charged: float | None = None
+    #: the dead batch whose key its receipt is claimed under (see `store.Runnable.receipt_batch`).
+    receipt_batch: str | None = None
 
     @property
     def attempt(self) -> int:
@@ -301,7 +303,14 @@ class Writer:
             entries.extend(logged)
 
         records = [
-            StoreRecord(d.call.company.id, d.call.company.domain, d.call.data or {}, d.attempt, d.call.cost)
+            StoreRecord(
+                d.call.company.id,
+                d.call.company.domain,
+                d.call.data or {},
+                d.attempt,
+                d.call.cost,
+                receipt_batch=d.receipt_batch,
+            )
             for d in fetched
         ]
         try:

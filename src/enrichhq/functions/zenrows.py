@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from enrichhq import exceptions
+from enrichhq import exceptions, secret_env
 from enrichhq.functions import base
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
@@ -118,17 +118,10 @@ class ZenrowsProvider(base.Provider):
         return error
 
 
-#: a shorter key is masked only where it stands as the `apikey` parameter: replaced everywhere, a
-#: one-letter key would turn every such letter of an error text into `***`.
-MIN_MASKED_LEN = 8
-
-
 def scrub(text: str, secret: str) -> str:
-    """The text with the key masked: as the URL's `apikey` value, and anywhere when it is long enough."""
-    text = re.sub(r"(apikey=)[^&\s'\"]+", r"\1***", text)
-    if len(secret) >= MIN_MASKED_LEN:
-        text = text.replace(secret, "***")
-    return text
+    """The text with the key masked: as the URL's `apikey` value (whatever its length), and anywhere
+    when it is long enough (`secret_env.scrub`)."""
+    return secret_env.scrub(re.sub(r"(apikey=)[^&\s'\"]+", r"\1***", text), [secret])
 
 
 def _flag(value: Any) -> str:

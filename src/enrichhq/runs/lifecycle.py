@@ -8,7 +8,7 @@ processes, and never touches an item that is finished: nothing done is paid for 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from enrichhq import destinations, exceptions, liveness, workflows
@@ -114,18 +114,25 @@ async def _replay(dbs: engines.Databases, settings: Settings, idle: _Idle) -> No
         while True:
             async with dbs.begin("hq") as conn:
                 kept = await items.claim_kept_results(conn, batch_id, limit=settings.enrichhq_chunk_size)
+                origins = await items.receipt_batches(conn, batch_id, [k.company_id for k in kept])
             if not kept:
                 break
-            updates = await _store_kept(pipeline, idle, kept)
+            updates = await _store_kept(pipeline, idle, kept, origins)
             async with dbs.begin("hq") as conn:
                 await items.finish_items(conn, batch_id, updates, from_states=(ItemState.STORING,))
     finally:
         await pipeline.aclose()
 
 
-async def _store_kept(pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptResult]) -> list[ItemOutcome]:
-    """Store one chunk of kept results; how each of their items ends."""
-    records = [StoreRecord(k.company_id, k.company_domain, k.result, k.attempts, k.cost) for k in kept]
+async def _store_kept(
+    pipeline: Pipeline, idle: _Idle, kept: Sequence[rows.KeptResult], origins: Mapping[str, str]
+) -> list[ItemOutcome]:
+    """Store one chunk of kept results (receipts under the batches they were adopted from); how
+    each of their items ends."""
+    records = [
+        StoreRecord(k.company_id, k.company_domain, k.result, k.attempts, k.cost, origins.get(k.company_id))
+        for k in kept
+    ]
     try:
         stored = await pipeline.store(
             idle.workflow,
