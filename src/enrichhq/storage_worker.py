@@ -229,27 +229,32 @@ async def _write_chunk(
     other's rows.
     """
     mode = write_mode_of(config)
+    generated = _generated_key(destination.table) if mode != "upsert" else None
+    known: dict[str, list[dict[str, Any]]] | None = None
+    if generated is not None:
+        # setdefault: a chunk written again row by row (isolating a refused value) keeps its ids.
+        known = {
+            stored_rows.company_key(cid): [
+                {generated: row.setdefault(generated, str(uuid.uuid4()))} for row in rs
+            ]
+            for cid, rs in rows.items()
+        }
     async with dbs.begin(destination.db) as conn:
         await dialect.compress_with(conn, dbs.toast_compression)
         # No batch to make a receipt for: a direct storage_worker_v2 call.
-        fresh = dict(rows) if receipts is None else await _claim(conn, config, destination, rows, receipts)
+        fresh = (
+            dict(rows) if receipts is None else await _claim(conn, config, destination, rows, receipts, known)
+        )
         if fresh and receipts is not None and mode == "replace":
             for receipt, ids in _by_receipt(receipts, fresh).items():
                 await _delete_earlier(conn, config, destination, receipt, ids)
-        values = [row for company_rows in fresh.values() for row in company_rows]
+        if known is not None:  # the receipts hold the keys already
+            values = [row for company_rows in fresh.values() for row in company_rows]
+            if values:
+                await conn.execute(sa.insert(destination.table), values)
+            return {cid: StoreOutcome(cid, True) for cid in rows}
         keys = destination.table.primary_key.columns
-        by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
-        if values:
-            # Not sort_by_parameter_order: without a sentinel column SQLAlchemy would then insert
-            # row by row. Both databases return a multi-row VALUES in its order in practice, so a
-            # receipt lists a company's rows as the provider did, but neither guarantees it.
-            stmt = _statement(conn.dialect, config, destination, values[0]).returning(
-                destination.table.c.company_id, *keys
-            )
-            written = await conn.execute(stmt, values)
-            for found in written.mappings():
-                key = {c.name: found[c] for c in keys}
-                by_company.setdefault(stored_rows.company_key(str(found["company_id"])), []).append(key)
+        by_company = await _insert_returning(conn, config, destination, fresh)
         if rows_from(config) is None:
             # One row per company: a company with none (an upsert that changed nothing) keeps
             # its receipt's keys unknown, as before; with rows_from, [] says "no rows" and counts.
@@ -260,20 +265,61 @@ async def _write_chunk(
     return {cid: StoreOutcome(cid, True) for cid in rows}
 
 
+async def _insert_returning(
+    conn: AsyncConnection,
+    config: WorkflowConfig,
+    destination: destinations.Destination,
+    fresh: Mapping[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Insert the companies' rows; the primary keys of the rows written, per company (company_key)."""
+    table = destination.table
+    by_company: dict[str, list[dict[str, Any]]] = {stored_rows.company_key(c): [] for c in fresh}
+    values = [row for company_rows in fresh.values() for row in company_rows]
+    if not values:
+        return by_company
+    keys = table.primary_key.columns
+    # Not sort_by_parameter_order: without a sentinel column SQLAlchemy would then insert
+    # row by row. Both databases return a multi-row VALUES in its order in practice, so a
+    # receipt lists a company's rows as the provider did, but neither guarantees it.
+    stmt = _statement(conn.dialect, config, destination, values[0]).returning(table.c.company_id, *keys)
+    written = await conn.execute(stmt, values)
+    for found in written.mappings():
+        key = {c.name: found[c] for c in keys}
+        by_company.setdefault(stored_rows.company_key(str(found["company_id"])), []).append(key)
+    return by_company
+
+
+def _generated_key(table: sa.Table) -> str | None:
+    """The name of a table's primary key when it is one uuid column, which enrichhq fills itself.
+
+    Its keys are then known before the insert and go into the receipts as they are claimed: with
+    RETURNING, an executemany goes out as one multi-row VALUES per batch, tens of kilobytes that
+    psycopg parses anew each time, and the keys would need an UPDATE per company (together three
+    times the pipeline's CPU on PostgreSQL at 10,000 companies, bench/pipeline.py). An upsert
+    may land on an existing row, whose key only RETURNING can tell.
+    """
+    columns = list(table.primary_key.columns)
+    if len(columns) == 1 and destinations.kind_of(columns[0].type) == destinations.UUID:
+        return columns[0].name
+    return None
+
+
 async def _claim(
     conn: AsyncConnection,
     config: WorkflowConfig,
     destination: destinations.Destination,
     rows: Mapping[str, list[dict[str, Any]]],
     receipts: Mapping[str, str],
+    known: Mapping[str, list[dict[str, Any]]] | None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Claim the chunk's receipts; the rows of the companies whose receipt is new."""
+    """Claim the chunk's receipts (with the rows' keys when `known`); the rows of the companies
+    whose receipt is new."""
     if write_mode_of(config) == "replace":
         await dialect.lock_keys(conn, [f"{config.id}/{stored_rows.company_key(c)}" for c in rows])
     fresh: dict[str, list[dict[str, Any]]] = {}
     for receipt, ids in _by_receipt(receipts, rows).items():
         claims = [stored_rows.company_key(c) for c in ids]
-        new = await stored_rows.claim(conn, config.id, receipt, destination.name, claims)
+        new = await stored_rows.claim(conn, config.id, receipt, destination.name, claims, known)
         fresh.update({cid: rows[cid] for cid in ids if stored_rows.company_key(cid) in new})
     return fresh
 

@@ -313,6 +313,23 @@ async def test_storage_worker_and_logger_contracts(env: Env, tmp_path: Path) -> 
             "error": None,
             "table": "company_case_studies",
         }
+        # A re-run's writer stores an adopted company under the dead batch's receipt key; the dead
+        # batch's stalled writer, storing it later, finds that receipt and adds no row.
+        dead, rerun, adopted = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        body = {"workflow_id": workflow_id, "company_id": adopted, "company_domain": "adopted.com"}
+        data = {"case_study_urls": ["u2"], "extracted_at": "2026-11-26T00:00:00Z"}
+        for extra in ({"batch_id": rerun, "receipt_batch_id": dead}, {"batch_id": dead}):
+            again = client.post(
+                "/functions/v1/storage_worker_v2", headers=AUTH, json={**body, "data": data, **extra}
+            )
+            assert again.status_code == 200 and again.json()["stored"] is True, again.text
+        rows = await sql(
+            env.dbs,
+            "workspace",
+            "SELECT count(*) FROM company_case_studies WHERE CAST(company_id AS TEXT) = :c",
+            {"c": adopted},
+        )
+        assert rows[0][0] == 1
         logged = client.post(
             "/functions/v1/enrichment_logger_v1",
             headers=AUTH,
@@ -328,9 +345,9 @@ async def test_storage_worker_and_logger_contracts(env: Env, tmp_path: Path) -> 
             },
         )
         assert logged.json() == {"logged": 1, "completions": 1}
-    assert await count(env.dbs, "workspace", "company_case_studies") == 1
-    assert await count(env.dbs, "hq", "enrichment_results_log") == 2
-    assert await count(env.dbs, "hq", "company_play_step_completions") == 2
+    assert await count(env.dbs, "workspace", "company_case_studies") == 2  # acme.com and adopted.com
+    assert await count(env.dbs, "hq", "enrichment_results_log") == 4  # each store is logged
+    assert await count(env.dbs, "hq", "company_play_step_completions") == 3
 
 
 async def test_split_deployment_gives_the_same_results(env: Env, tmp_path: Path, stub: Stub) -> None:

@@ -8,6 +8,7 @@ dialect: upserts, bulk inserts, compression, statistics, and how an engine is se
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -162,23 +163,82 @@ async def insert_rows(
     time) go once. Scalar columns only: unnest would flatten an array column's values.
     SQLite takes the rows as an executemany.
     """
+    if rows:
+        await _insert_rows(conn, table, rows, conflict, update, ())
+
+
+async def insert_rows_returning(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    returning: Sequence[sa.ColumnElement[Any]],
+    *,
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+) -> list[sa.Row[Any]]:
+    """`insert_rows`, returning these columns of the rows inserted (with a conflict: only the new ones).
+
+    On PostgreSQL through unnest where every column is a plain scalar (as `insert_rows`), else
+    as an executemany, which SQLAlchemy sends as one multi-row VALUES per batch: a statement of
+    tens of kilobytes that psycopg parses anew each time (it caches only short ones).
+    """
     if not rows:
-        return
-    if conn.dialect.name != "postgresql":
-        await conn.execute(_insert(conn.dialect, table, tuple(conflict), tuple(update)), list(rows))
-        return
+        return []
+    result = await _insert_rows(conn, table, rows, conflict, update, tuple(returning))
+    return list(result)
+
+
+def _unnestable(table: sa.Table, names: Sequence[str]) -> bool:
+    # unnest flattens arrays, and an array of JSON, enum or numeric values needs casts or one
+    # Python type throughout that the mapped values need not have.
+    plain = (sa.String, sa.Text, sa.Uuid, sa.DateTime, sa.Date, sa.Boolean, sa.Integer, sa.Float, sa.JSON)
+    for name in names:
+        column_type = table.c[name].type
+        if isinstance(column_type, (sa.Enum, sa.ARRAY)):
+            return False
+        if isinstance(column_type, sa.Numeric) and not isinstance(column_type, sa.Float):
+            return False
+        if not isinstance(column_type, plain) and not _is_guid(column_type):
+            return False
+    return True
+
+
+def _is_guid(column_type: Any) -> bool:
+    impl = getattr(column_type, "impl", None)
+    return isinstance(column_type, sa.TypeDecorator) and isinstance(impl, (sa.Uuid, sa.String, sa.CHAR))
+
+
+async def _insert_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    conflict: Sequence[str],
+    update: Sequence[str],
+    returning: tuple[sa.ColumnElement[Any], ...],
+) -> sa.CursorResult[Any]:
     names = tuple(rows[0])
     first = rows[0]
     # Rows alike in every column still need one array, or N rows would go in as one.
     varying = tuple(n for n in names if any(row[n] != first[n] for row in rows)) or names[:1]
+    if conn.dialect.name != "postgresql" or (returning and not _unnestable(table, varying)):
+        stmt = _insert(conn.dialect, table, tuple(conflict), tuple(update))
+        many: sa.CursorResult[Any] = await conn.execute(
+            stmt.returning(*returning) if returning else stmt, list(rows)
+        )
+        return many
     params: dict[str, Any] = {f"one_{n}": first[n] for n in names if n not in varying}
     for n in varying:
         values = [row[n] for row in rows]
         if isinstance(table.c[n].type, sa.Float):  # psycopg cannot send a list of ints and floats
             values = [None if v is None else float(v) for v in values]
+        elif isinstance(table.c[n].type, sa.JSON):  # sent as text, cast by the server (see _unnest_insert)
+            values = [None if v is None else json.dumps(v) for v in values]
         params[f"all_{n}"] = values
     stmt = _unnest_insert(conn.dialect, table, names, varying, tuple(conflict), tuple(update))
-    await conn.execute(stmt, params)
+    result: sa.CursorResult[Any] = await conn.execute(
+        stmt.returning(*returning) if returning else stmt, params
+    )
+    return result
 
 
 def _insert(db_dialect: Dialect, table: sa.Table, conflict: tuple[str, ...], update: tuple[str, ...]) -> Any:
@@ -200,12 +260,23 @@ def _unnest_insert(
         for n in names
         if n not in varying
     }
+    # A JSON column's values go as text: an array of jsonb would need each value adapted as JSON.
+    json_columns = {n for n in varying if isinstance(table.c[n].type, sa.JSON)}
     source = (
-        sa.func.unnest(*[sa.bindparam(f"all_{n}", type_=postgresql.ARRAY(table.c[n].type)) for n in varying])
+        sa.func.unnest(
+            *[
+                sa.bindparam(
+                    f"all_{n}", type_=postgresql.ARRAY(sa.Text if n in json_columns else table.c[n].type)
+                )
+                for n in varying
+            ]
+        )
         .table_valued(*varying)
         .render_derived()
     )
-    values.update({n: source.c[n] for n in varying})
+    values.update(
+        {n: sa.cast(source.c[n], table.c[n].type) if n in json_columns else source.c[n] for n in varying}
+    )
     stmt = _insert(db_dialect, table, conflict, update)
     return stmt.from_select(list(names), sa.select(*[values[n] for n in names]))
 

@@ -76,32 +76,38 @@ def _create(conn: sa.Connection) -> None:
 
 
 async def claim(
-    conn: AsyncConnection, workflow_id: str, batch_id: str, table_name: str, company_ids: Sequence[str]
+    conn: AsyncConnection,
+    workflow_id: str,
+    batch_id: str,
+    table_name: str,
+    company_ids: Sequence[str],
+    row_keys: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> set[str]:
     """Insert receipts for these companies; returns those whose receipt is new (in company_key form).
 
     The others were stored by an earlier attempt of the same batch: their rows are there already.
+    `row_keys` (company_key -> keys), when the rows' keys are known before they are written, goes
+    into the new receipts at once (else `record_keys` adds them after the insert).
     """
     stamp = now()
     new: set[str] = set()
-    stmt = dialect.insert_new(conn.dialect, stored_rows, KEY).returning(stored_rows.c.company_id)
     for chunk in chunked(list(dict.fromkeys(company_ids))):
-        result = await conn.execute(
-            stmt.values(
-                [
-                    {
-                        "workflow_id": workflow_id,
-                        "batch_id": batch_id,
-                        "company_id": cid,
-                        "table_name": table_name,
-                        "row_keys": None,
-                        "stored_at": stamp,
-                    }
-                    for cid in chunk
-                ]
-            )
+        rows = [
+            {
+                "workflow_id": workflow_id,
+                "batch_id": batch_id,
+                "company_id": cid,
+                "table_name": table_name,
+                "row_keys": None if row_keys is None else [jsonable(k) for k in row_keys.get(cid, ())],
+                "stored_at": stamp,
+            }
+            for cid in chunk
+        ]
+        # Nothing is updated on a conflict: RETURNING gives only the receipts that are new.
+        inserted = await dialect.insert_rows_returning(
+            conn, stored_rows, rows, [stored_rows.c.company_id], conflict=KEY
         )
-        new.update(company_key(str(r.company_id)) for r in result)
+        new.update(company_key(str(r.company_id)) for r in inserted)
     return new
 
 
