@@ -36,6 +36,8 @@ LLM_OUTPUTS: Mapping[str, str] = {
 }
 RESERVED_PREFIX = "llm_"
 TOKENS_PER_MILLION = 1_000_000
+#: validation errors told to the model (and in the item's error) per answer.
+MAX_ERRORS = 5
 
 Mode = Literal["json_schema", "json_object", "tool"]
 
@@ -187,13 +189,19 @@ def answer_problem(schema: Mapping[str, Any], text: str | None) -> tuple[dict[st
     except ValueError as exc:
         return None, f"the answer is not JSON ({exc}); answer with one JSON object and nothing else"
     validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path)
-        return None, f"the answer does not match the schema{' at ' + where if where else ''}: {error.message}"
+    # Every error (a few at most), most relevant first: the model fixes them all in one repair.
+    errors = sorted(validator.iter_errors(value), key=jsonschema.exceptions.relevance)[:MAX_ERRORS]
+    if errors:
+        said = "; ".join(_said(e) for e in errors)
+        return None, f"the answer does not match the schema: {said}"
     if not isinstance(value, dict):  # the schema's type is object, so this is unreachable but typed
         return None, "the answer is not a JSON object"
     return value, None
+
+
+def _said(error: jsonschema.exceptions.ValidationError) -> str:
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{'at ' + where + ': ' if where else ''}{error.message}"
 
 
 def token_cost(usage: Any, options: LlmOptions) -> float | None:
