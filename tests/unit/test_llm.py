@@ -7,8 +7,11 @@ tests/integration/test_llm_run.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -389,3 +392,25 @@ def test_the_key_must_come_from_an_allowed_variable(monkeypatch: pytest.MonkeyPa
     with pytest.raises(exceptions.ConfigError, match=rf"\${KEY_ENV} is not set"):
         llm.LlmProvider.check(workflow(), settings())
     llm.LlmProvider.check(workflow(api_key_env=None), settings())  # a local server needs none
+
+
+def test_the_readme_example_is_a_valid_llm_step() -> None:
+    """The README's worked example, run as the SQL it is (SQLite), has no problems."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("INSERT INTO db_driven_enrichment_workflows", readme.index("## Asking an LLM"))
+    statement = readme[start : readme.index("');", start) + 2]
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE TABLE db_driven_enrichment_workflows (workflow_slug, title, overall_step_number, provider, "
+        "destination_db, destination_table_name, destination_field_mappings, provider_config)"
+    )
+    db.execute(statement)
+    mappings, config = db.execute(
+        "SELECT destination_field_mappings, provider_config FROM db_driven_enrichment_workflows"
+    ).fetchone()
+    example = dataclasses.replace(
+        workflow(), provider_config=json.loads(config), destination_field_mappings=json.loads(mappings)
+    )
+    assert llm.LlmProvider.option_problems(example) == []
+    outputs = llm.LlmProvider.outputs_for(example) or {}
+    assert set(example.destination_field_mappings) <= set(outputs)
