@@ -76,7 +76,9 @@ def step_config(url: str, concurrency: int, page: bool) -> dict[str, object]:
 async def raw(url: str, domains: list[str], concurrency: int) -> float:
     """Seconds for the same requests from a bare client (the body the provider sends for a plain step)."""
     room = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # As the provider's client: no proxy from the environment (the stub is on loopback).
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
 
         async def one(domain: str) -> None:
             body = {
