@@ -9,6 +9,8 @@ schema's properties are mapped to destination columns like any provider's keys. 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -230,3 +232,24 @@ async def test_replay_stores_the_kept_answers_under_a_fixed_mapping_without_aski
         ("ok-a.com", "high", "gpt-4o-mini"),
         ("repair-b.com", "high", "gpt-4o-mini"),
     ]
+
+
+async def test_enrichhq_run_with_budget_stops_the_llm_step(env: Env, stub: Stub, llm_stub: LlmStub) -> None:
+    """The same through the command a user types: `enrichhq run <llm step> --all --budget`."""
+    await two_steps(env, llm_stub, [f"ok-{i}.com" for i in range(6)], max_concurrency=1)
+    budget = 2.5 * CALL_COST
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichhq", "run", CLASSIFY, "--all", "--budget", f"{budget:.6f}"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = " ".join(done.stdout.split())
+    assert "budget of" in out, done.stdout + done.stderr
+    assert len(llm_stub.requests) == 2 == await count(env.dbs, "workspace", "company_icp")
+    (spent,) = await sql(
+        env.dbs, "hq", "SELECT spent FROM enrichment_batches WHERE workflow_slug = :s", {"s": CLASSIFY}
+    )
+    assert spent[0] == pytest.approx(2 * CALL_COST) and spent[0] <= budget
+    assert API_KEY not in done.stdout + done.stderr

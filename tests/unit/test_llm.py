@@ -132,6 +132,7 @@ async def test_an_answer_that_breaks_the_schema_is_asked_again_and_both_attempts
     assert "'maybe' is not one of ['high', 'medium', 'low']" in result.trail[0][1]
     assert result.trail[1][1] == "attempt 2: valid"
     assert result.data["llm_attempts"] == 2
+    assert result.data["llm_usage"]["prompt_tokens"] == 2 * PROMPT_TOKENS  # summed over the attempts
     first, second = llm_stub.of("repair-acme.test")
     repair = second.body["messages"][len(first.body["messages"]) :]
     assert repair[0] == {

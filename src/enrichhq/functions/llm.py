@@ -78,10 +78,12 @@ class LlmProvider(base.Provider):
         trail: list[tuple[str, str, float | None]] = []
         total: float | None = None
         problem = "no answer"
+        usage: dict[str, int] = {}
         for attempt in range(1, self.llm.max_repairs + 2):
             body = self.body(messages)
             answer, cost = await self._post(body, total, trail)
             total = llm_schema.add_costs(total, cost)
+            usage = llm_schema.add_usage(usage, answer.get("usage"))
             message, text, finish = _reply(answer, self.llm.mode)
             value, invalid = llm_schema.answer_problem(self.llm.json_schema, text)
             if value is not None:
@@ -93,7 +95,7 @@ class LlmProvider(base.Provider):
                     "llm_request": body,
                     "llm_answer": answer,
                     "llm_notes": notes,
-                    "llm_usage": answer.get("usage"),
+                    "llm_usage": usage,
                     "llm_attempts": attempt,
                     "llm_model": answer.get("model") or self.llm.model,
                 }

@@ -221,3 +221,15 @@ def add_costs(total: float | None, cost: float | None) -> float | None:
     if cost is None:
         return total
     return cost if total is None else total + cost
+
+
+def add_usage(total: dict[str, int], usage: Any) -> dict[str, int]:
+    """Token counts summed over the attempts (prompt_tokens, completion_tokens, total_tokens)."""
+    if not isinstance(usage, Mapping):
+        return total
+    summed = dict(total)
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            summed[key] = summed.get(key, 0) + value
+    return summed
