@@ -253,3 +253,26 @@ async def test_enrichhq_run_with_budget_stops_the_llm_step(env: Env, stub: Stub,
     )
     assert spent[0] == pytest.approx(2 * CALL_COST) and spent[0] <= budget
     assert API_KEY not in done.stdout + done.stderr
+
+
+async def test_validation_knows_the_schemas_keys_and_their_kinds(env: Env, llm_stub: LlmStub) -> None:
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "workspace", icp_ddl(env.backend).replace("reason TEXT", "reason INTEGER"))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    mappings = {"industry": "industry", "llm_notes": "reason", "size": "model"}
+    row = workflow_row(
+        CLASSIFY,
+        provider="llm",
+        table="company_icp",
+        mappings=json.dumps(mappings),
+        provider_config=json.dumps(llm_config(llm_stub, schema={**SCHEMA, "additionalProperties": True})),
+        step=2,
+    )
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, row)
+    (checked,) = [c for c in await workflows.validate_all(env.dbs) if c.workflow.workflow_slug == CLASSIFY]
+    assert checked.problems == (
+        'provider_config.schema: strict json_schema mode needs "additionalProperties": false (OpenAI '
+        "refuses the schema otherwise); add it, or set provider_config.strict to false",
+        "mapping 'llm_notes' -> 'reason': a json value cannot be stored in a INTEGER column",
+    )
+    assert checked.warnings == ("provider 'llm' sends no 'size'; column model will stay NULL",)
