@@ -12,6 +12,7 @@ prompts say so). What it answers, by the domain's prefix:
   broken-*     500 every time
   quota-*      429 insufficient_quota
   slow-*       a valid answer after 1 s (for timeouts)
+  flaky-*      an answer that breaks the schema, then a 500, then valid answers
 anything else  a valid answer.
 A request without `Authorization: Bearer <key>` (when `key` is set) is answered 401, with the key
 it got echoed in the message (as some gateways do), so a test can check it is masked.
@@ -139,7 +140,7 @@ class LlmStub:
         if fault is not None:
             status, payload, headers = fault
             return self.send(request, status, payload, headers)
-        if (domain.startswith("repair-") and seen == 1) or domain.startswith("never-"):
+        if (domain.startswith(("repair-", "flaky-")) and seen == 1) or domain.startswith("never-"):
             answer: Any = {"industry": "Software", "icp_fit": "maybe"}
         elif domain.startswith("notjson-") and seen == 1:
             answer = "It is a software company, I think."
@@ -170,7 +171,7 @@ class LlmStub:
                 _error("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
                 {},
             )
-        if domain.startswith("broken-"):
+        if domain.startswith("broken-") or (domain.startswith("flaky-") and seen == 2):
             return 500, _error("The server had an error", "server_error", None), {}
         return None
 

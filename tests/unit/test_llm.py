@@ -143,6 +143,16 @@ async def test_an_answer_that_breaks_the_schema_is_asked_again_and_both_attempts
     assert "does not match the schema" in repair[1]["content"]
 
 
+async def test_a_failure_during_a_repair_carries_what_the_attempts_before_it_cost(make: Any) -> None:
+    provider = make()
+    error = await fails(provider, "flaky-acme.test")  # invalid (paid), then a 500 on the repair
+    assert error.retryable and error.status == 500
+    assert error.cost == pytest.approx(CALL_COST)
+    assert [o.split(":")[0] for _, o, _ in error.trail] == ["attempt 1"]
+    again = await ask(provider, "flaky-acme.test")  # the caller's retry starts over, and passes
+    assert again.data["icp_fit"] == "high" and again.cost == pytest.approx(CALL_COST)
+
+
 async def test_an_answer_that_never_fits_fails_after_max_repairs_with_the_validation_error(
     make: Any, llm_stub: LlmStub
 ) -> None:
