@@ -593,6 +593,35 @@ def render_url(source: str, company: Company, inputs: Mapping[str, Any]) -> str:
     return text.strip()
 
 
+def render_text(what: str, source: str, company: Company, inputs: Mapping[str, Any]) -> str:
+    """A text template (an llm step's `prompt`, `system`) for one company, over `company` and `inputs`.
+
+    The same sandbox and the same errors as `render_url` (InputError naming `what` and the missing
+    reference), but every template is Jinja2 (no `{domain}` form) and the text is not stripped.
+    """
+    template, problem = _url_template(source)
+    if template is None:
+        raise exceptions.InputError(f"{what}: {problem}")
+    context = {
+        "company": _Node("company", {"id": company.id, "domain": company.domain, "name": company.name}),
+        "inputs": _Node("inputs", dict(inputs)),
+    }
+    try:
+        return template.render(context)
+    except _MissingError as exc:
+        raise exceptions.InputError(f"{what}: missing {exc.message}") from None
+    except SecurityError as exc:
+        raise exceptions.InputError(f"{what}: not allowed in a template: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - a filter raising on this company's data
+        raise exceptions.InputError(_shorten(f"{what}: {type(exc).__name__}: {exc}")) from None
+
+
+def text_problems(source: str) -> list[str]:
+    """What keeps a text template (render_text) from rendering (syntax), one line each."""
+    _, problem = _url_template(source)
+    return [] if problem is None else [problem]
+
+
 # --- validation -------------------------------------------------------------------------------------
 
 

@@ -102,6 +102,12 @@ class Provider(abc.ABC):
         return []
 
     @classmethod
+    def outputs_for(cls, workflow: WorkflowConfig) -> Mapping[str, str] | None:
+        """The data keys this step produces and their kinds: `outputs`, unless the config defines
+        them (an llm step's `schema`)."""
+        return cls.outputs
+
+    @classmethod
     def concurrency_for(cls, workflow: WorkflowConfig) -> int:
         """In-flight calls a workflow allows (provider_config.max_concurrency or the default)."""
         value = workflow.option("max_concurrency")
