@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db import types
+from enrichhq.db import dialect, types
 from enrichhq.db.common import chunked, now
 from enrichhq.db.items import (
     among,
@@ -254,7 +254,12 @@ async def mark_started(
     for chunk in chunked(company_ids):
         result = await conn.execute(
             sa.update(batch_items)
-            .where(these(batch_id, chunk), among((ItemState.RUNNING,)), held_by(batch_id, owner))
+            .where(
+                these(batch_id, chunk),
+                among((ItemState.RUNNING,)),
+                held_by(batch_id, owner),
+                *dialect.without_flush(conn.dialect),
+            )
             .values(attempts=batch_items.c.attempts + 1, deliveries=batch_items.c.deliveries + 1)
             .returning(batch_items.c.company_id)
         )

@@ -296,6 +296,18 @@ async def commit_without_flush(conn: AsyncConnection) -> None:
         await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
 
 
+def without_flush(dialect: Dialect) -> list[sa.ColumnElement[bool]]:
+    """Conditions that make a single statement's own commit not wait for the WAL flush.
+
+    `commit_without_flush` for a statement sent alone (autocommit): set_config(..., true) is SET
+    LOCAL for the statement's implicit transaction, read as it commits, in the same round trip.
+    The condition is always true. Nothing on SQLite.
+    """
+    if dialect.name != "postgresql":
+        return []
+    return [sa.func.set_config("synchronous_commit", "off", True).is_not(None)]
+
+
 async def compress_with(conn: AsyncConnection, method: str) -> None:
     """Compress the large values this transaction writes with `method` ('lz4'), where the server can.
 

@@ -136,6 +136,22 @@ class Databases:
                 raise
             raise problem from exc
 
+    @asynccontextmanager
+    async def autocommit(self, name: str = "hq") -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement is its own transaction: one round trip a write.
+
+        For a single statement that must be committed at once (a call's start); errors as `begin`.
+        """
+        engine = self.engine(name)
+        try:
+            async with engine.connect() as conn:
+                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        except (sa.exc.DBAPIError, OSError) as exc:
+            problem = await self._problem(name, exc)
+            if problem is None:
+                raise
+            raise problem from exc
+
     async def _problem(self, name: str, exc: BaseException) -> exceptions.DatabaseError | None:
         """What to tell the user about a failed transaction, or None to let the error through as it is."""
         raw_url = self.urls[name]

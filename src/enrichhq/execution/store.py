@@ -209,8 +209,13 @@ class DbItemStore:
         companies whose start was written, the only ones that may be called."""
 
         async def mark() -> set[str]:
+            # It must outlive this process, not the server: its commit does not wait for the WAL
+            # flush. One statement is its own transaction: one round trip before the calls go out.
+            # More (a group beyond one chunk) share one transaction, so a retry counts none twice.
+            if len(company_ids) <= common.MAX_ROWS_PER_STATEMENT:
+                async with self.dbs.autocommit("hq") as conn:
+                    return await delivery.mark_started(conn, self.batch_id, company_ids, owner=self.owner)
             async with self.dbs.begin("hq") as conn:
-                # It must outlive this process, not the server: no fsync wait before each call.
                 await dialect.commit_without_flush(conn)
                 return await delivery.mark_started(conn, self.batch_id, company_ids, owner=self.owner)
 
