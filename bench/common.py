@@ -109,7 +109,9 @@ def run_batch(hq_url: str, ws_url: str, companies: int) -> float:
             if summary.counts != {"succeeded": companies}:
                 async with dbs.begin("hq") as conn:
                     why = await conn.execute(
-                        sa.text("SELECT DISTINCT last_error FROM enrichment_batch_items WHERE state <> 'succeeded'")
+                        sa.text(
+                            "SELECT DISTINCT last_error FROM enrichment_batch_items WHERE state <> 'succeeded'"
+                        )
                     )
                     raise AssertionError(f"{summary.counts}: {[r[0] for r in why][:3]}")
             return time.perf_counter() - started

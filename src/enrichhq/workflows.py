@@ -92,7 +92,7 @@ async def validate(dbs: engines.Databases, workflow: WorkflowConfig) -> Validati
     except exceptions.ConfigError as exc:
         problems.append(str(exc))
     else:
-        outputs = provider.outputs
+        outputs = provider.outputs_for(workflow)
         problems += provider.option_problems(workflow)
     problems += run_if.problems(workflow.provider_config)
     problems += await _input_problems(dbs, workflow)
@@ -361,7 +361,7 @@ def spec_of(workflow: WorkflowConfig) -> dict[str, Any]:
 
 async def _create_destination(dbs: engines.Databases, spec: WorkflowSpec) -> None:
     candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": "00000000-0000-0000-0000-000000000000"})
-    outputs = functions.load(spec.provider).outputs or {}
+    outputs = functions.load(spec.provider).outputs_for(candidate) or {}
     columns = {
         column: outputs.get(key, destinations.TEXT) for key, column in spec.destination_field_mappings.items()
     }

@@ -102,6 +102,12 @@ class Provider(abc.ABC):
         return []
 
     @classmethod
+    def outputs_for(cls, workflow: WorkflowConfig) -> Mapping[str, str] | None:
+        """The data keys (and kinds) this workflow's step produces; a provider whose outputs come
+        from its config (http_api) answers per workflow, the others with their `outputs`."""
+        return cls.outputs
+
+    @classmethod
     def concurrency_for(cls, workflow: WorkflowConfig) -> int:
         """In-flight calls a workflow allows (provider_config.max_concurrency or the default)."""
         value = workflow.option("max_concurrency")
