@@ -5,7 +5,7 @@ every case:
   ok-*         200 with nested JSON: data.emails[...].value, data.organization, and `echo` (the
                method, query, headers and JSON body received, so tests see what arrived)
   ratelimit-*  429 with Retry-After: 0.2 on the first call, then as ok-*
-  broken-*     500 every time
+  down-*       500 every time (broken-* would fail the Zenrows stub of step 1)
   denied-*     401 {"errors": [{"details": "No user found for the API key supplied"}]}
   gone-*       404 {"errors": [{"details": "Domain <d> not found (key <the key received>)"}]}
   text-*       200 text/html (not JSON)
@@ -104,7 +104,7 @@ class ApiStub:
         key = request.headers.get("X-Api-Key", "")
         if domain.startswith("ratelimit-") and count == 1:
             self.send(request, 429, {"errors": [{"details": "Too many requests"}]}, {"Retry-After": "0.2"})
-        elif domain.startswith("broken-"):
+        elif domain.startswith("down-"):
             self.send(request, 500, {"message": "internal error"})
         elif domain.startswith("denied-"):
             self.send(request, 401, {"errors": [{"details": "No user found for the API key supplied"}]})
