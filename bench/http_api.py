@@ -6,9 +6,11 @@ value, one output path) four ways, side by side in one run, each at the same con
 1. raw httpx: an AsyncClient sending the finished requests to the stub (the floor);
 2. the provider alone: `HttpApiProvider.fetch` per company (templates, request, paths, masking);
 3. a whole step in-process: `runs.run` (batch items, retries' bookkeeping, storage, log rows);
-4. `enrichhq run <step> --all` as a subprocess (3 plus the CLI's start-up and progress output).
+4. the same run of a plain `http` step (a GET of the same stub, the page stored): what the run
+   machinery costs any provider, so 3 minus 4 is http_api's own share of a run;
+5. `enrichhq run <step> --all` as a subprocess (3 plus the CLI's start-up and progress output).
 
-Rounds alternate the order of 1-3; medians are printed. SQLite by default; `--pg` for PostgreSQL
+Rounds alternate the order of 1-4; medians are printed. SQLite by default; `--pg` for PostgreSQL
 (ENRICHHQ_BENCH_PG). The stub (tests/api_stub.py) runs in a process of its own.
 
     python bench/http_api.py [--calls 2000] [--rounds 3] [--concurrency 4] [--pg]
@@ -121,6 +123,14 @@ async def provider_alone(
 async def main(n: int, rounds: int, concurrency: int, pg: bool) -> None:
     os.environ["API_BENCH_KEY"] = API_KEY
     stub = StubProcess()
+    try:
+        await measure(stub, n, rounds, concurrency, pg)
+    finally:
+        stub.close()
+
+
+async def measure(stub: StubProcess, n: int, rounds: int, concurrency: int, pg: bool) -> None:
+    """Every way, `rounds` times, then the medians."""
     with tempfile.TemporaryDirectory() as tmp, contextlib_databases(pg, Path(tmp)) as (hq, ws):
         migrate.upgrade(hq)
         backend = "postgresql" if pg else "sqlite"
@@ -142,9 +152,33 @@ async def main(n: int, rounds: int, concurrency: int, pg: bool) -> None:
                 step=1,
             ),
         )
+        await sql(
+            dbs,
+            "workspace",
+            "CREATE TABLE pages (company_id TEXT, company_domain TEXT, homepage_html TEXT, final_url TEXT)",
+        )
+        plain = {"url_template": f"{stub.url}/v2/lookup/{{domain}}", "max_concurrency": concurrency}
+        await sql(
+            dbs,
+            "hq",
+            INSERT_WORKFLOW,
+            workflow_row(
+                "plain-http",
+                provider="http",
+                table="pages",
+                mappings='{"homepage_html": "homepage_html", "final_url": "final_url"}',
+                provider_config=json.dumps(plain),
+                step=2,
+            ),
+        )
         rows = [Company(str(uuid.uuid4()), f"instant-{i}.com", f'Co "{i}"\n') for i in range(n)]
         await companies_mod.import_companies(dbs, rows)
-        seconds: dict[str, list[float]] = {"raw httpx": [], "provider.fetch": [], "runs.run": []}
+        seconds: dict[str, list[float]] = {
+            "raw httpx": [],
+            "provider.fetch": [],
+            "runs.run": [],
+            "runs.run http": [],
+        }
         for r in range(rounds):
             order = list(seconds) if r % 2 == 0 else list(reversed(seconds))
             for way in order:
@@ -153,8 +187,9 @@ async def main(n: int, rounds: int, concurrency: int, pg: bool) -> None:
                 elif way == "provider.fetch":
                     took = await provider_alone(conf, dbs, rows, concurrency)
                 else:
+                    slug = SLUG if way == "runs.run" else "plain-http"
                     began = time.perf_counter()
-                    summary = await runs.run(dbs, conf, SLUG, runs.Selection(all=True), play_name=f"r{r}")
+                    summary = await runs.run(dbs, conf, slug, runs.Selection(all=True), play_name=f"r{r}")
                     took = time.perf_counter() - began
                     assert summary.counts == {"succeeded": n}, summary.counts
                 seconds[way].append(took)
@@ -177,7 +212,6 @@ async def main(n: int, rounds: int, concurrency: int, pg: bool) -> None:
             f"  enrichhq run   {cli:6.2f} s  {n / cli:6.0f} calls/s  {cli / n * 1e6:5.0f} us a call "
             f"(one subprocess, start-up included), +{(cli - floor) / n * 1e6:.0f} us a call over raw httpx"
         )
-    stub.close()
 
 
 def cli_run(hq: str, ws: str) -> float:
