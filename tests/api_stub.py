@@ -8,6 +8,7 @@ every case:
   down-*       500 every time (broken-* would fail the Zenrows stub of step 1)
   denied-*     401 {"errors": [{"details": "No user found for the API key supplied"}]}
   gone-*       404 {"errors": [{"details": "Domain <d> not found (key <the key received>)"}]}
+               (the key from X-Api-Key, else from the query's api_key)
   text-*       200 text/html (not JSON)
   empty-*      200 JSON without any email: data.emails is []
   instant-*    200 {"ok": true} with nothing else recorded (the benchmark)
@@ -108,7 +109,7 @@ class ApiStub:
 
     def answer(self, request: BaseHTTPRequestHandler, domain: str, count: int, seen: dict[str, Any]) -> None:
         """The answer the domain asks for."""
-        key = request.headers.get("X-Api-Key", "")
+        key = request.headers.get("X-Api-Key") or seen["query"].get("api_key", "")
         if domain.startswith("ratelimit-") and count == 1:
             self.send(request, 429, {"errors": [{"details": "Too many requests"}]}, {"Retry-After": "0.2"})
         elif domain.startswith("down-"):

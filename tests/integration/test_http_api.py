@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from enrichhq import companies, exceptions, runs, workflows
-from enrichhq.models import Company
+from enrichhq.functions.http_api import HttpApiProvider
+from enrichhq.models import CallContext, Company, WorkflowConfig
+from enrichhq.settings import Settings
 from tests.api_stub import API_KEY, ApiStub
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, homepage_ddl, sql, workflow_row
@@ -300,3 +302,37 @@ async def test_an_unset_secret_fails_the_run_check_and_mappings_are_checked_agai
     )
     finder = next(v for v in await workflows.validate_all(env.dbs) if v.workflow.workflow_slug == FIND)
     assert "provider 'http_api' sends no 'phone'; column organization will stay NULL" in finder.warnings
+
+
+async def test_a_secret_in_the_query_is_masked_in_errors_and_echoed_answers(
+    api: ApiStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hunter's own form: GET with api_key in the query string. An API that quotes the key back (in
+    an error or in its answer) leaves it nowhere; the key is sent, as given, on the wire."""
+    secret = "k3y+with/odd=chars&more"
+    monkeypatch.setenv("API_TEST_KEY", secret)
+    config = {
+        "url": api.lookup_url(),
+        "query": {"domain": "{{ company.domain }}", "api_key": "{{ secrets.API_TEST_KEY }}"},
+        "outputs": {"email": "data.emails[0].value", "echo": "echo.query"},
+    }
+    conf = Settings(hq_database_url="sqlite://", workspace_database_url="sqlite://")
+    provider = HttpApiProvider(
+        WorkflowConfig("w", FIND, None, 2, "http_api", "workspace", "company_emails", {}, config), conf
+    )
+    context = CallContext(batch_id="b", play_name="p")
+    try:
+        result = await provider.fetch(Company("c1", "ok-q.com", "Q"), context)
+        assert result.data == {
+            "email": "ceo@ok-q.com",
+            "echo": {"domain": "ok-q.com", "api_key": "***"},
+        }
+        with pytest.raises(exceptions.ProviderError) as failed:
+            await provider.fetch(Company("c2", "gone-q.com", "Q"), context)
+        assert str(failed.value) == "http_api 127.0.0.1 answered 404: Domain gone-q.com not found (key ***)"
+        assert [r["query"] for r in api.received] == [
+            {"domain": "ok-q.com", "api_key": secret},
+            {"domain": "gone-q.com", "api_key": secret},
+        ]
+    finally:
+        await provider.aclose()
