@@ -9,7 +9,7 @@ every case:
   denied-*     401 {"errors": [{"details": "No user found for the API key supplied"}]}
   gone-*       404 {"errors": [{"details": "Domain <d> not found (key <the key received>)"}]}
                (the key from X-Api-Key, else from the query's api_key)
-  text-*       200 text/html (not JSON)
+  text-*       200 text/html (not JSON), quoting the key received in a comment
   empty-*      200 JSON without any email: data.emails is []
   instant-*    200 {"ok": true} with nothing else recorded (the benchmark)
 
@@ -119,7 +119,8 @@ class ApiStub:
         elif domain.startswith("gone-"):
             self.send(request, 404, {"errors": [{"details": f"Domain {domain} not found (key {key})"}]})
         elif domain.startswith("text-"):
-            self.send_bytes(request, 200, HTML.encode(), "text/html; charset=utf-8")
+            page = HTML.replace("<body>", f"<body><!-- key {key} -->")  # a page that quotes the key
+            self.send_bytes(request, 200, page.encode(), "text/html; charset=utf-8")
         elif domain.startswith("empty-"):
             self.send(request, 200, {"data": {"domain": domain, "emails": [], "organization": None}})
         else:

@@ -186,14 +186,15 @@ class HttpApiProvider(base.Provider):
         try:
             request = self.request(company, context.inputs, secrets)
             response = await self.client.send(request)
+            if 200 <= response.status_code < 300:
+                return ProviderResult(data=self._scrubbed(self.data(response)), cost=self.cost(response))
         except exceptions.ProviderError as exc:
+            # Every message may quote the URL, an echoed header or the answer: mask the secrets.
             raise self._scrub(exc) from None
         except httpx.HTTPError as exc:
             raise self._scrub(
                 base.transport_error(exc, f"http_api {self.host}", self.client.timeout.read)
             ) from None
-        if 200 <= response.status_code < 300:
-            return ProviderResult(data=self._scrubbed(self.data(response)), cost=self.cost(response))
         error = self._classify(response)
         error.status = response.status_code
         raise self._scrub(error)
