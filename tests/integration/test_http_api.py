@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -338,3 +340,22 @@ async def test_a_secret_in_the_query_is_masked_in_errors_and_echoed_answers(
         ]
     finally:
         await provider.aclose()
+
+
+async def test_workflows_validate_prints_the_refusal_and_exits_1(env: Env, api: ApiStub) -> None:
+    """What a user sees: `enrichhq workflows validate` names the secret, the rule and the fix."""
+    await two_steps(env, api, headers={"X-Api-Key": "{{ secrets.ENRICHHQ_SECRET }}"})
+    done = subprocess.run(
+        [sys.executable, "-m", "enrichhq", "workflows", "validate"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = " ".join(done.stdout.split())
+    assert (
+        "invalid find-email-via-api x provider_config: {{ secrets.ENRICHHQ_SECRET }}: $ENRICHHQ_SECRET cannot "
+        "be read by a step: secrets must live in variables named API_*, N8N_*, CLAY_*, WEBHOOK_*"
+    ) in out, out
+    assert "1 valid, 1 invalid" in out
