@@ -841,6 +841,12 @@ def _request_template(source: str, secrets: bool) -> tuple[RequestTemplate | Non
     scan = _Scan()
     scan.walk(tree)  # company.<field> checks (steps is an unknown name here, reported above)
     problems += [p for p in scan.problems if not p.startswith("steps")]
+    if any(r.slug is None and r.column == "attributes" for r in scan.references):
+        # A call's context carries the rendered inputs, not the company's imported attributes.
+        problems.append(
+            "company.attributes is not available here: read it through provider_config.inputs "
+            "(e.g. inputs: {industry: '{{ company.attributes.industry }}'}, then {{ inputs.industry }})"
+        )
     read: set[str] = set()
     if secrets:
         _secret_reads(tree, read, problems)

@@ -167,6 +167,9 @@ def test_validation_names_the_field_and_the_fix() -> None:
         "provider_config.headers.X: template syntax error"
         in problems(url="https://x/", headers={"X": "{{ a"})[0]
     )
+    assert (
+        "company.attributes is not available here" in problems(url="https://x/{{ company.attributes.a }}")[0]
+    )
     assert "not HTTP header names" in problems(url="https://x/", headers={"Bad Name": "x"})[0]
 
 
