@@ -359,3 +359,29 @@ async def test_workflows_validate_prints_the_refusal_and_exits_1(env: Env, api: 
         "be read by a step: secrets must live in variables named API_*, N8N_*, CLAY_*, WEBHOOK_*"
     ) in out, out
     assert "1 valid, 1 invalid" in out
+
+
+async def test_add_with_create_table_makes_a_column_per_declared_output_and_runs(
+    env: Env, api: ApiStub
+) -> None:
+    """`workflows add --create-table`: the declared outputs are the step's data keys, so the table
+    it creates holds them, the step validates with no warning, and a run fills it."""
+    config = {k: v for k, v in finder_config(api).items() if k not in ("inputs", "body", "query")}
+    config["method"] = "GET"
+    spec = workflows.WorkflowSpec.parse(
+        {
+            "workflow_slug": "lookup-created",
+            "overall_step_number": 5,
+            "provider": "http_api",
+            "destination_table_name": "created_lookups",
+            "destination_field_mappings": {"email": "best_email", "organization": "org"},
+            "provider_config": config,
+        }
+    )
+    result = await workflows.add(env.dbs, spec, create_table=True)
+    assert result.problems == () and result.warnings == (), result
+    await add(env, ["ok-t.com"])
+    summary = await runs.run(env.dbs, env.settings, "lookup-created", runs.Selection(all=True))
+    assert summary.counts == {"succeeded": 1}, summary
+    rows = await sql(env.dbs, "workspace", "SELECT company_domain, best_email, org FROM created_lookups")
+    assert [tuple(r) for r in rows] == [("ok-t.com", "ceo@ok-t.com", "Ok-T")]
