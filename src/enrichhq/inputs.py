@@ -791,3 +791,120 @@ __all__ = [
     "render_url",
     "url_problems",
 ]
+
+
+# --- request templates (http_api) -----------------------------------------------------------------
+
+#: the names a request template sees; `secrets` too where the caller allows it (url, headers, query).
+REQUEST_NAMES: Final = frozenset({"company", "inputs"})
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """One templated value of an outgoing request (url, a header, a query value, a body leaf).
+
+    Rendered in the same sandbox as the inputs. One expression keeps its value's type (so a body
+    leaf `{{ inputs.count }}` is a JSON number and `{{ company.name }}` a JSON string, whatever
+    quotes or newlines it holds); anything else renders to text. `secrets` names the variables the
+    template reads as `secrets.NAME`: only those are put in its context, so no template can list
+    the others.
+    """
+
+    source: str
+    native: bool
+    secrets: frozenset[str]
+    _evaluate: Callable[[dict[str, Any]], Any] = field(repr=False, compare=False)
+
+    def render(
+        self, company: Company, inputs: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    ) -> Any:
+        """The value for one company; InputError (naming the missing reference) when there is none."""
+        context: dict[str, Any] = {
+            "company": _Node("company", {"id": company.id, "domain": company.domain, "name": company.name}),
+            "inputs": _Node("inputs", dict(inputs)),
+        }
+        if self.secrets:
+            given = secrets or {}
+            context["secrets"] = _Node("secrets", {n: given[n] for n in self.secrets if n in given})
+        try:
+            return _settle(self._evaluate(context))
+        except _MissingError as exc:
+            raise exceptions.InputError(f"missing {exc.message}") from None
+        except SecurityError as exc:
+            raise exceptions.InputError(f"not allowed in a template: {exc.message}") from None
+        except UndefinedError as exc:
+            raise exceptions.InputError(f"undefined: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001 - a filter raising on this company's data
+            raise exceptions.InputError(_shorten(f"{type(exc).__name__}: {exc}")) from None
+
+
+def request_template(source: str, *, secrets: bool) -> RequestTemplate:
+    """A request template compiled (cached); ConfigError listing its problems when it does not compile."""
+    compiled, problems = _request_template(source, secrets)
+    if compiled is None:
+        raise exceptions.ConfigError("; ".join(problems))
+    return compiled
+
+
+def request_template_problems(source: str, *, secrets: bool) -> list[str]:
+    """What keeps a request template from compiling, one line each (empty when it compiles)."""
+    return list(_request_template(source, secrets)[1])
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_template(source: str, secrets: bool) -> tuple[RequestTemplate | None, tuple[str, ...]]:
+    try:
+        tree = _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return None, (f"template syntax error on line {exc.lineno}: {exc.message}",)
+    names = REQUEST_NAMES | ({"secrets"} if secrets else set())
+    problems: list[str] = []
+    for name in sorted(meta.find_undeclared_variables(tree) - names - set(_ENV.globals)):
+        if name == "secrets":
+            problems.append(
+                "secrets cannot be read here: only url, headers and query may read {{ secrets.NAME }} "
+                "(a body is data the API may store or echo back)"
+            )
+        else:
+            problems.append(f"unknown name {name!r} (a request template sees {', '.join(sorted(names))})")
+    scan = _Scan()
+    scan.walk(tree)  # company.<field> checks (steps is an unknown name here, reported above)
+    problems += [p for p in scan.problems if not p.startswith("steps")]
+    if any(r.slug is None and r.column == "attributes" for r in scan.references):
+        # A call's context carries the rendered inputs, not the company's imported attributes.
+        problems.append(
+            "company.attributes is not available here: read it through provider_config.inputs "
+            "(e.g. inputs: {industry: '{{ company.attributes.industry }}'}, then {{ inputs.industry }})"
+        )
+    read: set[str] = set()
+    if secrets:
+        _secret_reads(tree, read, problems)
+    if problems:
+        return None, tuple(problems)
+    expr = _single_expression(tree)
+    if expr is not None:
+        body: list[nodes.Node] = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=expr.lineno)]
+        tree = nodes.Template(body, lineno=1)
+        tree.set_environment(_ENV)
+    template = _ENV.from_string(tree)
+    evaluate = _expression(template) if expr is not None else _text(template)
+    return RequestTemplate(source, expr is not None, frozenset(read), evaluate), ()
+
+
+def _secret_reads(node: nodes.Node, read: set[str], problems: list[str]) -> None:
+    """Collect `secrets.NAME` / `secrets['NAME']`; any other use of `secrets` is a problem."""
+    if isinstance(node, nodes.Getattr | nodes.Getitem) and isinstance(node.node, nodes.Name):
+        if node.node.name == "secrets":
+            name = _literal(node)
+            if name is None:
+                problems.append("secrets[...] must name a variable by a literal, as in secrets.API_KEY")
+            else:
+                read.add(name)
+            if isinstance(node, nodes.Getitem):
+                _secret_reads(node.arg, read, problems)
+            return
+    if isinstance(node, nodes.Name) and node.name == "secrets":
+        problems.append("secrets must be read one by name, as in {{ secrets.API_KEY }}")
+        return
+    for child in node.iter_child_nodes():
+        _secret_reads(child, read, problems)

@@ -103,8 +103,8 @@ class Provider(abc.ABC):
 
     @classmethod
     def outputs_for(cls, workflow: WorkflowConfig) -> Mapping[str, str] | None:
-        """The data keys this step produces and their kinds: `outputs`, unless the config defines
-        them (an llm step's `schema`)."""
+        """The data keys (and kinds) this workflow's step produces: `outputs`, unless the provider's
+        come from its config (an http_api step's `outputs`, an llm step's `schema`)."""
         return cls.outputs
 
     @classmethod
