@@ -5,11 +5,15 @@ items, the provider call, the storage worker's mapped insert (~20 KB of HTML a r
 log and completion rows, and every item's final state — into PostgreSQL.
 
     python bench/pipeline.py [--companies 10000]
+
+It prints the process's CPU seconds too (set-up included): run it from two checkouts
+(PYTHONPATH=<checkout>/src), interleaved, to compare what a change costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 
 from common import add_workflow, databases, load_companies, machine, run_batch
 
@@ -30,8 +34,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--companies", type=int, default=10_000)
     args = parser.parse_args()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     rate = measure(args.companies)
-    print(f"pipeline: {args.companies} companies, {rate:,.0f} companies/s ({machine()})")
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(f"pipeline: {args.companies} companies, {rate:,.0f} companies/s, {cpu:.1f} s CPU ({machine()})")
 
 
 if __name__ == "__main__":

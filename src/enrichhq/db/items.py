@@ -34,7 +34,7 @@ def unindexed_state() -> sa.ColumnElement[str]:
 
 def these(batch_id: str, company_ids: Sequence[str]) -> sa.ColumnElement[bool]:
     """A batch's items with these company ids, through the primary key."""
-    return sa.and_(batch_items.c.batch_id == batch_id, batch_items.c.company_id.in_(company_ids))
+    return sa.and_(batch_items.c.batch_id == batch_id, dialect.any_of(batch_items.c.company_id, company_ids))
 
 
 def among(states: Sequence[str]) -> sa.ColumnElement[bool]:

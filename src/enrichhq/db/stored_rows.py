@@ -9,6 +9,7 @@ without a column in the user's table.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import weakref
@@ -44,6 +45,7 @@ class StoredRow:
     stored_at: datetime
 
 
+@functools.lru_cache(maxsize=65_536)  # called for every company at every step of a write
 def company_key(company_id: str) -> str:
     """A company id as receipts hold it (GUID's canonical form), so ids in any case match."""
     try:
