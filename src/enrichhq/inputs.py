@@ -33,6 +33,7 @@ import functools
 import itertools
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -199,6 +200,15 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 
 _ENV: Final = _Environment(undefined=StrictUndefined, autoescape=False)
+
+
+def _url_part(value: Any) -> str:
+    """A value rendered into a URL after its host: percent-encoded whole, so `../`, `?`, `#` or `@`
+    in data cannot reach another path, add parameters or change the host."""
+    return "" if value is None else urllib.parse.quote(str(value), safe="")
+
+
+_ENV.filters["enrichhq_url_part"] = _url_part
 
 
 # --- references -------------------------------------------------------------------------------------
@@ -838,9 +848,13 @@ class RequestTemplate:
             raise exceptions.InputError(_shorten(f"{type(exc).__name__}: {exc}")) from None
 
 
-def request_template(source: str, *, secrets: bool) -> RequestTemplate:
-    """A request template compiled (cached); ConfigError listing its problems when it does not compile."""
-    compiled, problems = _request_template(source, secrets)
+def request_template(source: str, *, secrets: bool, url: bool = False) -> RequestTemplate:
+    """A request template compiled (cached); ConfigError listing its problems when it does not compile.
+
+    `url`: every expression but one the template starts with (a base URL from data, which the
+    network policy guards) is percent-encoded as it is rendered (`_url_part`).
+    """
+    compiled, problems = _request_template(source, secrets, url)
     if compiled is None:
         raise exceptions.ConfigError("; ".join(problems))
     return compiled
@@ -852,7 +866,9 @@ def request_template_problems(source: str, *, secrets: bool) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _request_template(source: str, secrets: bool) -> tuple[RequestTemplate | None, tuple[str, ...]]:
+def _request_template(
+    source: str, secrets: bool, url: bool = False
+) -> tuple[RequestTemplate | None, tuple[str, ...]]:
     try:
         tree = _ENV.parse(source)
     except TemplateSyntaxError as exc:
@@ -882,6 +898,8 @@ def _request_template(source: str, secrets: bool) -> tuple[RequestTemplate | Non
     if problems:
         return None, tuple(problems)
     expr = _single_expression(tree)
+    if url and expr is None:
+        _quote_url_parts(tree)
     if expr is not None:
         body: list[nodes.Node] = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=expr.lineno)]
         tree = nodes.Template(body, lineno=1)
@@ -889,6 +907,19 @@ def _request_template(source: str, secrets: bool) -> tuple[RequestTemplate | Non
     template = _ENV.from_string(tree)
     evaluate = _expression(template) if expr is not None else _text(template)
     return RequestTemplate(source, expr is not None, frozenset(read), evaluate), ()
+
+
+def _quote_url_parts(tree: nodes.Template) -> None:
+    """Wrap each output expression of a URL template in `enrichhq_url_part`, but a leading one."""
+    first = True
+    for output in tree.find_all(nodes.Output):
+        for i, node in enumerate(output.nodes):
+            leading = first and i == 0 and output is tree.body[0]
+            first = False
+            if not isinstance(node, nodes.TemplateData) and not leading:
+                output.nodes[i] = nodes.Filter(
+                    node, "enrichhq_url_part", [], [], None, None, lineno=node.lineno
+                )
 
 
 def _secret_reads(node: nodes.Node, read: set[str], problems: list[str]) -> None:

@@ -11,6 +11,7 @@ further provider option that reads a secret should call, and `scrub` the one mas
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.parse
@@ -71,4 +72,8 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         plus = urllib.parse.quote_plus(secret, safe="")
         if plus not in (secret, encoded):
             text = text.replace(plus, MASK)
+        # As a JSON string writes it: escaped, and with `\/` as PHP's encoder writes a slash.
+        escaped = json.dumps(secret)[1:-1]
+        for form in {escaped, escaped.replace("/", "\\/")} - {secret}:
+            text = text.replace(form, MASK)
     return text

@@ -210,3 +210,33 @@ def test_outputs_are_known_per_workflow() -> None:
         "response": "json",
         "status_code": "number",
     }
+
+
+def test_values_in_a_url_after_its_host_are_percent_encoded_whole() -> None:
+    """Data cannot climb the path, add parameters, cut the URL or change the host."""
+    from enrichhq import inputs as inputs_module
+    from enrichhq.models import Company
+
+    company = Company("c1", "acme.com", "Acme")
+    template = inputs_module.request_template(
+        "https://api.example.com/v1/{{ inputs.x }}/find", secrets=False, url=True
+    )
+    for hostile in ("../../admin", "a?api_key=attacker&x=", "a#frag", "@127.0.0.3"):
+        rendered = template.render(company, {"x": hostile})
+        assert rendered.startswith("https://api.example.com/v1/") and rendered.endswith("/find")
+        assert "/" not in rendered[len("https://api.example.com/v1/") : -len("/find")]
+        assert not set("?#@") & set(rendered)
+    # A URL taken whole from data (it starts the template) is left as it is: the network policy guards it.
+    whole = inputs_module.request_template("{{ inputs.base }}/v1/x", secrets=False, url=True)
+    assert whole.render(company, {"base": "https://api.example.com"}) == "https://api.example.com/v1/x"
+
+
+def test_scrub_masks_a_secret_as_a_json_string_writes_it() -> None:
+    from enrichhq import secret_env
+
+    secret = 'sk/live\\"key-123456'
+    import json
+
+    text = json.dumps({"k": secret}) + " " + json.dumps({"k": secret}).replace("/", "\\/")
+    scrubbed = secret_env.scrub(text, [secret])
+    assert "live" not in scrubbed

@@ -425,3 +425,43 @@ def test_the_readme_example_is_a_valid_llm_step() -> None:
     assert llm.LlmProvider.option_problems(example) == []
     outputs = llm.LlmProvider.outputs_for(example) or {}
     assert set(example.destination_field_mappings) <= set(outputs)
+
+
+def test_a_schema_that_could_fetch_or_backtrack_is_refused() -> None:
+    """A remote $ref would be fetched outside the network policy; a pattern run on the model's
+    answer can backtrack for minutes."""
+    from enrichhq.functions import llm_schema
+
+    base = {"type": "object", "properties": {"industry": {"type": "string"}}}
+    remote = {**base, "properties": {"industry": {"$ref": "http://127.0.0.2:1/x"}}}
+    assert "only references inside the schema" in str(llm_schema.schema_problem(remote))
+    pattern = {**base, "properties": {"industry": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert "pattern" in str(llm_schema.schema_problem(pattern))
+    looping = {
+        **base,
+        "$defs": {"x": {"$ref": "#/$defs/x"}},
+        "properties": {"industry": {"$ref": "#/$defs/x"}},
+    }
+    with pytest.raises(llm_schema.SchemaUnusable):
+        llm_schema.answer_problem(looping, '{"industry": "x"}')
+    dangling = {**base, "properties": {"industry": {"$ref": "#/$defs/nope"}}}
+    with pytest.raises(llm_schema.SchemaUnusable):
+        llm_schema.answer_problem(dangling, '{"industry": "x"}')
+
+
+def test_absurd_or_missing_usage_is_no_price() -> None:
+    from enrichhq.functions import llm_schema
+
+    options = llm_schema.LlmOptions.model_validate(
+        {
+            "model": "m",
+            "prompt": "p",
+            "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "price_per_million_input_tokens": 1.0,
+            "price_per_million_output_tokens": 2.0,
+        }
+    )
+    assert llm_schema.token_cost({"prompt_tokens": 10**15, "completion_tokens": 1}, options) is None
+    assert llm_schema.token_cost({"prompt_tokens": -1, "completion_tokens": 1}, options) is None
+    assert llm_schema.has_prices(options)
+    assert llm_schema.estimated_cost(options, 4_000_000, 4_000_000) == pytest.approx(3.0)

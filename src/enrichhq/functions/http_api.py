@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -109,7 +110,7 @@ class HttpApiProvider(base.Provider):
         super().__init__(workflow, settings)
         self.api = HttpApiOptions.model_validate(workflow.provider_config)
         # Compiled once per batch (and cached per process): a company only renders them.
-        self.url = inputs.request_template(self.api.url, secrets=True)
+        self.url = inputs.request_template(self.api.url, secrets=True, url=True)
         self.headers = {k: inputs.request_template(v, secrets=True) for k, v in self.api.headers.items()}
         self.query = {k: inputs.request_template(v, secrets=True) for k, v in self.api.query.items()}
         self.body = None if self.api.body is None else _compile_body(self.api.body)
@@ -185,7 +186,16 @@ class HttpApiProvider(base.Provider):
         secrets = self.secrets()
         try:
             request = self.request(company, context.inputs, secrets)
-            response = await self.client.send(request)
+            deadline = self.client.timeout.read or self.default_timeout_s
+            try:
+                # timeout_s bounds the whole answer, not each read (a server dripping a byte a
+                # second would hold the slot for as long as it likes).
+                async with asyncio.timeout(deadline):
+                    response = await self.client.send(request)
+            except TimeoutError:
+                raise exceptions.ProviderError(
+                    f"http_api {self.host}: no answer within {deadline:g}s", retryable=True
+                ) from None
             if 200 <= response.status_code < 300:
                 return ProviderResult(data=self._scrubbed(self.data(response)), cost=self.cost(response))
         except exceptions.ProviderError as exc:
@@ -209,25 +219,40 @@ class HttpApiProvider(base.Provider):
         headers = {}
         for name, template in self.headers.items():
             value = _text(template, f"headers.{name}", company, given, secrets)
-            if "\r" in value or "\n" in value:
-                raise exceptions.ProviderError(f"http_api: header {name} would hold a line break; refused")
+            if "\r" in value or "\n" in value or "\x00" in value:
+                raise exceptions.ProviderError(
+                    f"http_api: header {name} would hold a line break or NUL; refused"
+                )
+            if not value.isascii():
+                raise exceptions.ProviderError(
+                    f"http_api: header {name} would hold characters outside ASCII, which HTTP headers "
+                    "cannot carry; send such values in the query or the body"
+                )
             headers[name] = value
         query = {k: _text(t, f"query.{k}", company, given, secrets) for k, t in self.query.items()}
         body = None if self.body is None else _render_body(self.body, "body", company, given)
-        return self.client.build_request(
-            self.api.method, url, params=query or None, headers=headers, json=body
-        )
+        try:
+            # The url's own query string is kept: httpx would replace it with `params`.
+            target = httpx.URL(url).copy_merge_params(query) if query else httpx.URL(url)
+            return self.client.build_request(self.api.method, target, headers=headers, json=body)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise exceptions.ProviderError(f"http_api: url rendered to {url[:200]!r}: {exc}") from None
 
     def data(self, response: httpx.Response) -> dict[str, Any]:
         """The step's data from a 2xx answer: the outputs' paths, or the whole answer."""
         try:
             document = json.loads(response.content) if response.content else None
+        except RecursionError:
+            raise exceptions.ProviderError(
+                f"http_api {self.host} answered {response.status_code} with JSON nested too deep to read",
+                cost=self.cost(response),
+            ) from None
         except ValueError:
             if not self.paths:
                 return {"response": response.text, "status_code": response.status_code}
             raise exceptions.ProviderError(
                 f"http_api {self.host} answered {response.status_code} with no JSON "
-                f"({response.headers.get('content-type', 'no content type')}): {_shown(response.text)}",
+                f"({response.headers.get('content-type', 'no content type')}): {self._shown(response.text)}",
                 cost=self.cost(response),
             ) from None
         if not self.paths:
@@ -237,14 +262,16 @@ class HttpApiProvider(base.Provider):
         if missing:
             where = ", ".join(f"{k} ({self.paths[k].text})" for k in missing)
             raise exceptions.ProviderError(
-                f"http_api {self.host}: required output {where} not in the answer: {_shown(response.text)}",
+                f"http_api {self.host}: required output {where} not in the answer: "
+                f"{self._shown(response.text)}",
                 cost=self.cost(response),
             )
         return data
 
     def _classify(self, response: httpx.Response) -> exceptions.ProviderError:
         status = response.status_code
-        message = f"http_api {self.host} answered {status}{_said(response)}"
+        said = _said(response)
+        message = f"http_api {self.host} answered {status}{': ' + self._shown(said) if said else ''}"
         if status in (401, 403):
             return exceptions.ProviderError(
                 f"{message}; the batch was stopped (every further call would be refused too): "
@@ -254,6 +281,10 @@ class HttpApiProvider(base.Provider):
         if status == 429 or status >= 500:
             return exceptions.ProviderError(message, retryable=True, retry_after=base.retry_after(response))
         return exceptions.ProviderError(message, cost=self.cost(response))
+
+    def _shown(self, text: str) -> str:
+        # Masked before it is cut: a key straddling the cut would leave no whole copy to mask.
+        return _shown(secret_env.scrub(text, (self._secrets or {}).values()))
 
     def _scrub(self, error: exceptions.ProviderError) -> exceptions.ProviderError:
         # A message may quote the URL or an echoed header: mask every secret the request carried.
@@ -267,7 +298,7 @@ class HttpApiProvider(base.Provider):
         if isinstance(value, str):
             return secret_env.scrub(value, self._secrets.values())
         if isinstance(value, dict):
-            return {k: self._scrubbed(v) for k, v in value.items()}
+            return {self._scrubbed(k): self._scrubbed(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._scrubbed(v) for v in value]
         return value
@@ -325,15 +356,14 @@ def _render_body(body: Body, where: str, company: Company, given: Mapping[str, A
 
 
 def _said(response: httpx.Response) -> str:
-    """The API's own message: a JSON error's message field, else its text (first SHOWN_CHARS)."""
+    """The API's own message, whole: a JSON error's message field, else its text (cut when shown)."""
     try:
         document = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         text = response.text
     else:
         text = _message(document)
-    text = " ".join(text.split())
-    return f": {_shown(text)}" if text else ""
+    return " ".join(text.split())
 
 
 def _message(document: Any) -> str:

@@ -14,17 +14,22 @@ its `usage` at the configured prices, summed over the repairs. See `llm_schema` 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import httpx
 
 from enrichhq import exceptions, inputs, secret_env
+from enrichhq import settings as settings_module
 from enrichhq.functions import base, extract, llm_schema, pagetext
 from enrichhq.functions.llm_schema import LlmOptions
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.llm")
 
 #: the name of the one tool of `mode: tool`.
 TOOL_NAME = "answer"
@@ -57,7 +62,14 @@ class LlmProvider(base.Provider):
     @classmethod
     def option_problems(cls, workflow: WorkflowConfig) -> list[str]:
         """The options every provider takes, then model, prompt, schema (checked as JSON Schema), mode..."""
-        return super().option_problems(workflow) + llm_schema.option_problems(workflow.provider_config)
+        problems = super().option_problems(workflow) + llm_schema.option_problems(workflow.provider_config)
+        env = workflow.option("api_key_env")
+        if isinstance(env, str) and env:
+            # Refused names fail validation, not only the run (set or not is the run's check).
+            reason = secret_env.problem(env, settings_module.load())
+            if reason:
+                problems.append(f"provider_config.api_key_env: {reason}")
+        return problems
 
     @classmethod
     def check(cls, workflow: WorkflowConfig, settings: Settings) -> None:
@@ -85,7 +97,11 @@ class LlmProvider(base.Provider):
             total = llm_schema.add_costs(total, cost)
             usage = llm_schema.add_usage(usage, answer.get("usage"))
             message, text, finish = _reply(answer, self.llm.mode)
-            value, invalid = llm_schema.answer_problem(self.llm.json_schema, text)
+            try:
+                value, invalid = llm_schema.answer_problem(self.llm.json_schema, text)
+            except llm_schema.SchemaUnusable as exc:
+                # The schema's fault, not the model's: asking again would pay for nothing.
+                raise self._failed(exceptions.ProviderError(str(exc)), total, trail) from None
             if value is not None:
                 if attempt > 1:
                     trail.append(("llm", f"attempt {attempt}: valid", cost))
@@ -99,6 +115,8 @@ class LlmProvider(base.Provider):
                     "llm_attempts": attempt,
                     "llm_model": answer.get("model") or self.llm.model,
                 }
+                # A gateway may echo the key it got: nothing stored holds it.
+                data = self._masked(data)
                 return ProviderResult(data, self._total(total), trail=tuple(trail) if attempt > 1 else ())
             refusal = message.get("refusal") if message else None
             problem = (
@@ -234,24 +252,41 @@ class LlmProvider(base.Provider):
         self, body: dict[str, Any], paid: float | None, trail: list[tuple[str, str, float | None]]
     ) -> tuple[dict[str, Any], float | None]:
         """One call: the answer's JSON and its cost; a ProviderError carries what the attempts cost."""
+        deadline = self.client.timeout.read or self.default_timeout_s
         try:
-            response = await self.client.post(self.llm.endpoint, json=body, headers=self.headers())
-        except httpx.HTTPError as exc:
+            # timeout_s bounds the whole answer, not each read: a server dripping a byte a second
+            # would otherwise hold the slot for as long as it likes.
+            async with asyncio.timeout(deadline):
+                response = await self.client.post(self.llm.endpoint, json=body, headers=self.headers())
+        except TimeoutError:
             raise self._failed(
-                base.transport_error(exc, "llm", self.client.timeout.read), paid, trail
+                exceptions.ProviderError(f"llm: no answer within {deadline:g}s", retryable=True),
+                paid,
+                trail,
             ) from None
+        except httpx.HTTPError as exc:
+            raise self._failed(base.transport_error(exc, "llm", deadline), paid, trail) from None
         if response.status_code != 200:
             raise self._failed(self._error(response), paid, trail)
         try:
             answer = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
-            said = response.text[:200].strip()
+            said = self._scrub(response.text)[:200].strip()
             raise self._failed(
-                exceptions.ProviderError(f"llm: the answer is not a JSON object: {said!r}"), paid, trail
+                exceptions.ProviderError(f"llm: the answer is not a JSON object: {said!r}", cost=self.cost()),
+                paid,
+                trail,
             )
-        return answer, llm_schema.token_cost(answer.get("usage"), self.llm)
+        cost = llm_schema.token_cost(answer.get("usage"), self.llm)
+        if cost is None and llm_schema.has_prices(self.llm):
+            # No usable `usage` (missing, negative, absurd): never free, or a budget would not hold.
+            cost = self.cost() or llm_schema.estimated_cost(
+                self.llm, len(json.dumps(body)), len(response.content)
+            )
+            log.warning("llm: the answer carries no usable usage; counting %.6g for the call", cost)
+        return answer, cost
 
     def _failed(
         self, error: exceptions.ProviderError, paid: float | None, trail: list[tuple[str, str, float | None]]
@@ -263,7 +298,7 @@ class LlmProvider(base.Provider):
 
     def _error(self, response: httpx.Response) -> exceptions.ProviderError:
         status = response.status_code
-        code, kind, message = _problem(response)
+        code, kind, message = _problem(response, self._scrub)
         label = code or kind
         said = f"llm {status}{' ' + label if label else ''}: {message}"
         # By the code the body carries; the text only where it carries none (vLLM).
@@ -304,6 +339,17 @@ class LlmProvider(base.Provider):
     def _scrub(self, text: str) -> str:
         return secret_env.scrub(text, [self.key] if self.key else [])
 
+    def _masked(self, value: Any) -> Any:
+        if not self.key:
+            return value
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {self._masked(k): self._masked(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._masked(v) for v in value]
+        return value
+
     async def aclose(self) -> None:
         """Stop the page readers, if any started, and the connections."""
         if self._pages is not None:
@@ -332,21 +378,22 @@ def _reply(answer: Mapping[str, Any], mode: str) -> tuple[Mapping[str, Any] | No
     return message, content if isinstance(content, str) else None, finish
 
 
-def _problem(response: httpx.Response) -> tuple[str | None, str | None, str]:
+def _problem(response: httpx.Response, scrub: Callable[[str], str]) -> tuple[str | None, str | None, str]:
     """The error's code and type (when they are strings) and its message, from the shapes servers send:
     OpenAI's {"error": {...}}, vLLM's flat {"object": "error", ...} (whose code is the status, a number),
     or {"error": "text"}."""
+    # Texts are masked before they are cut: a key straddling the cut would leave no whole copy.
     try:
         body = response.json()
-    except ValueError:
-        return None, None, response.text[:200].strip() or response.reason_phrase
+    except (ValueError, RecursionError):
+        return None, None, scrub(response.text)[:200].strip() or response.reason_phrase
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, str):
-        return None, None, error[:500]
+        return None, None, scrub(error)[:500]
     if not isinstance(error, dict):
         return None, None, response.reason_phrase
     code, kind = error.get("code"), error.get("type")
-    message = str(error.get("message") or response.reason_phrase)[:500]
+    message = scrub(str(error.get("message") or response.reason_phrase))[:500]
     return (
         (code if isinstance(code, str) and code else None),
         (kind if isinstance(kind, str) else None),

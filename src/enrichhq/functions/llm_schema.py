@@ -9,7 +9,7 @@ and the cost of a call from its `usage`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +17,8 @@ import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
 import pydantic
+import referencing
+import referencing.exceptions
 
 from enrichhq import destinations, inputs
 
@@ -123,6 +125,17 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
     except jsonschema.exceptions.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         return f"not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}"
+    for where, key, value in _walk(schema):
+        if key in REFUSED_KEYWORDS:
+            return (
+                f"{key} at {where or '/'} is not supported: a regular expression run on the model's "
+                "answer can take minutes; use enum, or check the value in a later step"
+            )
+        if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
+            return (
+                f"$ref {value!r} at {where or '/'}: only references inside the schema (#/...) are "
+                "allowed; enrichhq fetches no schema from the network"
+            )
     properties = schema.get("properties")
     if schema.get("type") != "object" or not isinstance(properties, Mapping) or not properties:
         return (
@@ -180,17 +193,52 @@ def _all_strings(values: Any) -> bool:
     return isinstance(values, list) and bool(values) and all(isinstance(v, str) for v in values)
 
 
+class SchemaUnusable(Exception):
+    """The schema itself cannot check an answer (a $ref that loops or points nowhere)."""
+
+
+#: keywords refused in a step's schema: a regular expression of the schema run on the model's answer
+#: (which a homepage can steer) may backtrack for minutes, blocking every call of the process.
+REFUSED_KEYWORDS = ("pattern", "patternProperties")
+#: more tokens than any model takes in one call: such `usage` is no price, it is refused.
+MAX_TOKENS = 10_000_000
+
+
+def _walk(node: Any, where: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(where, keyword, value) of every keyword in a schema, nested ones too."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield where, str(key), value
+            yield from _walk(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{where}/{i}")
+
+
 def answer_problem(schema: Mapping[str, Any], text: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The answer as an object, or the reason it is not a valid one (what the model is told on a repair)."""
+    """The answer as an object, or the reason it is not a valid one (what the model is told on a repair).
+
+    The validator resolves references only inside the schema (an empty registry: nothing is
+    fetched); SchemaUnusable when the schema cannot check the answer.
+    """
     if text is None or not text.strip():
         return None, "the answer is empty; answer with one JSON object"
     try:
         value = json.loads(text)
     except ValueError as exc:
         return None, f"the answer is not JSON ({exc}); answer with one JSON object and nothing else"
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    # Every error (a few at most), most relevant first: the model fixes them all in one repair.
-    errors = sorted(validator.iter_errors(value), key=jsonschema.exceptions.relevance)[:MAX_ERRORS]
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
+    try:
+        # Every error (a few at most), most relevant first: the model fixes them all in one repair.
+        errors = sorted(validator.iter_errors(value), key=jsonschema.exceptions.relevance)[:MAX_ERRORS]
+    except RecursionError:
+        raise SchemaUnusable(
+            "llm provider_config.schema: its $ref loops without end; fix the schema"
+        ) from None
+    except referencing.exceptions.Unresolvable as exc:
+        raise SchemaUnusable(
+            f"llm provider_config.schema: $ref {exc.ref!r} points nowhere in the schema"
+        ) from None
     if errors:
         said = "; ".join(_said(e) for e in errors)
         return None, f"the answer does not match the schema: {said}"
@@ -210,7 +258,9 @@ def token_cost(usage: Any, options: LlmOptions) -> float | None:
     if prices == (None, None) or not isinstance(usage, Mapping):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+    if not all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS for n in (prompt, completion)
+    ):
         return None
     assert isinstance(prompt, int) and isinstance(completion, int)
     return (prompt * (prices[0] or 0.0) + completion * (prices[1] or 0.0)) / TOKENS_PER_MILLION
@@ -233,3 +283,21 @@ def add_usage(total: dict[str, int], usage: Any) -> dict[str, int]:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             summed[key] = summed.get(key, 0) + value
     return summed
+
+
+def has_prices(options: LlmOptions) -> bool:
+    """Whether token prices are configured (a call's cost comes from its usage)."""
+    return (options.price_per_million_input_tokens, options.price_per_million_output_tokens) != (None, None)
+
+
+#: characters a token stands for, roughly, in English prose and JSON (what an estimate assumes).
+CHARS_PER_TOKEN = 4
+
+
+def estimated_cost(options: LlmOptions, request_chars: int, answer_chars: int) -> float:
+    """A call's cost estimated from its sizes, for an answer with no usable `usage`."""
+    prompt, completion = request_chars / CHARS_PER_TOKEN, answer_chars / CHARS_PER_TOKEN
+    return (
+        prompt * (options.price_per_million_input_tokens or 0.0)
+        + completion * (options.price_per_million_output_tokens or 0.0)
+    ) / TOKENS_PER_MILLION
