@@ -47,7 +47,7 @@ class Runnable:
     #: final cost adds this delivery's calls to it.
     charged: float | None = None
     #: the dead batch whose receipt key its result is stored under (`items.receipt_batches`):
-    #: set for a suspect adopted from a dead run, whose stalled writer may still write.
+    #: set for an item adopted from a dead run, whose stalled writer may still write.
     receipt_batch: str | None = None
 
 
@@ -194,8 +194,9 @@ class DbItemStore:
                         ),
                     ],
                 )
-                suspects = [cid for cid, (_, suspect, _) in taken.runnable.items() if suspect]
-                origins = await items.receipt_batches(conn, self.batch_id, suspects) if suspects else {}
+                # Every adopted item, suspect or not: each link of a chain of dead runs must claim
+                # under the same key, or a stalled writer of a middle link writes a second row.
+                origins = await items.receipt_batches(conn, self.batch_id, list(taken.runnable))
             runnable = {
                 cid: Runnable(attempts, suspect, charged, origins.get(cid))
                 for cid, (attempts, suspect, charged) in taken.runnable.items()
