@@ -580,7 +580,7 @@ async def receipt_batches(conn: AsyncConnection, batch_id: str, company_ids: Seq
             for chunk in chunked(ids):
                 result = await conn.execute(
                     sa.select(batch_items.c.company_id, batch_items.c.batch_id).where(
-                        batch_items.c.company_id.in_(chunk),
+                        dialect.any_of(batch_items.c.company_id, chunk),
                         batch_items.c.state == ItemState.SKIPPED,
                         batch_items.c.last_error == ADOPTED_PREFIX + adopter,
                     )
