@@ -13,6 +13,8 @@ prompts say so). What it answers, by the domain's prefix:
   quota-*      429 insufficient_quota
   slow-*       a valid answer after 1 s (for timeouts)
   flaky-*      an answer that breaks the schema, then a 500, then valid answers
+  echo-*       a valid answer whose JSON also echoes the Authorization header it got
+  nousage-*    a valid answer with no `usage`
 anything else  a valid answer.
 A request without `Authorization: Bearer <key>` (when `key` is set) is answered 401, with the key
 it got echoed in the message (as some gateways do), so a test can check it is masked.
@@ -146,7 +148,12 @@ class LlmStub:
             answer = "It is a software company, I think."
         else:
             answer = valid(domain)
-        self.send(request, 200, completion(body, answer))
+        reply = completion(body, answer)
+        if domain.startswith("echo-"):
+            reply["debug"] = {"received": request.headers.get("Authorization"), auth or "": True}
+        if domain.startswith("nousage-"):
+            reply.pop("usage", None)
+        self.send(request, 200, reply)
 
     def _fault(self, domain: str, seen: int) -> tuple[int, dict[str, Any], dict[str, str]] | None:
         if domain.startswith("context-"):

@@ -240,3 +240,33 @@ def test_scrub_masks_a_secret_as_a_json_string_writes_it() -> None:
     text = json.dumps({"k": secret}) + " " + json.dumps({"k": secret}).replace("/", "\\/")
     scrubbed = secret_env.scrub(text, [secret])
     assert "live" not in scrubbed
+
+
+def test_the_urls_own_query_is_kept_beside_query() -> None:
+    api = provider(url="https://api.example.com/find?type=personal", query={"domain": "{{ company.domain }}"})
+    request = api.request(Company("c1", "acme.com", None), {}, {})
+    assert request.url.params["type"] == "personal" and request.url.params["domain"] == "acme.com"
+
+
+def test_a_header_outside_ascii_or_with_nul_fails_the_company_with_the_fix() -> None:
+    api = provider(url="https://api.example.com/", headers={"X-Company": "{{ company.name }}"})
+    with pytest.raises(exceptions.ProviderError, match=r"outside ASCII.*query or the body"):
+        api.request(Company("c1", "acme.com", "Société Générale"), {}, {})
+    with pytest.raises(exceptions.ProviderError, match="NUL"):
+        api.request(Company("c1", "acme.com", "a\x00b"), {}, {})
+
+
+def test_an_answer_masks_a_secret_in_keys_and_before_a_cut() -> None:
+    """An API quoting the key back: in a key of its answer, or across the 200-character cut."""
+    import httpx
+
+    secret = "API-k3y-0123456789abcdef0123456789"
+    api = provider(url="https://api.example.com/", headers={"X-Api-Key": "{{ secrets.API_TEST_KEY }}"})
+    api._secrets = {"API_TEST_KEY": secret}
+    assert api._scrubbed({"seen": {secret: True}}) == {"seen": {"***": True}}
+    page = "x" * 180 + secret + "y" * 100
+    shown = api._shown(page)
+    assert secret[:10] not in shown and shown.endswith("…")
+    nested = httpx.Response(200, content=b"[" * 100_000, headers={"content-type": "application/json"})
+    with pytest.raises(exceptions.ProviderError, match="nested too deep"):
+        api.data(nested)

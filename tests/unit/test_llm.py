@@ -465,3 +465,32 @@ def test_absurd_or_missing_usage_is_no_price() -> None:
     assert llm_schema.token_cost({"prompt_tokens": -1, "completion_tokens": 1}, options) is None
     assert llm_schema.has_prices(options)
     assert llm_schema.estimated_cost(options, 4_000_000, 4_000_000) == pytest.approx(3.0)
+
+
+async def test_a_gateway_echoing_the_key_stores_it_nowhere(make: Any) -> None:
+    """The key in a 200 answer (a debugging gateway), as a value and as a key: masked before storing."""
+    result = await ask(make(), "echo-acme.test")
+    stored = json.dumps(result.data)
+    assert API_KEY not in stored and "***" in stored
+
+
+async def test_an_answer_without_usage_is_priced_not_free(make: Any) -> None:
+    """With token prices and no usage, a call still costs: cost_per_call, else its size's estimate."""
+    assert (await ask(make(cost_per_call=0.25), "nousage-acme.test")).cost == pytest.approx(0.25)
+    estimated = (await ask(make(), "nousage-acme.test")).cost
+    assert estimated is not None and estimated > 0
+
+
+def test_an_error_message_is_masked_before_it_is_cut() -> None:
+    """A key straddling the 500-character cut would leave no whole copy to mask."""
+    import httpx
+
+    message = "x" * 490 + API_KEY + " trailing"
+    response = httpx.Response(401, json={"error": {"message": message, "code": "invalid_api_key"}})
+    _, _, said = llm._problem(response, lambda text: text.replace(API_KEY, "***"))
+    assert API_KEY[:8] not in said
+
+
+def test_a_refused_key_variable_fails_validation() -> None:
+    problems = llm.LlmProvider.option_problems(workflow(api_key_env="ENRICHHQ_SECRET"))
+    assert any(p.startswith("provider_config.api_key_env:") for p in problems)
