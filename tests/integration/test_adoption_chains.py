@@ -4,6 +4,8 @@ stores c. B's writer wakes: it must find the receipt, so c has one row."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from enrichhq import runs, storage_worker, workflows
@@ -11,7 +13,7 @@ from enrichhq.execution.store import DbItemStore
 from enrichhq.models import StepRef, StoreRecord
 from tests.conftest import Env
 from tests.helpers import add_companies, sql
-from tests.integration.test_leases import STEP, _dead_batch, _kill, _step
+from tests.integration.test_leases import GONE_PID, STEP, _dead_batch, _hold, _kill, _step
 from tests.stubs import Stub
 
 
@@ -113,3 +115,55 @@ async def test_resume_after_adoption_non_suspect(env: Env, stub: Stub) -> None:
     rows = await _rows(env)
     print("rows:", rows, "A", a)
     assert rows == [(domains[0], 1), (domains[1], 1)]
+
+
+@pytest.mark.parametrize("late", ["before the re-run", "after the re-run"])
+async def test_a_cancel_of_a_stalled_run_then_a_rerun_stores_once(env: Env, stub: Stub, late: str) -> None:
+    """Run A claims c's result for storing and stalls past its heartbeat; `batches cancel A` ends c
+    skipped, in doubt; A's writer wakes and stores c (before or after the re-run). The re-run adopts
+    the in-doubt item: it stores under A's receipt key, and looks for that receipt before calling."""
+    await _step(env)
+    domains = ["can-1.com", "can-2.com"]
+    companies = await add_companies(env.dbs, domains)
+    c = companies[0]
+    a = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    workflow = await workflows.get(env.dbs, STEP)
+    step = StepRef.of(workflow, batch_id=a.batch_id, play_name=a.play_name)
+    store_a = DbItemStore(env.dbs, step, adds_spend=False, owner=a.lease.owner if a.lease else None)
+    job = (await store_a.take([c.id], poison_after=5)).runnable[c.id]
+    assert await store_a.mark_started([c.id]) == {c.id}
+    assert await store_a.claim([c.id]) == {c.id}
+    await _hold(
+        env,
+        a.batch_id,
+        owner=f"{socket.gethostname()}:{GONE_PID}:x",
+        host=socket.gethostname(),
+        pid=GONE_PID,
+        age=0.5,
+    )
+    await runs.cancel(env.dbs, env.settings, a.batch_id)
+    state = await sql(
+        env.dbs,
+        "hq",
+        "SELECT last_error FROM enrichment_batch_items WHERE batch_id = :b AND company_domain = :d",
+        {"b": a.batch_id, "d": c.domain},
+    )
+    assert "may yet be stored" in str(state[0][0])
+
+    record = StoreRecord(c.id, c.domain, {"homepage_html": "late A"}, 1, None, job.receipt_batch)
+
+    async def stalled_writer_wakes() -> None:
+        outcomes = await storage_worker.store(env.dbs, workflow, [record], batch_id=a.batch_id, log=_no_log)
+        assert [o.stored for o in outcomes] == [True]
+
+    if late == "before the re-run":
+        await stalled_writer_wakes()
+    again = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    assert a.batch_id in [x.batch_id for x in again.adopted]
+    summary = await runs.execute(env.dbs, env.settings, again)
+    assert summary.count("succeeded") == 2
+    if late == "after the re-run":
+        await stalled_writer_wakes()
+    else:
+        assert stub.calls[c.domain] == 0  # found stored by its receipt: not paid for again
+    assert await _rows(env) == [(domains[0], 1), (domains[1], 1)]

@@ -563,6 +563,55 @@ async def adopted_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequenc
     return found
 
 
+#: what follows a cancel's reason on an item whose result a run that stopped answering had claimed.
+IN_DOUBT = "; its result may yet be stored by the run that claimed it, which stopped answering"
+
+
+async def end_in_doubt(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
+    """End a stalled run's writer claims as skipped, `reason` + IN_DOUBT, keeping their started calls.
+
+    Their writer may still wake and store them under this batch's receipt key: the next run of
+    these companies links them (`link_in_doubt`) and stores under the same key, so one of the two
+    writes finds the other's receipt; and, its calls carried, it looks for that receipt first.
+    """
+    await update_ids(
+        conn,
+        batch_id,
+        company_ids,
+        [claimed_by_writer()],
+        state="skipped",
+        last_error=reason + IN_DOUBT,
+        updated_at=now(),
+        finished_at=now(),
+    )
+
+
+async def link_in_doubt(
+    conn: AsyncConnection,
+    workflow_id: str,
+    play_name: str,
+    new_batch_id: str,
+    company_ids: Sequence[str] | None,
+) -> dict[str, int]:
+    """Hand a new batch the in-doubt items of its step and play for these companies (all: None), as
+    adopted ones, which `receipt_batches` follows; how many from each batch."""
+    where = [
+        batch_items.c.workflow_id == workflow_id,
+        batch_items.c.play_name == play_name,
+        batch_items.c.state == ItemState.SKIPPED,
+        batch_items.c.last_error.endswith(IN_DOUBT, autoescape=True),
+    ]
+    stmt = sa.update(batch_items).values(last_error=ADOPTED_PREFIX + new_batch_id, updated_at=now())
+    found: dict[str, int] = {}
+    chunks = [None] if company_ids is None else list(chunked(company_ids))
+    for chunk in chunks:
+        match = where if chunk is None else [*where, dialect.any_of(batch_items.c.company_id, chunk)]
+        result = await conn.execute(stmt.where(*match).returning(batch_items.c.batch_id))
+        for (batch_id,) in result:
+            found[str(batch_id)] = found.get(str(batch_id), 0) + 1
+    return found
+
+
 async def receipt_batches(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str]) -> dict[str, str]:
     """For these companies of a batch, the batch under whose key their receipts are claimed, where
     it is not this one: the first batch of the chain of dead runs each was adopted through.

@@ -171,8 +171,13 @@ async def cancel(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
             await _settle_dead_claims(dbs, batch_id)
         async with dbs.begin("hq") as conn:
             batch = await summaries.existing_batch(conn, batch_id)
-            if taken:  # what the dead run's claims did not store ends skipped with the rest
-                await delivery.unclaim(conn, batch_id)
+            if taken:
+                # What the dead (or stalled) run's claims did not store yet ends skipped, in doubt:
+                # a stalled writer may still store it, so the next run stores under its key.
+                claims = await delivery.writer_claims(conn, batch_id)
+                await items.end_in_doubt(
+                    conn, batch_id, [cid for cid, *_ in claims], batches.STOPPED_PREFIX + CANCELLED
+                )
             if not batch.status.final or taken:
                 await items.skip_unfinished(
                     conn,

@@ -336,6 +336,9 @@ async def adopt_dead(
         return ()
     company_ids = await selection.resolve(conn, chosen)
     found: list[Adoption] = []
+    # A cancel's in-doubt items (a stalled writer may still store them) are adopted as well.
+    linked = await items.link_in_doubt(conn, str(plan.workflow.id), plan.play_name, new_batch_id, company_ids)
+    found += [Adoption(old, moved, died=True) for old, moved in linked.items()]
     for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name, company_ids):
         holder = await batches.holder(conn, old)
         if holder is None or not lease.looks_takeable(holder, settings, mine):
