@@ -270,3 +270,15 @@ def test_the_stop_flag_keeps_the_first_reason() -> None:
     flag.set("first")
     flag.set("second")
     assert flag and flag.reason == "first"
+
+
+async def test_a_provider_crash_is_counted_at_the_configured_price() -> None:
+    """Its call may have gone out: the company and the purse count the step's price, never nothing."""
+    provider = fakes.Scripted(fakes.workflow(cost_per_call=0.5), {"c1": [RuntimeError("boom")]})
+    try:
+        rig = Rig(provider, Purse(5.0, per_call=0.5))
+        result = await rig.caller.call(ACME, 0)
+    finally:
+        await provider.aclose()
+    assert result is not None and result.cost == 0.5
+    assert rig.budget.spent == 0.5 and rig.budget.in_flight == 0.0

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from enrichhq import exceptions, functions, inputs
@@ -494,3 +495,25 @@ def test_an_error_message_is_masked_before_it_is_cut() -> None:
 def test_a_refused_key_variable_fails_validation() -> None:
     problems = llm.LlmProvider.option_problems(workflow(api_key_env="ENRICHHQ_SECRET"))
     assert any(p.startswith("provider_config.api_key_env:") for p in problems)
+
+
+@pytest.mark.parametrize("prompt", ["{{ company.nope }}", "{{ steps['x'].y }}", "{{ secrets.API_X }}"])
+def test_a_prompt_reading_what_it_cannot_fails_validation(prompt: str) -> None:
+    problems = llm.LlmProvider.option_problems(workflow(prompt=prompt))
+    assert any(p.startswith("provider_config.prompt:") for p in problems), problems
+
+
+async def test_an_answer_beyond_the_cap_is_refused_unread(llm_stub: LlmStub) -> None:
+    """A server sending more than the cap fails the company, counted at the call's price."""
+    from enrichhq.functions import base
+
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        body = {"messages": [{"role": "user", "content": "Company: ok-acme.test"}], "model": "m"}
+        request = client.build_request("POST", f"{llm_stub.url}/chat/completions", json=body)
+        with pytest.raises(base.AnswerTooLarge, match="larger than") as caught:
+            await base.send_capped(client, request, "llm", cost=0.25, limit=100)
+        assert caught.value.cost == 0.25
+        whole = await base.send_capped(
+            client, client.build_request("POST", request.url, json=body), "llm", cost=None
+        )
+        assert whole.json()["choices"]

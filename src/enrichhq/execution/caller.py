@@ -189,7 +189,11 @@ class Caller:
                     continue
                 return self._given_up(company, tally, decision)
             except Exception as exc:  # a provider bug must cost one company, never the worker
-                await self.budget.settle(None)
+                # Its call may have gone out: counted at the configured price, as a lost call is
+                # (erring on the side of paying keeps the budget and the provider's count).
+                crashed_cost = self.provider.cost()
+                await self.budget.settle(crashed_cost)
+                tally.add(crashed_cost, ())
                 log.exception("batch %s: provider %r crashed on %s", self.batch_id, self.name, company.id)
                 return tally.result(
                     company, error=f"provider {self.name!r} crashed: {type(exc).__name__}: {exc}"

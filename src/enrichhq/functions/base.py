@@ -154,6 +154,42 @@ class Provider(abc.ABC):
             raise exceptions.ProviderError(str(exc)) from None
 
 
+#: the largest answer a JSON API or a model may send (a bigger one fails its company, read no further).
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
+
+
+class AnswerTooLarge(exceptions.ProviderError):
+    """An answer beyond MAX_ANSWER_BYTES: it fails its company (its call was paid)."""
+
+
+async def send_capped(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    what: str,
+    *,
+    cost: float | None,
+    limit: int = MAX_ANSWER_BYTES,
+) -> httpx.Response:
+    """Send a request and read its answer, at most `limit` bytes (AnswerTooLarge, which costs
+    `cost`: the call was made, beyond that)."""
+    response = await client.send(request, stream=True)
+    try:
+        body = bytearray()
+        async for piece in response.aiter_bytes():  # decoded: a compressed bomb is bounded too
+            body.extend(piece)
+            if len(body) > limit:
+                raise AnswerTooLarge(
+                    f"{what}: the answer is larger than {limit // (1024 * 1024)} MB; refused unread",
+                    cost=cost,
+                )
+    finally:
+        await response.aclose()
+    # A whole response again, already decoded, for the callers' .json() and .text.
+    dropped = ("content-encoding", "content-length", "transfer-encoding")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
+
+
 def now_iso() -> str:
     """The current UTC time as an ISO 8601 string (what `scraped_at` carries)."""
     return datetime.now(UTC).isoformat()

@@ -191,7 +191,9 @@ class HttpApiProvider(base.Provider):
                 # timeout_s bounds the whole answer, not each read (a server dripping a byte a
                 # second would hold the slot for as long as it likes).
                 async with asyncio.timeout(deadline):
-                    response = await self.client.send(request)
+                    response = await base.send_capped(
+                        self.client, request, f"http_api {self.host}", cost=self.cost()
+                    )
             except TimeoutError:
                 raise exceptions.ProviderError(
                     f"http_api {self.host}: no answer within {deadline:g}s", retryable=True

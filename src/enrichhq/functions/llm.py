@@ -257,7 +257,10 @@ class LlmProvider(base.Provider):
             # timeout_s bounds the whole answer, not each read: a server dripping a byte a second
             # would otherwise hold the slot for as long as it likes.
             async with asyncio.timeout(deadline):
-                response = await self.client.post(self.llm.endpoint, json=body, headers=self.headers())
+                request = self.client.build_request(
+                    "POST", self.llm.endpoint, json=body, headers=self.headers()
+                )
+                response = await base.send_capped(self.client, request, "llm", cost=self.cost())
         except TimeoutError:
             raise self._failed(
                 exceptions.ProviderError(f"llm: no answer within {deadline:g}s", retryable=True),
@@ -266,6 +269,8 @@ class LlmProvider(base.Provider):
             ) from None
         except httpx.HTTPError as exc:
             raise self._failed(base.transport_error(exc, "llm", deadline), paid, trail) from None
+        except exceptions.ProviderError as exc:  # an answer too large to read
+            raise self._failed(exc, paid, trail) from None
         if response.status_code != 200:
             raise self._failed(self._error(response), paid, trail)
         try:

@@ -80,7 +80,11 @@ class LlmOptions(pydantic.BaseModel):
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:
-            for problem in inputs.text_problems(value):
+            # Syntax, then the names it reads: `company.<field>` and `inputs` only (a typo fails here,
+            # not on every company of a run).
+            for problem in inputs.text_problems(value) or inputs.request_template_problems(
+                value, secrets=False
+            ):
                 raise ValueError(problem)
         return value
 
