@@ -585,22 +585,7 @@ def render_url(source: str, company: Company, inputs: Mapping[str, Any]) -> str:
     """
     if not is_template(source):
         return source.replace("{domain}", company.domain)
-    template, problem = _url_template(source)
-    if template is None:
-        raise exceptions.InputError(f"url_template: {problem}")
-    context = {
-        "company": _Node("company", {"id": company.id, "domain": company.domain, "name": company.name}),
-        "inputs": _Node("inputs", dict(inputs)),
-    }
-    try:
-        text = template.render(context)
-    except _MissingError as exc:
-        raise exceptions.InputError(f"url_template: missing {exc.message}") from None
-    except SecurityError as exc:
-        raise exceptions.InputError(f"url_template: not allowed in a template: {exc.message}") from None
-    except Exception as exc:  # noqa: BLE001 - a filter raising on this company's data
-        raise exceptions.InputError(_shorten(f"url_template: {type(exc).__name__}: {exc}")) from None
-    return text.strip()
+    return render_text("url_template", source, company, inputs).strip()
 
 
 def render_text(what: str, source: str, company: Company, inputs: Mapping[str, Any]) -> str:
