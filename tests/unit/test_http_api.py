@@ -270,3 +270,17 @@ def test_an_answer_masks_a_secret_in_keys_and_before_a_cut() -> None:
     nested = httpx.Response(200, content=b"[" * 100_000, headers={"content-type": "application/json"})
     with pytest.raises(exceptions.ProviderError, match="nested too deep"):
         api.data(nested)
+
+
+def test_a_moderately_deep_answer_and_a_cut_url_keep_their_secrets() -> None:
+    import httpx
+
+    secret = "API-k3y-0123456789abcdef0123456789"
+    api = provider(url="{{ inputs.base }}/x?key={{ secrets.API_TEST_KEY }}")
+    api._secrets = {"API_TEST_KEY": secret}
+    deep = httpx.Response(200, content=b"[" * 600 + b"]" * 600, headers={"content-type": "application/json"})
+    with pytest.raises(exceptions.ProviderError, match="nested deeper than 64"):
+        api.data(deep)
+    with pytest.raises(exceptions.ProviderError) as caught:
+        api.request(Company("c1", "acme.com", None), {"base": "ftp://h/" + "a" * 170}, api._secrets)
+    assert secret[:8] not in str(caught.value)

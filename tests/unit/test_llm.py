@@ -517,3 +517,23 @@ async def test_an_answer_beyond_the_cap_is_refused_unread(llm_stub: LlmStub) -> 
             client, client.build_request("POST", request.url, json=body), "llm", cost=None
         )
         assert whole.json()["choices"]
+
+
+def test_unique_items_zero_usage_and_deep_answers_are_handled() -> None:
+    """uniqueItems compares every pair (minutes for a long answer); zero tokens is no price; an
+    answer nested past jsonsafe's depth is the model's to repair, never a crash."""
+    from enrichhq.functions import llm_schema
+
+    base = {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}
+    assert "uniqueItems" in str(llm_schema.schema_problem(base))
+    options = llm_schema.LlmOptions.model_validate(
+        {"model": "m", "prompt": "p", "schema": SCHEMA, "price_per_million_input_tokens": 1.0}
+    )
+    assert llm_schema.token_cost({"prompt_tokens": 0, "completion_tokens": 0}, options) is None
+    deep = '{"industry": ' + "[" * 600 + "]" * 600 + "}"
+    value, problem = llm_schema.answer_problem(SCHEMA, deep)
+    assert value is None and "nested deeper than 64" in str(problem)
+    nested: dict[str, object] = {"type": "object", "properties": {"x": {"type": "string"}}}
+    for _ in range(100):
+        nested = {"anyOf": [nested]}
+    assert "nested" in str(llm_schema.schema_problem(nested))

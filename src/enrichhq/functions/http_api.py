@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 import pydantic
 
-from enrichhq import exceptions, inputs, secret_env
+from enrichhq import exceptions, inputs, jsonsafe, secret_env
 from enrichhq import settings as settings_module
 from enrichhq.functions import base, paths
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
@@ -217,7 +217,9 @@ class HttpApiProvider(base.Provider):
         """The request for one company; ProviderError (not retried) when a template cannot render."""
         url = _text(self.url, "url", company, given, secrets)
         if urlsplit(url).scheme not in ("http", "https"):
-            raise exceptions.ProviderError(f"http_api: url rendered to {url[:200]!r}, not an http(s) URL")
+            raise exceptions.ProviderError(
+                f"http_api: url rendered to {_masked_cut(url, secrets)!r}, not an http(s) URL"
+            )
         headers = {}
         for name, template in self.headers.items():
             value = _text(template, f"headers.{name}", company, given, secrets)
@@ -238,15 +240,17 @@ class HttpApiProvider(base.Provider):
             target = httpx.URL(url).copy_merge_params(query) if query else httpx.URL(url)
             return self.client.build_request(self.api.method, target, headers=headers, json=body)
         except (httpx.InvalidURL, ValueError) as exc:
-            raise exceptions.ProviderError(f"http_api: url rendered to {url[:200]!r}: {exc}") from None
+            raise exceptions.ProviderError(
+                f"http_api: url rendered to {_masked_cut(url, secrets)!r}: {exc}"
+            ) from None
 
     def data(self, response: httpx.Response) -> dict[str, Any]:
         """The step's data from a 2xx answer: the outputs' paths, or the whole answer."""
         try:
-            document = json.loads(response.content) if response.content else None
-        except RecursionError:
+            document = jsonsafe.loads(response.content, "the answer") if response.content else None
+        except exceptions.InputError as exc:  # nested too deep, NaN, NUL: nothing could store it
             raise exceptions.ProviderError(
-                f"http_api {self.host} answered {response.status_code} with JSON nested too deep to read",
+                f"http_api {self.host} answered {response.status_code} with JSON no database stores: {exc}",
                 cost=self.cost(response),
             ) from None
         except ValueError:
@@ -378,6 +382,11 @@ def _message(document: Any) -> str:
             if document.get(key):
                 return _message(document[key])
     return json.dumps(document, ensure_ascii=False)
+
+
+def _masked_cut(text: str, secrets: Mapping[str, str]) -> str:
+    """The first 200 characters, masked before the cut (a key straddling it leaves no whole copy)."""
+    return secret_env.scrub(text, secrets.values())[:SHOWN_CHARS]
 
 
 def _shown(text: str) -> str:

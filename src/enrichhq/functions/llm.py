@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from enrichhq import exceptions, inputs, secret_env
+from enrichhq import exceptions, inputs, jsonsafe, secret_env
 from enrichhq import settings as settings_module
 from enrichhq.functions import base, extract, llm_schema, pagetext
 from enrichhq.functions.llm_schema import LlmOptions
@@ -274,8 +274,8 @@ class LlmProvider(base.Provider):
         if response.status_code != 200:
             raise self._failed(self._error(response), paid, trail)
         try:
-            answer = response.json()
-        except (ValueError, RecursionError):
+            answer = jsonsafe.loads(response.content, "the answer")
+        except (ValueError, exceptions.InputError):  # not JSON; nested too deep, NaN, NUL
             answer = None
         if not isinstance(answer, dict):
             said = self._scrub(response.text)[:200].strip()

@@ -8,7 +8,6 @@ and the cost of a call from its `usage`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ import pydantic
 import referencing
 import referencing.exceptions
 
-from enrichhq import destinations, inputs
+from enrichhq import destinations, exceptions, inputs, jsonsafe
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_INPUT_CHARS = 20_000
@@ -124,16 +123,20 @@ def option_problems(config: Mapping[str, Any]) -> list[str]:
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
     """Why `schema` cannot be an llm step's schema: not valid JSON Schema, or not an object of properties."""
+    if jsonsafe.problem(schema) is not None:
+        return f"nested deeper than {jsonsafe.MAX_DEPTH} levels; a step's schema needs far fewer"
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
+    except RecursionError:
+        return "nested too deeply to check; simplify it"
     except jsonschema.exceptions.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         return f"not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}"
     for where, key, value in _walk(schema):
         if key in REFUSED_KEYWORDS:
             return (
-                f"{key} at {where or '/'} is not supported: a regular expression run on the model's "
-                "answer can take minutes; use enum, or check the value in a later step"
+                f"{key} at {where or '/'} is not supported: {REFUSED_KEYWORDS[key]}; "
+                "check the value in a later step instead"
             )
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
             return (
@@ -203,7 +206,12 @@ class SchemaUnusable(Exception):
 
 #: keywords refused in a step's schema: a regular expression of the schema run on the model's answer
 #: (which a homepage can steer) may backtrack for minutes, blocking every call of the process.
-REFUSED_KEYWORDS = ("pattern", "patternProperties")
+REFUSED_KEYWORDS = {
+    "pattern": "a regular expression run on the model's answer can take minutes; use enum",
+    "patternProperties": "a regular expression run on the model's answer can take minutes",
+    # jsonschema compares every pair of a list of objects: a long answer takes minutes.
+    "uniqueItems": "checking it compares every pair of the answer's items (minutes for a long list)",
+}
 #: more tokens than any model takes in one call: such `usage` is no price, it is refused.
 MAX_TOKENS = 10_000_000
 
@@ -228,7 +236,9 @@ def answer_problem(schema: Mapping[str, Any], text: str | None) -> tuple[dict[st
     if text is None or not text.strip():
         return None, "the answer is empty; answer with one JSON object"
     try:
-        value = json.loads(text)
+        value = jsonsafe.loads(text, "the answer")
+    except exceptions.InputError as exc:  # nested too deeply, NaN, NUL: nothing could store it
+        return None, f"{exc}; answer with one flat JSON object"
     except ValueError as exc:
         return None, f"the answer is not JSON ({exc}); answer with one JSON object and nothing else"
     validator = jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
@@ -265,6 +275,8 @@ def token_cost(usage: Any, options: LlmOptions) -> float | None:
     if not all(
         isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS for n in (prompt, completion)
     ):
+        return None
+    if prompt == 0:  # a request always has prompt tokens: zeros are a server that does not count
         return None
     assert isinstance(prompt, int) and isinstance(completion, int)
     return (prompt * (prices[0] or 0.0) + completion * (prices[1] or 0.0)) / TOKENS_PER_MILLION
