@@ -537,3 +537,12 @@ def test_unique_items_zero_usage_and_deep_answers_are_handled() -> None:
     for _ in range(100):
         nested = {"anyOf": [nested]}
     assert "nested" in str(llm_schema.schema_problem(nested))
+
+
+async def test_without_token_prices_each_repair_costs_cost_per_call(make: Any) -> None:
+    """One repair is one more paid call: cost_per_call counts per HTTP call, not per company."""
+    result = await ask(
+        make(price_per_million_input_tokens=None, price_per_million_output_tokens=None, cost_per_call=0.1),
+        "repair-acme.test",
+    )
+    assert result.cost == pytest.approx(0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -14,6 +15,8 @@ import pydantic
 from enrichhq import exceptions, inputs, netpolicy
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
+
+log = logging.getLogger("enrichhq.providers")
 
 # What the homepage providers put in `data` (key -> kind, see destinations.kind_of).
 HOMEPAGE_OUTPUTS: Mapping[str, str] = {
@@ -195,22 +198,32 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+#: the longest Retry-After honoured (an API asking for more is waited this long, with a warning).
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def retry_after(response: httpx.Response, default: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     value = response.headers.get("retry-after")
     if not value:
         return default
     try:
-        return min(3600.0, max(0.0, float(value)))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not 0 <= seconds <= MAX_RETRY_AFTER_S:  # nan too
+            wait = MAX_RETRY_AFTER_S if seconds > 0 else 0.0
+            log.warning("Retry-After %r: waiting %gs instead", value[:40], wait)
+            return wait
+        return seconds
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return default
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return min(3600.0, max(0.0, (parsed - datetime.now(UTC)).total_seconds()))
+    return min(MAX_RETRY_AFTER_S, max(0.0, (parsed - datetime.now(UTC)).total_seconds()))
 
 
 def transport_error(exc: httpx.HTTPError, what: str, timeout: float | None) -> exceptions.ProviderError:

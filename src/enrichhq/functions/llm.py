@@ -263,7 +263,10 @@ class LlmProvider(base.Provider):
                 response = await base.send_capped(self.client, request, "llm", cost=self.cost())
         except TimeoutError:
             raise self._failed(
-                exceptions.ProviderError(f"llm: no answer within {deadline:g}s", retryable=True),
+                # The server may bill what it generated: counted at the call's price (erring on paying).
+                exceptions.ProviderError(
+                    f"llm: no answer within {deadline:g}s", retryable=True, cost=self.cost()
+                ),
                 paid,
                 trail,
             ) from None
@@ -285,7 +288,9 @@ class LlmProvider(base.Provider):
                 trail,
             )
         cost = llm_schema.token_cost(answer.get("usage"), self.llm)
-        if cost is None and llm_schema.has_prices(self.llm):
+        if not llm_schema.has_prices(self.llm):
+            cost = self.cost()  # cost_per_call is per HTTP call: each repair is one more
+        elif cost is None:
             # No usable `usage` (missing, negative, absurd): never free, or a budget would not hold.
             cost = self.cost() or llm_schema.estimated_cost(
                 self.llm, len(json.dumps(body)), len(response.content)
