@@ -320,7 +320,9 @@ async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
         result = await conn.execute(
             sa.update(batch_items)
             .where(*which, ~_held_elsewhere())
-            .values(state=ItemState.QUEUED, last_error=None, finished_at=None, deliveries=0, updated_at=now())
+            # deliveries kept: calls started and never ended (a killed or stalled run's, cancelled)
+            # make the item a suspect again, charged once as paid and looked up by its receipt.
+            .values(state=ItemState.QUEUED, last_error=None, finished_at=None, updated_at=now())
         )
         return result.rowcount
 
@@ -587,28 +589,37 @@ async def end_in_doubt(conn: AsyncConnection, batch_id: str, company_ids: Sequen
 
 
 async def link_in_doubt(
-    conn: AsyncConnection,
-    workflow_id: str,
-    play_name: str,
-    new_batch_id: str,
-    company_ids: Sequence[str] | None,
+    conn: AsyncConnection, workflow_id: str, play_name: str, new_batch_id: str
 ) -> dict[str, int]:
-    """Hand a new batch the in-doubt items of its step and play for these companies (all: None), as
-    adopted ones, which `receipt_batches` follows; how many from each batch."""
-    where = [
-        batch_items.c.workflow_id == workflow_id,
-        batch_items.c.play_name == play_name,
-        batch_items.c.state == ItemState.SKIPPED,
-        batch_items.c.last_error.endswith(IN_DOUBT, autoescape=True),
-    ]
-    stmt = sa.update(batch_items).values(last_error=ADOPTED_PREFIX + new_batch_id, updated_at=now())
+    """Hand a new batch the in-doubt items of its step and play whose company it will run (queued
+    there), as adopted ones, which `receipt_batches` follows; how many from each batch.
+
+    A batch that skips the company (done already, run_if, not sampled) leaves the link for the
+    one that runs it.
+    """
+    new = batch_items.alias("new")
+    runs_it = sa.exists(
+        sa.select(new.c.company_id).where(
+            new.c.batch_id == new_batch_id,
+            new.c.company_id == batch_items.c.company_id,
+            new.c.state == ItemState.QUEUED,
+        )
+    )
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(
+            batch_items.c.workflow_id == workflow_id,
+            batch_items.c.play_name == play_name,
+            batch_items.c.state == ItemState.SKIPPED,
+            batch_items.c.last_error.endswith(IN_DOUBT, autoescape=True),
+            runs_it,
+        )
+        .values(last_error=ADOPTED_PREFIX + new_batch_id, updated_at=now())
+        .returning(batch_items.c.batch_id)
+    )
     found: dict[str, int] = {}
-    chunks = [None] if company_ids is None else list(chunked(company_ids))
-    for chunk in chunks:
-        match = where if chunk is None else [*where, dialect.any_of(batch_items.c.company_id, chunk)]
-        result = await conn.execute(stmt.where(*match).returning(batch_items.c.batch_id))
-        for (batch_id,) in result:
-            found[str(batch_id)] = found.get(str(batch_id), 0) + 1
+    for (batch_id,) in result:
+        found[str(batch_id)] = found.get(str(batch_id), 0) + 1
     return found
 
 

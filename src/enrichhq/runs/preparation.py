@@ -134,6 +134,10 @@ async def prepare(
                 return await _replayed(conn, plan, first)
         adopted = await adopt_dead(conn, settings, plan, chosen, batch_id, mine)
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
+        # A cancel's in-doubt items (a stalled writer may still store them) are adopted too, once
+        # the batch is built: only by an item that will run (sampled or not), never by one skipped.
+        linked = await items.link_in_doubt(conn, str(plan.workflow.id), plan.play_name, batch_id)
+        adopted += tuple(Adoption(old, moved, died=True) for old, moved in linked.items())
         for adoption in adopted:
             # Calls the dead run had started stay suspects here: charged once as paid, and not
             # called again when their receipt shows the result was stored before the crash.
@@ -336,9 +340,6 @@ async def adopt_dead(
         return ()
     company_ids = await selection.resolve(conn, chosen)
     found: list[Adoption] = []
-    # A cancel's in-doubt items (a stalled writer may still store them) are adopted as well.
-    linked = await items.link_in_doubt(conn, str(plan.workflow.id), plan.play_name, new_batch_id, company_ids)
-    found += [Adoption(old, moved, died=True) for old, moved in linked.items()]
     for old in await batches.with_open_items(conn, str(plan.workflow.id), plan.play_name, company_ids):
         holder = await batches.holder(conn, old)
         if holder is None or not lease.looks_takeable(holder, settings, mine):
