@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     enrichhq_heartbeat_s: float = Field(
         default=30.0, ge=1, description="a job whose worker is silent this long goes to another worker"
     )
+    enrichhq_stalled_write_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="a destination write transaction idle this long (its process stopped or frozen) is "
+        "ended by PostgreSQL, so a re-run storing the same companies does not wait on its locks",
+    )
     enrichhq_toast_compression: Literal["lz4", "server"] = Field(
         default="lz4",
         description="how PostgreSQL compresses the large values enrichhq writes (scraped pages): lz4 where "

@@ -240,7 +240,7 @@ async def _write_chunk(
             for cid, rs in rows.items()
         }
     async with dbs.begin(destination.db) as conn:
-        await dialect.compress_with(conn, dbs.toast_compression)
+        await dialect.begin_write(conn, dbs.toast_compression, dbs.stalled_write_s)
         # No batch to make a receipt for: a direct storage_worker_v2 call.
         fresh = (
             dict(rows) if receipts is None else await _claim(conn, config, destination, rows, receipts, known)

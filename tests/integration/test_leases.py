@@ -490,3 +490,44 @@ async def test_a_stalled_writer_of_an_adopted_item_writes_no_second_row(
         "SELECT company_domain, count(*) FROM company_homepage_scrapes GROUP BY company_domain ORDER BY 1",
     )
     assert [(r[0], r[1]) for r in rows] == [(domains[0], 1), (domains[1], 1)]
+
+
+async def test_a_writer_stalled_inside_its_transaction_does_not_hold_a_rerun_up(env: Env) -> None:
+    """A writer stopped (SIGSTOP, a frozen VM) after claiming its receipts, inside its destination
+    transaction: the re-run storing the same company under the same key would wait on the receipt's
+    lock as long as the stall lasts. The server ends the idle transaction after ENRICHHQ_STALLED_WRITE_S
+    instead: the re-run stores one row, and the stalled writer's commit fails, writing nothing."""
+    from enrichhq import storage_worker, workflows
+    from enrichhq.db import dialect, stored_rows
+    from enrichhq.models import StoreRecord
+
+    if env.backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: a stalled writer fails the others at busy_timeout")
+    await _step(env)
+    (company,) = await add_companies(env.dbs, ["stalled-in-txn.com"])
+    dead = await _dead_batch(env, [company.domain])
+    workflow = await workflows.get(env.dbs, STEP)
+    await stored_rows.ensure(env.dbs, "workspace")
+    quick = engines.Databases(env.hq_url, env.workspace_url, stalled_write_s=1.0)
+    try:
+        async with quick.workspace.connect() as stalled:
+            # What the stalled writer's session holds on the server: its receipt claimed, not committed.
+            await stalled.begin()
+            await dialect.begin_write(stalled, "lz4", quick.stalled_write_s)
+            key = stored_rows.company_key(company.id)
+            claimed = await stored_rows.claim(stalled, workflow.id, dead, "company_homepage_scrapes", [key])
+            assert claimed == {key}
+
+            async def no_log(entries: object) -> None:
+                return None
+
+            record = StoreRecord(company.id, company.domain, {"homepage_html": "<html>re-run</html>"}, 1, None)
+            rerun = storage_worker.store(quick, workflow, [record], batch_id=dead, log=no_log)
+            (outcome,) = await asyncio.wait_for(rerun, timeout=30)
+            assert outcome.stored, outcome
+            with pytest.raises(sa.exc.DBAPIError):  # its session was ended by the server
+                await stalled.commit()
+    finally:
+        await quick.dispose()
+    rows = await sql(env.dbs, "workspace", "SELECT homepage_html FROM company_homepage_scrapes")
+    assert [r[0] for r in rows] == ["<html>re-run</html>"]

@@ -297,10 +297,13 @@ async def test_a_batch_in_the_workers_hands_is_not_queued_twice(cluster: Cluster
         assert await queue.has_jobs(queries, prepared.batch_id)
     finally:
         await conn.close()
-    # A run (or serve adopting the batch) follows it without queueing it again.
+    # A run (or serve adopting the batch) follows it without queueing it again. The worker picks
+    # the jobs up before the run has handed the batch over (it is still the preparing run's):
+    # they take nothing then, and are tried again once the batch is the workers'.
     cluster.fleet.start(4)
     await _alive(cluster, 1)
-    summary = await _run(cluster, prepared)
+    await asyncio.sleep(2)
+    summary = await _run(cluster, prepared, timeout=90)
     site.close()
     assert summary.counts == {"succeeded": 50}
     assert set(site.calls.values()) == {1}

@@ -79,8 +79,12 @@ async def deliver(
     poison_after: int,
     step: StepRef | None = None,
     price: float | None = None,
+    owner: str | None = None,
 ) -> Taken:
     """Take a job's items for a worker: open ones become running, nothing is counted.
+
+    Only while the batch's lease is `owner`'s (None: the workers'): a job a worker picks up
+    before the run that queued it has handed the batch over takes nothing (and is tried again).
 
     runnable maps each company id to (attempts so far, suspect, charged): items already final (or
     waiting for a callback) are left alone, so a redelivered job changes nothing. An item a writer
@@ -103,7 +107,11 @@ async def deliver(
     for chunk in chunked(company_ids):
         result = await conn.execute(
             sa.update(batch_items)
-            .where(these(batch_id, chunk), open_or_claimed((ItemState.QUEUED, ItemState.RUNNING)))
+            .where(
+                these(batch_id, chunk),
+                open_or_claimed((ItemState.QUEUED, ItemState.RUNNING)),
+                held_by(batch_id, owner),
+            )
             .values(state=ItemState.RUNNING, updated_at=now())
             .returning(
                 batch_items.c.company_id,

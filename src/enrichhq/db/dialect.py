@@ -350,23 +350,33 @@ _WITHOUT_FLUSH: list[sa.ColumnElement[bool]] = [
 ]
 
 
-async def compress_with(conn: AsyncConnection, method: str) -> None:
-    """Compress the large values this transaction writes with `method` ('lz4'), where the server can.
+async def begin_write(conn: AsyncConnection, method: str, stalled_s: float) -> None:
+    """Set up a destination write transaction: how it compresses, how long it may sit idle.
 
     Scraped pages are tens of KB each: PostgreSQL's default pglz spends more CPU compressing one
     than the rest of its row costs, lz4 (PostgreSQL 14+) a small part of it. Only columns without
-    a compression method of their own follow the setting; 'server' leaves the server's default.
+    a compression method of their own follow `method` ('lz4'); 'server' leaves the server's default.
+
+    A writer that stalls inside its transaction (a stopped process, a frozen VM) holds its
+    receipts' row locks, and a re-run storing the same companies would wait for them as long as
+    the stall lasts: after `stalled_s` idle the server ends the stalled session instead, its rows
+    rolled back, so the re-run stores them once. Both settings are local to the transaction.
     """
-    if method != "lz4" or conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql":
         return
-    key = conn.engine.url.render_as_string(hide_password=True)
-    if key not in _has_lz4:
-        found = await conn.execute(
-            sa.text("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
-        )
-        _has_lz4[key] = bool(found.scalar())
-    if _has_lz4[key]:
-        await conn.execute(sa.text("SET LOCAL default_toast_compression = lz4"))
+    values = [sa.func.set_config("idle_in_transaction_session_timeout", f"{round(stalled_s * 1000)}ms", True)]
+    if method == "lz4":
+        key = conn.engine.url.render_as_string(hide_password=True)
+        if key not in _has_lz4:
+            found = await conn.execute(
+                sa.text(
+                    "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+                )
+            )
+            _has_lz4[key] = bool(found.scalar())
+        if _has_lz4[key]:
+            values.append(sa.func.set_config("default_toast_compression", "lz4", True))
+    await conn.execute(sa.select(*values))
 
 
 async def analyze(conn: Any, table: sa.Table) -> None:

@@ -99,10 +99,19 @@ def database_missing(raw_url: str) -> bool:
 class Databases:
     """HQ and Workspace engines; one engine when both URLs are the same database."""
 
-    def __init__(self, hq_url: str, workspace_url: str, *, toast_compression: str = "lz4") -> None:
+    def __init__(
+        self,
+        hq_url: str,
+        workspace_url: str,
+        *,
+        toast_compression: str = "lz4",
+        stalled_write_s: float = 60.0,
+    ) -> None:
         self.urls = {"hq": hq_url, "workspace": workspace_url}
-        #: how large values written to destination tables are compressed (see dialect.compress_with).
+        #: how large values written to destination tables are compressed (see dialect.begin_write).
         self.toast_compression = toast_compression
+        #: how long a destination write transaction may sit idle before the server ends it.
+        self.stalled_write_s = stalled_write_s
         self.hq: AsyncEngine = create_async(hq_url)
         self.workspace: AsyncEngine = self.hq if workspace_url == hq_url else create_async(workspace_url)
 
@@ -113,6 +122,7 @@ class Databases:
             settings.resolved_hq_url(),
             settings.resolved_workspace_url(),
             toast_compression=settings.enrichhq_toast_compression,
+            stalled_write_s=settings.enrichhq_stalled_write_s,
         )
 
     def engine(self, name: str) -> AsyncEngine:

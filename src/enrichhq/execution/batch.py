@@ -199,6 +199,8 @@ class BatchWork:
         """Take the companies' items and run them; those `lacking` an earlier result end uncalled."""
         ids = [c.id for c in companies]
         taken = await self.store.take(ids, poison_after=poison_after)
+        if taken.held_elsewhere:
+            raise exceptions.NotOurs(f"batch {self.step.batch_id} is held by another run")
         if taken.status != BatchStatus.RUNNING:
             await self._skip(ids, taken.status)
             return []

@@ -159,14 +159,16 @@ async def run_on_workers(
     conn = await queue.connect(settings)
     try:
         queries = await queue.pg_queries(conn)
+        # Handed over before its jobs are queued: a worker takes a job's items only while the
+        # batch is the workers' (a job picked up before the hand would take nothing and wait).
+        if held is not None:
+            await lease.hand_to_workers(dbs, batch_id, held)
         if not await queue.has_jobs(queries, batch_id):  # else the workers hold it already
             await queue.enqueue_batch(dbs, queries, batch_id, settings.enrichhq_job_size, after)
     finally:
         await conn.close()
     if queued is not None:
         queued.set()
-    if held is not None:
-        await lease.hand_to_workers(dbs, batch_id, held)
     while True:
         # A restarting HQ is waited out here as by the workers.
         await outage.through(functools.partial(_report, dbs, batch_id, on_progress))

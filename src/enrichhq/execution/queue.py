@@ -38,6 +38,8 @@ ENTRYPOINT = "enrichhq_chunk"
 CALLBACK = "enrichhq_callback"
 #: a job that keeps failing (not a provider error: those end its items) is retried this often.
 MAX_JOB_RETRIES = 10
+#: tries of a job whose batch is not yet the workers' (one a second), before it is dropped.
+NOT_OURS_RETRIES = 120
 #: a worker seen this recently is alive (workers beat every BEAT_S).
 ALIVE_S = 15.0
 BEAT_S = 5.0
@@ -168,30 +170,41 @@ async def queued_elsewhere(settings: Settings, batch_id: str) -> bool:
         await conn.close()
 
 
+async def _run_chunk(queries: AnyQueries, engine: Engine, job: Job) -> None:
+    """One job of a batch: its chunk through the engine, retried or given up as it fails."""
+    try:
+        chunk = Chunk.load(job.payload)
+    except exceptions.InputError:
+        log.exception("job %s dropped", job.id)
+        return
+    try:
+        back = await engine.handle(chunk)
+        if back:  # the worker is stopping: what it did not start goes to the others
+            await enqueue(queries, chunk.batch_id, back, len(back), chunk.after)
+    except exceptions.NotOurs:
+        # A worker: the run that queued the batch has not handed it over yet (or a resume
+        # holds it now). Its items stay queued in HQ; the job tries again shortly, then is
+        # dropped, the items left to the batch's holder. An embedded run lost its batch.
+        if engine.owner is not None or job.attempts >= NOT_OURS_RETRIES:
+            log.info("job %s of batch %s dropped: the batch is another run's", job.id, chunk.batch_id)
+            return
+        raise RetryRequested(timedelta(seconds=1), "the batch is not the workers' yet") from None
+    except Exception as exc:
+        if job.attempts >= MAX_JOB_RETRIES:
+            log.exception("job %s of batch %s gave up after %d tries", job.id, chunk.batch_id, job.attempts)
+            await engine.give_up(chunk, f"gave up after {job.attempts} tries: {exc}")
+            return
+        log.warning("job %s of batch %s failed, retrying: %s", job.id, chunk.batch_id, exc)
+        raise RetryRequested(timedelta(seconds=min(60, 2**job.attempts)), str(exc)) from exc
+
+
 def manager(queries: AnyQueries, engine: Engine) -> QueueManager:
     """A QueueManager whose one entrypoint runs a chunk through the engine."""
     qm = QueueManager(queries, channel=names().channel)
 
     @qm.entrypoint(ENTRYPOINT)
     async def run_chunk(job: Job) -> None:
-        try:
-            chunk = Chunk.load(job.payload)
-        except exceptions.InputError:
-            log.exception("job %s dropped", job.id)
-            return
-        try:
-            back = await engine.handle(chunk)
-            if back:  # the worker is stopping: what it did not start goes to the others
-                await enqueue(queries, chunk.batch_id, back, len(back), chunk.after)
-        except Exception as exc:
-            if job.attempts >= MAX_JOB_RETRIES:
-                log.exception(
-                    "job %s of batch %s gave up after %d tries", job.id, chunk.batch_id, job.attempts
-                )
-                await engine.give_up(chunk, f"gave up after {job.attempts} tries: {exc}")
-                return
-            log.warning("job %s of batch %s failed, retrying: %s", job.id, chunk.batch_id, exc)
-            raise RetryRequested(timedelta(seconds=min(60, 2**job.attempts)), str(exc)) from exc
+        await _run_chunk(queries, engine, job)
 
     @qm.entrypoint(CALLBACK)
     async def store_callback(job: Job) -> None:

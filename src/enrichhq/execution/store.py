@@ -60,6 +60,8 @@ class Delivery:
     runnable: Mapping[str, Runnable]
     #: items that ended failed as poison instead (logged with the take).
     poisoned: int = 0
+    #: the batch runs, but its lease is another holder's: nothing was taken.
+    held_elsewhere: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +173,13 @@ class DbItemStore:
 
         async def take() -> Delivery:
             async with self.dbs.begin("hq") as conn:
-                status = await batches.batch_status(conn, self.batch_id)
-                if status != BatchStatus.RUNNING:
+                holder = await batches.holder(conn, self.batch_id)
+                status = None if holder is None else holder.status
+                if holder is None or status != BatchStatus.RUNNING:
                     return Delivery(status, {})
+                # The read only names the case; the UPDATE's own lease condition decides.
+                if holder.owner != self.owner:
+                    return Delivery(status, {}, held_elsewhere=True)
                 taken = await delivery.deliver(
                     conn,
                     self.batch_id,
@@ -181,6 +187,7 @@ class DbItemStore:
                     poison_after=poison_after,
                     step=self.step,
                     price=self.price,
+                    owner=self.owner,
                 )
                 if self.adds_spend:  # charged once, here, in the transaction that charges them
                     await purse.add_spent(conn, self.batch_id, sum(e.cost or 0.0 for e in taken.unknown))
