@@ -521,7 +521,9 @@ async def test_a_writer_stalled_inside_its_transaction_does_not_hold_a_rerun_up(
             async def no_log(entries: object) -> None:
                 return None
 
-            record = StoreRecord(company.id, company.domain, {"homepage_html": "<html>re-run</html>"}, 1, None)
+            record = StoreRecord(
+                company.id, company.domain, {"homepage_html": "<html>re-run</html>"}, 1, None
+            )
             rerun = storage_worker.store(quick, workflow, [record], batch_id=dead, log=no_log)
             (outcome,) = await asyncio.wait_for(rerun, timeout=30)
             assert outcome.stored, outcome
