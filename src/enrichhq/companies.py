@@ -197,3 +197,36 @@ async def ensure(dbs: engines.Databases, given: list[Company]) -> list[str]:
     async with dbs.begin("hq") as conn:
         found = await company_rows.companies_by_domain(conn, [c.domain for c in unique])
     return [found[c.domain].id for c in unique]
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What `delete` removed, and the domains it did not know."""
+
+    removed: list[Company]
+    unknown: list[str]
+
+
+#: what deleting a company keeps, as `companies delete` and the API say.
+KEPT_ON_DELETE = (
+    "its log rows, completions, batch history and the rows its steps stored are kept; "
+    "importing the domain again makes it a new company"
+)
+
+
+async def delete(dbs: engines.Databases, domains: list[str]) -> Deleted:
+    """Remove companies by domain; refused while one is in an unfinished batch (cancel it first)."""
+    from enrichhq.db import items  # the items' queries load only for a delete
+
+    wanted = list(dict.fromkeys(normalize_domain(d) for d in domains))
+    async with dbs.begin("hq") as conn:
+        known = await company_rows.companies_by_domain(conn, wanted)
+        busy = await items.open_batches_of(conn, [c.id for c in known.values()])
+        if busy:
+            company = next(c for c in known.values() if c.id in busy)
+            raise exceptions.InputError(
+                f"{company.domain} is in flight in batch {busy[company.id]}: let it finish, or "
+                "`enrichhq batches cancel` it first"
+            )
+        removed = await company_rows.delete_companies(conn, list(known))
+    return Deleted(removed, [d for d in wanted if d not in known])

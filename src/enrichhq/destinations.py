@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -309,22 +309,31 @@ async def stream_rows(conn: AsyncConnection, table: sa.Table, page: int = 1000) 
 
 
 async def export_csv(
-    dbs: engines.Databases, db_name: str, table_name: str, out: Path, *, raw: bool = False
+    dbs: engines.Databases, db_name: str, table_name: str, out: Path | TextIO, *, raw: bool = False
 ) -> int:
     """Write a table (a destination, or an HQ table such as the log) to CSV; returns the row count.
 
-    Cells a spreadsheet would run as a formula are neutralised unless `raw` (see `csv_cell`).
+    `out` is a file's path, or an open text stream (stdout). Cells a spreadsheet would run as a
+    formula are neutralised unless `raw` (see `csv_cell`).
     """
     destination = await reflect(dbs, db_name, table_name, allow_hq=True)
-    count = 0
+    if not isinstance(out, Path):
+        return await _write_csv(dbs, db_name, destination, out, raw)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([csv_cell(name, raw=raw) for name in destination.table.c.keys()])
-        async with dbs.begin(db_name) as conn:
-            async for row in stream_rows(conn, destination.table):
-                writer.writerow([csv_cell(v, raw=raw) for v in row])
-                count += 1
+        return await _write_csv(dbs, db_name, destination, handle, raw)
+
+
+async def _write_csv(
+    dbs: engines.Databases, db_name: str, destination: Destination, handle: TextIO, raw: bool
+) -> int:
+    count = 0
+    writer = csv.writer(handle)
+    writer.writerow([csv_cell(name, raw=raw) for name in destination.table.c.keys()])
+    async with dbs.begin(db_name) as conn:
+        async for row in stream_rows(conn, destination.table):
+            writer.writerow([csv_cell(v, raw=raw) for v in row])
+            count += 1
     return count
 
 

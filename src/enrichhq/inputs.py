@@ -45,7 +45,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from enrichhq import exceptions
+from enrichhq import exceptions, states
 from enrichhq.models import Company
 
 #: The names a template may use besides Jinja2's own globals (range, dict, namespace, ...).
@@ -60,7 +60,7 @@ _MAX_REPEAT: Final = 10_000_000
 _MAX_POWER_BITS: Final = 100_000
 _MAX_MESSAGE: Final = 300
 #: how the error of an item skipped for a missing input begins (reports pick those items out by it).
-MISSING_PREFIX: Final = "input_missing: "
+MISSING_PREFIX: Final = states.INPUT_MISSING_PREFIX
 
 
 # --- outcomes -------------------------------------------------------------------------------------

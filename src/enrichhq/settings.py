@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from enrichhq import netpolicy
+if TYPE_CHECKING:
+    from enrichhq import netpolicy
 
 ZENROWS_DEFAULT_URL = "https://api.zenrows.com/v1/"
 
@@ -125,6 +126,8 @@ class Settings(BaseSettings):
 
     def network_policy(self) -> netpolicy.NetworkPolicy:
         """Which addresses providers may connect to (ENRICHHQ_ALLOW_PRIVATE_NETWORKS)."""
+        from enrichhq import netpolicy  # httpx loads only where providers call out
+
         return netpolicy.NetworkPolicy.parse(self.enrichhq_allow_private_networks)
 
     def receiver_url(self) -> str | None:

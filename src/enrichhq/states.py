@@ -7,6 +7,7 @@ text columns and SQL written by hand keep working, and they compare equal to tho
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class ItemState(enum.StrEnum):
@@ -73,3 +74,7 @@ class LogStatus(enum.StrEnum):
     REJECTED = "rejected"
     #: a call whose process died while it was out: its result is unknown, its price counted as paid.
     UNKNOWN = "unknown"
+
+
+#: how the error of an item skipped for lack of an input begins (`inputs.InputMissing`).
+INPUT_MISSING_PREFIX: Final = "input_missing: "

@@ -63,6 +63,15 @@ class Validation:
         """Whether the config can run."""
         return not self.problems
 
+    def as_dict(self) -> dict[str, Any]:
+        """The config's fields with its validation, as the REST API and `--json` give them."""
+        return {
+            **dataclasses.asdict(self.workflow),
+            "valid": self.ok,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
+
 
 async def get(dbs: engines.Databases, ref: str) -> WorkflowConfig:
     """A workflow by slug or id; NotFound names the fix."""
@@ -352,6 +361,21 @@ async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> V
     async with dbs.begin("hq") as conn:
         await workflow_rows.update_workflow(conn, current.id, spec.model_dump())
     return Validation(await get(dbs, current.id), (), result.warnings)
+
+
+async def delete(dbs: engines.Databases, ref: str) -> WorkflowConfig:
+    """Remove a workflow config (by id or slug); the one removed. Its logs and completions stay."""
+    workflow = await get(dbs, ref)
+    async with dbs.begin("hq") as conn:
+        await workflow_rows.delete_workflow(conn, workflow.id)
+    return workflow
+
+
+#: what deleting a workflow keeps, as `workflows delete` and the API say.
+KEPT_ON_DELETE = (
+    "its log rows, completions, batches and destination table are kept; adding a step with the "
+    "same slug does not bring them back to it"
+)
 
 
 def spec_of(workflow: WorkflowConfig) -> dict[str, Any]:

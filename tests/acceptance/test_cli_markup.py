@@ -63,7 +63,7 @@ async def test_markup_in_slugs_titles_and_errors_is_printed_literally(env: Env) 
 
     ran = enrichhq("run", SLUG, "--all", env=environ)
     no_crash(ran)
-    assert ran.returncode == 0, printed(ran)  # one failure does not fail the run
+    assert ran.returncode == 4, printed(ran)  # one failure: the summary prints, the exit code says so
     text = printed(ran)
     assert f"failed markup-a.com: Zenrows 422 RESP001: {MARKUP_DETAIL}" in text
     assert f"step {SLUG} has cost" in text

@@ -184,7 +184,7 @@ async def test_the_seed_play_on_200_companies(
     assert homepages.total() == 0 and n8n.received == [] and clay.received == []
 
     # Generous timeouts: on a machine shared by several test runs the play has taken 20 s to 100 s.
-    out = ok(enrichhq("run", "--steps", "1-4", "--all", "--play", PLAY, env=environ, timeout=300))
+    out = ok(enrichhq("run", "--steps", "1-4", "--all", "--play", PLAY, env=environ, timeout=300), code=4)
     assert out.count("has cost") == 4, out
     batches = {
         r[0]: str(r[1])
@@ -217,7 +217,7 @@ async def test_the_seed_play_on_200_companies(
     # never completed step 1 are tried again there, and still get nowhere.
     before, logged = await tally(env), await log_counts(env)
     calls = (Counter(homepages.calls), len(n8n.received), len(clay.received))
-    again = ok(enrichhq("run", "--steps", "1-4", "--all", "--play", PLAY, env=environ, timeout=300))
+    again = ok(enrichhq("run", "--steps", "1-4", "--all", "--play", PLAY, env=environ, timeout=300), code=4)
     assert again.count("has cost") == 4, again
     assert await tally(env) == before
     assert (len(n8n.received), len(clay.received)) == calls[1:]

@@ -12,7 +12,7 @@ from enrichhq import companies, runs, workflows
 from enrichhq.api import schemas
 from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
 from enrichhq.api.functions import REPLAYED, IdempotencyKey, idempotency_key
-from enrichhq.db import idempotency, reports, workflow_rows
+from enrichhq.db import idempotency, reports
 from enrichhq.states import BatchStatus
 
 router = APIRouter(
@@ -21,15 +21,6 @@ router = APIRouter(
     responses=schemas.ERRORS,
     route_class=SafeJsonRoute,
 )
-
-
-def _validation(v: workflows.Validation) -> dict[str, Any]:
-    return {
-        **dataclasses.asdict(v.workflow),
-        "valid": v.ok,
-        "problems": list(v.problems),
-        "warnings": list(v.warnings),
-    }
 
 
 # --- companies ------------------------------------------------------------------------------
@@ -75,14 +66,14 @@ async def import_companies(request: Request, skip_blank: bool = False) -> dict[s
 @router.get("/workflows", tags=["workflows"])
 async def list_workflows(request: Request) -> list[dict[str, Any]]:
     """Every workflow config in step order, each with its validation."""
-    return [_validation(v) for v in await workflows.validate_all(services(request).dbs)]
+    return [v.as_dict() for v in await workflows.validate_all(services(request).dbs)]
 
 
 @router.get("/workflows/{ref}", tags=["workflows"])
 async def get_workflow(ref: str, request: Request) -> dict[str, Any]:
     """One workflow config (by id or slug) with its validation."""
     dbs = services(request).dbs
-    return _validation(await workflows.validate(dbs, await workflows.get(dbs, ref)))
+    return (await workflows.validate(dbs, await workflows.get(dbs, ref))).as_dict()
 
 
 @router.post("/workflows", status_code=201, tags=["workflows"])
@@ -90,22 +81,19 @@ async def create_workflow(
     spec: workflows.WorkflowSpec, request: Request, create_table: bool = False
 ) -> dict[str, Any]:
     """Add a workflow config, validated against its destination table before it is saved."""
-    return _validation(await workflows.add(services(request).dbs, spec, create_table=create_table))
+    return (await workflows.add(services(request).dbs, spec, create_table=create_table)).as_dict()
 
 
 @router.patch("/workflows/{ref}", tags=["workflows"])
 async def update_workflow(ref: str, changes: dict[str, Any], request: Request) -> dict[str, Any]:
     """Change fields of a workflow config; the next run uses them."""
-    return _validation(await workflows.update(services(request).dbs, ref, changes))
+    return (await workflows.update(services(request).dbs, ref, changes)).as_dict()
 
 
 @router.delete("/workflows/{ref}", status_code=204, tags=["workflows"])
 async def delete_workflow(ref: str, request: Request) -> Response:
     """Remove a workflow config; its logs and completions stay."""
-    dbs = services(request).dbs
-    workflow = await workflows.get(dbs, ref)
-    async with dbs.begin("hq") as conn:
-        await workflow_rows.delete_workflow(conn, workflow.id)
+    await workflows.delete(services(request).dbs, ref)
     return Response(status_code=204)
 
 

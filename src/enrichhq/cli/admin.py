@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enrichhq import aio, exceptions, settings
+from enrichhq import exceptions
 from enrichhq.cli.common import app, command, err, out, run
-from enrichhq.db import migrate, urls
+
+if TYPE_CHECKING:
+    from enrichhq import settings
 
 
 @command(app)
 def init() -> None:
     """Create or upgrade the HQ schema (idempotent; keeps the seed's existing tables and rows)."""
+    from enrichhq import settings
+    from enrichhq.db import migrate, urls
+
     conf = settings.load()
     revision = migrate.upgrade(conf.resolved_hq_url())
     run(lambda dbs: dbs.check())
@@ -31,6 +33,8 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="where the demo's SQLite files go")] = Path(".enrichhq-demo"),
 ) -> None:
     """A full run on SQLite against sample sites served on 127.0.0.1: no account, no internet."""
+    import asyncio
+
     from enrichhq import demo as demo_module  # its sample servers load only for the demo
 
     asyncio.run(demo_module.run(data_dir, out))
@@ -45,7 +49,9 @@ def serve(
     # The web stack loads only for the commands that serve it, so the others start fast.
     import uvicorn
 
+    from enrichhq import settings
     from enrichhq.api.app import create_app
+    from enrichhq.db import migrate
 
     conf = settings.load()
     refuse_open_network(host, conf)
@@ -65,6 +71,8 @@ def serve(
 
 def refuse_open_network(host: str, conf: settings.Settings) -> None:
     """Listening beyond loopback needs ENRICHHQ_API_KEY: anyone on the network could run steps."""
+    import ipaddress
+
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -91,6 +99,10 @@ def worker(
     SIGTERM or Ctrl-C stops it gracefully: calls in flight end and are written, the rest goes
     back to the queue for the other workers.
     """
+    import asyncio
+    import logging
+
+    from enrichhq import aio, settings
     from enrichhq.execution import worker as worker_module  # pgqueuer loads only for workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

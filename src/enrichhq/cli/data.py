@@ -1,24 +1,31 @@
-"""Companies in and tables out: `companies import`, `companies list`, `export`."""
+"""Companies in and tables out: `companies import|list|delete`, `export`."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from enrichhq import companies, destinations
-from enrichhq.cli.common import app, command, companies_app, out, run
+from enrichhq.cli.common import JsonFlag, WideFlag, app, command, companies_app, console, emit_json, out, run
 
 
 @command(companies_app, "import")
 def companies_import(
     path: Annotated[Path, typer.Argument(help="CSV with a domain column (name and id optional)")],
     skip_blank: Annotated[bool, typer.Option(help="ignore blank lines instead of refusing the file")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Import companies from a CSV: every row, or none if any row is bad."""
+    from enrichhq import companies
+
     result = run(lambda dbs: companies.import_file(dbs, path, skip_blank=skip_blank))
+    if as_json:
+        emit_json(result)
+        return
     out.print(f"imported {result.total} companies ({result.added} new, {result.updated} already known)")
 
 
@@ -27,19 +34,44 @@ def companies_list(
     search: Annotated[str | None, typer.Option(help="part of a domain or name")] = None,
     limit: int = 50,
     offset: int = 0,
+    as_json: JsonFlag = False,
+    wide: WideFlag = False,
 ) -> None:
     """List companies."""
+    from enrichhq import companies
+
     total, page = run(lambda dbs: companies.listing(dbs, search=search, limit=limit, offset=offset))
-    table = Table("domain", "name", "id", title=f"{total} companies")
+    if as_json:
+        emit_json({"total": total, "items": page})
+        return
+    table = Table("domain", "name", title=f"{total} companies")
+    # The id is what a user copies: never cut, the name gives way first.
+    table.add_column("id", no_wrap=True, min_width=36)
     for c in page:
-        table.add_row(c.domain, c.name or "", c.id)
-    out.print(table)
+        table.add_row(Text(c.domain), Text(c.name or ""), Text(c.id))
+    console(wide).print(table)
+
+
+@command(companies_app, "delete")
+def companies_delete(
+    domains: Annotated[list[str], typer.Argument(help="the companies' domains", show_default=False)],
+    yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
+) -> None:
+    """Delete companies (their logs, completions and stored rows are kept)."""
+    from enrichhq import companies
+
+    if not yes and not typer.confirm(f"delete {len(domains)} companies? ({companies.KEPT_ON_DELETE})"):
+        raise typer.Exit(1)
+    deleted = run(lambda dbs: companies.delete(dbs, domains))
+    out.print(Text(f"deleted {len(deleted.removed)} companies; {companies.KEPT_ON_DELETE}"))
+    if deleted.unknown:
+        out.print(Text(f"not found: {', '.join(deleted.unknown)}"), soft_wrap=True)
 
 
 @command(app, "export")
 def export(
     table: Annotated[str, typer.Argument(help="table to export, e.g. company_homepage_scrapes")],
-    out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    out_path: Annotated[str, typer.Option("--out", help="CSV file to write, or - for stdout")],
     db: Annotated[str, typer.Option(help="workspace or hq")] = "workspace",
     raw: Annotated[
         bool,
@@ -51,5 +83,9 @@ def export(
     ] = False,
 ) -> None:
     """Write a table to CSV (cells a spreadsheet would run as formulas are defused unless --raw)."""
-    count = run(lambda dbs: destinations.export_csv(dbs, db, table, out_path, raw=raw))
-    out.print(f"wrote {count} rows of {table} to {out_path}")
+    from enrichhq import destinations
+
+    target = sys.stdout if out_path == "-" else Path(out_path)
+    count = run(lambda dbs: destinations.export_csv(dbs, db, table, target, raw=raw))
+    if out_path != "-":
+        out.print(f"wrote {count} rows of {table} to {out_path}")

@@ -8,14 +8,17 @@ console (the tests' recording consoles parse markup, the CLI's do not).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from enrichhq import runs
-from enrichhq.db import rows
 from enrichhq.states import ItemState
+
+if TYPE_CHECKING:
+    from enrichhq import runs
+    from enrichhq.db import rows
 
 
 def print_estimate(console: Console, estimate: runs.Estimate) -> None:
@@ -84,7 +87,11 @@ def print_counts(console: Console, summary: runs.BatchSummary) -> None:
 
 def print_batches(console: Console, batches: Sequence[rows.BatchRow]) -> None:
     """The newest batches, one line each."""
-    table = Table("id", "workflow", "play", "status", "companies", "created")
+    table = Table()
+    # The id is what the other commands take: never cut, the workflow's slug gives way first.
+    table.add_column("id", no_wrap=True, min_width=36)
+    for name in ("workflow", "play", "status", "companies", "created"):
+        table.add_column(name)
     for b in batches:
         table.add_row(
             *(

@@ -1,30 +1,42 @@
-"""The steps (workflow configs): `workflows list`, `workflows validate`, `workflows add`."""
+"""The steps (workflow configs): `workflows list|validate|show|add|set|delete`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 from rich.text import Text
 
-from enrichhq import exceptions, workflows
-from enrichhq.cli.common import command, out, run, workflows_app
+from enrichhq import exceptions
+from enrichhq.cli.common import JsonFlag, WideFlag, command, console, emit_json, out, run, workflows_app
+
+if TYPE_CHECKING:
+    from enrichhq import workflows
 
 
 @command(workflows_app, "list")
-def workflows_list() -> None:
+def workflows_list(as_json: JsonFlag = False, wide: WideFlag = False) -> None:
     """Steps in overall_step_number order, each with its validation status."""
+    from enrichhq import workflows
+
     checked = run(workflows.validate_all)
+    if as_json:
+        emit_json([v.as_dict() for v in checked])
+        return
     if not checked:
         out.print(
             "no workflows yet: INSERT a row into db_driven_enrichment_workflows or `enrichhq workflows add`"
         )
         return
-    table = Table("step", "slug", "title", "provider", "destination", "mode", "active", "valid")
+    table = Table("step")
+    # The slug is what the other commands take: never cut, the title gives way first.
+    longest = max(len(v.workflow.workflow_slug) for v in checked)
+    table.add_column("slug", no_wrap=True, min_width=min(40, longest))
+    for name in ("title", "provider", "destination", "mode", "active", "valid"):
+        table.add_column(name)
     for v in checked:
         w = v.workflow
         status = Text("ok", "green") if v.ok else Text(f"{len(v.problems)} problem(s)", "red")
@@ -39,24 +51,107 @@ def workflows_list() -> None:
             "yes" if w.is_active else "no",
         )
         table.add_row(*(Text(cell) for cell in cells), status)
-    out.print(table)
+    console(wide).print(table)
 
 
 @command(workflows_app, "validate")
-def workflows_validate() -> None:
+def workflows_validate(as_json: JsonFlag = False) -> None:
     """Check every config against its provider and destination table; exit 1 if any is invalid."""
+    from enrichhq import workflows
+
     checked = run(workflows.validate_all)
-    for v in checked:
-        mark = ("ok", "green") if v.ok else ("invalid", "red")
-        out.print(Text.assemble(mark, " ", v.workflow.workflow_slug))
-        for problem in v.problems:
-            out.print(Text.assemble("   ", ("x", "red"), " ", problem), soft_wrap=True)
-        for warning in v.warnings:
-            out.print(Text.assemble("   ", ("!", "yellow"), " ", warning), soft_wrap=True)
     bad = [v for v in checked if not v.ok]
-    out.print(Text(f"{len(checked) - len(bad)} valid, {len(bad)} invalid"))
+    if as_json:
+        emit_json([v.as_dict() for v in checked])
+    else:
+        for v in checked:
+            mark = ("ok", "green") if v.ok else ("invalid", "red")
+            out.print(Text.assemble(mark, " ", v.workflow.workflow_slug))
+            for problem in v.problems:
+                out.print(Text.assemble("   ", ("x", "red"), " ", problem), soft_wrap=True)
+            for warning in v.warnings:
+                out.print(Text.assemble("   ", ("!", "yellow"), " ", warning), soft_wrap=True)
+        out.print(Text(f"{len(checked) - len(bad)} valid, {len(bad)} invalid"))
     if bad:
         raise typer.Exit(1)
+
+
+@command(workflows_app, "show")
+def workflows_show(
+    ref: Annotated[str, typer.Argument(help="workflow slug or id")],
+    as_json: JsonFlag = False,
+) -> None:
+    """One step's whole config and its validation."""
+    from enrichhq import workflows
+
+    async def work(dbs: Any) -> workflows.Validation:
+        return await workflows.validate(dbs, await workflows.get(dbs, ref))
+
+    found = run(work).as_dict()
+    if as_json:
+        emit_json(found)
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in found.items():
+        if key in ("problems", "warnings"):
+            continue
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+        table.add_row(Text(key), Text(shown))
+    out.print(table)
+    for problem in found["problems"]:
+        out.print(Text.assemble(("x", "red"), " ", problem), soft_wrap=True)
+    for warning in found["warnings"]:
+        out.print(Text.assemble(("!", "yellow"), " ", warning), soft_wrap=True)
+
+
+@command(workflows_app, "set")
+def workflows_set(
+    ref: Annotated[str, typer.Argument(help="workflow slug or id")],
+    changes: Annotated[
+        list[str],
+        typer.Argument(
+            help="FIELD=VALUE pairs; a VALUE that is JSON (a number, true, an object) is read as JSON, "
+            "e.g. is_active=false 'provider_config={\"max_concurrency\": 4}'",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Change fields of a step, validated before it is saved (the next run uses them)."""
+    from enrichhq import workflows
+
+    fields = assignments(changes)
+    result = run(lambda dbs: workflows.update(dbs, ref, fields))
+    out.print(Text(f"updated workflow {result.workflow.workflow_slug}: {', '.join(fields)}"))
+    for warning in result.warnings:
+        out.print(Text.assemble(("!", "yellow"), " ", warning), soft_wrap=True)
+
+
+@command(workflows_app, "delete")
+def workflows_delete(
+    ref: Annotated[str, typer.Argument(help="workflow slug or id")],
+    yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
+) -> None:
+    """Delete a step's config (its logs, completions and destination table are kept)."""
+    from enrichhq import workflows
+
+    if not yes and not typer.confirm(f"delete workflow {ref}? ({workflows.KEPT_ON_DELETE})"):
+        raise typer.Exit(1)
+    removed = run(lambda dbs: workflows.delete(dbs, ref))
+    out.print(Text(f"deleted workflow {removed.workflow_slug} ({removed.id}); {workflows.KEPT_ON_DELETE}"))
+
+
+def assignments(pairs: list[str]) -> dict[str, Any]:
+    """FIELD=VALUE pairs as changes: a JSON value as JSON, anything else as text."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise exceptions.InputError(f"{pair!r} must look like FIELD=VALUE, e.g. is_active=false")
+        try:
+            changes[key.strip()] = json.loads(value)
+        except ValueError:
+            changes[key.strip()] = value
+    return changes
 
 
 @command(workflows_app, "add")
@@ -74,6 +169,8 @@ def workflows_add(
     create_table: Annotated[bool, typer.Option(help="create the destination table if missing")] = False,
 ) -> None:
     """Add a step: the convenience form of the seed's INSERT, validated before it is saved."""
+    from enrichhq import workflows
+
     data: dict[str, Any] = load_spec(file) if file else {}
     flags = {
         "workflow_slug": slug,
@@ -105,6 +202,8 @@ def load_spec(path: Path) -> dict[str, Any]:
 
 def parse_spec(text: str, *, json_format: bool, name: str) -> dict[str, Any]:
     """One object with a workflow's fields, from JSON or YAML text."""
+    import yaml
+
     try:
         loaded = json.loads(text) if json_format else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

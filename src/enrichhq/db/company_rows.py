@@ -71,3 +71,17 @@ async def list_companies(
     )
     result = await conn.execute(stmt.limit(limit).offset(offset))
     return [Company(r.id.lower(), r.domain, r.name) for r in result]
+
+
+async def delete_companies(conn: AsyncConnection, domains: Sequence[str]) -> list[Company]:
+    """Remove these companies (by domain); the ones removed. Their logs, completions, batch items
+    and destination rows stay (they name the company by id and domain, not by this row)."""
+    removed: list[Company] = []
+    for chunk in chunked(domains):
+        result = await conn.execute(
+            sa.delete(companies)
+            .where(companies.c.domain.in_(chunk))
+            .returning(companies.c.id, companies.c.domain, companies.c.name)
+        )
+        removed += [Company(r.id.lower(), r.domain, r.name) for r in result]
+    return removed

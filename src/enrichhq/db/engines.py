@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -87,6 +86,8 @@ def database_missing(raw_url: str) -> bool:
     url = urls.parse_url(raw_url, asynchronous=False)
     if dialect.url_is_sqlite(url) or not url.database:
         return False
+    import psycopg  # only when a PostgreSQL database could not be reached
+
     conninfo = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     try:
         with psycopg.connect(conninfo, connect_timeout=PROBE_TIMEOUT_S) as conn:

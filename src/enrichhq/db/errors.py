@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-
-import psycopg
+import sys
+from typing import Any
 
 from enrichhq import exceptions
 from enrichhq.db import urls
@@ -51,6 +51,13 @@ def driver_error(exc: BaseException) -> BaseException:
     return getattr(exc, "orig", None) or exc
 
 
+def _psycopg_error(orig: BaseException, name: str) -> bool:
+    """Whether orig is psycopg's exception class `name`; psycopg is not imported for the question
+    (a process that never loaded it cannot hold its errors, and it costs start-up time)."""
+    psycopg: Any = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(orig, getattr(psycopg, name))
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE the server sent with an error, when it sent one (psycopg and asyncpg alike)."""
     state = getattr(driver_error(exc), "sqlstate", None)
@@ -65,7 +72,7 @@ def failed_connecting(exc: BaseException) -> bool:
     """
     orig = driver_error(exc)
     pgconn = getattr(orig, "pgconn", None)
-    return isinstance(orig, psycopg.OperationalError) and pgconn is not None and pgconn.backend_pid == 0
+    return _psycopg_error(orig, "OperationalError") and pgconn is not None and pgconn.backend_pid == 0
 
 
 def _kind_of_state(state: str) -> Kind:
@@ -90,13 +97,13 @@ def kind(exc: BaseException) -> Kind:
     if state is not None:
         return _kind_of_state(state)
     orig = driver_error(exc)
-    if isinstance(orig, psycopg.OperationalError):
+    if _psycopg_error(orig, "OperationalError"):
         # No SQLSTATE: refused, timed out, lost mid-session, or refused at authentication.
         return Kind.CONFIG if _refused_credentials(exc) else Kind.UNREACHABLE
     if isinstance(orig, sqlite3.OperationalError):
         code = getattr(orig, "sqlite_errorcode", None)
         return Kind.CONFIG if code == sqlite3.SQLITE_CANTOPEN else Kind.OTHER
-    if isinstance(orig, (OSError, psycopg.InterfaceError)):
+    if isinstance(orig, OSError) or _psycopg_error(orig, "InterfaceError"):
         return Kind.UNREACHABLE
     return Kind.UNREACHABLE if getattr(exc, "connection_invalidated", False) else Kind.OTHER
 

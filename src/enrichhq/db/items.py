@@ -705,3 +705,17 @@ async def states_in(
     for row in result:
         found[str(row.batch_id)][str(row.company_id)] = (str(row.state), row.last_error)
     return found
+
+
+async def open_batches_of(conn: AsyncConnection, company_ids: Sequence[str]) -> dict[str, str]:
+    """Of these companies, those with an unfinished item, each with one batch it is open in."""
+    found: dict[str, str] = {}
+    for chunk in chunked(company_ids):
+        result = await conn.execute(
+            sa.select(batch_items.c.company_id, batch_items.c.batch_id).where(
+                types.uuid_key(batch_items.c.company_id, conn.dialect.name).in_(chunk),
+                batch_items.c.state.in_(OPEN_STATES),
+            )
+        )
+        found.update({str(r.company_id).lower(): str(r.batch_id) for r in result})
+    return found

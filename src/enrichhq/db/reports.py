@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
-from enrichhq.inputs import MISSING_PREFIX as INPUT_MISSING
-from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
+from enrichhq.states import FINAL_STATES, INPUT_MISSING_PREFIX, BatchStatus, ItemState
 
 
 async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
@@ -56,7 +55,7 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
                 # A company skipped for a missing input is the user's to look at, like a failure.
                 sa.and_(
                     batch_items.c.state == ItemState.SKIPPED,
-                    batch_items.c.last_error.startswith(INPUT_MISSING, autoescape=True),
+                    batch_items.c.last_error.startswith(INPUT_MISSING_PREFIX, autoescape=True),
                 ),
             ),
         )
