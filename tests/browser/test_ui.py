@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ from tests.stubs import API_KEY, Stub
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: where the README's screenshots live; the tests write there only when asked to
+#: (ENRICHHQ_UPDATE_SCREENSHOTS=1), else into a temporary folder, so a run changes no tracked file.
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "ui-test-password"
 
 
@@ -43,6 +46,14 @@ def browser() -> Iterator[Browser]:
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder screenshots go to: docs/screenshots when updating them, else a temporary one."""
+    if os.environ.get("ENRICHHQ_UPDATE_SCREENSHOTS") == "1":
+        return DOCS_SHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture
@@ -109,7 +120,7 @@ def log_in(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"/$"))
 
 
-def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub: Stub) -> None:
+def test_the_whole_journey(shots: Path, page: Page, server: LiveServer, tmp_path: Path, stub: Stub) -> None:
     log_in(page)
     csv = tmp_path / "companies.csv"
     csv.write_text(
@@ -147,7 +158,7 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     expect(page.locator("#batch-cost")).to_have_text("10")  # what the stub's X-Request-Cost headers said
     page.click("table.failures summary")
     expect(page.locator("pre.error")).to_contain_text("429")
-    page.screenshot(path=str(SHOTS / "batch.png"), full_page=True)
+    page.screenshot(path=str(shots / "batch.png"), full_page=True)
 
     page.click("button:has-text('Retry failed')")
     expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
@@ -157,7 +168,7 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     # All matching the rest: the done ones are skipped in the confirmation.
     page.click("text=Companies")
     expect(page.locator("table.grid .state.done")).to_have_count(3)
-    page.screenshot(path=str(SHOTS / "grid.png"), full_page=True)
+    page.screenshot(path=str(shots / "grid.png"), full_page=True)
     page.check("#all-matching")
     page.click("button.run[data-step='1']")
     expect(page.locator(".confirm")).to_contain_text("2 companies will run")
@@ -183,7 +194,7 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     page.fill("input[aria-label='data key 3']", "final_url")
     page.fill("input[aria-label='column 2']", "scraped_at")
     page.fill("input[aria-label='column 3']", "final_url")
-    page.screenshot(path=str(SHOTS / "workflow-editor.png"), full_page=True)
+    page.screenshot(path=str(shots / "workflow-editor.png"), full_page=True)
     page.click("text=Validate and save")
     expect(page.locator(".flash")).to_contain_text("Saved scrape-homepage-via-zenrows")
     expect(page.locator("table.list")).to_contain_text("final_url → final_url")
@@ -195,7 +206,7 @@ def test_the_whole_journey(page: Page, server: LiveServer, tmp_path: Path, stub:
     expect(page.locator("table.list tbody tr")).to_have_count(1)
 
 
-def test_run_steps_lands_on_the_run_page(page: Page, server: LiveServer, tmp_path: Path) -> None:
+def test_run_steps_lands_on_the_run_page(shots: Path, page: Page, server: LiveServer, tmp_path: Path) -> None:
     """ "Run steps" 1-2: the run page shows a bar per step, polls, and both reach done."""
     data = tmp_path / "data"
     with sqlite3.connect(data / "workspace.db") as ws:
@@ -241,7 +252,7 @@ def test_run_steps_lands_on_the_run_page(page: Page, server: LiveServer, tmp_pat
     expect(page.locator("#run-succeeded")).to_have_text("2")
     expect(page.locator("button:has-text('Cancel every step')")).to_have_count(0)
     assert server.app.paths["/runs/progress"] >= 1  # it got there by polling the fragment
-    page.screenshot(path=str(SHOTS / "run.png"), full_page=True)
+    page.screenshot(path=str(shots / "run.png"), full_page=True)
     first.locator("a:has-text('batch page')").click()
     expect(page).to_have_url(re.compile(r"/batches/[0-9a-f-]{36}$"))
     expect(page.locator("h1")).to_contain_text("scrape-homepage-via-zenrows")
@@ -260,3 +271,11 @@ def test_nothing_is_reachable_without_logging_in(page: Page, server: LiveServer)
     cookies = {c["name"]: c for c in page.context.cookies()}
     session = cookies["enrichhq_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict"
+
+
+def test_a_test_run_writes_its_screenshots_to_a_temporary_folder(shots: Path) -> None:
+    """Only ENRICHHQ_UPDATE_SCREENSHOTS=1 rewrites the README's tracked screenshots."""
+    if os.environ.get("ENRICHHQ_UPDATE_SCREENSHOTS") == "1":
+        assert shots == DOCS_SHOTS
+    else:
+        assert DOCS_SHOTS not in (shots, *shots.parents)
