@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq.states import ItemState
+from enrichhq.states import ItemState, SkipReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +206,8 @@ class ItemOutcome:
     cost: float | None = None
     #: data fetched but not stored, kept on the item so it can be stored again without a new call.
     result: Mapping[str, Any] | None = None
+    #: why a skipped item was skipped.
+    skip_reason: SkipReason | None = None
 
     @classmethod
     def of_store(

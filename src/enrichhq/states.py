@@ -78,3 +78,44 @@ class LogStatus(enum.StrEnum):
 
 #: how the error of an item skipped for lack of an input begins (`inputs.InputMissing`).
 INPUT_MISSING_PREFIX: Final = "input_missing: "
+
+
+class SkipReason(enum.StrEnum):
+    """Why an item ended `skipped` (`enrichment_batch_items.skip_reason`), for the breakdowns."""
+
+    #: the company completed this step in this play already (`--force` redoes it).
+    DONE = "done"
+    #: another batch of this step and play has the company in flight.
+    IN_FLIGHT = "in_flight"
+    #: the batch's budget was reached before the company's call.
+    BUDGET = "budget"
+    #: the step's run_if ruled the company out.
+    RUN_IF = "run_if"
+    #: an input the step reads (an earlier step's result) is missing.
+    INPUT_MISSING = "input_missing"
+    #: the batch was cancelled.
+    CANCELLED = "cancelled"
+    #: the run was interrupted (Ctrl-C, a stopping server): `batches resume` runs the rest.
+    INTERRUPTED = "interrupted"
+    #: the batch was stopped by its provider (out of credits, a bad key) or could not run here.
+    STOPPED = "stopped"
+    #: a re-run took the company over from a run whose process died.
+    ADOPTED = "adopted"
+    #: a cancel found the company's result claimed by a run that stopped answering.
+    IN_DOUBT = "in_doubt"
+
+
+#: how each reason reads in a breakdown ("other": items skipped before reasons were recorded).
+SKIP_LABELS: Final[dict[str, str]] = {
+    SkipReason.DONE: "already done in this play",
+    SkipReason.IN_FLIGHT: "in flight in another batch",
+    SkipReason.BUDGET: "budget reached",
+    SkipReason.RUN_IF: "ruled out by run_if",
+    SkipReason.INPUT_MISSING: "input missing",
+    SkipReason.CANCELLED: "cancelled",
+    SkipReason.INTERRUPTED: "interrupted",
+    SkipReason.STOPPED: "stopped",
+    SkipReason.ADOPTED: "taken over by a re-run",
+    SkipReason.IN_DOUBT: "in doubt after a cancel",
+    "other": "other",
+}

@@ -247,7 +247,7 @@ def test_run_steps_lands_on_the_run_page(shots: Path, page: Page, server: LiveSe
         expect(step.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
     first, second = (page.locator(f"section.step[data-step='{n}']") for n in (1, 2))
     expect(first.locator("[data-state=failed]")).to_have_text("1")
-    expect(second.locator(".counts")).to_contain_text("1 skipped: input_missing")
+    expect(second.locator(".counts")).to_contain_text("1 skipped: input missing")
     expect(page.locator("#run-finished")).to_have_text("3")
     expect(page.locator("#run-succeeded")).to_have_text("2")
     expect(page.locator("button:has-text('Cancel every step')")).to_have_count(0)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from enrichhq.states import ItemState
+from enrichhq.states import SKIP_LABELS, ItemState
 
 if TYPE_CHECKING:
     from enrichhq import runs
@@ -55,6 +55,8 @@ def print_summary(console: Console, summary: runs.BatchSummary, failures: int = 
         f"{summary.cost:g}" + (f" of {summary.budget:g}" if summary.budget is not None else ""),
     )
     console.print(table)
+    if summary.skipped:
+        console.print(Text(f"skipped: {skip_breakdown(summary.skipped)}"), soft_wrap=True)
     console.print(
         Text(f"step {summary.workflow_slug} has cost {summary.workflow_cost:g} over all its batches")
     )
@@ -69,6 +71,12 @@ def print_summary(console: Console, summary: runs.BatchSummary, failures: int = 
         )
     if len(summary.failures) > failures or summary.count(ItemState.FAILED) > failures:
         console.print(Text(f"  ... see `enrichhq batches show {summary.batch_id}`"))
+
+
+def skip_breakdown(skipped: Mapping[str, int]) -> str:
+    """'3 already done in this play, 1 in flight in another batch', most first."""
+    ordered = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {SKIP_LABELS.get(reason, reason)}" for reason, n in ordered)
 
 
 def print_counts(console: Console, summary: runs.BatchSummary) -> None:

@@ -19,7 +19,7 @@ from enrichhq.db.rows import ItemRow, KeptResult
 from enrichhq.db.schema import OPEN_CONDITION, batch_items, companies, completions
 from enrichhq.db.schema import batches as batch_rows
 from enrichhq.models import ItemOutcome
-from enrichhq.states import OPEN_STATES, ItemState
+from enrichhq.states import OPEN_STATES, ItemState, SkipReason
 
 
 def unindexed_state() -> sa.ColumnElement[str]:
@@ -138,6 +138,7 @@ async def add_batch_items(
     if force:
         state: sa.ColumnElement[Any] = sa.case((in_flight, "skipped"), else_="queued")
         reason: sa.ColumnElement[Any] = sa.case((in_flight, busy), else_=sa.null())
+        why: sa.ColumnElement[Any] = sa.case((in_flight, SkipReason.IN_FLIGHT.value), else_=sa.null())
     else:
         already = sa.exists().where(done)
         state = sa.case((already, "skipped"), (in_flight, "skipped"), else_="queued")
@@ -146,25 +147,30 @@ async def add_batch_items(
             (in_flight, busy),
             else_=sa.null(),
         )
+        why = sa.case(
+            (already, SkipReason.DONE.value), (in_flight, SkipReason.IN_FLIGHT.value), else_=sa.null()
+        )
     columns = [
         "batch_id",
         "company_id",
         "company_domain",
         "state",
         "last_error",
+        "skip_reason",
         "updated_at",
         "workflow_id",
         "play_name",
     ]
     stamp = now()
 
-    def select(ids: Sequence[str] | None, state: Any, reason: Any) -> sa.Select[Any]:
+    def select(ids: Sequence[str] | None, state: Any, reason: Any, why: Any) -> sa.Select[Any]:
         stmt = sa.select(
             sa.literal(batch_id, types.GUID),
             company_key,
             companies.c.domain,
             state,
             reason,
+            why,
             sa.literal(stamp, batch_rows.c.created_at.type),
             sa.literal(workflow_id, types.GUID),
             sa.literal(play_name, sa.Text),
@@ -181,7 +187,7 @@ async def add_batch_items(
                     conn.dialect,
                     batch_items,
                     columns,
-                    select(ids, state, reason),
+                    select(ids, state, reason, why),
                     key=OPEN_KEY,
                     where=OPEN_CONDITION,
                 )
@@ -190,7 +196,12 @@ async def add_batch_items(
         # A deadlock with a requeue working in another order is broken by the server: try again.
         await dialect.until_no_race(conn, insert)
         # The companies the index turned away: skipped, as the fast path would have had them.
-        rest = select(ids, sa.literal("skipped", sa.Text), sa.literal(busy, sa.Text)).where(dropped)
+        rest = select(
+            ids,
+            sa.literal("skipped", sa.Text),
+            sa.literal(busy, sa.Text),
+            sa.literal(SkipReason.IN_FLIGHT.value, sa.Text),
+        ).where(dropped)
         await conn.execute(sa.insert(batch_items).from_select(columns, rest))
 
     if company_ids is None and sample is not None:
@@ -229,6 +240,7 @@ async def skip_queued(
     batch_id: str,
     reason: str,
     *,
+    why: SkipReason,
     company_ids: Sequence[str] | None = None,
     unless_completed: tuple[str, int] | None = None,
 ) -> int:
@@ -243,7 +255,13 @@ async def skip_queued(
                 completions.c.step_number == step,
             )
         )
-    values = {"state": "skipped", "last_error": reason, "finished_at": now(), "updated_at": now()}
+    values = {
+        "state": "skipped",
+        "last_error": reason,
+        "skip_reason": why,
+        "finished_at": now(),
+        "updated_at": now(),
+    }
     if company_ids is None:
         return (await conn.execute(sa.update(batch_items).where(*where).values(values))).rowcount
     skipped = 0
@@ -253,7 +271,9 @@ async def skip_queued(
     return skipped
 
 
-async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str) -> None:
+async def skip_ids(
+    conn: AsyncConnection, batch_id: str, company_ids: Sequence[str], reason: str, *, why: SkipReason
+) -> None:
     """End these items, if still queued or running, as skipped with the reason."""
     await update_ids(
         conn,
@@ -262,6 +282,7 @@ async def skip_ids(conn: AsyncConnection, batch_id: str, company_ids: Sequence[s
         [among(("queued", "running"))],
         state="skipped",
         last_error=reason,
+        skip_reason=why,
         deliveries=0,
         updated_at=now(),
         finished_at=now(),
@@ -273,12 +294,14 @@ async def skip_unfinished(
     batch_id: str,
     reason: str,
     states: Sequence[str] = ("queued", "running"),
+    *,
+    why: SkipReason,
 ) -> int:
     """End the batch's items in these states as skipped, with the reason; returns how many."""
     result = await conn.execute(
         sa.update(batch_items)
         .where(batch_items.c.batch_id == batch_id, batch_items.c.state.in_(states))
-        .values(state="skipped", last_error=reason, updated_at=now(), finished_at=now())
+        .values(state="skipped", last_error=reason, skip_reason=why, updated_at=now(), finished_at=now())
     )
     return result.rowcount
 
@@ -299,6 +322,7 @@ async def _skip_held(conn: AsyncConnection, batch_id: str, which: Sequence[sa.Co
         .values(
             state=ItemState.SKIPPED,
             last_error=in_flight_reason(play.scalar() or ""),
+            skip_reason=SkipReason.IN_FLIGHT,
             updated_at=now(),
             finished_at=now(),
         )
@@ -322,7 +346,9 @@ async def requeue_for_resume(conn: AsyncConnection, batch_id: str) -> int:
             .where(*which, ~_held_elsewhere())
             # deliveries kept: calls started and never ended (a killed or stalled run's, cancelled)
             # make the item a suspect again, charged once as paid and looked up by its receipt.
-            .values(state=ItemState.QUEUED, last_error=None, finished_at=None, updated_at=now())
+            .values(
+                state=ItemState.QUEUED, last_error=None, skip_reason=None, finished_at=None, updated_at=now()
+            )
         )
         return result.rowcount
 
@@ -353,6 +379,7 @@ async def requeue_failed(conn: AsyncConnection, batch_id: str) -> int:
             .values(
                 state=ItemState.QUEUED,
                 last_error=None,
+                skip_reason=None,
                 finished_at=None,
                 deadline_at=None,
                 deliveries=0,
@@ -405,6 +432,7 @@ async def finish_items(
                     attempts=attempts,
                     cost=cost,
                     last_error=None,
+                    skip_reason=None,
                     result=None,
                     deliveries=0,
                     updated_at=stamp,
@@ -425,6 +453,7 @@ async def finish_items(
             state=sa.bindparam("b_state"),
             attempts=sa.bindparam("b_attempts"),
             last_error=sa.bindparam("b_error"),
+            skip_reason=sa.bindparam("b_skip"),
             cost=sa.bindparam("b_cost"),
             result=sa.bindparam("b_result", type_=batch_items.c.result.type),
             deliveries=0,
@@ -441,6 +470,7 @@ async def finish_items(
                 "b_state": o.state,
                 "b_attempts": o.attempts,
                 "b_error": o.error,
+                "b_skip": o.skip_reason,
                 "b_cost": o.cost,
                 "b_result": None if o.result is None else dict(o.result),
             }
@@ -583,6 +613,7 @@ async def end_in_doubt(conn: AsyncConnection, batch_id: str, company_ids: Sequen
         [claimed_by_writer()],
         state="skipped",
         last_error=reason + IN_DOUBT,
+        skip_reason=SkipReason.IN_DOUBT,
         updated_at=now(),
         finished_at=now(),
     )
@@ -614,7 +645,7 @@ async def link_in_doubt(
             batch_items.c.last_error.endswith(IN_DOUBT, autoescape=True),
             runs_it,
         )
-        .values(last_error=ADOPTED_PREFIX + new_batch_id, updated_at=now())
+        .values(last_error=ADOPTED_PREFIX + new_batch_id, skip_reason=SkipReason.ADOPTED, updated_at=now())
         .returning(batch_items.c.batch_id)
     )
     found: dict[str, int] = {}
@@ -670,7 +701,13 @@ async def adopt_open(
     `storing` in states means a writer's claims only (`claimed_by_writer`): a callback being
     stored is the receiver's, which lives on whatever became of the run.
     """
-    values = {"state": "skipped", "last_error": reason, "updated_at": now(), "finished_at": now()}
+    values = {
+        "state": "skipped",
+        "last_error": reason,
+        "skip_reason": SkipReason.ADOPTED,
+        "updated_at": now(),
+        "finished_at": now(),
+    }
     plain = [s for s in states if s != ItemState.STORING]
     which: sa.ColumnElement[bool] = batch_items.c.state.in_(plain)
     if ItemState.STORING in states:

@@ -39,6 +39,20 @@ async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str
     return [(r[0], r[1], int(r[2])) for r in result]
 
 
+async def skipped_by_reason(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
+    """A batch's skipped items per reason (a `SkipReason` value; "other" where none was recorded)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.skip_reason, sa.func.count())
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state == ItemState.SKIPPED)
+        .group_by(batch_items.c.skip_reason)
+    )
+    found: dict[str, int] = {}
+    for reason, n in result:
+        key = reason or "other"
+        found[key] = found.get(key, 0) + int(n)
+    return found
+
+
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
     """Items that ended failed or timed out, or skipped for a missing input, with their errors."""
     result = await conn.execute(

@@ -125,6 +125,8 @@ batch_items = sa.Table(
     # The batch's step and play, copied so the index below can say what the database guarantees.
     sa.Column("workflow_id", GUID),
     sa.Column("play_name", sa.Text),
+    # Why a skipped item was skipped (a `SkipReason`), for the breakdowns; last_error says it in words.
+    sa.Column("skip_reason", sa.Text),
     sa.Index("ix_enrichment_batch_items_state", "batch_id", "state"),
     sa.Index("ix_enrichment_batch_items_deadline", "state", "deadline_at"),
     sa.Index("ix_enrichment_batch_items_company", "company_id"),

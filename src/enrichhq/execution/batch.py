@@ -36,7 +36,7 @@ from enrichhq.execution.writer import BatchStep, Done, Storage, Ticket, Writer
 from enrichhq.functions import Provider
 from enrichhq.inputs import InputError, InputMissing, Outcome
 from enrichhq.models import Company, ItemOutcome, LogEntry, StoreOutcome
-from enrichhq.states import BatchStatus, ItemState, LogStatus
+from enrichhq.states import BatchStatus, ItemState, LogStatus, SkipReason
 
 log = logging.getLogger("enrichhq.batch")
 
@@ -359,7 +359,10 @@ class BatchWork:
             if isinstance(found, InputMissing | InputError):
                 state = ItemState.SKIPPED if isinstance(found, InputMissing) else ItemState.FAILED
                 item = runnable[company.id]
-                outcomes.append(ItemOutcome(company.id, state, item.attempts, found.reason, item.charged))
+                why = SkipReason.INPUT_MISSING if state == ItemState.SKIPPED else None
+                outcomes.append(
+                    ItemOutcome(company.id, state, item.attempts, found.reason, item.charged, skip_reason=why)
+                )
                 entries.append(
                     ref.entry(company.id, company.domain, LogStatus(state.value), error=found.reason)
                 )
@@ -390,7 +393,11 @@ class BatchWork:
     ) -> None:
         """Items a stopped or cancelled batch will not run: skipped with the reason, resumable."""
         reason = self.stop_flag.reason or (CANCELLED if status == BatchStatus.CANCELLED else STOPPED)
-        await self.store.skip(company_ids, reason, uncount=list(started), stop=self.stop_flag.reason)
+        if self.stop_flag:
+            why = self.stop_flag.kind
+        else:
+            why = SkipReason.CANCELLED if status == BatchStatus.CANCELLED else SkipReason.STOPPED
+        await self.store.skip(company_ids, reason, uncount=list(started), stop=self.stop_flag.reason, why=why)
 
     async def _hand_back(self, companies: list[Company]) -> list[Company]:
         # Handed back before their call started: nothing was counted for them.
@@ -435,9 +442,9 @@ class BatchWork:
         """Start calls again (the queue connection is back after `hand_back`)."""
         self.handing_back = False
 
-    def stop(self, message: str) -> None:
+    def stop(self, message: str, kind: SkipReason = SkipReason.INTERRUPTED) -> None:
         """Stop starting calls for the whole batch (interrupted): what is in flight still ends."""
-        self.stop_flag.set(message)
+        self.stop_flag.set(message, kind)
 
     async def _watch(self) -> None:
         """Notice a cancel or stop made elsewhere, and persist our own stop."""
@@ -455,7 +462,7 @@ class BatchWork:
             ):
                 self.stop_recorded = True
             if batch is None or batch.status == BatchStatus.CANCELLED:
-                self.stop_flag.set(CANCELLED)
+                self.stop_flag.set(CANCELLED, SkipReason.CANCELLED)
             elif batch.status == BatchStatus.STOPPED:
                 self.stop_flag.set(batch.message or STOPPED)
 

@@ -17,7 +17,7 @@ from enrichhq.execution.budget import Budget
 from enrichhq.execution.limits import Limits
 from enrichhq.functions import Provider
 from enrichhq.models import CallContext, Company, LogEntry, ProviderResult, StepRef
-from enrichhq.states import LogStatus
+from enrichhq.states import LogStatus, SkipReason
 
 log = logging.getLogger("enrichhq.batch")
 
@@ -43,10 +43,13 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        #: what kind of stop it is, for the items it skips (the first reason's kind).
+        self.kind = SkipReason.STOPPED
 
-    def set(self, reason: str) -> None:
+    def set(self, reason: str, kind: SkipReason = SkipReason.STOPPED) -> None:
         """Stop with this reason, unless a reason is already given."""
-        self.reason = self.reason or reason
+        if self.reason is None:
+            self.reason, self.kind = reason, kind
 
     def __bool__(self) -> bool:
         return self.reason is not None
@@ -170,7 +173,7 @@ class Caller:
         while True:
             await self.gate.wait()
             if not await self.budget.reserve():
-                self.stop.set(self.budget.exhausted())
+                self.stop.set(self.budget.exhausted(), SkipReason.BUDGET)
                 return self._unpaid(company, tally)
             tally.tries += 1
             try:

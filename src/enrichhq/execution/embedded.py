@@ -18,6 +18,7 @@ from enrichhq.execution.batch import CANCELLED
 from enrichhq.execution.engine import Engine
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
+from enrichhq.states import SkipReason
 
 ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
 
@@ -118,7 +119,7 @@ async def _run_held(
                 await asyncio.wait({runner}, timeout=POLL_S)
                 await _report(dbs, batch_id, on_progress)
                 if not stopped and cancel is not None and cancel.is_set():
-                    engine.stop(CANCELLED)
+                    engine.stop(CANCELLED, SkipReason.CANCELLED)
                     stopped = True
                 if not stopped and interrupt is not None and interrupt.is_set():
                     engine.stop(interrupted(batch_id))

@@ -29,7 +29,7 @@ from enrichhq.functions import Provider
 from enrichhq.models import Company
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
-from enrichhq.states import BatchStatus, ItemState
+from enrichhq.states import BatchStatus, ItemState, SkipReason
 
 log = logging.getLogger("enrichhq.engine")
 
@@ -100,6 +100,7 @@ class Engine:
         self.closing: dict[str, contextlib.AsyncExitStack] = {}
         self.opening: dict[str, asyncio.Lock] = {}
         self.stop_message: str | None = None
+        self.stop_kind = SkipReason.INTERRUPTED
         self.handing_back = False
         self.redis: Any = None
         self.batcher: receiver.Batcher | None = None
@@ -209,7 +210,7 @@ class Engine:
         self.closing[batch_id] = closing
         log.info("batch %s: working on %s (%d calls at once here)", batch_id, workflow.workflow_slug, workers)
         if self.stop_message:
-            work.stop(self.stop_message)
+            work.stop(self.stop_message, self.stop_kind)
         if self.handing_back:
             work.hand_back()
         return work
@@ -219,7 +220,9 @@ class Engine:
         async with self.dbs.begin("hq") as conn:
             batch = await batches.get_batch(conn, batch_id)
             reason = (batch.message if batch else None) or "the batch was stopped"
-            await items.skip_unfinished(conn, batch_id, batches.STOPPED_PREFIX + reason, (ItemState.QUEUED,))
+            await items.skip_unfinished(
+                conn, batch_id, batches.STOPPED_PREFIX + reason, (ItemState.QUEUED,), why=SkipReason.STOPPED
+            )
         await self.finish_if_done(batch_id)
 
     async def finish_if_done(self, batch_id: str) -> None:
@@ -252,11 +255,11 @@ class Engine:
         if receipt.status_code >= 400:
             log.warning("callback for %s/%s not stored: %s", claims.batch_id, claims.company_id, receipt.body)
 
-    def stop(self, message: str) -> None:
+    def stop(self, message: str, kind: SkipReason = SkipReason.INTERRUPTED) -> None:
         """Stop starting calls in every batch (Ctrl-C): in-flight calls end and are written."""
-        self.stop_message = message
+        self.stop_message, self.stop_kind = message, kind
         for work in self.work.values():
-            work.stop(message)
+            work.stop(message, kind)
 
     def hand_back(self) -> None:
         """Stop starting calls; unstarted items go back to the queue for another worker (SIGTERM)."""
@@ -274,7 +277,11 @@ class Engine:
         """A job that keeps failing: its items wait, skipped with the reason, for `batches resume`."""
         async with self.dbs.begin("hq") as conn:
             await items.skip_ids(
-                conn, chunk.batch_id, [c.id for c in chunk.companies], batches.STOPPED_PREFIX + reason
+                conn,
+                chunk.batch_id,
+                [c.id for c in chunk.companies],
+                batches.STOPPED_PREFIX + reason,
+                why=SkipReason.STOPPED,
             )
             await batches.stop_batch(conn, chunk.batch_id, reason)
         await self.finish_if_done(chunk.batch_id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enrichhq.db import batches, items
 from enrichhq.execution.store import BatchState, Delivery, Runnable
 from enrichhq.models import ItemOutcome, LogEntry
-from enrichhq.states import BatchStatus, ItemState
+from enrichhq.states import BatchStatus, ItemState, SkipReason
 
 _OPEN = (ItemState.QUEUED, ItemState.RUNNING)
 
@@ -28,6 +28,7 @@ class MemoryItem:
     error: str | None = None
     cost: float | None = None
     result: dict[str, object] | None = None
+    skip_reason: SkipReason | None = None
 
 
 class InMemoryItemStore:
@@ -119,7 +120,13 @@ class InMemoryItemStore:
         return {cid for cid in company_ids if cid in self.receipts}
 
     async def skip(
-        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+        self,
+        company_ids: Sequence[str],
+        reason: str,
+        *,
+        uncount: Sequence[str],
+        stop: str | None,
+        why: SkipReason = SkipReason.STOPPED,
     ) -> None:
         """Stop the batch if told to, then end the items skipped with the resumable reason."""
         self.calls.append("skip")
@@ -128,6 +135,7 @@ class InMemoryItemStore:
         self._uncount(uncount)
         for item in self._these(company_ids, _OPEN):
             item.state, item.error, item.deliveries = ItemState.SKIPPED, batches.STOPPED_PREFIX + reason, 0
+            item.skip_reason = why
 
     async def hand_back(self, company_ids: Sequence[str], *, uncount: Sequence[str]) -> None:
         """Queue unstarted items again."""

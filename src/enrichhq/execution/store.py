@@ -31,7 +31,7 @@ from enrichhq.db import (
 )
 from enrichhq.execution import outage
 from enrichhq.models import ItemOutcome, LogEntry, StepRef
-from enrichhq.states import BatchStatus, ItemState, LogStatus
+from enrichhq.states import BatchStatus, ItemState, LogStatus, SkipReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,13 @@ class ItemStore(Protocol):
         this run could not claim them)."""
 
     async def skip(
-        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+        self,
+        company_ids: Sequence[str],
+        reason: str,
+        *,
+        uncount: Sequence[str],
+        stop: str | None,
+        why: SkipReason = SkipReason.STOPPED,
     ) -> None:
         """End items a stopped batch will not run, resumable; stop the batch first when `stop` says why."""
 
@@ -284,7 +290,13 @@ class DbItemStore:
         return await outage.through(read)
 
     async def skip(
-        self, company_ids: Sequence[str], reason: str, *, uncount: Sequence[str], stop: str | None
+        self,
+        company_ids: Sequence[str],
+        reason: str,
+        *,
+        uncount: Sequence[str],
+        stop: str | None,
+        why: SkipReason = SkipReason.STOPPED,
     ) -> None:
         """End items a stopped batch will not run, skipped with the reason (so resume runs them)."""
 
@@ -293,7 +305,9 @@ class DbItemStore:
                 if stop:  # before the batch can be closed as completed
                     await batches.stop_batch(conn, self.batch_id, stop)
                 await delivery.uncount(conn, self.batch_id, uncount)
-                await items.skip_ids(conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason)
+                await items.skip_ids(
+                    conn, self.batch_id, company_ids, batches.STOPPED_PREFIX + reason, why=why
+                )
 
         await outage.through(skip)
 

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from enrichhq import exceptions
 from enrichhq.db import common, engines, reports, workflow_rows
-from enrichhq.runs import chain, preparation, summaries
+from enrichhq.runs import chain, summaries
 from enrichhq.runs.background import BatchRunner
 from enrichhq.states import BatchStatus, ItemState
 
@@ -144,7 +144,7 @@ async def view(dbs: engines.Databases, ids: Sequence[str]) -> RunView:
                     message=batch.message,
                     total=batch.total,
                     counts=counts,
-                    skipped=preparation.tally(breakdown)[1],
+                    skipped=await reports.skipped_by_reason(conn, batch_id),
                     cost=await reports.spent(conn, batch_id),
                     budget=batch.budget,
                 )

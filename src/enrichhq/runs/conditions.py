@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from enrichhq import destinations, exceptions, run_if, workflows
 from enrichhq.db import common, engines, items
 from enrichhq.models import WorkflowConfig
+from enrichhq.states import SkipReason
 
 #: below every UUID, where the keyset paging over a batch's items starts.
 FIRST_ID = "00000000-0000-0000-0000-000000000000"
@@ -58,6 +59,7 @@ class PreviousStepSucceeded(Condition):
             scope.conn,
             scope.batch_id,
             f"run_if: step {self.step} not completed in play {scope.play_name!r}",
+            why=SkipReason.RUN_IF,
             unless_completed=(scope.play_name, self.step),
         )
 
@@ -85,7 +87,7 @@ class FieldEmpty(Condition):
                 filled = [str(r[0]) for r in await dest.execute(self.filled(scope.destination, page))]
             if filled:
                 skipped += await items.skip_queued(
-                    scope.conn, scope.batch_id, self.reason, company_ids=filled
+                    scope.conn, scope.batch_id, self.reason, why=SkipReason.RUN_IF, company_ids=filled
                 )
             after = page[-1]
         return skipped

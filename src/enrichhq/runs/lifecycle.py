@@ -19,7 +19,7 @@ from enrichhq.models import ItemOutcome, StepRef, StoreOutcome, StoreRecord, Wor
 from enrichhq.pipeline import Pipeline
 from enrichhq.runs import preparation, summaries
 from enrichhq.settings import Settings
-from enrichhq.states import BatchStatus, ItemState, LogStatus
+from enrichhq.states import BatchStatus, ItemState, LogStatus, SkipReason
 
 log = logging.getLogger("enrichhq.runs")
 
@@ -184,6 +184,7 @@ async def cancel(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
                     batch_id,
                     batches.STOPPED_PREFIX + CANCELLED,
                     (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING_CALLBACK),
+                    why=SkipReason.CANCELLED,
                 )
             if not batch.status.final:
                 await batches.finish_batch(conn, batch_id, BatchStatus.CANCELLED, CANCELLED)

@@ -22,7 +22,7 @@ from enrichhq.inputs import InputError, InputMissing
 from enrichhq.models import WorkflowConfig
 from enrichhq.runs import conditions, selection
 from enrichhq.settings import Settings
-from enrichhq.states import BatchStatus, ItemState
+from enrichhq.states import BatchStatus, ItemState, SkipReason
 
 DEFAULT_PLAY = "default"
 #: companies whose inputs an estimate renders at a time.
@@ -230,7 +230,7 @@ async def _skip_missing_inputs(
             if isinstance(outcome, InputMissing | InputError):
                 missing.setdefault(outcome.reason, []).append(company_id)
         for reason, company_ids in missing.items():
-            await items.skip_ids(conn, batch_id, company_ids, reason)
+            await items.skip_ids(conn, batch_id, company_ids, reason, why=SkipReason.INPUT_MISSING)
 
 
 def tally(breakdown: Sequence[tuple[str, str | None, int]]) -> tuple[int, dict[str, int]]:

@@ -30,6 +30,8 @@ class BatchSummary:
     budget: float | None = None
     #: what this step has cost over all its batches.
     workflow_cost: float = 0.0
+    #: the skipped items per reason (`SkipReason` values, "other" where none was recorded).
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def count(self, state: ItemState | str) -> int:
         """Items in one state."""
@@ -57,6 +59,7 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         # The batch's purse, which every worker spends from (what a budget stop's message says too).
         cost = await reports.spent(conn, batch_id)
         failed = await reports.failed_items(conn, batch_id, failures)
+        skipped = await reports.skipped_by_reason(conn, batch_id) if counts.get(ItemState.SKIPPED) else {}
         workflow_cost = (
             await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
@@ -73,6 +76,7 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         failures=failed,
         budget=batch.budget,
         workflow_cost=workflow_cost,
+        skipped=skipped,
     )
 
 

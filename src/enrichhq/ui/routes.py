@@ -14,9 +14,11 @@ from starlette.datastructures import FormData, UploadFile
 from enrichhq import companies, destinations, exceptions, functions, overview, runs, workflows
 from enrichhq.api.deps import services
 from enrichhq.runs import chain, chain_view
+from enrichhq.states import SKIP_LABELS
 from enrichhq.ui import auth
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals["skip_labels"] = SKIP_LABELS
 router = APIRouter(include_in_schema=False)
 Logged = [Depends(auth.require_user)]
 Posting = [Depends(auth.require_user), Depends(auth.require_csrf)]
