@@ -78,7 +78,7 @@ def effective(workflow: WorkflowConfig) -> dict[str, Any]:
     """What is sent besides apikey and url: js_render on by default unless `mode` manages it;
     nulls and `false` flags dropped where leaving them out says the same."""
     params = configured(workflow)
-    if not truthy(params.get("mode")) and "js_render" not in params:
+    if params.get("mode") is None and "js_render" not in params:
         params["js_render"] = True
     return {k: v for k, v in params.items() if v is not None}
 
