@@ -257,10 +257,23 @@ def batches_resume(
     finish(run(work))
 
 
+#: the exit code of a retry refused for want of --yes.
+EXIT_UNCONFIRMED = 2
+
+
 @command(batches_app, "retry")
-def batches_retry(batch_id: str) -> None:
+def batches_retry(
+    batch_id: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="retry a step whose provider charges for each post again (Clay)")
+    ] = False,
+) -> None:
     """Retry failed and timed-out items; fetched-but-unstored results are stored again, not re-bought."""
     conf = settings.load()
+    warning = run(lambda dbs: runs.retry_warning(dbs, batch_id))
+    if warning and not yes:
+        err.print(f"[yellow]warning:[/] {escape(warning)}; run again with --yes to retry", soft_wrap=True)
+        raise typer.Exit(EXIT_UNCONFIRMED)
 
     async def work(dbs: engines.Databases) -> runs.BatchSummary:
         prepared = await runs.prepare_retry(dbs, conf, batch_id)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from enrichhq.runs.dispatch import execute, run
-from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay
+from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay, retry_warning
 from enrichhq.runs.preparation import DEFAULT_PLAY, Estimate, Prepared, estimate, prepare
 from enrichhq.runs.selection import Selection
 from enrichhq.runs.summaries import BatchSummary, list_batches, summary
@@ -28,6 +28,7 @@ __all__ = [
     "prepare_resume",
     "prepare_retry",
     "replay",
+    "retry_warning",
     "run",
     "summary",
 ]
