@@ -127,6 +127,7 @@ async def test_estimate_cost_and_budget_count_the_same_credits(env: Env, stub: S
     # 60 credits: two calls at 25; in dollars (0.005 a call) the budget would never have stopped.
     summary = await runs.run(env.dbs, env.settings, STEP, runs.Selection(all=True), budget=60)
     assert summary.status == "stopped" and summary.cost == 50 and summary.count("succeeded") == 2
+    assert summary.cost_unit == "Zenrows credits"  # what `batches show` and the API say it is in
     rows = await sql(
         env.dbs,
         "hq",
