@@ -198,6 +198,11 @@ class Stub:
         if "css_extractor" in query:
             selectors = json.loads(query["css_extractor"])
             return "application/json", json.dumps({k: f"{domain} {v}" for k, v in selectors.items()}).encode()
+        if query.get("json_response") == "true":
+            page = f"<html><body><h1>{domain}</h1></body></html>"
+            return "application/json", json.dumps(
+                {"html": page, "xhr": [], "js_instructions_report": {}}
+            ).encode()
         if query.get("autoparse") == "true" or "outputs" in query:
             found = {"title": domain, "emails": [f"info@{domain}"], "links": [f"https://{domain}/about"]}
             return "application/json", json.dumps(found).encode()

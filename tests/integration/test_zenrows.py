@@ -80,6 +80,14 @@ async def test_markdown_and_autoparse_answers_become_data_keys(env: Env, stub: S
     assert await stored(env) == ["# ok-md.com\n\nWelcome to ok-md.com.", "ok-md.com"]
 
 
+async def test_a_json_response_keeps_the_page_and_what_the_browser_saw(env: Env, stub: Stub) -> None:
+    await step(env, {"json_response": True}, {"homepage_html": "homepage_html", "xhr": "final_url"})
+    await add_companies(env.dbs, ["ok-jr.com"])
+    summary = await runs.run(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    assert summary.counts == {"succeeded": 1}, summary.message
+    assert await stored(env) == ["<html><body><h1>ok-jr.com</h1></body></html>"]
+
+
 async def test_mode_auto_is_sent_alone(env: Env, stub: Stub) -> None:
     await step(env, {"mode": "auto"})
     await add_companies(env.dbs, ["ok-auto.com"])

@@ -65,7 +65,8 @@ class ClayProvider(WebhookProvider):
     @classmethod
     def urls(cls, workflow: WorkflowConfig) -> list[str]:
         """provider_config.webhook_url, then provider_config.webhook_urls, each once."""
-        found = [workflow.option("webhook_url"), *(workflow.option("webhook_urls") or [])]
+        more = workflow.option("webhook_urls")
+        found = [workflow.option("webhook_url"), *(more if isinstance(more, list) else [])]
         return list(dict.fromkeys(str(u) for u in found if u))
 
     @classmethod

@@ -193,7 +193,10 @@ class ZenrowsProvider(base.Provider):
                 status=200,
             ) from None
         if isinstance(document, dict):
-            return {str(k): v for k, v in document.items()}
+            data = {str(k): v for k, v in document.items()}
+            if body is zp.Body.HTML and isinstance(data.get("html"), str):
+                data.setdefault("homepage_html", data["html"])  # json_response: the page is under "html"
+            return data
         return {_json_key(self.workflow): document}
 
     def _error(self, response: httpx.Response) -> exceptions.ProviderError:

@@ -163,6 +163,8 @@ def outputs(workflow: WorkflowConfig, homepage: Mapping[str, str]) -> Mapping[st
     text, the selectors' names for a css_extractor object; None when only the answer can say."""
     body = body_of(workflow)
     meta = {k: v for k, v in homepage.items() if k != "homepage_html"}
+    if body is Body.HTML and truthy(effective(workflow).get("json_response")):
+        return None  # the page and what the browser saw (xhr, js_instructions' report): the answer says
     if body is Body.HTML:
         return homepage
     if body in TEXT_KEYS:
