@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, urlparse
 API_KEY = "test-zenrows-key-123"
 #: what a Zenrows credit costs in the stub's plan (X-Request-Cost is in dollars).
 USD_PER_CREDIT = 0.0002
-FLAGS = ("js_render", "premium_proxy", "autoparse", "json_response", "block_resources", "original_status")
-JSON_PARAMS = ("css_extractor", "js_instructions", "outputs", "custom_headers")
+FLAGS = ("js_render", "premium_proxy", "autoparse", "json_response", "original_status", "custom_headers")
+JSON_PARAMS = ("css_extractor", "js_instructions", "outputs")
 #: the error text markup-* domains are answered with: Rich markup that would crash or vanish if parsed.
 MARKUP_DETAIL = "bad [/] [link=http://x]y[/link] [bold]z[/bold] {task.fields[x]} \\[ok]"
 
@@ -135,7 +135,7 @@ class Stub:
                     json.loads(query[name])
                 except ValueError:
                     return f"{name} is not valid JSON"
-        if "proxy_country" in query and query.get("premium_proxy") != "true":
+        if "proxy_country" in query and query.get("premium_proxy") != "true" and "mode" not in query:
             return "proxy_country requires premium_proxy"
         if "mode" in query and ({"js_render", "premium_proxy"} & set(query)):
             return "mode cannot be combined with js_render or premium_proxy"

@@ -88,14 +88,15 @@ async def test_a_json_response_keeps_the_page_and_what_the_browser_saw(env: Env,
     assert await stored(env) == ["<html><body><h1>ok-jr.com</h1></body></html>"]
 
 
-async def test_mode_auto_is_sent_alone(env: Env, stub: Stub) -> None:
-    await step(env, {"mode": "auto"})
+async def test_mode_auto_is_sent_without_the_flags_it_picks(env: Env, stub: Stub) -> None:
+    await step(env, {"mode": "auto", "proxy_country": "de"})
     await add_companies(env.dbs, ["ok-auto.com"])
     summary = await runs.run(env.dbs, env.settings, STEP, runs.Selection(all=True))
     errors = await sql(env.dbs, "hq", "SELECT last_error FROM enrichment_batch_items")
     assert summary.counts == {"succeeded": 1}, errors
     query = next(q for q in stub.queries if "ok-auto.com" in q.get("url", ""))
     assert query["mode"] == "auto" and "js_render" not in query and "premium_proxy" not in query
+    assert query["proxy_country"] == "de"
 
 
 @pytest.mark.parametrize(

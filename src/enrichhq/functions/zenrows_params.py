@@ -2,7 +2,7 @@
 
 A step's Zenrows parameters come from `provider_config`: `js_render`, `premium_proxy`, `mode`
 and the other names in PARAMETERS at its top level, and anything under `params`. Objects and
-lists (`css_extractor`, `js_instructions`, `outputs`, ...) go out as JSON, booleans as
+lists (`css_extractor`, `js_instructions`, `outputs`) go out as JSON, booleans as
 `true`/`false`; a parameter whose value is null is not sent at all.
 """
 
@@ -42,8 +42,8 @@ RESERVED: Final = frozenset({"apikey", "url"})
 NEEDS_JS: Final = ("js_instructions", "wait", "wait_for", "block_resources", "json_response")
 #: each changes what the body is: one answer cannot be two of them.
 SHAPES: Final = ("css_extractor", "autoparse", "outputs", "response_type")
-#: what Adaptive Stealth Mode picks for itself: refused beside `mode`.
-MODE_MANAGED: Final = ("js_render", "premium_proxy", "proxy_country")
+#: what Adaptive Stealth Mode picks for itself: refused beside `mode` (proxy_country may go with it).
+MODE_MANAGED: Final = ("js_render", "premium_proxy")
 
 
 class Mode(enum.StrEnum):
@@ -151,7 +151,7 @@ def _shape_problems(params: Mapping[str, Any]) -> list[str]:
     kind = params.get("response_type")
     if kind is not None and str(kind).lower() not in (Body.MARKDOWN, Body.PLAINTEXT, Body.HTML):
         found.append(f"provider_config.response_type: 'markdown' or 'plaintext', not {kind!r}")
-    for key in ("css_extractor", "outputs", "js_instructions", "custom_headers"):
+    for key in ("css_extractor", "outputs", "js_instructions"):
         value = params.get(key)
         if value is not None and not isinstance(value, (dict, list, str)):
             found.append(f"provider_config.{key}: an object, a list or a string, not {value!r}")
