@@ -222,6 +222,7 @@ class Stub:
         request.send_response(status)
         request.send_header("Content-Type", "application/problem+json")
         request.send_header("Content-Length", str(len(body)))
+        request.send_header("X-Request-Id", f"err-{status}-{code or 'none'}")  # errors carry one too
         for key, value in (headers or {}).items():
             request.send_header(key, value)
         request.end_headers()

@@ -168,5 +168,7 @@ async def test_a_concurrency_429_backs_off_and_succeeds(env: Env, stub: Stub) ->
     await add_companies(env.dbs, ["ratelimit-zr.com"])
     summary = await runs.run(env.dbs, env.settings, STEP, runs.Selection(all=True))
     assert summary.counts == {"succeeded": 1} and stub.calls["ratelimit-zr.com"] == 2
-    rows = await sql(env.dbs, "hq", "SELECT status FROM enrichment_results_log")
+    rows = await sql(env.dbs, "hq", "SELECT status, details FROM enrichment_results_log")
     assert sorted(r[0] for r in rows) == ["retrying", "succeeded"]
+    ids = {s: (d if isinstance(d, dict) else json.loads(d))["request_id"] for s, d in rows}
+    assert ids == {"retrying": "err-429-AUTH006", "succeeded": "req-ratelimit-zr.com"}  # each attempt's own
