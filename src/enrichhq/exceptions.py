@@ -6,6 +6,8 @@ and never contains a secret (database passwords and API keys are masked first).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EnrichHQError(Exception):
     """Base class: a problem the user can fix, reported as one line."""
@@ -65,6 +67,8 @@ class ProviderError(EnrichHQError):
         self.cost = cost
         #: a waterfall's attempts before it gave up: (provider, outcome, cost).
         self.trail: tuple[tuple[str, str, float | None], ...] = ()
+        #: what the provider said about the call beside its error (its request id...), for the log row.
+        self.details: dict[str, Any] | None = None
 
 
 class AuthError(EnrichHQError):

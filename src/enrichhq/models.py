@@ -81,6 +81,8 @@ class ProviderResult:
     pending: bool = False
     #: a waterfall's attempts, in order: (provider, outcome, cost).
     trail: tuple[tuple[str, str, float | None], ...] = ()
+    #: what the provider said about the call beside the data (its request id...), for the log row.
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,8 @@ class StoreRecord:
     #: the batch whose key its receipt is claimed under when not the storing batch's own: the
     #: dead run it was adopted from, whose stalled writer may still write it.
     receipt_batch: str | None = None
+    #: the provider's details of the call (its request id...), logged with the row.
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,8 @@ class LogEntry:
     attempt: int | None = None
     cost: float | None = None
     provider: str | None = None
+    #: extra fields of the row (`details` JSON): a provider's request id, its own cost figures.
+    details: Mapping[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -176,6 +182,7 @@ class StepRef:
         attempt: int | None = None,
         cost: float | None = None,
         provider: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> LogEntry:
         """A log entry about one company in this step."""
         return LogEntry(
@@ -192,6 +199,7 @@ class StepRef:
             attempt=attempt,
             cost=cost,
             provider=provider,
+            details=details or None,
         )
 
 

@@ -74,6 +74,7 @@ class Pipeline:
                 "cost": r.cost,
                 # enrichhq's addition, sent only when set: the seed's body stays the seed's.
                 **({"receipt_batch_id": r.receipt_batch} if r.receipt_batch else {}),
+                **({"details": dict(r.details)} if r.details else {}),
             }
             for r in records
         ]
@@ -125,4 +126,5 @@ def _entry_json(entry: LogEntry) -> dict[str, Any]:
         "attempt": entry.attempt,
         "cost": entry.cost,
         "provider": entry.provider,
+        **({"details": dict(entry.details)} if entry.details else {}),
     }

@@ -102,6 +102,7 @@ async def store(
             error=None if o.stored else f"storage: {o.error}",
             attempt=by_id[o.company_id].attempt,
             cost=by_id[o.company_id].cost,
+            details=by_id[o.company_id].details,
         )
         for o in outcomes.values()
     ]

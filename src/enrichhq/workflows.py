@@ -409,15 +409,18 @@ async def price(dbs: engines.Databases, workflow: WorkflowConfig) -> tuple[float
     provider_config.cost_per_call first, then the average of the step's past calls, then the
     provider's price list. Estimates and budgets both use it.
     """
-    declared = functions.load(workflow.provider).estimated_cost(workflow)
+    provider = functions.load(workflow.provider)
+    declared = provider.estimated_cost(workflow)
+    # The unit every cost of the step is counted in, where the provider fixes one (Zenrows credits).
+    unit = f", in {provider.cost_unit}" if provider.cost_unit else ""
     if workflow.option("cost_per_call") is not None and declared is not None:
-        return declared, "provider_config.cost_per_call"
+        return declared, f"provider_config.cost_per_call{unit}"
     async with dbs.begin("hq") as conn:
         average = await views.average_cost(conn, workflow.id)
     if average is not None:
-        return average, "average cost of this step's past calls"
+        return average, f"average cost of this step's past calls{unit}"
     if declared is not None:
-        return declared, f"{workflow.provider}'s price list"
+        return declared, f"{workflow.provider}'s price list{unit}"
     return None, "no cost known: set provider_config.cost_per_call"
 
 

@@ -17,7 +17,7 @@ from tests.acceptance.test_cli import enrichhq
 from tests.conftest import Env
 from tests.helpers import SEED_CASE_STUDIES, sql
 from tests.live import WebhookStub
-from tests.stubs import Stub
+from tests.stubs import USD_PER_CREDIT, Stub
 
 PLAY = "q4-saas"
 SCRAPE = "scrape-homepage-via-zenrows"
@@ -68,7 +68,9 @@ class Homepages(Stub):
             return True
         return super()._fault(request, domain, seen, through_api=through_api)
 
-    def page(self, request: BaseHTTPRequestHandler, domain: str, cost: str | None) -> None:
+    def page(
+        self, request: BaseHTTPRequestHandler, domain: str, cost: str | None, query: dict[str, str]
+    ) -> None:
         links = "".join(
             f"<li><a href='/customers/{url.rsplit('/', 1)[1]}'>Client {k}</a></li>"
             for k, url in enumerate(case_links(domain))
@@ -81,7 +83,9 @@ class Homepages(Stub):
         request.send_response(200)
         request.send_header("Content-Type", "text/html; charset=utf-8")
         request.send_header("Content-Length", str(len(body)))
-        request.send_header("X-Request-Cost", cost or "1")
+        # As Zenrows: credits in X-Request-Credits, the same call in dollars in X-Request-Cost.
+        request.send_header("X-Request-Credits", cost or "1")
+        request.send_header("X-Request-Cost", f"{int(cost or '1') * USD_PER_CREDIT:.4f}")
         request.send_header("Zr-Final-Url", f"https://{domain}/home")
         request.end_headers()
         request.wfile.write(body)

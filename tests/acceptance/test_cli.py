@@ -376,7 +376,7 @@ async def test_dry_run_budget_and_replay_from_the_command_line(env: Env, stub: S
     assert enrichhq("companies", "import", str(tmp_path / "c.csv"), env=environ).returncode == 0
     dry = enrichhq("run", "scrape-homepage-via-zenrows", "--all", "--dry-run", env=environ)
     assert dry.returncode == 0 and "will run" in dry.stdout and "6" in dry.stdout
-    assert "estimated cost: 30 (5 a call: zenrows's price list)" in dry.stdout
+    assert "estimated cost: 30 (5 a call: zenrows's price list, in Zenrows credits)" in dry.stdout
     assert stub.total() == 0 and await count(env.dbs, "hq", "enrichment_batches") == 0
     capped = enrichhq("run", "scrape-homepage-via-zenrows", "--all", "--budget", "12", env=environ)
     assert capped.returncode == 3 and "budget of 12 reached" in capped.stdout and "10 of 12" in capped.stdout

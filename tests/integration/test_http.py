@@ -387,6 +387,10 @@ async def test_split_deployment_gives_the_same_results(env: Env, tmp_path: Path,
     assert [r[0] for r in rows] == ["ok-split1.com", "ok-split2.com"]
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'split'") == 2
     assert API_KEY not in str(batch)
+    # Zenrows' request id crossed both hops to the log row, as it does in one process.
+    logged = await sql(env.dbs, "hq", "SELECT company_domain, details FROM enrichment_results_log")
+    ids = sorted((d if isinstance(d, dict) else json.loads(d))["request_id"] for _, d in logged)
+    assert ids == ["req-ok-split1.com", "req-ok-split2.com"]
 
 
 async def test_callback_errors_are_json_with_their_status(env: Env, tmp_path: Path) -> None:

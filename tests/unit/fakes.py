@@ -91,7 +91,7 @@ class Scripted(base.Provider):
         self.max_rps = self.options.max_rps
         self.concurrency_remaining: int | None = None
         self.max_attempts = self.options.max_attempts
-        self.callback_timeout_s = self.options.callback_timeout_s
+        self.callback_timeout_s = self.options.callback_timeout_s or self.default_callback_timeout_s
         self.retry_base_delay = self.options.retry_base_delay or 0.0
         self.script = {cid: list(outcomes) for cid, outcomes in (script or {}).items()}
         self.default = default

@@ -21,7 +21,7 @@ def test_no_header_is_the_configured_cost() -> None:
 @pytest.mark.parametrize("header", ["NaN", "nan", "inf", "-Infinity", "-1", "lots"])
 def test_a_header_that_is_no_price_counts_the_price(header: str, caplog: pytest.LogCaptureFixture) -> None:
     assert request_cost(header, configured=None, price=5.0) == 5.0
-    assert f"ignoring Zenrows' X-Request-Cost {header!r}; counting the configured price 5.0" in caplog.text
+    assert f"ignoring Zenrows' X-Request-Credits {header!r}; counting the configured price 5.0" in caplog.text
 
 
 def test_the_zenrows_key_is_masked_without_mangling_error_texts() -> None:

@@ -144,13 +144,15 @@ class HeldStub(Stub):
         self.arrived = 0
         self.released = threading.Event()
 
-    def page(self, request: BaseHTTPRequestHandler, domain: str, cost: str | None) -> None:
+    def page(
+        self, request: BaseHTTPRequestHandler, domain: str, cost: str | None, query: dict[str, str]
+    ) -> None:
         with self.lock:
             self.arrived += 1
             hold = self.arrived > self.answer_first
         if hold:
             self.released.wait(60)
-        super().page(request, domain, cost)
+        super().page(request, domain, cost, query)
 
 
 async def test_workers_joining_late_reserve_the_price_the_first_one_learned(

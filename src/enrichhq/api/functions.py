@@ -223,6 +223,7 @@ async def storage_worker_v2(body: StorageRequest | list[StorageRequest], request
                     i.attempt or 1,
                     i.cost,
                     receipt_batch=i.receipt_batch_id,
+                    details=i.details,
                 )
                 for i in group
             ],

@@ -130,6 +130,10 @@ class RunStepRequest(BaseModel):
         return self
 
 
+#: a log row's `details`: a few flat fields (a provider's request id, its own cost figures).
+Details = Annotated[dict[str, str | int | float | bool | None], Field(max_length=20)]
+
+
 class StorageRequest(BaseModel):
     """storage_worker_v2: `{workflow_id, company_id, company_domain, data, batch_id?, play_name?}`."""
 
@@ -145,6 +149,8 @@ class StorageRequest(BaseModel):
     cost: float | None = None
     #: the dead batch a result's item was adopted from, whose receipt key it is stored under.
     receipt_batch_id: Uuid | None = None
+    #: what the provider said about the call (its request id...), logged with the row.
+    details: Details | None = None
 
 
 class LoggerRequest(BaseModel):
@@ -165,6 +171,8 @@ class LoggerRequest(BaseModel):
     attempt: int | None = Field(default=None, ge=0, le=INT4)
     cost: float | None = None
     provider: str | None = None
+    #: enrichhq's addition: the provider's request id and its own figures for the call.
+    details: Details | None = None
 
 
 class ReceiverRequest(BaseModel):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from enrichhq.cli import output
 from enrichhq.cli.common import (
@@ -319,12 +320,29 @@ def batches_resume(
     finish([run(work)], as_json)
 
 
+#: the exit code of a retry refused for want of --yes.
+EXIT_UNCONFIRMED = 2
+
+
 @command(batches_app, "retry")
-def batches_retry(batch_id: str, as_json: JsonFlag = False) -> None:
+def batches_retry(
+    batch_id: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="retry a step whose provider charges for each post again (Clay)")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Retry failed and timed-out items; fetched-but-unstored results are stored again, not re-bought."""
     from enrichhq import runs, settings
 
     conf = settings.load()
+    warning = run(lambda dbs: runs.retry_warning(dbs, batch_id))
+    if warning and not yes:
+        err.print(
+            Text.assemble(("warning:", "yellow"), f" {warning}; run again with --yes to retry"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_UNCONFIRMED)
 
     async def work(dbs: engines.Databases) -> runs.BatchSummary:
         prepared = await runs.prepare_retry(dbs, conf, batch_id)

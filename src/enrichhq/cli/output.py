@@ -52,13 +52,16 @@ def print_summary(console: Console, summary: runs.BatchSummary, failures: int = 
         str(summary.count(ItemState.TIMED_OUT)),
         str(summary.count(ItemState.SKIPPED)),
         f"{summary.seconds:.1f}s" if summary.seconds is not None else "-",
-        f"{summary.cost:g}" + (f" of {summary.budget:g}" if summary.budget is not None else ""),
+        f"{summary.cost:g}"
+        + (f" of {summary.budget:g}" if summary.budget is not None else "")
+        + (f" {summary.cost_unit}" if summary.cost_unit else ""),
     )
     console.print(table)
     if summary.skipped:
         console.print(Text(f"skipped: {skip_breakdown(summary.skipped)}"), soft_wrap=True)
+    unit = f" {summary.cost_unit}" if summary.cost_unit else ""
     console.print(
-        Text(f"step {summary.workflow_slug} has cost {summary.workflow_cost:g} over all its batches")
+        Text(f"step {summary.workflow_slug} has cost {summary.workflow_cost:g}{unit} over all its batches")
     )
     if summary.message:
         console.print(

@@ -35,6 +35,7 @@ async def insert_log_entries(conn: AsyncConnection, entries: Sequence[LogEntry])
                     "attempt": e.attempt,
                     "cost": e.cost,
                     "provider": e.provider,
+                    "details": dict(e.details) if e.details else None,
                 }
                 for e in chunk
             ],

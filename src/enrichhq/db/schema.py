@@ -64,6 +64,8 @@ results_log = sa.Table(
     sa.Column("attempt", sa.Integer),
     sa.Column("cost", sa.Float),
     sa.Column("provider", sa.Text),
+    # added (0010): what the provider said about the call beside its data (request id, its own costs).
+    sa.Column("details", JSONType),
 )
 
 completions = sa.Table(
@@ -212,6 +214,16 @@ stored_rows = sa.Table(
     sa.Column("table_name", sa.Text, nullable=False),
     sa.Column("row_keys", JSONType),
     sa.Column("stored_at", TZ, nullable=False),
+)
+
+# Submissions to each Clay webhook, which takes 50,000 in its lifetime: counted here, one row per
+# webhook, keyed by the SHA-256 of its URL (never the URL, which holds the webhook's token).
+clay_submissions = sa.Table(
+    "enrichhq_clay_submissions",
+    metadata,
+    sa.Column("url_hash", sa.Text, primary_key=True),
+    sa.Column("submissions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", TZ, server_default=sa.func.now()),
 )
 
 # Unique keys the upserts rely on; the migration creates them on pre-existing seed tables too.

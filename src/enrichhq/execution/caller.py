@@ -95,6 +95,8 @@ class CallResult:
     cost: float | None = None
     #: log entries of the attempts that were retried.
     retries: tuple[LogEntry, ...] = ()
+    #: what the provider said about the last call beside its data (its request id...).
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -105,10 +107,12 @@ class _Tally:
     cost: float | None = None
     trail: Trail = ()
     retries: list[LogEntry] = field(default_factory=list)
+    details: Mapping[str, Any] | None = None
 
-    def add(self, cost: float | None, trail: Trail) -> None:
+    def add(self, cost: float | None, trail: Trail, details: Mapping[str, Any] | None = None) -> None:
         self.cost = cost if self.cost is None else self.cost if cost is None else self.cost + cost
         self.trail += trail
+        self.details = details
 
     def result(
         self,
@@ -119,7 +123,15 @@ class _Tally:
         pending: bool = False,
     ) -> CallResult:
         return CallResult(
-            company, self.tries, data, pending, error, self.trail, self.cost, tuple(self.retries)
+            company,
+            self.tries,
+            data,
+            pending,
+            error,
+            self.trail,
+            self.cost,
+            tuple(self.retries),
+            self.details,
         )
 
 
@@ -185,7 +197,7 @@ class Caller:
                 raise exc.error from None
             except exceptions.ProviderError as exc:
                 await self.budget.settle(exc.cost)
-                tally.add(exc.cost, exc.trail)
+                tally.add(exc.cost, exc.trail, exc.details)
                 decision = self.policy.decide(exc, tally.tries)
                 if isinstance(decision, retry.Retry):
                     await self._back_off(company, attempts, tally, exc, decision)
@@ -202,7 +214,7 @@ class Caller:
                     company, error=f"provider {self.name!r} crashed: {type(exc).__name__}: {exc}"
                 )
             await self.budget.settle(fetched.cost)
-            tally.add(fetched.cost, fetched.trail)
+            tally.add(fetched.cost, fetched.trail, fetched.details)
             if fetched.pending:
                 return tally.result(company, pending=True)
             return tally.result(company, data=fetched.data)
@@ -249,6 +261,7 @@ class Caller:
                 error=str(error),
                 attempt=attempts + tally.tries,
                 cost=error.cost,
+                details=error.details,
             )
         )
         await self.sleep(decision.delay)

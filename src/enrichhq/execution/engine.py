@@ -153,6 +153,7 @@ class Engine:
             destination = await workflows.runnable(self.dbs, self.settings, workflow)
             inputs = await StepInputs.of(self.dbs, workflow)
             provider = functions.load(workflow.provider)(workflow, self.settings)
+            provider.attach(self.dbs)
         except exceptions.Unreachable:
             raise  # a database restarting: the job is retried
         except exceptions.EnrichHQError as exc:

@@ -310,6 +310,7 @@ class Writer:
                 d.attempt,
                 d.call.cost,
                 receipt_batch=d.receipt_batch,
+                details=d.call.details,
             )
             for d in fetched
         ]
@@ -336,7 +337,15 @@ class Writer:
 
     def _entry(self, d: Done, status: str, error: str | None, cost: float | None) -> LogEntry:
         company = d.call.company
-        return self.ref.entry(company.id, company.domain, status, error=error, attempt=d.attempt, cost=cost)
+        return self.ref.entry(
+            company.id,
+            company.domain,
+            status,
+            error=error,
+            attempt=d.attempt,
+            cost=cost,
+            details=d.call.details,
+        )
 
     @staticmethod
     def _end(d: Done, outcome: StoreOutcome | None) -> ItemOutcome:

@@ -13,6 +13,7 @@ import httpx
 import pydantic
 
 from enrichhq import exceptions, inputs, netpolicy
+from enrichhq.db import engines
 from enrichhq.models import CallContext, Company, ProviderResult, WorkflowConfig
 from enrichhq.settings import Settings
 
@@ -40,7 +41,8 @@ class ProviderOptions(pydantic.BaseModel):
     max_attempts: int = pydantic.Field(default=3, ge=1, le=20)
     timeout_s: float | None = pydantic.Field(default=None, gt=0, le=600)
     retry_base_delay: float | None = pydantic.Field(default=None, ge=0, le=600)
-    callback_timeout_s: float = pydantic.Field(default=3600, gt=0)
+    #: how long an async provider's item waits for its callback (the provider's default if unset).
+    callback_timeout_s: float | None = pydantic.Field(default=None, gt=0)
     cost_per_call: float | None = pydantic.Field(default=None, ge=0)
     max_cost_per_batch: float | None = pydantic.Field(default=None, gt=0)
     #: `{domain}` (the old form) or a Jinja2 template over `company` and `inputs` (issue 14).
@@ -59,25 +61,40 @@ class Provider(abc.ABC):
     #: in-flight calls at once unless provider_config.max_concurrency says otherwise.
     default_concurrency: ClassVar[int] = 8
     default_timeout_s: ClassVar[float] = 30.0
+    #: calls per second unless provider_config.max_rps says otherwise (None: no pace).
+    default_max_rps: ClassVar[float | None] = None
+    #: how long an async provider's item waits for its callback unless the config says.
+    default_callback_timeout_s: ClassVar[float] = 3600.0
+    #: what `batches retry` warns about before calling this provider again (None: nothing).
+    retry_warning: ClassVar[str | None] = None
     #: whether results arrive later, through the receiver (n8n, Clay).
     asynchronous: ClassVar[bool] = False
+    #: what costs are counted in, when the provider says (Zenrows: its credits); None: the unit
+    #: of provider_config.cost_per_call, whatever the user chose.
+    cost_unit: ClassVar[str | None] = None
 
     def __init__(self, workflow: WorkflowConfig, settings: Settings) -> None:
         self.workflow = workflow
         self.settings = settings
         self.options = ProviderOptions.model_validate(workflow.provider_config)
         self.concurrency = self.options.max_concurrency or self.default_concurrency
-        self.max_rps = self.options.max_rps
+        self.max_rps = self.options.max_rps or self.default_max_rps
         #: the provider's own count of calls it would still take at once (Concurrency-Remaining).
         self.concurrency_remaining: int | None = None
         self.max_attempts = self.options.max_attempts
-        self.callback_timeout_s = self.options.callback_timeout_s
+        self.callback_timeout_s = self.options.callback_timeout_s or self.default_callback_timeout_s
         self.retry_base_delay = (
             settings.enrichhq_retry_base_delay
             if self.options.retry_base_delay is None
             else self.options.retry_base_delay
         )
         self._client: httpx.AsyncClient | None = None
+        #: HQ, for a provider that keeps counts of its own there (Clay's submissions per webhook).
+        self.dbs: engines.Databases | None = None
+
+    def attach(self, dbs: engines.Databases) -> None:
+        """Hand the provider HQ (the engine does, before the first call)."""
+        self.dbs = dbs
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -29,15 +29,22 @@ class WebhookProvider(base.Provider):
     auth_env: ClassVar[str | None] = None
 
     @classmethod
+    def urls(cls, workflow: WorkflowConfig) -> list[str]:
+        """The webhook URLs the step posts to, in order (provider_config.webhook_url)."""
+        return [str(workflow.option("webhook_url") or "")]
+
+    @classmethod
     def check(cls, workflow: WorkflowConfig, settings: Settings) -> None:
         """A webhook URL, a public receiver URL, and the auth secret if one is named."""
-        url = str(workflow.option("webhook_url") or "")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise exceptions.ConfigError(
-                f"{cls.label} step {workflow.workflow_slug!r} needs provider_config.webhook_url "
-                f"(an http(s) URL), not {url!r}"
-            )
+        for url in cls.urls(workflow) or [""]:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                # The URL may hold the webhook's token: named by its scheme and host only.
+                shown = f"{parsed.scheme}://{parsed.netloc}/..." if parsed.netloc else repr(url[:40])
+                raise exceptions.ConfigError(
+                    f"{cls.label} step {workflow.workflow_slug!r} needs provider_config.webhook_url "
+                    f"(an http(s) URL), not {shown}"
+                )
         if settings.receiver_url() is None:
             raise exceptions.ConfigError(
                 f"{cls.label} calls back to this server: set ENRICHHQ_PUBLIC_URL to the base URL "
@@ -74,14 +81,17 @@ class WebhookProvider(base.Provider):
 
     async def fetch(self, company: Company, context: CallContext) -> ProviderResult:
         """Send the request; success means 'started', the result comes to the receiver."""
-        url = str(self.workflow.option("webhook_url"))
-        try:
-            response = await self.client.post(url, json=self.body(company, context), headers=self.headers())
-        except httpx.HTTPError as exc:
-            raise base.transport_error(exc, f"{self.label} webhook", self.client.timeout.read) from None
+        response = await self.post(self.urls(self.workflow)[0], company, context)
         if response.status_code < 300:
             return ProviderResult(data={}, cost=self.cost(response), pending=True)
         raise self.error(response)
+
+    async def post(self, url: str, company: Company, context: CallContext) -> httpx.Response:
+        """POST the company's body to one webhook URL; no answer is a retryable ProviderError."""
+        try:
+            return await self.client.post(url, json=self.body(company, context), headers=self.headers())
+        except httpx.HTTPError as exc:
+            raise base.transport_error(exc, f"{self.label} webhook", self.client.timeout.read) from None
 
     def error(self, response: httpx.Response) -> exceptions.ProviderError:
         """The provider's refusal as a ProviderError, retryable where another try may pass."""

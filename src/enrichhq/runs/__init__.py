@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from enrichhq.runs.dispatch import execute, run
-    from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay
+    from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay, retry_warning
     from enrichhq.runs.preparation import DEFAULT_PLAY, Estimate, Prepared, estimate, prepare
     from enrichhq.runs.selection import Selection
     from enrichhq.runs.summaries import BatchSummary, list_batches, summary
@@ -28,6 +28,7 @@ _WHERE = {
     "prepare_resume": "lifecycle",
     "prepare_retry": "lifecycle",
     "replay": "lifecycle",
+    "retry_warning": "lifecycle",
     "DEFAULT_PLAY": "preparation",
     "Estimate": "preparation",
     "Prepared": "preparation",
@@ -54,6 +55,7 @@ __all__ = [
     "prepare_resume",
     "prepare_retry",
     "replay",
+    "retry_warning",
     "run",
     "summary",
 ]

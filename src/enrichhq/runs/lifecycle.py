@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from enrichhq import destinations, exceptions, liveness, workflows
+from enrichhq import destinations, exceptions, functions, liveness, workflows
 from enrichhq.db import batches, delivery, engines, errors, items, rows
 from enrichhq.execution import lease
 from enrichhq.execution.store import DbItemStore
@@ -72,6 +72,15 @@ async def prepare_resume(
         await idle.release(dbs)
         raise
     return idle.prepared(budget)
+
+
+async def retry_warning(dbs: engines.Databases, batch_id: str) -> str | None:
+    """What calling a batch's provider again costs beyond the call, when it says (Clay: a row and
+    Clay credits per post); None when a retry repeats only what it is asked to."""
+    async with dbs.begin("hq") as conn:
+        batch = await summaries.existing_batch(conn, batch_id)
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
+    return functions.load(workflow.provider).retry_warning
 
 
 async def prepare_retry(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import exceptions
+from enrichhq import exceptions, functions, workflows
 from enrichhq.db import batches, common, engines, reports, rows
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
@@ -32,6 +32,8 @@ class BatchSummary:
     workflow_cost: float = 0.0
     #: the skipped items per reason (`SkipReason` values, "other" where none was recorded).
     skipped: dict[str, int] = field(default_factory=dict)
+    #: what costs are counted in, when the step's provider fixes it (Zenrows credits).
+    cost_unit: str | None = None
 
     def count(self, state: ItemState | str) -> int:
         """Items in one state."""
@@ -77,7 +79,19 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         budget=batch.budget,
         workflow_cost=workflow_cost,
         skipped=skipped,
+        cost_unit=await _cost_unit(dbs, str(batch.workflow_id) if batch.workflow_id else None),
     )
+
+
+async def _cost_unit(dbs: engines.Databases, workflow_id: str | None) -> str | None:
+    """The step's provider's cost unit; None when it has none or the step is gone."""
+    if workflow_id is None:
+        return None
+    try:
+        workflow = await workflows.get(dbs, workflow_id)
+        return functions.load(workflow.provider).cost_unit
+    except (exceptions.NotFound, exceptions.ConfigError):
+        return None
 
 
 def elapsed(started: datetime | None, finished: datetime | None, now: datetime) -> float | None:
