@@ -10,17 +10,19 @@ import csv
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import exceptions
-from enrichhq.db import dialect, engines, schema, types
+from enrichhq.db import dialect, engines, schema, stored_rows, types
+from enrichhq.db.common import chunked
+from enrichhq.models import WorkflowConfig
 
 # What a provider says a data key holds; destination column types are read the same way.
 TEXT, DATETIME, JSON, NUMBER, BOOL, UUID, DATE, OTHER = (
@@ -130,7 +132,7 @@ async def reflect(
     if table is None:
         raise exceptions.ConfigError(
             f"destination table {table_name!r} does not exist in the {db_name} database; "
-            "create it first (see the seed's 'Adding a New Enrichment Step') or use "
+            "create it first (see the README's 'Add a step') or use "
             "`enrichhq workflows add --create-table`"
         )
     return Destination(db_name, table)
@@ -335,6 +337,63 @@ async def _write_csv(
             writer.writerow([csv_cell(v, raw=raw) for v in row])
             count += 1
     return count
+
+
+async def export_batch_csv(
+    dbs: engines.Databases, workflow: WorkflowConfig, batch_id: str, out: IO[str], *, raw: bool = False
+) -> int:
+    """Write the rows one batch of a step stored (found through its receipts) to CSV; the count.
+
+    A receipt names its rows by primary key; one without keys (a table without a primary key)
+    stands for the company's rows.
+    """
+    destination = await reflect(dbs, workflow.destination_db, workflow.destination_table_name)
+    await stored_rows.ensure(dbs, workflow.destination_db)
+    table = destination.table
+    async with dbs.begin(workflow.destination_db) as conn:
+        receipts = await stored_rows.of_batch(conn, workflow.id, batch_id)
+    keyed = [key for r in receipts for key in (r.row_keys or [])]
+    unkeyed = [r.company_id for r in receipts if not r.row_keys]
+    writer = csv.writer(out)
+    writer.writerow([csv_cell(name, raw=raw) for name in table.c.keys()])
+    count = 0
+    async with dbs.begin(workflow.destination_db) as conn:
+        for where in _row_filters(table, keyed, unkeyed):
+            for row in await conn.execute(sa.select(table).where(where)):
+                writer.writerow([csv_cell(v, raw=raw) for v in row])
+                count += 1
+    return count
+
+
+def _row_filters(
+    table: sa.Table, keys: list[dict[str, Any]], company_ids: list[str]
+) -> Iterator[sa.ColumnElement[bool]]:
+    """WHERE clauses, a chunk each, for rows named by primary key and rows of these companies."""
+    names = sorted({name for key in keys for name in key})
+    if len(names) == 1:
+        column = table.c[names[0]]
+        values = [_key_value(column, key[names[0]]) for key in keys if names[0] in key]
+        for chunk in chunked(values):
+            yield column.in_(chunk)
+    elif names:
+        # A composite key: OR of ANDs, in small chunks (SQLite parses a long OR as a deep tree).
+        for start in range(0, len(keys), 100):
+            yield sa.or_(
+                *(
+                    sa.and_(*(table.c[n] == _key_value(table.c[n], v) for n, v in key.items()))
+                    for key in keys[start : start + 100]
+                )
+            )
+    if "company_id" in table.c:
+        for ids in chunked(company_ids):
+            yield table.c.company_id.in_(ids)
+
+
+def _key_value(column: sa.Column[Any], value: Any) -> Any:
+    """A key as receipts hold it (JSON: uuids as text) as the column binds it."""
+    if isinstance(column.type, sa.Uuid) and column.type.as_uuid and isinstance(value, str):
+        return uuid.UUID(value)
+    return value
 
 
 #: what makes a spreadsheet read a cell as a formula (OWASP's CSV injection list), with the

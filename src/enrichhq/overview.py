@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import common, engines, rows, step_rows, stored_rows, views
+from enrichhq.db import batches, common, engines, rows, step_rows, stored_rows, views
 from enrichhq.models import Company, WorkflowConfig
-from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
+from enrichhq.states import FINAL_STATES, BatchStatus, ItemState, SkipReason
 
 PER_PAGE = 50
 MAX_PAGE = 1_000_000
@@ -42,6 +42,24 @@ class Grid:
     search: str
     filter_step: str
     filter_state: str
+    #: the batch whose companies the grid shows ("" for all).
+    batch: str = ""
+    #: the plays that exist, each with the companies done in it.
+    plays: list[tuple[str, int]] = field(default_factory=list)
+    #: what the grid could not do as asked (a state filter without a step).
+    notice: str | None = None
+
+
+#: what a state filter without a step says, instead of being silently ignored.
+NEEDS_STEP = "choose a step to filter by its state: the state filter applies to one step's column"
+
+
+def _batch_filter(batch: str) -> str | None:
+    if not batch:
+        return None
+    if not common.is_uuid(batch):
+        raise exceptions.InputError(f"batch must be a batch id (a UUID), not {batch!r}")
+    return batch
 
 
 def _cell(step: WorkflowConfig, done: datetime | None, item: rows.LatestItem | None) -> Cell:
@@ -71,8 +89,9 @@ async def grid(
     filter_step: str = "",
     filter_state: str = "",
     page: int = 1,
+    batch: str = "",
 ) -> Grid:
-    """The companies x active steps grid for a play: one page, with search and a step filter."""
+    """The companies x active steps grid for a play: one page, with search, a step filter and a batch."""
     steps = [w for w in await workflows.list_all(dbs) if w.is_active]
     step_filter = _step_filter(steps, filter_step, filter_state)
     page = min(max(1, page), MAX_PAGE)
@@ -84,7 +103,9 @@ async def grid(
             step=step_filter,
             limit=PER_PAGE,
             offset=(page - 1) * PER_PAGE,
+            batch_id=_batch_filter(batch),
         )
+        plays = await views.plays(conn)
         ids = [c.id for c in found]
         done = await views.completions_for(conn, ids, play)
         latest = await views.latest_items(conn, ids, [w.id for w in steps], play)
@@ -102,6 +123,9 @@ async def grid(
         search,
         filter_step,
         filter_state,
+        batch=batch,
+        plays=plays if any(p == play for p, _ in plays) else [*plays, (play, 0)],
+        notice=NEEDS_STEP if filter_state and not filter_step else None,
     )
 
 
@@ -113,14 +137,34 @@ def _step_filter(steps: list[WorkflowConfig], filter_step: str, filter_state: st
 
 
 async def matching(
-    dbs: engines.Databases, *, play: str, search: str = "", filter_step: str = "", filter_state: str = ""
+    dbs: engines.Databases,
+    *,
+    play: str,
+    search: str = "",
+    filter_step: str = "",
+    filter_state: str = "",
+    batch: str = "",
 ) -> list[str]:
-    """Ids of every company the grid's search and filter match."""
+    """Ids of every company the grid's search, filter and batch match."""
     steps = [w for w in await workflows.list_all(dbs) if w.is_active]
     async with dbs.begin("hq") as conn:
         return await views.matching_ids(
-            conn, play=play, search=search or None, step=_step_filter(steps, filter_step, filter_state)
+            conn,
+            play=play,
+            search=search or None,
+            step=_step_filter(steps, filter_step, filter_state),
+            batch_id=_batch_filter(batch),
         )
+
+
+async def batch_rows_csv(dbs: engines.Databases, batch_id: str, out: IO[str]) -> int:
+    """The rows one batch stored, as CSV (the batch page's download); the row count."""
+    async with dbs.begin("hq") as conn:
+        batch = await batches.get_batch(conn, batch_id) if common.is_uuid(batch_id) else None
+    if batch is None or batch.workflow_id is None:
+        raise exceptions.NotFound(f"no batch {batch_id!r}; the batches page lists them")
+    workflow = await workflows.get(dbs, str(batch.workflow_id))
+    return await destinations.export_batch_csv(dbs, workflow, batch_id, out)
 
 
 @dataclass(frozen=True)
@@ -246,6 +290,12 @@ class Progress:
     rate: float | None
     eta_s: float | None
     final: bool
+    #: calls out now, or results being stored.
+    in_flight: int = 0
+    #: items not started yet: queued, or taken by a worker and waiting their turn.
+    waiting_turn: int = 0
+    #: items a cancel skipped.
+    cancelled: int = 0
 
 
 FINISHED = tuple(FINAL_STATES)
@@ -259,4 +309,15 @@ def progress(summary: Any) -> Progress:
     rate = worked / summary.seconds if summary.seconds and worked > 0 else None
     final = summary.status not in (BatchStatus.RUNNING, BatchStatus.WAITING)
     eta = (summary.total - done) / rate if rate and not final else None
-    return Progress(done, summary.total, 100.0 * done / total, rate, eta, final)
+    taken = summary.counts.get(ItemState.RUNNING, 0) + summary.counts.get(ItemState.STORING, 0)
+    return Progress(
+        done,
+        summary.total,
+        100.0 * done / total,
+        rate,
+        eta,
+        final,
+        in_flight=summary.in_flight,
+        waiting_turn=summary.counts.get(ItemState.QUEUED, 0) + max(0, taken - summary.in_flight),
+        cancelled=summary.skipped.get(SkipReason.CANCELLED, 0),
+    )

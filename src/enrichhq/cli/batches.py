@@ -109,7 +109,7 @@ def run_command(
         prepared = await runs.prepare(
             dbs, conf, workflow, selection, play_name=play, force=force, budget=budget, sample=sample
         )
-        print_adopted(prepared)
+        print_adopted(prepared, as_json)
         return await execute_with_progress(dbs, conf, prepared)
 
     finish([run(work)], as_json)
@@ -152,7 +152,7 @@ def run_steps(
             dbs, conf, picked, selection, play_name=play, force=force, budget=budget, sample=sample
         )
         for step in prepared.steps:
-            print_adopted(step.prepared)
+            print_adopted(step.prepared, as_json)
         return await execute_chain_with_progress(dbs, conf, prepared)
 
     finish(run(work), as_json)
@@ -208,10 +208,10 @@ def _progress() -> Progress:
     )
 
 
-def print_adopted(prepared: runs.Prepared) -> None:
-    """Say what the run took over from batches whose process died (on stderr: stdout may be JSON)."""
+def print_adopted(prepared: runs.Prepared, as_json: bool = False) -> None:
+    """Say what the run took over from batches whose process died (on stderr with --json)."""
     if prepared.adoption_message:
-        err.print(escape(prepared.adoption_message), highlight=False, soft_wrap=True)
+        (err if as_json else out).print(escape(prepared.adoption_message), highlight=False, soft_wrap=True)
 
 
 def selection_of(all_: bool, domains: list[str], companies_file: Path | None) -> runs.Selection:

@@ -39,6 +39,23 @@ async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str
     return [(r[0], r[1], int(r[2])) for r in result]
 
 
+async def in_flight(conn: AsyncConnection, batch_id: str) -> int:
+    """A batch's items whose call is out now (started, not ended) or whose result is being stored.
+
+    An item taken by a worker waits its turn `running` with no call started: it is not in flight.
+    """
+    result = await conn.execute(
+        sa.select(sa.func.count()).where(
+            batch_items.c.batch_id == batch_id,
+            sa.or_(
+                batch_items.c.state == ItemState.STORING,
+                sa.and_(batch_items.c.state == ItemState.RUNNING, batch_items.c.deliveries > 0),
+            ),
+        )
+    )
+    return int(result.scalar_one())
+
+
 async def skipped_by_reason(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
     """A batch's skipped items per reason (a `SkipReason` value; "other" where none was recorded)."""
     result = await conn.execute(

@@ -235,6 +235,29 @@ async def written_for(
     )
 
 
+async def of_batch(conn: AsyncConnection, workflow_id: str, batch_id: str) -> list[StoredRow]:
+    """Every receipt one batch of a step wrote: the rows it stored, per company."""
+    found = await conn.execute(
+        sa.select(stored_rows).where(
+            stored_rows.c.workflow_id == workflow_id, stored_rows.c.batch_id == batch_id
+        )
+    )
+    receipts = []
+    for row in found:
+        keys = json.loads(row.row_keys) if isinstance(row.row_keys, str) else row.row_keys
+        receipts.append(
+            StoredRow(
+                str(row.workflow_id),
+                str(row.batch_id),
+                str(row.company_id),
+                row.table_name,
+                keys,
+                row.stored_at,
+            )
+        )
+    return receipts
+
+
 async def has_receipts(conn: AsyncConnection, workflow_id: str, company_id: str) -> bool:
     """Whether a step has stored anything for a company through a batch (its rows may be gone since)."""
     query = (

@@ -27,7 +27,7 @@ class StepFilter:
 
 
 def _company_filters(
-    conn: AsyncConnection, search: str | None, play: str, step: StepFilter | None
+    conn: AsyncConnection, search: str | None, play: str, step: StepFilter | None, batch_id: str | None = None
 ) -> list[sa.ColumnElement[bool]]:
     clauses: list[sa.ColumnElement[bool]] = []
     if search:
@@ -35,9 +35,11 @@ def _company_filters(
         clauses.append(
             sa.or_(companies.c.domain.like(pattern), sa.func.lower(companies.c.name).like(pattern))
         )
+    key = types.uuid_key(companies.c.id, conn.dialect.name)
+    if batch_id is not None:  # the companies of one batch (its results, from the batch page)
+        clauses.append(sa.exists().where(batch_items.c.batch_id == batch_id, batch_items.c.company_id == key))
     if step is None:
         return clauses
-    key = types.uuid_key(companies.c.id, conn.dialect.name)
     done = sa.exists().where(
         completions.c.company_id == key,
         completions.c.play_name == play,
@@ -74,9 +76,10 @@ async def grid_page(
     step: StepFilter | None = None,
     limit: int = 50,
     offset: int = 0,
+    batch_id: str | None = None,
 ) -> tuple[int, list[Company]]:
     """How many companies match, and one page of them by domain."""
-    clauses = _company_filters(conn, search, play, step)
+    clauses = _company_filters(conn, search, play, step, batch_id)
     total = await conn.execute(sa.select(sa.func.count()).select_from(companies).where(*clauses))
     found = await conn.execute(
         sa.select(companies.c.id, companies.c.domain, companies.c.name)
@@ -89,11 +92,30 @@ async def grid_page(
 
 
 async def matching_ids(
-    conn: AsyncConnection, *, play: str, search: str | None = None, step: StepFilter | None = None
+    conn: AsyncConnection,
+    *,
+    play: str,
+    search: str | None = None,
+    step: StepFilter | None = None,
+    batch_id: str | None = None,
 ) -> list[str]:
     """Every company id the grid's filter matches ("select all matching")."""
-    found = await conn.execute(sa.select(companies.c.id).where(*_company_filters(conn, search, play, step)))
+    clauses = _company_filters(conn, search, play, step, batch_id)
+    found = await conn.execute(sa.select(companies.c.id).where(*clauses))
     return [r.id.lower() for r in found]
+
+
+async def plays(conn: AsyncConnection) -> list[tuple[str, int]]:
+    """The plays that exist (in completions or batches), each with the companies done in it."""
+    done = await conn.execute(
+        sa.select(completions.c.play_name, sa.func.count(sa.distinct(completions.c.company_id))).group_by(
+            completions.c.play_name
+        )
+    )
+    found = {str(name): int(n) for name, n in done}
+    for (name,) in await conn.execute(sa.select(batches.c.play_name).distinct()):
+        found.setdefault(str(name), 0)
+    return sorted(found.items())
 
 
 async def completions_for(

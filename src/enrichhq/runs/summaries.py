@@ -32,6 +32,8 @@ class BatchSummary:
     workflow_cost: float = 0.0
     #: the skipped items per reason (`SkipReason` values, "other" where none was recorded).
     skipped: dict[str, int] = field(default_factory=dict)
+    #: items whose call is out now, or whose result is being stored (the rest wait their turn).
+    in_flight: int = 0
     #: what costs are counted in, when the step's provider fixes it (Zenrows credits).
     cost_unit: str | None = None
 
@@ -62,6 +64,8 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         cost = await reports.spent(conn, batch_id)
         failed = await reports.failed_items(conn, batch_id, failures)
         skipped = await reports.skipped_by_reason(conn, batch_id) if counts.get(ItemState.SKIPPED) else {}
+        unfinished = counts.get(ItemState.RUNNING, 0) + counts.get(ItemState.STORING, 0)
+        in_flight = await reports.in_flight(conn, batch_id) if unfinished else 0
         workflow_cost = (
             await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
@@ -79,6 +83,7 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         budget=batch.budget,
         workflow_cost=workflow_cost,
         skipped=skipped,
+        in_flight=in_flight,
         cost_unit=await _cost_unit(dbs, str(batch.workflow_id) if batch.workflow_id else None),
     )
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from enrichhq import companies, destinations, exceptions, functions, overview, runs, workflows
@@ -33,7 +36,12 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
 
 
 def _play(request: Request, form: FormData | None = None) -> str:
-    value = (form.get("play") if form else None) or request.query_params.get("play")
+    # A new play is typed beside the list of those that exist; typed, it wins.
+    value = (
+        (form.get("new_play") or form.get("play") if form else None)
+        or request.query_params.get("new_play")
+        or request.query_params.get("play")
+    )
     play = str(value or request.session.get("play") or runs.DEFAULT_PLAY).strip() or runs.DEFAULT_PLAY
     request.session["play"] = play
     return play
@@ -77,11 +85,17 @@ async def logout(request: Request) -> Response:
 
 @router.get("/", dependencies=Logged)
 async def grid_page(
-    request: Request, q: str = "", step: str = "", state: str = "", page: int = 1
+    request: Request, q: str = "", step: str = "", state: str = "", page: int = 1, batch: str = ""
 ) -> HTMLResponse:
     play = _play(request)
     grid = await overview.grid(
-        services(request).dbs, play=play, search=q, filter_step=step, filter_state=state, page=page
+        services(request).dbs,
+        play=play,
+        search=q,
+        filter_step=step,
+        filter_state=state,
+        page=page,
+        batch=batch,
     )
     return render(request, "grid.html", grid=grid, message=request.session.pop("message", None))
 
@@ -113,6 +127,7 @@ async def _selection(request: Request, form: FormData, play: str) -> runs.Select
             search=str(form.get("q") or ""),
             filter_step=str(form.get("step") or ""),
             filter_state=str(form.get("state") or ""),
+            batch=str(form.get("batch") or ""),
         )
     else:
         ids = [str(v) for v in form.getlist("company_ids")]
@@ -266,6 +281,24 @@ async def batch_page(request: Request, batch_id: str) -> HTMLResponse:
 async def batch_progress(request: Request, batch_id: str) -> HTMLResponse:
     summary = await runs.summary(services(request).dbs, batch_id, failures=200)
     return render(request, "_progress.html", summary=summary, progress=overview.progress(summary))
+
+
+@router.get("/batches/{batch_id}/rows.csv", dependencies=Logged)
+async def batch_rows(request: Request, batch_id: str) -> Response:
+    """The rows the batch stored, as a CSV download."""
+    handle = tempfile.NamedTemporaryFile("w+", newline="", encoding="utf-8", suffix=".csv", delete=False)
+    try:
+        with handle:
+            await overview.batch_rows_csv(services(request).dbs, batch_id, handle)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+    return FileResponse(
+        handle.name,
+        media_type="text/csv",
+        filename=f"batch-{batch_id}.csv",
+        background=BackgroundTask(os.unlink, handle.name),
+    )
 
 
 @router.post("/batches/{batch_id}/retry", dependencies=Posting)

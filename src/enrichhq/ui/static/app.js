@@ -10,3 +10,22 @@ document.addEventListener("click", (event) => {
     if (region) region.innerHTML = "";
   }
 });
+
+// How many companies are ticked, shown in the grid's toolbar ("all matching" counts every match).
+function countSelected() {
+  const counter = document.getElementById("selected-count");
+  if (!counter || !counter.dataset.countOf) return;
+  const all = document.getElementById("all-matching");
+  const ticked = document.querySelectorAll(`${counter.dataset.countOf}:checked`).length;
+  counter.textContent = all instanceof HTMLInputElement && all.checked ? all.dataset.total || "all" : String(ticked);
+}
+document.addEventListener("change", countSelected);
+document.addEventListener("click", () => setTimeout(countSelected, 0));
+
+// A form with data-confirm asks before it is sent (Cancel a batch).
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
