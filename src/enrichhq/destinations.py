@@ -139,7 +139,14 @@ async def reflect(
 def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> sa.Table | None:
     if not sa.inspect(conn).has_table(name, schema=table_schema):
         return None
-    return sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+    table = sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+    for column in table.columns:
+        if isinstance(column.type, sa.JSON):
+            # A reflected JSON/JSONB column binds None as the JSON value `null`, for which
+            # `IS NULL` is false (and run_if.field_empty sees a filled field): a missing or null
+            # value is SQL NULL here, as in every other column.
+            column.type.none_as_null = True
+    return table
 
 
 # --- coercion -----------------------------------------------------------------------------

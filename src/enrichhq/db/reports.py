@@ -12,6 +12,7 @@ from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.inputs import MISSING_PREFIX as INPUT_MISSING
+from enrichhq.db.callback_items import REJECTED_PREFIX
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
 
@@ -41,7 +42,8 @@ async def item_breakdown(conn: AsyncConnection, batch_id: str) -> list[tuple[str
 
 
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
-    """Items that ended failed or timed out, or skipped for a missing input, with their errors."""
+    """Items that ended failed or timed out, skipped for a missing input, or waiting after a refused
+    callback, with their errors."""
     result = await conn.execute(
         sa.select(
             batch_items.c.company_domain,
@@ -57,6 +59,11 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
                 sa.and_(
                     batch_items.c.state == ItemState.SKIPPED,
                     batch_items.c.last_error.startswith(INPUT_MISSING, autoescape=True),
+                ),
+                # A waiting company whose callback was refused: the user sees why before the deadline.
+                sa.and_(
+                    batch_items.c.state == ItemState.WAITING_CALLBACK,
+                    batch_items.c.last_error.startswith(REJECTED_PREFIX, autoescape=True),
                 ),
             ),
         )
