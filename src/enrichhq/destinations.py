@@ -156,6 +156,10 @@ class CoercionError(ValueError):
     """A value that cannot be stored in its column."""
 
 
+class ColumnGone(CoercionError):
+    """A mapped column the table no longer has: the config's or the table's to fix, not the data's."""
+
+
 def scrub(value: Any) -> Any:
     """Drop NUL characters, which PostgreSQL text and JSONB refuse (scraped pages carry them)."""
     if isinstance(value, str):

@@ -182,7 +182,7 @@ def map_row(
     for key, column_name in config.destination_field_mappings.items():
         column = table.c.get(column_name)
         if column is None:  # the table changed since the config was checked
-            raise destinations.CoercionError(
+            raise destinations.ColumnGone(
                 f"data[{key!r}]: {table.name} has no column {column_name!r} any more; "
                 "fix the mapping or the table"
             )

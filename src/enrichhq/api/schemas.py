@@ -168,11 +168,17 @@ class LoggerRequest(BaseModel):
 
 
 class ReceiverRequest(BaseModel):
-    """receiver_v1: `{callback_token, data}` (the token may come in a header instead)."""
+    """receiver_v1: `{callback_token, data}` (the token may come in a header instead); the fields flat
+    beside the token; or, with the API key and no token, the seed's `{workflow_id, company_id,
+    company_domain, data}` (batch_id optional)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     callback_token: str | None = None
+    workflow_id: str | None = None
+    company_id: str | None = None
+    company_domain: str | None = None
+    batch_id: str | None = None
     data: Any = None
 
 
@@ -183,6 +189,7 @@ class ReceiptBody(BaseModel):
     stored: bool
     state: str | None = Field(default=None, description="a duplicate's item state")
     error: str | None = Field(default=None, description="why a callback's data was not stored")
+    status_code: int | None = Field(default=None, description="in an array's answer: this callback's status")
 
 
 class FieldProblem(BaseModel):

@@ -8,11 +8,11 @@ from datetime import UTC
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrichhq.db.callback_items import REJECTED_PREFIX
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.inputs import MISSING_PREFIX as INPUT_MISSING
-from enrichhq.db.callback_items import REJECTED_PREFIX
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
 
 
