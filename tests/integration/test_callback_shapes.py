@@ -226,7 +226,13 @@ async def test_no_empty_successes_but_an_empty_list_is_a_value(env: Env, tmp_pat
         }
 
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
-        post = lambda b: client.post("/functions/v1/storage_worker_v2", headers=AUTH, json=b).json()  # noqa: E731
+
+        def post(sent: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = client.post(
+                "/functions/v1/storage_worker_v2", headers=AUTH, json=sent
+            ).json()
+            return answer
+
         nothing = post(body(1, {"case_study_urls": None, "unmapped": "x"}))
         empty_list = post(body(2, {"case_study_urls": []}))
         await sql(
