@@ -27,7 +27,7 @@ from enrichhq.api.schemas import (
     ScrapeHomepageRequest,
     StorageRequest,
 )
-from enrichhq.db import batches, idempotency
+from enrichhq.db import batches, idempotency, reports
 from enrichhq.models import Company, LogEntry, StoreRecord
 from enrichhq.runs import chain
 from enrichhq.states import BatchStatus
@@ -80,6 +80,8 @@ async def _start(
     if not prepared.replayed:
         svc.runner.start(prepared)
     summary = await runs.summary(svc.dbs, prepared.batch_id, failures=0)
+    async with svc.dbs.begin("hq") as conn:
+        skipped = await reports.skipped_reasons(conn, prepared.batch_id)
     return JSONResponse(
         {
             "batch_id": prepared.batch_id,
@@ -87,6 +89,9 @@ async def _start(
             "workflow": prepared.workflow.workflow_slug,
             "total": summary.total,
             "counts": summary.counts,
+            # Companies given but not run, by why (completed already unless forced, in flight, run_if).
+            "skipped": skipped,
+            "forced": bool(options.get("force")),
             # What the run took over from batches whose process died (null when nothing).
             "adopted": prepared.adoption_message,
         },
@@ -99,7 +104,12 @@ async def _start(
 async def scrape_homepage_v1(
     body: ScrapeHomepageRequest, request: Request, idempotency_key_header: IdempotencyKey = None
 ) -> JSONResponse:
-    """Scrape the homepage of these companies with a homepage workflow (zenrows or http)."""
+    """Scrape the homepage of these companies with a homepage workflow (zenrows or http).
+
+    As the seed's function did: every company given is scraped, one completed before too (`force`
+    defaults to true here; false skips those, as run_step does), except a company already in
+    flight in another batch of the step. The answer's `skipped` says which were left out and why.
+    """
     svc = services(request)
     key = idempotency_key(request, idempotency_key_header, body)
     workflow = await workflows.get(svc.dbs, body.workflow.ref)

@@ -82,7 +82,12 @@ class ScrapeHomepageRequest(BaseModel):
     workflow: WorkflowRef
     play_name: str | None = None
     batch_id: Uuid | None = None
-    force: bool = False
+    #: the seed's function scraped every company it was given: so does this one unless told.
+    force: bool = Field(
+        default=True,
+        description="scrape companies that completed the step before too (the seed's behaviour); "
+        "false skips them, as run_step does by default",
+    )
 
 
 class RunStepRequest(BaseModel):

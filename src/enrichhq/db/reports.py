@@ -161,3 +161,13 @@ async def through_every_batch(conn: AsyncConnection, batch_ids: Sequence[str]) -
     )
     companies, finished, succeeded_all = result.one()
     return int(companies), int(finished or 0), int(succeeded_all or 0)
+
+
+async def skipped_reasons(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
+    """The batch's skipped items counted by why they were skipped (completed already, in flight, ...)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.last_error, sa.func.count())
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state == ItemState.SKIPPED)
+        .group_by(batch_items.c.last_error)
+    )
+    return {str(reason or "skipped"): int(n) for reason, n in result}
