@@ -193,10 +193,7 @@ class WebhookStub:
         if domain.startswith("forged-"):
             payload, _, mac = token.partition(".")
             token = f"{payload}.{'A' * len(mac)}"
-        data = self.data
-        if data is None:
-            data = {"case_study_urls": [f"https://{domain}/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
-        sent, headers = self.callback(body, token, data)
+        sent, headers = self.callback(body, token, self.result(domain))
         answer: Any = None
         try:
             response = httpx.post(body["callback_url"], json=sent, headers=headers, timeout=10)
@@ -208,6 +205,12 @@ class WebhookStub:
         with self.lock:
             self.callbacks.append((domain, status))
             self.answers.append(answer)
+
+    def result(self, domain: str) -> Any:
+        """The fields called back for a company."""
+        if self.data is not None:
+            return self.data
+        return {"case_study_urls": [f"https://{domain}/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
 
     def callback(self, body: dict[str, Any], token: str, data: Any) -> tuple[Any, dict[str, str]]:
         """The callback's body and headers in this stub's style."""
