@@ -160,6 +160,11 @@ class ColumnGone(CoercionError):
     """A mapped column the table no longer has: the config's or the table's to fix, not the data's."""
 
 
+class NoRowsList(CoercionError):
+    """A rows_from step's result without its list (the key absent, or not a list): the company fails
+    with the reason, as a provider answering the wrong thing does."""
+
+
 def scrub(value: Any) -> Any:
     """Drop NUL characters, which PostgreSQL text and JSONB refuse (scraped pages carry them)."""
     if isinstance(value, str):

@@ -247,7 +247,9 @@ class Batcher:
             return None
         try:
             storage_worker.rows_of(workflow, destination.table, StoreRecord(claims.company_id, "", data, 1))
-        except destinations.ColumnGone:  # the step's to fix: storing fails the item and keeps the data
+        # The step's table changed (the step's to fix), or a rows_from result came without its list
+        # (issue 14: that company fails with the reason): storing fails the item and keeps the data.
+        except (destinations.ColumnGone, destinations.NoRowsList):
             return None
         except destinations.CoercionError as exc:
             return str(exc)

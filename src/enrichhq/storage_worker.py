@@ -125,12 +125,12 @@ def rows_of(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> lis
         return [map_row(config, table, record)]
     if source not in record.data:
         keys = ", ".join(sorted(map(repr, record.data))) or "none"
-        raise destinations.CoercionError(
+        raise destinations.NoRowsList(
             f"rows_from: the provider's data has no key {source!r} (its keys: {keys})"
         )
     elements = record.data[source]
     if not isinstance(elements, list):
-        raise destinations.CoercionError(
+        raise destinations.NoRowsList(
             f"rows_from: data[{source!r}] is {type(elements).__name__}, not a list; "
             "each element of a list becomes a row"
         )
