@@ -183,6 +183,9 @@ async def test_an_array_answers_each_callback_in_a_list(env: Env, tmp_path: Path
             URL, json=[{"callback_token": token, "nothing": 1}, {"callback_token": "x.y"}, 3]
         )
         empty = client.post(URL, json=[])
+        # Refused alike: still a list, under 207 (an error status keeps its one error body).
+        forged = client.post(URL, json=[{"callback_token": "x.y"}])
+    assert (forged.status_code, [a["status_code"] for a in forged.json()]) == (207, [403])
     assert answer.status_code == 207
     assert [a["status_code"] for a in answer.json()] == [422, 403, 422]
     assert "no mapped field in the result" in answer.json()[0]["error"]

@@ -24,7 +24,7 @@ from enrichhq.api.deps import Services, bearer_of, key_matches, services
 ID_FIELDS = ("callback_token", "workflow_id", "company_id", "company_domain", "batch_id")
 #: callbacks in one array body; n8n sends a page of items, not a table.
 MAX_CALLBACKS = 1000
-#: the answer's status when an array's callbacks were answered differently (WebDAV's, as others use it).
+#: the answer's status to an array unless all its callbacks succeeded alike (WebDAV's, as others use it).
 MULTI_STATUS = 207
 
 
@@ -123,5 +123,7 @@ async def answer(request: Request) -> JSONResponse:
     # Together, so the receiver's batcher stores them in one chunk.
     receipts = await asyncio.gather(*(_answered(svc, who, item) for item in body))
     codes = {r.status_code for r in receipts}
-    status = codes.pop() if len(codes) == 1 else MULTI_STATUS
+    # One success status when all share it; else 207, each callback's own status in the list (an
+    # error status keeps its one error body, never a list).
+    status = codes.pop() if len(codes) == 1 and max(codes) < 300 else MULTI_STATUS
     return JSONResponse([{**r.body, "status_code": r.status_code} for r in receipts], status_code=status)

@@ -267,13 +267,13 @@ async def receiver_fast(request: Request) -> JSONResponse:
     response_model=None,
     responses={
         200: {
-            "model": schemas.ReceiptBody | list[schemas.ReceiptBody],
+            "model": schemas.ReceiptBody | list[schemas.CallbackAnswer],
             "description": "stored, failed to store, or a duplicate (a list for an array)",
         },
         202: {"model": schemas.ReceiptBody, "description": "queued for the workers to store"},
         207: {
-            "model": list[schemas.ReceiptBody],
-            "description": "an array's callbacks, answered differently (each has its status_code)",
+            "model": list[schemas.CallbackAnswer],
+            "description": "an array's callbacks, not all stored alike (each has its status_code)",
         },
         **schemas.errors(403),
     },

@@ -194,7 +194,16 @@ class ReceiptBody(BaseModel):
     stored: bool
     state: str | None = Field(default=None, description="a duplicate's item state")
     error: str | None = Field(default=None, description="why a callback's data was not stored")
-    status_code: int | None = Field(default=None, description="in an array's answer: this callback's status")
+
+
+class CallbackAnswer(BaseModel):
+    """One callback's answer in the answer to an array of them: a receipt, or an error."""
+
+    status_code: int = Field(description="this callback's HTTP status")
+    status: str | None = Field(default=None, description="stored, failed, duplicate or queued")
+    stored: bool | None = None
+    state: str | None = Field(default=None, description="the item's state")
+    error: str | None = Field(default=None, description="why this callback was not stored")
 
 
 class FieldProblem(BaseModel):
