@@ -257,3 +257,23 @@ async def test_no_empty_successes_but_an_empty_list_is_a_value(env: Env, tmp_pat
         ("c2.com", "succeeded"),
         ("c3.com", "succeeded"),
     ]
+
+
+async def test_a_seed_callback_may_name_the_company_by_its_domain(env: Env, tmp_path: Path) -> None:
+    company, _ = await waiting_case_study(env.dbs, env.backend, domain="by-domain.com")
+    workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
+    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        stranger = client.post(
+            URL,
+            json={"workflow_id": workflow_id, "company_domain": "nobody.com", "data": GOOD},
+            headers=SUPABASE,
+        )
+        stored = client.post(
+            URL,
+            json={"workflow_id": workflow_id, "company_domain": "BY-DOMAIN.com", "data": GOOD},
+            headers=SUPABASE,
+        )
+    assert stranger.status_code == 404, stranger.text
+    assert (stored.status_code, stored.json()["stored"]) == (200, True), stored.text
+    rows = await sql(env.dbs, "workspace", "SELECT CAST(company_id AS TEXT) FROM company_case_studies")
+    assert [r[0] for r in rows] == [company.id]
