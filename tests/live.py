@@ -78,9 +78,31 @@ class WebhookStub:
       flaky-*   answers 500 the first time, then behaves like normal-*
       huge-*    answers 413
     Requests to /unregistered get n8n's 404; a wrong auth header gets 403.
+
+    `style` is how the callback is sent, as the real senders do:
+      nested  {callback_token, data} (enrichhq's own shape)
+      flat    {callback_token, <fields>}: n8n's HTTP Request node with "Using Fields Below", Clay's
+              HTTP API column
+      array   [{callback_token, <fields>}]: n8n sending all items in one request
+      seed    the seed's {workflow_id, company_id, company_domain, data}, no token, sent as a
+              Supabase client sends it: `authorization: Bearer <api_key>`, `apikey: <api_key>`,
+              `x-client-info: supabase-js/2.x`
+    `data` replaces the fields called back (for bodies the receiver must refuse).
     """
 
-    def __init__(self, *, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        auth: tuple[str, str] | None = None,
+        style: str = "nested",
+        api_key: str | None = None,
+        data: Any = None,
+    ) -> None:
+        self.style = style
+        self.api_key = api_key
+        self.data = data
+        #: the receiver's answers to the callbacks, in order.
+        self.answers: list[Any] = []
         self.received: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
         self.callbacks: list[tuple[str, int]] = []
@@ -171,16 +193,48 @@ class WebhookStub:
         if domain.startswith("forged-"):
             payload, _, mac = token.partition(".")
             token = f"{payload}.{'A' * len(mac)}"
-        data = {"case_study_urls": [f"https://{domain}/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+        sent, headers = self.callback(body, token, self.result(domain))
+        answer: Any = None
         try:
-            response = httpx.post(
-                body["callback_url"], json={"callback_token": token, "data": data}, timeout=10
-            )
-            status = response.status_code
+            response = httpx.post(body["callback_url"], json=sent, headers=headers, timeout=10)
         except httpx.HTTPError:  # recorded, so a test sees a callback that never arrived
             status = -1
+        else:
+            status = response.status_code
+            answer = response.json() if response.headers.get("content-type") == "application/json" else None
         with self.lock:
             self.callbacks.append((domain, status))
+            self.answers.append(answer)
+
+    def result(self, domain: str) -> Any:
+        """The fields called back for a company."""
+        if self.data is not None:
+            return self.data
+        return {"case_study_urls": [f"https://{domain}/cases/1"], "extracted_at": "2026-11-26T10:00:00Z"}
+
+    def callback(self, body: dict[str, Any], token: str, data: Any) -> tuple[Any, dict[str, str]]:
+        """The callback's body and headers in this stub's style."""
+        if self.style == "nested":
+            return {"callback_token": token, "data": data}, {}
+        if self.style == "flat":
+            return {"callback_token": token, **data}, {"User-Agent": "n8n"}
+        if self.style == "array":
+            return [{"callback_token": token, **data}], {"User-Agent": "n8n"}
+        assert self.style == "seed" and self.api_key, self.style
+        company = body.get("company") or {"id": body["company_id"], "domain": body["domain"]}
+        workflow_id = body["workflow"]["id"] if "workflow" in body else body["workflow_id"]
+        seed = {
+            "workflow_id": workflow_id,
+            "company_id": company["id"],
+            "company_domain": company["domain"],
+            "data": data,
+        }
+        return seed, {
+            "authorization": f"Bearer {self.api_key}",
+            "apikey": self.api_key,
+            "x-client-info": "supabase-js/2.45.4",
+            "content-type": "application/json",
+        }
 
     def answer(self, request: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

@@ -141,7 +141,14 @@ async def reflect(
 def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> sa.Table | None:
     if not sa.inspect(conn).has_table(name, schema=table_schema):
         return None
-    return sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+    table = sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+    for column in table.columns:
+        if isinstance(column.type, sa.JSON):
+            # A reflected JSON/JSONB column binds None as the JSON value `null`, for which
+            # `IS NULL` is false (and run_if.field_empty sees a filled field): a missing or null
+            # value is SQL NULL here, as in every other column.
+            column.type.none_as_null = True
+    return table
 
 
 # --- coercion -----------------------------------------------------------------------------
@@ -149,6 +156,15 @@ def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> s
 
 class CoercionError(ValueError):
     """A value that cannot be stored in its column."""
+
+
+class ColumnGone(CoercionError):
+    """A mapped column the table no longer has: the config's or the table's to fix, not the data's."""
+
+
+class NoRowsList(CoercionError):
+    """A rows_from step's result without its list (the key absent, or not a list): the company fails
+    with the reason, as a provider answering the wrong thing does."""
 
 
 def scrub(value: Any) -> Any:

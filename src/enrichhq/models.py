@@ -6,7 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from enrichhq.states import ItemState, SkipReason
+from enrichhq.states import ItemState, LogStatus, SkipReason
+
+#: the log statuses that mark a step done: ours, and the seed's functions' words for it
+#: ('success' in the seed, 'completed' in hand-written callers).
+SUCCESS_STATUSES: frozenset[str] = frozenset({LogStatus.SUCCEEDED, "success", "completed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +148,8 @@ class LogEntry:
 
     @property
     def succeeded(self) -> bool:
-        """Whether this entry marks a completed step (the seed also says 'success')."""
-        return self.status in ("succeeded", "success")
+        """Whether this entry marks a completed step (the seed also says 'success', some 'completed')."""
+        return self.status in SUCCESS_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

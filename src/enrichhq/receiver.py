@@ -16,20 +16,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import aio, destinations, enrichment_logger, exceptions, tokens, workflows
+from enrichhq import aio, destinations, enrichment_logger, exceptions, storage_worker, tokens, workflows
+from enrichhq.callback_sweep import STALE_CLAIM_S, TIMED_OUT, sweep
 from enrichhq.db import batches, callback_items, engines, errors, items, rows
 from enrichhq.models import ItemOutcome, LogEntry, StepRef, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
 from enrichhq.states import ItemState, LogStatus
 
+__all__ = ["STALE_CLAIM_S", "TIMED_OUT", "Batcher", "ItemRef", "Receipt", "accept", "receive", "sweep"]
+
 log = logging.getLogger("enrichhq.receiver")
-# A callback being stored longer than this was lost with its process: its item waits again.
-STALE_CLAIM_S = 300.0
 # How long a batch row, a step's config and its reflected table are reused between callbacks
 # (config and DDL changes show after this, or up to twice this while a fresh copy loads).
 RECENT_S = 5.0
-TIMED_OUT = "no callback before the deadline (provider_config.callback_timeout_s); retry to send again"
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ class Receipt:
 
 
 Forward = Callable[[tokens.Claims, dict[str, Any]], Awaitable[None]]
+
+
+MISSING_TOKEN = (
+    "callback token missing: callback_token missing from the body and no X-Callback-Token header; "
+    "send the token the request carried, or send the API key with the seed's "
+    "{workflow_id, company_id, company_domain, data}"
+)
 
 
 async def receive(
@@ -55,27 +62,110 @@ async def receive(
     """Handle one callback: verify it here, then store it with the others arriving at the same moment,
     or, when `enrichhq worker`s run the batches (`forward`), queue its storage step for them."""
     if not token:
-        return Receipt(
-            401, {"error": "callback_token missing: send it in the body or the X-Callback-Token header"}
-        )
+        return Receipt(401, {"error": MISSING_TOKEN})
     try:
         claims = tokens.verify(settings.callback_secret(), token)
     except tokens.TokenError as exc:
         log.warning("refused callback: %s", exc)
         if exc.claims is not None:
-            await _log_rejection(dbs, pipeline, exc.claims, str(exc))
+            await _log_rejection(dbs, pipeline, exc.claims, f"callback refused: {exc}")
         return Receipt(401 if exc.reason == "expired" else 403, {"error": str(exc)})
+    return await accept(dbs, pipeline, claims, data, batcher, forward)
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What a seed-style callback names its item by (it carries no token: the API key vouches for it)."""
+
+    workflow_id: str
+    company_id: str | None = None
+    company_domain: str | None = None
+    batch_id: str | None = None
+
+
+async def receive_keyed(
+    dbs: engines.Databases,
+    pipeline: Pipeline,
+    ref: ItemRef,
+    data: Any,
+    batcher: Batcher | None = None,
+    forward: Forward | None = None,
+) -> Receipt:
+    """A callback sent with the API key in the seed's shape: the company's waiting item of the
+    workflow (and batch, when named) is the one it completes."""
+    async with dbs.begin("hq") as conn:
+        found = await callback_items.find_item(
+            conn,
+            ref.workflow_id,
+            company_id=ref.company_id,
+            company_domain=ref.company_domain,
+            batch_id=ref.batch_id,
+        )
+    if found is None:
+        company = ref.company_id or ref.company_domain
+        within = f" in batch {ref.batch_id}" if ref.batch_id else ""
+        return Receipt(
+            404,
+            {
+                "error": f"no item of workflow {ref.workflow_id} for company {company}{within}: "
+                "send the workflow's id and the company's id (or domain) as the run sent them"
+            },
+        )
+    # Expiry plays no part: only a token's is checked, and the item's deadline still holds.
+    claims = tokens.Claims(found[0], found[1], ref.workflow_id, 0)
+    return await accept(dbs, pipeline, claims, data, batcher, forward)
+
+
+async def accept(
+    dbs: engines.Databases,
+    pipeline: Pipeline,
+    claims: tokens.Claims,
+    data: Any,
+    batcher: Batcher | None = None,
+    forward: Forward | None = None,
+) -> Receipt:
+    """An authenticated callback: refused at once when its data cannot be stored, else stored or queued.
+
+    A refusal is kept on the item (which waits on for a corrected callback) and logged, so the
+    user sees it in `batches show` and the UI before the deadline, not after.
+    """
     if not isinstance(data, dict):
-        return Receipt(400, {"error": "data must be a JSON object with the step's result fields"})
+        shape = f"data must be a JSON object with the step's result fields, not {_json_kind(data)}"
+        return await _refuse(dbs, pipeline, claims, 400, shape)
+    alone = batcher is None  # no app's batcher: this one settles the callback by itself, then goes
+    batcher = batcher or Batcher(dbs, pipeline)
+    problem = await batcher.check(claims, data)
+    if problem is not None:
+        return await _refuse(dbs, pipeline, claims, 422, problem)
     if forward is not None:
         try:
             await forward(claims, data)
         except exceptions.DatabaseError as exc:
             return Receipt(503, {"error": f"could not queue the callback now: {exc}; send it again"})
         return Receipt(202, {"status": "queued", "stored": False})
-    if batcher is None:
-        return (await Batcher(dbs, pipeline).settle([(claims, data)]))[0]
+    if alone:
+        return (await batcher.settle([(claims, data)]))[0]
     return await batcher.submit(claims, data)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+async def _refuse(
+    dbs: engines.Databases, pipeline: Pipeline, claims: tokens.Claims, status: int, problem: str
+) -> Receipt:
+    async with dbs.begin("hq") as conn:
+        waits = await callback_items.note_rejection(conn, claims.batch_id, claims.company_id, problem)
+    if waits:
+        await _log_rejection(dbs, pipeline, claims, f"{callback_items.REJECTED_PREFIX}{problem}")
+    body: dict[str, Any] = {"error": problem, "stored": False}
+    if waits:
+        body.update(
+            state=ItemState.WAITING_CALLBACK.value, hint="the item waits: send the corrected callback"
+        )
+    return Receipt(status, body)
 
 
 class Batcher:
@@ -146,6 +236,24 @@ class Batcher:
         for (_, _, future), receipt in zip(waiting, receipts, strict=True):
             if not future.done():
                 future.set_result(receipt)
+
+    async def check(self, claims: tokens.Claims, data: dict[str, Any]) -> str | None:
+        """Why the step could not store this data (a value its column cannot hold, no mapped field),
+        or None. A step or table that cannot be found is left to storing, which says so."""
+        try:
+            workflow = await self._workflow(claims.workflow_id)
+            destination = await self._destination(workflow)
+        except (exceptions.NotFound, exceptions.ConfigError):
+            return None
+        try:
+            storage_worker.rows_of(workflow, destination.table, StoreRecord(claims.company_id, "", data, 1))
+        # The step's table changed (the step's to fix), or a rows_from result came without its list
+        # (issue 14: that company fails with the reason): storing fails the item and keeps the data.
+        except (destinations.ColumnGone, destinations.NoRowsList):
+            return None
+        except destinations.CoercionError as exc:
+            return str(exc)
+        return None
 
     async def _batch(self, batch_id: str) -> rows.BatchRow | None:
         """The batch row, reused for RECENT_S: callbacks come in thousands per batch."""
@@ -370,45 +478,7 @@ async def _log_rejection(
                 claims.company_id,
                 item.company_domain,
                 LogStatus.REJECTED,
-                error=f"callback refused: {error}",
+                error=error,
             )
         ]
     )
-
-
-async def sweep(dbs: engines.Databases, pipeline: Pipeline) -> int:
-    """Time out every item whose callback deadline has passed; returns how many."""
-    total = 0
-    async with dbs.begin("hq") as conn:
-        await callback_items.release_stale_claims(conn, STALE_CLAIM_S)
-    while True:
-        async with dbs.begin("hq") as conn:
-            overdue = await callback_items.overdue_items(conn)
-        if not overdue:
-            return total
-        entries: list[LogEntry] = []
-        touched: set[str] = set()
-        async with dbs.begin("hq") as conn:
-            for item in overdue:
-                if await callback_items.time_out(conn, item.batch_id, item.company_id, TIMED_OUT):
-                    touched.add(item.batch_id)
-                    entries.append(
-                        StepRef(
-                            item.workflow_id,
-                            item.workflow_slug,
-                            item.step_number,
-                            item.play_name,
-                            item.batch_id,
-                            None,
-                        ).entry(
-                            item.company_id,
-                            item.company_domain,
-                            LogStatus.TIMED_OUT,
-                            error=TIMED_OUT,
-                            attempt=item.attempts,
-                        )
-                    )
-            for batch_id in sorted(touched):  # one lock order across sweeping processes
-                await batches.close_if_done(conn, batch_id)
-        await pipeline.log(entries)
-        total += len(entries)

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default=None, description="UI login (default: the API key)"
     )
     enrichhq_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    enrichhq_cors_origins: str = Field(
+        default="",
+        description="comma-separated origins whose browser pages may call the API (e.g. a Supabase "
+        "client's functions.invoke); none by default, * for any",
+    )
     enrichhq_sweep_interval_s: float = Field(default=30.0, gt=0)
     enrichhq_queue: Literal["auto", "memory", "postgres"] = Field(
         default="auto",
@@ -129,6 +134,10 @@ class Settings(BaseSettings):
         from enrichhq import netpolicy  # httpx loads only where providers call out
 
         return netpolicy.NetworkPolicy.parse(self.enrichhq_allow_private_networks)
+
+    def cors_origins(self) -> list[str]:
+        """The origins ENRICHHQ_CORS_ORIGINS allows (without trailing slashes); empty: no CORS."""
+        return [o.strip().rstrip("/") for o in self.enrichhq_cors_origins.split(",") if o.strip()]
 
     def receiver_url(self) -> str | None:
         """Where async providers post their results back, or None when no public URL is set."""

@@ -122,15 +122,16 @@ def rows_of(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> lis
     """
     source = rows_from(config)
     if source is None:
+        _require_a_mapped_field(config, record.data)
         return [map_row(config, table, record)]
     if source not in record.data:
         keys = ", ".join(sorted(map(repr, record.data))) or "none"
-        raise destinations.CoercionError(
+        raise destinations.NoRowsList(
             f"rows_from: the provider's data has no key {source!r} (its keys: {keys})"
         )
     elements = record.data[source]
     if not isinstance(elements, list):
-        raise destinations.CoercionError(
+        raise destinations.NoRowsList(
             f"rows_from: data[{source!r}] is {type(elements).__name__}, not a list; "
             "each element of a list becomes a row"
         )
@@ -144,6 +145,26 @@ def rows_of(config: WorkflowConfig, table: sa.Table, record: StoreRecord) -> lis
     # refuses that): the last one wins, as it would have in two statements.
     by_key = {tuple(str(row.get(c)) for c in upsert_key(config)): row for row in rows}
     return list(by_key.values())
+
+
+#: the start of the reason a result with nothing to store fails (the receiver's answer says it too).
+NOTHING_MAPPED = "no mapped field in the result"
+
+
+def _require_a_mapped_field(config: WorkflowConfig, data: Mapping[str, Any]) -> None:
+    """CoercionError when every mapped key is absent from `data` or null.
+
+    A row of NULLs stored as a success would read as "this company has none", and a re-run
+    would skip it; an empty list or string is a value ("looked, found none") and passes.
+    """
+    mapped = config.destination_field_mappings
+    if not mapped or any(data.get(key) is not None for key in mapped):
+        return
+    keys = ", ".join(sorted(map(repr, data))) or "none"
+    raise destinations.CoercionError(
+        f"{NOTHING_MAPPED}: the mapping reads {', '.join(map(repr, mapped))}, the data has {keys}; "
+        "send at least one of the mapped keys (or fix destination_field_mappings)"
+    )
 
 
 def map_row(
@@ -162,7 +183,7 @@ def map_row(
     for key, column_name in config.destination_field_mappings.items():
         column = table.c.get(column_name)
         if column is None:  # the table changed since the config was checked
-            raise destinations.CoercionError(
+            raise destinations.ColumnGone(
                 f"data[{key!r}]: {table.name} has no column {column_name!r} any more; "
                 "fix the mapping or the table"
             )

@@ -118,6 +118,19 @@ class Callbacks(WebhookStub):
             self.callbacks.append((domain, status))
 
 
+class SeedN8n(WebhookStub):
+    """The seed's n8n workflow, unchanged but for host and key: it answers the way it answered the
+    Supabase deployment, calling receiver_v1 with no token, the key as a Supabase client sends it
+    (`authorization`, `apikey`, `x-client-info`) and the seed's `{workflow_id, company_id,
+    company_domain, data}`."""
+
+    def __init__(self, api_key: str) -> None:
+        super().__init__(style="seed", api_key=api_key)
+
+    def result(self, domain: str) -> Any:
+        return {"case_study_urls": case_links(domain), "extracted_at": "2026-11-26T10:00:00Z"}
+
+
 def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
     """The command exited `code` (4: a run in which some companies failed); its output on one line."""
     assert result.returncode == code, result.stdout + result.stderr

@@ -10,6 +10,7 @@ same run again calls no one for the companies that are done and adds no row.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from tests.acceptance.seed_play import (
     ZENROWS_PRICE,
     Callbacks,
     Homepages,
+    SeedN8n,
     add_contacts_step,
     add_homepage_step,
     add_sql_steps,
@@ -49,7 +51,7 @@ from tests.acceptance.seed_play import (
 )
 from tests.acceptance.test_cli import enrichhq
 from tests.conftest import Env
-from tests.helpers import sql
+from tests.helpers import SEED_CASE_STUDIES, SEED_INSERT, sql
 from tests.live import free_port
 
 
@@ -411,3 +413,51 @@ def check_summaries(
         assert found["counts"] == counts, found
         assert found["cost"] == found["workflow_cost"] == paid[slug], (slug, found["cost"], paid[slug])
         assert sorted(f["company_domain"] for f in found["failures"]) == sorted(FAILING)
+
+
+async def test_the_seeds_n8n_step_answering_in_the_seeds_style(
+    env: Env, environ: dict[str, str], served: Served
+) -> None:
+    """The seed's "extract-case-studies-via-n8n" (its INSERT and DDL verbatim) with an n8n that calls
+    back as it did on Supabase: no token, the API key, `{workflow_id, company_id, company_domain, data}`."""
+    n8n = SeedN8n(api_key=environ["ENRICHHQ_API_KEY"])
+    try:
+        ok(enrichhq("init", env=environ))
+        domains = [f"saas-{i:03d}.com" for i in range(12)]
+        csv_path = Path(environ["ENRICHHQ_DATA_DIR"]).parent / "seed-companies.csv"
+        csv_path.write_text("domain\n" + "".join(f"{d}\n" for d in domains))
+        ok(enrichhq("companies", "import", str(csv_path), env=environ))
+        await sql(env.dbs, "workspace", SEED_CASE_STUDIES[env.backend])
+        await sql(env.dbs, "hq", SEED_INSERT)
+        await sql(
+            env.dbs,
+            "hq",
+            "UPDATE db_driven_enrichment_workflows SET provider_config = :c",
+            {"c": json.dumps({"webhook_url": f"{n8n.url}/webhook/case-studies"})},
+        )
+        ok(enrichhq("run", CASES, "--all", "--play", PLAY, env=environ, timeout=120))
+        (batch_id,) = [str(r[0]) for r in await sql(env.dbs, "hq", "SELECT id FROM enrichment_batches")]
+        deadline = time.monotonic() + 60
+        while served.get(f"/api/v1/batches/{batch_id}")["status"] != "completed":
+            assert time.monotonic() < deadline, served.get(f"/api/v1/batches/{batch_id}")
+            time.sleep(0.2)
+        n8n.wait()
+    finally:
+        n8n.close()
+    assert sorted(n8n.callbacks) == [(d, 200) for d in domains]
+    assert all("callback_token" not in json.dumps(a) for a in n8n.answers)
+    ids = await company_ids(env)
+    rows = await sql(
+        env.dbs,
+        "workspace",
+        "SELECT company_id, company_domain, urls, extracted_at FROM company_case_studies",
+    )
+    assert sorted(r[1] for r in rows) == domains
+    for company_id, domain, urls, extracted_at in rows:
+        assert str(company_id) == ids[domain] and as_list(urls) == case_links(domain) and extracted_at
+    found = served.get(f"/api/v1/batches/{batch_id}")
+    assert found["counts"] == {"succeeded": len(domains)}, found
+    done = await sql(
+        env.dbs, "hq", "SELECT count(*) FROM company_play_step_completions WHERE step_number = 3"
+    )
+    assert done[0][0] == len(domains)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +30,16 @@ from enrichhq.ui import routes as ui_routes
 
 log = logging.getLogger("enrichhq.api")
 RECEIVER_PATH = "/functions/v1/receiver_v1"
+#: the request headers a browser may send across origins: those supabase-js' functions.invoke
+#: sends, and the ones enrichhq reads.
+CORS_HEADERS = (
+    "authorization",
+    "apikey",
+    "content-type",
+    "x-client-info",
+    "x-callback-token",
+    "idempotency-key",
+)
 #: Prometheus' text exposition format (version 0.0.4), as /metrics answers and declares it.
 METRICS_TYPE = "text/plain; version=0.0.4"
 
@@ -148,8 +159,13 @@ class ApiKeyFirst:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _keyed(scope["path"]):
             headers = dict(scope.get("headers") or [])
+            apikey = headers.get(b"apikey")
             try:
-                check_api_key(self.conf, headers.get(b"authorization", b"").decode("latin-1"))
+                check_api_key(
+                    self.conf,
+                    headers.get(b"authorization", b"").decode("latin-1"),
+                    None if apikey is None else apikey.decode("latin-1"),
+                )
             except exceptions.AuthError as exc:
                 await _error_json(exc)(scope, receive, send)
                 return
@@ -176,7 +192,21 @@ class App(FastAPI):
         inner = super().build_middleware_stack()
         if self.conf is not None:
             inner = ApiKeyFirst(inner, self.conf)
-        return CallbacksFirst(inner, self.callback_max_bytes)
+        outer: ASGIApp = CallbacksFirst(inner, self.callback_max_bytes)
+        origins = self.conf.cors_origins() if self.conf is not None else []
+        if origins:
+            # Outermost: a browser's preflight carries no key, and the receiver's answers need
+            # the headers too. No cookies cross origins: the API key is the credential.
+            outer = CORSMiddleware(
+                outer,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=list(CORS_HEADERS),
+                expose_headers=["Idempotent-Replayed", "Retry-After"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        return outer
 
 
 class _TooLarge(Exception):

@@ -57,19 +57,40 @@ def services(request: Request) -> Services:
 bearer = HTTPBearer(auto_error=False, description="ENRICHHQ_API_KEY (or the key `enrichhq serve` printed)")
 
 
-def check_api_key(conf: settings.Settings, authorization: str | None) -> None:
-    """Raise AuthError unless the header is `Bearer $ENRICHHQ_API_KEY` (or the key kept in the data dir)."""
+def key_matches(conf: settings.Settings, given: str | None) -> bool:
+    """Whether `given` is the API key (compared in constant time)."""
     key, _ = conf.api_key()
+    return given is not None and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+def bearer_of(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header, or None."""
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def check_api_key(conf: settings.Settings, authorization: str | None, apikey: str | None = None) -> None:
+    """Raise AuthError unless `Authorization: Bearer` or the `apikey` header carries $ENRICHHQ_API_KEY
+    (or the key kept in the data dir).
+
+    `apikey` as Supabase's gateway takes it: supabase-js sends the project key there, and in
+    `Authorization` a user's session token once one is signed in.
+    """
+    # Both compared, so the time taken does not tell which header held the key.
+    by_bearer = key_matches(conf, bearer_of(authorization))
+    by_apikey = key_matches(conf, apikey)
+    if not (by_bearer or by_apikey):
         raise exceptions.AuthError("missing or wrong API key: send Authorization: Bearer $ENRICHHQ_API_KEY")
 
 
 def require_api_key(
     request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
-    """Authorization: Bearer $ENRICHHQ_API_KEY (a FastAPI dependency; `ApiKeyFirst` checked it already)."""
-    check_api_key(services(request).settings, request.headers.get("authorization"))
+    """Authorization: Bearer $ENRICHHQ_API_KEY or the apikey header (a FastAPI dependency; `ApiKeyFirst`
+    checked it already)."""
+    check_api_key(
+        services(request).settings, request.headers.get("authorization"), request.headers.get("apikey")
+    )
 
 
 class SafeJsonRequest(Request):

@@ -13,13 +13,11 @@ from enrichhq import (
     companies,
     enrichment_logger,
     exceptions,
-    jsonsafe,
-    receiver,
     runs,
     storage_worker,
     workflows,
 )
-from enrichhq.api import schemas
+from enrichhq.api import callbacks, schemas
 from enrichhq.api.deps import SafeJsonRoute, require_api_key, services
 from enrichhq.api.schemas import (
     CompanyIn,
@@ -29,7 +27,7 @@ from enrichhq.api.schemas import (
     ScrapeHomepageRequest,
     StorageRequest,
 )
-from enrichhq.db import batches, idempotency
+from enrichhq.db import batches, idempotency, reports
 from enrichhq.models import Company, LogEntry, StoreRecord
 from enrichhq.runs import chain
 from enrichhq.states import BatchStatus
@@ -82,6 +80,8 @@ async def _start(
     if not prepared.replayed:
         svc.runner.start(prepared)
     summary = await runs.summary(svc.dbs, prepared.batch_id, failures=0)
+    async with svc.dbs.begin("hq") as conn:
+        skipped = await reports.skipped_reasons(conn, prepared.batch_id)
     return JSONResponse(
         {
             "batch_id": prepared.batch_id,
@@ -89,6 +89,9 @@ async def _start(
             "workflow": prepared.workflow.workflow_slug,
             "total": summary.total,
             "counts": summary.counts,
+            # Companies given but not run, by why (completed already unless forced, in flight, run_if).
+            "skipped": skipped,
+            "forced": bool(options.get("force")),
             # What the run took over from batches whose process died (null when nothing).
             "adopted": prepared.adoption_message,
         },
@@ -101,7 +104,12 @@ async def _start(
 async def scrape_homepage_v1(
     body: ScrapeHomepageRequest, request: Request, idempotency_key_header: IdempotencyKey = None
 ) -> JSONResponse:
-    """Scrape the homepage of these companies with a homepage workflow (zenrows or http)."""
+    """Scrape the homepage of these companies with a homepage workflow (zenrows or http).
+
+    As the seed's function did: every company given is scraped, one completed before too (`force`
+    defaults to true here; false skips those, as run_step does), except a company already in
+    flight in another batch of the step. The answer's `skipped` says which were left out and why.
+    """
     svc = services(request)
     key = idempotency_key(request, idempotency_key_header, body)
     workflow = await workflows.get(svc.dbs, body.workflow.ref)
@@ -250,51 +258,38 @@ async def receiver_fast(request: Request) -> JSONResponse:
     """receiver_v1 without FastAPI's machinery, called by app.CallbacksFirst ahead of the routes.
 
     Callbacks arrive by the thousand per second; FastAPI's request machinery (dependencies, body
-    model) cost about a third of the receiver's time. This does the same checks by hand.
+    model) cost about a third of the receiver's time. `callbacks.answer` does the checks by hand.
     """
-    try:  # before any token is looked at
-        body = jsonsafe.loads(await request.body() or b"{}")
-    except exceptions.InputError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    except ValueError:
-        return JSONResponse({"error": "the body must be JSON: {callback_token, data}"}, status_code=422)
-    if not isinstance(body, dict) or not isinstance(body.get("callback_token"), str | None):
-        return JSONResponse(
-            {"error": "the body must be a JSON object: {callback_token, data}"}, status_code=422
-        )
-    svc = services(request)
-    authorization = request.headers.get("authorization")
-    bearer = (
-        authorization.partition(" ")[2]
-        if authorization and authorization.lower().startswith("bearer ")
-        else None
-    )
-    token = body.get("callback_token") or request.headers.get("x-callback-token") or bearer
-    try:
-        receipt = await receiver.receive(
-            svc.dbs, svc.settings, svc.pipeline, token, body.get("data"), svc.batcher, await svc.forward()
-        )
-    except exceptions.DatabaseError as exc:  # HQ down while logging a refusal, say: the sender retries
-        return JSONResponse({"error": f"{exc}; send the callback again"}, status_code=503)
-    return JSONResponse(receipt.body, status_code=receipt.status_code)
+    return await callbacks.answer(request)
 
 
 @router.post(
     "/receiver_v1",
     response_model=None,
     responses={
-        200: {"model": schemas.ReceiptBody, "description": "stored, failed to store, or a duplicate"},
+        200: {
+            "model": schemas.ReceiptBody | list[schemas.CallbackAnswer],
+            "description": "stored, failed to store, or a duplicate (a list for an array)",
+        },
         202: {"model": schemas.ReceiptBody, "description": "queued for the workers to store"},
+        207: {
+            "model": list[schemas.CallbackAnswer],
+            "description": "an array's callbacks, not all stored alike (each has its status_code)",
+        },
         **schemas.errors(403),
     },
 )
 async def receiver_v1(
-    body: ReceiverRequest,
+    body: ReceiverRequest | list[ReceiverRequest],
     request: Request,
     x_callback_token: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
+    apikey: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    """Async providers' callbacks: `{callback_token, data}`, the token also accepted in a header.
+    """Async providers' callbacks: `{callback_token, data}` (the token also accepted in X-Callback-Token),
+    the fields flat beside callback_token (n8n's "Using Fields Below", Clay's HTTP API column), the
+    seed's `{workflow_id, company_id, company_domain, data}` with the API key (Bearer or `apikey`)
+    instead of a token, or an array of these (answered with a list).
 
     Declared for the API docs; requests are served by `receiver_fast` (app.CallbacksFirst) first.
     """

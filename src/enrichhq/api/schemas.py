@@ -82,7 +82,12 @@ class ScrapeHomepageRequest(BaseModel):
     workflow: WorkflowRef
     play_name: str | None = None
     batch_id: Uuid | None = None
-    force: bool = False
+    #: the seed's function scraped every company it was given: so does this one unless told.
+    force: bool = Field(
+        default=True,
+        description="scrape companies that completed the step before too (the seed's behaviour); "
+        "false skips them, as run_step does by default",
+    )
 
 
 class RunStepRequest(BaseModel):
@@ -176,11 +181,17 @@ class LoggerRequest(BaseModel):
 
 
 class ReceiverRequest(BaseModel):
-    """receiver_v1: `{callback_token, data}` (the token may come in a header instead)."""
+    """receiver_v1: `{callback_token, data}` (the token may come in a header instead); the fields flat
+    beside the token; or, with the API key and no token, the seed's `{workflow_id, company_id,
+    company_domain, data}` (batch_id optional)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     callback_token: str | None = None
+    workflow_id: str | None = None
+    company_id: str | None = None
+    company_domain: str | None = None
+    batch_id: str | None = None
     data: Any = None
 
 
@@ -191,6 +202,16 @@ class ReceiptBody(BaseModel):
     stored: bool
     state: str | None = Field(default=None, description="a duplicate's item state")
     error: str | None = Field(default=None, description="why a callback's data was not stored")
+
+
+class CallbackAnswer(BaseModel):
+    """One callback's answer in the answer to an array of them: a receipt, or an error."""
+
+    status_code: int = Field(description="this callback's HTTP status")
+    status: str | None = Field(default=None, description="stored, failed, duplicate or queued")
+    stored: bool | None = None
+    state: str | None = Field(default=None, description="the item's state")
+    error: str | None = Field(default=None, description="why this callback was not stored")
 
 
 class FieldProblem(BaseModel):

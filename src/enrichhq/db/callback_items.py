@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db.common import chunked, now
+from enrichhq.db.common import chunked, is_uuid, now
 from enrichhq.db.items import among, these, unindexed_state
 from enrichhq.db.rows import ClaimedItem, OverdueItem
 from enrichhq.db.schema import batch_items, batches
@@ -177,3 +177,62 @@ async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason
         .values(state=ItemState.TIMED_OUT, last_error=reason, updated_at=now(), finished_at=now())
     )
     return result.rowcount == 1
+
+
+#: how a refused callback's reason starts on its item, so reports can show waiting items that have one.
+REJECTED_PREFIX = "callback rejected: "
+
+
+async def note_rejection(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:
+    """Keep a refused callback's reason on its item, which waits on for a corrected callback.
+
+    Only an item that still waits (or whose call is still being answered) takes it: a settled
+    item's outcome stands. False when no such item is there.
+    """
+    if not (is_uuid(batch_id) and is_uuid(company_id)):
+        return False
+    result = await conn.execute(
+        sa.update(batch_items)
+        .where(these(batch_id, [company_id]), among((ItemState.WAITING_CALLBACK, ItemState.RUNNING)))
+        .values(last_error=f"{REJECTED_PREFIX}{reason}", updated_at=now())
+    )
+    return result.rowcount == 1
+
+
+async def find_item(
+    conn: AsyncConnection,
+    workflow_id: str,
+    *,
+    company_id: str | None,
+    company_domain: str | None,
+    batch_id: str | None,
+) -> tuple[str, str] | None:
+    """(batch id, company id) of the item a callback without a token is for: the company's item of
+    this workflow (and batch) waiting for its callback, else its newest item of any state (so a
+    repeated callback is answered `duplicate`); None when it has none.
+
+    A seed-style callback (`{workflow_id, company_id, company_domain, data}`, authenticated by the
+    API key) names no batch: the company's waiting item of the workflow is the one it completes.
+    """
+    ids = [v for v in (workflow_id, company_id, batch_id) if v is not None]
+    if not all(is_uuid(v) for v in ids) or (company_id is None and not company_domain):
+        return None
+    where: list[sa.ColumnElement[bool]] = [batches.c.workflow_id == workflow_id]
+    if company_id is not None:
+        where.append(batch_items.c.company_id == company_id)
+    if company_domain:
+        where.append(sa.func.lower(batch_items.c.company_domain) == company_domain.strip().lower())
+    if batch_id is not None:
+        where.append(batch_items.c.batch_id == batch_id)
+    waiting = batch_items.c.state.in_((ItemState.WAITING_CALLBACK, ItemState.RUNNING))
+    found = (
+        await conn.execute(
+            sa.select(batch_items.c.batch_id, batch_items.c.company_id)
+            .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
+            .where(*where)
+            # The waiting item first, then the newest.
+            .order_by(sa.case((waiting, 0), else_=1), batch_items.c.updated_at.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if found is None else (str(found.batch_id), str(found.company_id))

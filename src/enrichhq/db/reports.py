@@ -8,6 +8,7 @@ from datetime import UTC
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from enrichhq.db.callback_items import REJECTED_PREFIX
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
@@ -71,7 +72,8 @@ async def skipped_by_reason(conn: AsyncConnection, batch_id: str) -> dict[str, i
 
 
 async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) -> list[FailedItem]:
-    """Items that ended failed or timed out, or skipped for a missing input, with their errors."""
+    """Items that ended failed or timed out, skipped for a missing input, or waiting after a refused
+    callback, with their errors."""
     result = await conn.execute(
         sa.select(
             batch_items.c.company_domain,
@@ -87,6 +89,11 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
                 sa.and_(
                     batch_items.c.state == ItemState.SKIPPED,
                     batch_items.c.last_error.startswith(INPUT_MISSING_PREFIX, autoescape=True),
+                ),
+                # A waiting company whose callback was refused: the user sees why before the deadline.
+                sa.and_(
+                    batch_items.c.state == ItemState.WAITING_CALLBACK,
+                    batch_items.c.last_error.startswith(REJECTED_PREFIX, autoescape=True),
                 ),
             ),
         )
@@ -184,3 +191,13 @@ async def through_every_batch(conn: AsyncConnection, batch_ids: Sequence[str]) -
     )
     companies, finished, succeeded_all = result.one()
     return int(companies), int(finished or 0), int(succeeded_all or 0)
+
+
+async def skipped_reasons(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
+    """The batch's skipped items counted by why they were skipped (completed already, in flight, ...)."""
+    result = await conn.execute(
+        sa.select(batch_items.c.last_error, sa.func.count())
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.state == ItemState.SKIPPED)
+        .group_by(batch_items.c.last_error)
+    )
+    return {str(reason or "skipped"): int(n) for reason, n in result}

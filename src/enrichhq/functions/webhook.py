@@ -107,9 +107,11 @@ class WebhookProvider(base.Provider):
                 f"{self.label} webhook not found (404{said}): is the workflow active and the URL right?"
             )
         if status in (401, 403):
+            # Every company's call carries the same credentials: each would be refused alike.
             return exceptions.ProviderError(
-                f"{self.label} refused the credentials ({status}{said}): "
-                "check the auth header and its env var"
+                f"{self.label} refused the credentials ({status}{said}): check the auth header and "
+                "its env var, then resume the batch; the batch was stopped",
+                stop_batch=True,
             )
         if status == 413:
             return exceptions.ProviderError(
