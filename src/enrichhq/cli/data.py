@@ -14,12 +14,47 @@ from enrichhq.cli.common import app, command, companies_app, out, run
 
 @command(companies_app, "import")
 def companies_import(
-    path: Annotated[Path, typer.Argument(help="CSV with a domain column (name and id optional)")],
-    skip_blank: Annotated[bool, typer.Option(help="ignore blank lines instead of refusing the file")] = False,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a domain column (domain, website, url, company domain or company website); "
+            "name (or company, company name, organization) and id optional; other columns are kept "
+            "as the company's attributes"
+        ),
+    ],
+    strict: Annotated[
+        bool,
+        typer.Option(help="all or nothing: refuse the file if any row is invalid, blank or repeats a domain"),
+    ] = False,
+    skip_blank: Annotated[
+        bool, typer.Option(help="with --strict: skip blank lines instead of refusing the file")
+    ] = False,
 ) -> None:
-    """Import companies from a CSV: every row, or none if any row is bad."""
-    result = run(lambda dbs: companies.import_file(dbs, path, skip_blank=skip_blank))
-    out.print(f"imported {result.total} companies ({result.added} new, {result.updated} already known)")
+    """Import companies from a CSV: invalid rows are listed by line, the rest imported (see --strict).
+
+    Domains are cleaned (https://www.Stripe.com/pricing -> stripe.com); a domain given twice is one
+    company, the later row's name and attributes winning.
+    """
+    result = run(lambda dbs: companies.import_file(dbs, path, strict=strict, skip_blank=skip_blank))
+    out.print(result.line())
+    if result.duplicates:
+        out.print(f"  ({companies.MERGE_RULE})")
+    for problem in result.problems[: companies.SHOWN_LINES]:
+        out.print(f"  {problem}")
+    if result.invalid > companies.SHOWN_LINES:
+        out.print(f"  ... and {result.invalid - companies.SHOWN_LINES} more invalid lines")
+
+
+@command(companies_app, "export")
+def companies_export(
+    out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="write cells as stored (formulas not defused, as in `export`)")
+    ] = False,
+) -> None:
+    """Write the companies to CSV: domain, name, id and one column per attribute (re-importable)."""
+    count = run(lambda dbs: companies.export_csv(dbs, out_path, raw=raw))
+    out.print(f"wrote {count} companies to {out_path}")
 
 
 @command(companies_app, "list")

@@ -81,7 +81,13 @@ async def grid_page(
     grid = await overview.grid(
         services(request).dbs, play=play, search=q, filter_step=step, filter_state=state, page=page
     )
-    return render(request, "grid.html", grid=grid, message=request.session.pop("message", None))
+    return render(
+        request,
+        "grid.html",
+        grid=grid,
+        message=request.session.pop("message", None),
+        import_notes=request.session.pop("import_notes", None),
+    )
 
 
 @router.post("/import", dependencies=Posting)
@@ -92,15 +98,30 @@ async def import_csv(request: Request) -> Response:
         if not isinstance(upload, UploadFile) or not upload.filename:
             request.session["message"] = "error: choose a CSV file to import"
         else:
-            data = await upload.read()
-            parsed = companies.parse_csv(data, upload.filename, skip_blank=bool(form.get("skip_blank")))
-            result = await companies.import_companies(services(request).dbs, parsed)
-            request.session["message"] = f"Imported {result.total} companies ({result.added} new)."
+            result = await companies.import_stream(
+                services(request).dbs,
+                upload.file,
+                upload.filename,
+                strict=bool(form.get("strict")),
+                skip_blank=bool(form.get("skip_blank")),
+            )
+            request.session["message"] = f"Imported {upload.filename}: {result.line()}."
+            # The session is a cookie: a few of the reasons, each cut short, are what it can carry.
+            notes = [companies.MERGE_RULE] if result.duplicates else []
+            notes += [p if len(p) <= 200 else p[:199] + "…" for p in result.problems[:IMPORT_NOTES]]
+            if result.invalid > IMPORT_NOTES:
+                notes.append(f"… and {result.invalid - IMPORT_NOTES} more invalid lines")
+            request.session["import_notes"] = notes
     except exceptions.InputError as exc:
-        request.session["message"] = f"error: {exc}"
+        text = str(exc)
+        request.session["message"] = f"error: {text if len(text) <= 1500 else text[:1499] + '…'}"
     finally:
         await form.close()
     return RedirectResponse("/", 303)
+
+
+#: reasons for invalid lines an import's summary shows in the UI (the CLI and the API give more).
+IMPORT_NOTES = 10
 
 
 async def _selection(request: Request, form: FormData, play: str) -> runs.Selection:
