@@ -326,13 +326,15 @@ def read_domains(path: Path) -> list[str]:
 async def export_csv(dbs: engines.Databases, out: Path, *, raw: bool = False) -> int:
     """Write every company as `domain,name,id,<attribute>...` (which imports again); the row count.
 
-    Two passes over the table, streamed: the attribute names (in the order first met), then the rows.
+    Two passes over the table, streamed: the attribute names (sorted: PostgreSQL's JSONB keeps no
+    order), then the rows.
     Cells a spreadsheet would run as a formula are defused unless `raw` (`destinations.csv_cell`).
     """
-    keys: dict[str, None] = {}
+    names: set[str] = set()
     async with dbs.begin("hq") as conn:
         async for attributes in company_rows.stream_attributes(conn):
-            keys.update(dict.fromkeys(k for k in attributes if k not in keys))
+            names.update(attributes)
+    keys = sorted(names)
     out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with out.open("w", newline="", encoding="utf-8") as handle:
