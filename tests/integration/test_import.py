@@ -8,13 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from enrichhq import companies, exceptions, overview, runs
 from enrichhq.models import Company
 from tests.conftest import Env
 from tests.helpers import count, sql
+from tests.integration.test_http import AUTH, serve
 from tests.integration.test_inputs_run import n8n_step, received, with_receiver
+from tests.integration.test_run_page import _logged_in, _server
 from tests.live import WebhookStub
 
 MESSY = (
@@ -191,3 +194,50 @@ async def test_companies_export_writes_attributes_as_columns_and_imports_again(
     assert lines[2].startswith("beta.io,Beta,") and lines[2].endswith(",,")
     again = await companies.import_file(env.dbs, out)
     assert again.line() == "0 new, 2 updated, 0 duplicates merged, 0 blank, 0 invalid"
+
+
+async def test_the_ui_import_shows_the_summary_and_the_invalid_lines(env: Env) -> None:
+    """POST /import (the grid's form) imports a messy file and the grid shows what happened."""
+    with _server(env) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        csrf = _logged_in(client)
+        files = {"file": ("apollo.csv", MESSY.encode(), "text/csv")}
+        posted = client.post("/import", data={"csrf": csrf}, files=files)
+        assert posted.status_code == 303
+        grid = client.get("/").text
+        assert (
+            "Imported apollo.csv: 3 new, 0 updated, 1 duplicates merged, 2 blank, 3 invalid (lines 5, 6, 9)."
+            in grid
+        )
+        assert "the later row&#39;s name and attributes win" in grid
+        assert "line 6: &#39;jane@acme.com&#39; is an email address" in grid
+        assert await count(env.dbs, "hq", "companies") == 3
+        (stripe,) = await companies.ensure(env.dbs, [Company("", "stripe.com")])
+        page = client.get(f"/companies/{stripe}").text
+        assert "Attributes" in page and "<th>employees</th>" in page and "9000" in page
+
+        strict = client.post("/import", data={"csrf": csrf, "strict": "1"}, files=files)
+        assert strict.status_code == 303
+        grid = client.get("/").text
+        assert 'class="flash bad"' in grid and "nothing imported (--strict): line 4 is blank" in grid
+        assert "import notes" not in grid
+
+
+async def test_the_rest_import_answers_the_summary(env: Env, tmp_path: Path) -> None:
+    with serve(env, tmp_path) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:
+        answer = client.post("/api/v1/companies/import", content=MESSY, headers={"Content-Type": "text/csv"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["summary"] == "3 new, 0 updated, 1 duplicates merged, 2 blank, 3 invalid (lines 5, 6, 9)"
+        assert (body["new"], body["duplicates_merged"], body["invalid_lines"]) == (3, 1, [5, 6, 9])
+        assert body["problems"][0] == "line 5: 'n/a' is not a domain (a domain has a dot, as in acme.com)"
+        listed = client.get("/api/v1/companies", params={"search": "stripe"}).json()
+        assert [c["domain"] for c in listed["items"]] == ["stripe.com"]
+        strict = client.post(
+            "/api/v1/companies/import", params={"strict": "true"}, content="domain\nacme.io\nn/a\n"
+        )
+        assert strict.status_code == 400
+        assert strict.json()["error"] == (
+            "request body: nothing imported (--strict): line 3: 'n/a' is not a domain "
+            "(a domain has a dot, as in acme.com)"
+        )
+        assert await count(env.dbs, "hq", "companies", "WHERE domain = 'acme.io'") == 0
