@@ -279,8 +279,8 @@ async def import_companies(dbs: engines.Databases, given: Iterable[Company]) -> 
                 pending = {}
         if pending:
             await _write(conn, pending, tally)
-    if tally.problems:
-        raise exceptions.InputError(tally.problems[0].split(": ", 1)[1])
+        if tally.problems:  # an id another company has: nothing written
+            raise exceptions.InputError(tally.problems[0].split(": ", 1)[1])
     return tally.summary()
 
 

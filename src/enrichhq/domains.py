@@ -70,26 +70,6 @@ def clean(raw: str) -> str:
     return host
 
 
-def normalize(raw: str) -> str:
-    """`clean`, or for a value that is no domain the best cleaning it allows (lower-case, trimmed).
-
-    For lookups that then say "unknown domain": a value that is none is simply not found.
-    """
-    try:
-        return clean(raw)
-    except DomainError:
-        return raw.strip().lower()
-
-
-def problem(raw: str) -> str | None:
-    """Why a value is no company's domain, or None when `clean` accepts it."""
-    try:
-        clean(raw)
-    except DomainError as exc:
-        return exc.reason
-    return None
-
-
 def _refuse_local(raw: str, host: str) -> None:
     if host in LOCAL_SUFFIXES or host.endswith(_DOTTED_LOCAL):
         raise DomainError(raw, "is a local network name, not a company's domain")

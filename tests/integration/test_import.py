@@ -241,3 +241,28 @@ async def test_the_rest_import_answers_the_summary(env: Env, tmp_path: Path) -> 
             "(a domain has a dot, as in acme.com)"
         )
         assert await count(env.dbs, "hq", "companies", "WHERE domain = 'acme.io'") == 0
+
+
+async def test_companies_named_with_a_taken_id_write_nothing(env: Env) -> None:
+    """The functions' `companies: [{id, domain}]`: an id another company has refuses them all."""
+    (acme,) = await companies.ensure(env.dbs, [Company("", "acme.com", "Acme")])
+    with pytest.raises(exceptions.InputError, match=f"id {acme} is already acme.com's"):
+        await companies.ensure(env.dbs, [Company("", "beta.io"), Company(acme, "gamma.io")])
+    assert await count(env.dbs, "hq", "companies") == 1
+
+
+def test_run_companies_file_is_read_with_the_importers_rules(tmp_path: Path) -> None:
+    """`enrichhq run --companies FILE`: a CSV with any domain alias and delimiter, or one per line."""
+    csv_file = tmp_path / "pick.csv"
+    csv_file.write_text("\ufeffCompany;Website\nStripe;https://www.Stripe.com/pricing\n\nAcme;acme.com\n")
+    assert companies.read_domains(csv_file) == ["stripe.com", "acme.com"]
+    listed = tmp_path / "pick.txt"
+    listed.write_text("HTTP://Foo.COM.\n\nmünchen.de\nfoo.com\n")
+    assert companies.read_domains(listed) == ["foo.com", "xn--mnchen-3ya.de"]
+    listed.write_text("foo.com\nn/a\njane@acme.com\n")
+    with pytest.raises(exceptions.InputError) as caught:
+        companies.read_domains(listed)
+    assert str(caught.value) == (
+        f"{listed}: line 2: 'n/a' is not a domain (a domain has a dot, as in acme.com); "
+        "line 3: 'jane@acme.com' is an email address, not a domain; give the part after the @"
+    )
