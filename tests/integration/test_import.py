@@ -221,6 +221,15 @@ async def test_the_ui_import_shows_the_summary_and_the_invalid_lines(env: Env) -
         assert 'class="flash bad"' in grid and "nothing imported (--strict): line 4 is blank" in grid
         assert "import notes" not in grid
 
+        # Many invalid lines: the first reasons and a count (the session is a cookie of at most 4 KB).
+        many = "domain\n" + "".join(f"not-a-domain-{i:03}-{'x' * 150}\n" for i in range(300))
+        files = {"file": ("many.csv", many.encode(), "text/csv")}
+        assert client.post("/import", data={"csrf": csrf}, files=files).status_code == 303
+        grid = client.get("/").text
+        assert "0 new, 0 updated, 0 duplicates merged, 0 blank, 300 invalid (lines 2, 3," in grid
+        assert "and 280 more)" in grid and "… and 295 more invalid lines" in grid
+        assert grid.count("<li>line ") == 5 and "<li>line 2: &#39;not-a-domain-000-xxx" in grid
+
 
 async def test_the_rest_import_answers_the_summary(env: Env, tmp_path: Path) -> None:
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url, headers=AUTH) as client:

@@ -105,23 +105,26 @@ async def import_csv(request: Request) -> Response:
                 strict=bool(form.get("strict")),
                 skip_blank=bool(form.get("skip_blank")),
             )
-            request.session["message"] = f"Imported {upload.filename}: {result.line()}."
-            # The session is a cookie: a few of the reasons, each cut short, are what it can carry.
+            request.session["message"] = f"Imported {_cut(upload.filename, 100)}: {result.line()}."
             notes = [companies.MERGE_RULE] if result.duplicates else []
-            notes += [p if len(p) <= 200 else p[:199] + "…" for p in result.problems[:IMPORT_NOTES]]
+            notes += [_cut(p, 160) for p in result.problems[:IMPORT_NOTES]]
             if result.invalid > IMPORT_NOTES:
                 notes.append(f"… and {result.invalid - IMPORT_NOTES} more invalid lines")
             request.session["import_notes"] = notes
     except exceptions.InputError as exc:
-        text = str(exc)
-        request.session["message"] = f"error: {text if len(text) <= 1500 else text[:1499] + '…'}"
+        request.session["message"] = f"error: {_cut(str(exc), 600)}"
     finally:
         await form.close()
     return RedirectResponse("/", 303)
 
 
-#: reasons for invalid lines an import's summary shows in the UI (the CLI and the API give more).
-IMPORT_NOTES = 10
+#: reasons for invalid lines an import's summary shows in the UI (the CLI and the API give more):
+#: the session is a cookie, which a browser drops beyond 4 KB.
+IMPORT_NOTES = 5
+
+
+def _cut(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
 
 
 async def _selection(request: Request, form: FormData, play: str) -> runs.Selection:
