@@ -160,8 +160,9 @@ async def import_stream(
         for item in csv_import.Reader(stream, source):
             if isinstance(item, csv_import.Row):
                 _add(pending, item, tally)
-                if len(pending) >= CHUNK and not tally.refused:
-                    await _write(conn, pending, tally)
+                if len(pending) >= CHUNK:
+                    if not tally.refused:  # once refused, the rest is only read, for its flaws
+                        await _write(conn, pending, tally)
                     pending = {}
             elif isinstance(item, csv_import.Blank):
                 tally.blank += 1
