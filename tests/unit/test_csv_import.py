@@ -215,3 +215,14 @@ def test_summary_line() -> None:
         "30 invalid (lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21 and 10 more)"
     )
     assert companies.ImportSummary(0, invalid=1, invalid_lines=(4,)).line().endswith("1 invalid (line 4)")
+
+
+def test_a_header_wider_than_the_sniffed_sample_and_quote_heavy_lines() -> None:
+    header = ";".join(["Website", *(f"Column {i}" for i in range(700))])
+    assert len(header) > csv_import.SNIFF_BYTES
+    (row,) = read(header + "\nacme.com;" + ";".join(str(i) for i in range(700)) + "\n")
+    assert (
+        isinstance(row, csv_import.Row) and row.domain == "acme.com" and row.attributes["column_699"] == "699"
+    )
+    # csv.Sniffer is quadratic in a line's length on such input: the sample is capped.
+    assert csv_import.sniff_delimiter(b"domain," + b',"a' * 20_000) == ","
