@@ -178,11 +178,13 @@ class Reader:
         reader = csv.reader(self._text(), delimiter=self.delimiter)
         try:
             cells = next(reader, None)
+            while cells is not None and not any(c.strip() for c in cells):  # blank lines above the header
+                cells = next(reader, None)
         except csv.Error as exc:
             raise exceptions.InputError(f"{self.source}: the header row cannot be read ({exc})") from None
         if (problem := self._problem(1)) is not None:
             raise exceptions.InputError(f"{self.source}: {problem.message}")
-        if not cells or not any(c.strip() for c in cells):
+        if cells is None:
             raise exceptions.InputError(f"{self.source} is empty: it needs a header row with a domain column")
         header = parse_header(cells, self.source)
         seen: dict[str, int] = {}

@@ -163,6 +163,12 @@ def test_single_column_and_bom() -> None:
     assert [r.domain for r in rows if isinstance(r, csv_import.Row)] == ["acme.com", "beta.io"]
 
 
+def test_blank_lines_above_the_header_are_skipped() -> None:
+    items = read("\n,,\ndomain,name\nacme.com,Acme\nn/a,X\n")
+    assert isinstance(items[0], csv_import.Row) and items[0].line == 4
+    assert isinstance(items[1], csv_import.Invalid) and items[1].line == 5
+
+
 def test_line_numbers_count_physical_lines_of_quoted_cells() -> None:
     items = read('domain,notes\nacme.com,"two\nlines"\nn/a,x\n')
     assert isinstance(items[0], csv_import.Row) and items[0].attributes == {"notes": "two\nlines"}
