@@ -439,6 +439,11 @@ class InputSpec:
             raise exceptions.ConfigError("provider_config.inputs: " + "; ".join(problems))
         return spec
 
+    @functools.cached_property
+    def reads_attributes(self) -> bool:
+        """Whether a template reads `company.attributes` (then they are read with the chunk)."""
+        return any(r.slug is None and r.column == "attributes" for i in self.inputs for r in i.references)
+
     @property
     def steps(self) -> frozenset[str]:
         """The slugs of the steps these inputs read."""

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import batches, common, engines, rows, step_rows, stored_rows, views
+from enrichhq.db import batches, common, company_rows, engines, rows, step_rows, stored_rows, views
 from enrichhq.models import Company, WorkflowConfig
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState, SkipReason
 
@@ -185,6 +185,8 @@ class CompanyPage:
     play: str
     steps: list[StepResult]
     log: list[rows.LogRow] = field(default_factory=list)
+    #: the columns its import gave besides domain, name and id.
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
@@ -199,6 +201,7 @@ async def company_page(dbs: engines.Databases, company_id: str, play: str) -> Co
         done = await views.completions_for(conn, [found.id], play)
         latest = await views.latest_items(conn, [found.id], [w.id for w in steps], play)
         _, log = await views.log_entries(conn, company_id=found.id, limit=200)
+        attributes = (await company_rows.attributes_by_id(conn, [found.id])).get(found.id, {})
     results = []
     for step in steps:
         cell = _cell(step, done.get((found.id, step.overall_step_number)), latest.get((found.id, step.id)))
@@ -208,7 +211,7 @@ async def company_page(dbs: engines.Databases, company_id: str, play: str) -> Co
             results.append(StepResult(step, cell, problem=str(exc)))
         else:
             results.append(StepResult(step, cell, row))
-    return CompanyPage(found, play, results, log)
+    return CompanyPage(found, play, results, log, attributes)
 
 
 async def _row_of(

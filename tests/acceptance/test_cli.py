@@ -60,7 +60,7 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     )
     result = enrichhq("companies", "import", str(csv_path), env=environ)
     assert result.returncode == 0, result.stderr
-    assert "imported 4 companies (4 new" in result.stdout
+    assert "4 new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid" in result.stdout
     # A step added the seed's way: plain SQL, then checked by the CLI.
     await sql(env.dbs, "workspace", homepage_ddl(env.backend))
     await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
@@ -76,7 +76,7 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     assert API_KEY not in result.stdout + result.stderr
 
     rows = await sql(env.dbs, "workspace", "SELECT company_domain FROM company_homepage_scrapes ORDER BY 1")
-    assert [r[0] for r in rows] == ["ok-alpha.com", "ratelimit-c.com", "www.ok-beta.com"]
+    assert [r[0] for r in rows] == ["ok-alpha.com", "ok-beta.com", "ratelimit-c.com"]
     assert await count(env.dbs, "hq", "company_play_step_completions", "WHERE play_name = 'q4-saas'") == 3
     assert await count(env.dbs, "hq", "enrichment_results_log", "WHERE status = 'failed'") == 1
 
@@ -85,7 +85,13 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     assert result.returncode == 0 and "succeeded" in result.stdout and "RESP001" in result.stdout
 
     again = enrichhq(
-        "run", "scrape-homepage-via-zenrows", "--domain", "ok-alpha.com", "--play", "q4-saas", env=environ
+        "run",
+        "scrape-homepage-via-zenrows",
+        "--domain",
+        "HTTPS://www.OK-Alpha.com/pricing",  # cleaned as on import
+        "--play",
+        "q4-saas",
+        env=environ,
     )
     assert again.returncode == 0 and stub.calls["ok-alpha.com"] == 1  # already done: skipped, no call
 
@@ -94,7 +100,7 @@ async def test_full_flow_from_csv_to_rows(env: Env, stub: Stub, tmp_path: Path) 
     assert result.returncode == 0 and "wrote 3 rows" in result.stdout
     with out.open(encoding="utf-8") as handle:
         exported = list(csv.DictReader(handle))
-    assert {r["company_domain"] for r in exported} == {"ok-alpha.com", "ratelimit-c.com", "www.ok-beta.com"}
+    assert {r["company_domain"] for r in exported} == {"ok-alpha.com", "ok-beta.com", "ratelimit-c.com"}
 
 
 async def test_402_stops_the_batch_with_a_clear_message(env: Env, tmp_path: Path) -> None:
@@ -134,30 +140,71 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "message", "strict"),
     [
-        (b"name,website\nAcme,acme.com\n", "no 'domain' column (found: name, website)"),
+        (b"name,city\nAcme,Phoenix\n", "no domain column (found: 'name', 'city')", False),
+        (b"", "is empty", False),
+        (b"domain,name\n", "has a header but no companies", False),
         (
             b"domain,name\nacme.com,Acme\nbeta.com,Beta\nACME.com,Again\n",
             "duplicate domain 'acme.com' on lines 2 and 4",
+            True,
         ),
-        (b"domain,name\nacme.com,Acme\n\nbeta.com,Beta\n", "line 3 is blank"),
-        (b"domain,name\nacme.com,Acme\nbeta.com,B\xe9ta\n", "line 3 is not UTF-8 (byte 0xe9)"),
-        (b"domain,name\nacme.com,Acme\nnot a domain,X\n", "line 3: 'not a domain' is not a domain"),
-        (b"domain,id\nacme.com,42\n", "line 2: id '42' is not a UUID"),
-        (b"", "is empty"),
+        (b"domain,name\nacme.com,Acme\n\nbeta.com,Beta\n", "line 3 is blank", True),
+        (
+            b"domain,name\nacme.com,Acme\nbeta.com,B\xe9ta\n",
+            "line 3: holds bytes that are not UTF-8 (0xe9)",
+            True,
+        ),
+        (b"domain,name\nacme.com,Acme\nnot a domain,X\n", "line 3: 'not a domain' is not a domain", True),
+        (b"domain,id\nacme.com,42\n", "line 2: id '42' is not a UUID", True),
         (
             b"domain,id\na.com,6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11\nb.com,6f0c2d4e-1111-4a43-9d0b-3f1f2b8f7c11\n",
-            "is on lines 2 and 3",
+            "is also on line 2",
+            True,
         ),
     ],
 )
 async def test_bad_csv_is_one_line_and_writes_nothing(
-    env: Env, tmp_path: Path, content: bytes, message: str
+    env: Env, tmp_path: Path, content: bytes, message: str, strict: bool
 ) -> None:
-    result = enrichhq("companies", "import", str(write(tmp_path / "bad.csv", content)), env=env.environ())
+    """A file without a domain column is refused; under --strict, so is a file with any flawed row."""
+    path = str(write(tmp_path / "bad.csv", content))
+    result = enrichhq("companies", "import", path, *(["--strict"] if strict else []), env=env.environ())
     one_line_error(result, message)
     assert await count(env.dbs, "hq", "companies") == 0
+
+
+async def test_a_messy_file_is_imported_and_summarised(env: Env, tmp_path: Path) -> None:
+    """Without --strict the good rows go in, and the summary says what happened to the others."""
+    content = (
+        "\ufeffCompany;Website;Industry\n"
+        "Stripe;https://www.Stripe.com/pricing;Payments\n"
+        "\n"
+        "Nobody;n/a;\n"
+        "Stripe, Inc;STRIPE.com.;\n"
+        "Jane;jane@acme.com;\n"
+        "Acme;acme.com;Anvils\n"
+    )
+    path = str(write(tmp_path / "apollo.csv", content))
+    result = enrichhq("companies", "import", path, env=env.environ())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "2 new, 0 updated, 1 duplicates merged, 1 blank, 2 invalid (lines 4, 6)",
+        "  (a domain given twice is one company: the later row's name and attributes win)",
+        "  line 4: 'n/a' is not a domain (a domain has a dot, as in acme.com)",
+        "  line 6: 'jane@acme.com' is an email address, not a domain; give the part after the @",
+    ]
+    rows = await sql(env.dbs, "hq", "SELECT domain, name FROM companies ORDER BY domain")
+    assert [tuple(r) for r in rows] == [("acme.com", "Acme"), ("stripe.com", "Stripe, Inc")]
+    out = tmp_path / "out.csv"
+    exported = enrichhq("companies", "export", "--out", str(out), env=env.environ())
+    assert exported.returncode == 0 and "wrote 2 companies" in exported.stdout, exported.stderr
+    with out.open(encoding="utf-8") as handle:
+        assert [(r["domain"], r["industry"]) for r in csv.DictReader(handle)] == [
+            ("acme.com", "Anvils"),
+            ("stripe.com", "Payments"),
+        ]
 
 
 async def test_unknown_slug_and_missing_file(env: Env, tmp_path: Path) -> None:

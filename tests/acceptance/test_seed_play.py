@@ -173,7 +173,7 @@ async def test_the_seed_play_on_200_companies(
         companies.insert(17 + 40 * k, domain)
     csv_path = tmp_path / "companies.csv"
     csv_path.write_text("domain,name\n" + "".join(f"{d},{name(d)}\n" for d in companies))
-    assert "imported 200 companies (200 new" in ok(
+    assert "200 new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid" in ok(
         enrichhq("companies", "import", str(csv_path), env=environ)
     )
     add_homepage_step(environ)

@@ -130,7 +130,7 @@ def test_the_whole_journey(shots: Path, page: Page, server: LiveServer, tmp_path
     )
     page.set_input_files("input[type=file]", str(csv))
     page.click("text=Import CSV")
-    expect(page.locator(".flash")).to_contain_text("Imported 5 companies")
+    expect(page.locator(".flash")).to_contain_text("Imported companies.csv: 5 new, 0 updated")
     expect(page.locator("table.grid")).to_contain_text("<script>alert(1)</script>")  # shown as text
 
     # The page's select-all box (a script of our own, as the CSP allows) checks every row and clears them.
@@ -228,7 +228,7 @@ def test_run_steps_lands_on_the_run_page(shots: Path, page: Page, server: LiveSe
     )
     page.set_input_files("input[type=file]", str(csv))
     page.click("text=Import CSV")
-    expect(page.locator(".flash")).to_contain_text("Imported 3 companies")
+    expect(page.locator(".flash")).to_contain_text("Imported companies.csv: 3 new, 0 updated")
     page.check("#all-matching")
     page.fill("input[aria-label='steps to run together']", "1-2")
     page.click("button:has-text('Run steps')")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from enrichhq import companies, exceptions, netpolicy, settings
+from enrichhq import csv_import, domains, exceptions, netpolicy, settings
 from enrichhq.functions.http import HttpProvider
 from enrichhq.models import CallContext, Company, WorkflowConfig
 
@@ -149,4 +150,6 @@ async def test_the_checked_address_is_the_one_connected_to(
 )
 def test_an_address_is_not_imported_as_a_company_domain(domain: str) -> None:
     with pytest.raises(exceptions.InputError, match="is an IP address, not a domain"):
-        companies.parse_csv(f"domain\n{domain}\n".encode(), "companies.csv")
+        domains.clean(domain)
+    (invalid,) = csv_import.Reader(io.BytesIO(f"domain\n{domain}\n".encode()), "companies.csv")
+    assert isinstance(invalid, csv_import.Invalid) and "is an IP address, not a domain" in invalid.reason

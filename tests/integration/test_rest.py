@@ -25,13 +25,24 @@ async def test_companies_import_search_and_paging(env: Env, tmp_path: Path) -> N
         imported = client.post(
             "/api/v1/companies/import", content=csv_body, headers={"Content-Type": "text/csv"}
         )
-        assert imported.json() == {"added": 31, "updated": 0, "total": 31}
+        assert imported.json() == {
+            "new": 31,
+            "added": 31,
+            "updated": 0,
+            "total": 31,
+            "duplicates_merged": 0,
+            "blank": 0,
+            "invalid": 0,
+            "invalid_lines": [],
+            "problems": [],
+            "summary": "31 new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid",
+        }
         page = client.get("/api/v1/companies", params={"limit": 10, "offset": 10}).json()
         assert page["total"] == 31 and [c["domain"] for c in page["items"]][:2] == ["co09.com", "co10.com"]
         found = client.get("/api/v1/companies", params={"search": "ACME"}).json()
         assert [c["name"] for c in found["items"]] == ["Acme <b>Inc</b>"]
         bad = client.post("/api/v1/companies/import", content="name\nx\n")
-        assert bad.status_code == 400 and "no 'domain' column" in bad.json()["error"]
+        assert bad.status_code == 400 and "has no domain column" in bad.json()["error"]
         assert client.get("/api/v1/companies", params={"limit": 0}).status_code == 422
 
 

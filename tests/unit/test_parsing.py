@@ -1,4 +1,4 @@
-"""Pure functions: CSV reading, domains, value coercion, workflow specs, URLs. No I/O."""
+"""Pure functions: value coercion, workflow specs, URLs (CSVs and domains: test_csv_import). No I/O."""
 
 from __future__ import annotations
 
@@ -10,45 +10,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from enrichhq import companies, destinations, exceptions, workflows
+from enrichhq import destinations, exceptions, workflows
 from enrichhq.db import types, urls
 from enrichhq.functions import base
 from enrichhq.models import WorkflowConfig
-
-
-@pytest.mark.parametrize(
-    ("raw", "domain"),
-    [
-        ("acme.com", "acme.com"),
-        (" https://www.Acme.com/about?x=1 ", "www.acme.com"),
-        ("http://acme.com:8080", "acme.com"),
-        ("acme.com.", "acme.com"),
-    ],
-)
-def test_normalize_domain(raw: str, domain: str) -> None:
-    assert companies.normalize_domain(raw) == domain
-
-
-def test_csv_with_bom_ids_and_optional_columns() -> None:
-    given = str(uuid.uuid4())
-    parsed = companies.parse_csv(f"\ufeffDomain , Name,ID\nacme.com,Acme,{given}\nbeta.io,,\n".encode())
-    assert parsed[0].id == given and parsed[0].name == "Acme"
-    assert parsed[1].domain == "beta.io" and parsed[1].name is None
-    uuid.UUID(parsed[1].id)
-
-
-def test_csv_blank_lines_can_be_skipped_on_request() -> None:
-    with pytest.raises(exceptions.InputError, match="line 3 is blank"):
-        companies.parse_csv(b"domain\nacme.com\n\nbeta.io\n")
-    assert [c.domain for c in companies.parse_csv(b"domain\nacme.com\n\nbeta.io\n", skip_blank=True)] == [
-        "acme.com",
-        "beta.io",
-    ]
-
-
-def test_csv_header_only_is_refused() -> None:
-    with pytest.raises(exceptions.InputError, match="header but no companies"):
-        companies.parse_csv(b"domain,name\n")
 
 
 def column(type_: sa.types.TypeEngine[Any]) -> sa.Column[Any]:

@@ -103,7 +103,9 @@ def test_selection_ids_and_domains_in_canonical_form() -> None:
     given = uuid.uuid4()
     chosen = runs.Selection(company_ids=(str(given).upper(),), domains=("https://www.Acme.com/x", "  "))
     assert chosen.canonical_ids() == [str(given)]
-    assert chosen.wanted_domains() == ["www.acme.com"]
+    assert chosen.wanted_domains() == ["acme.com"]
+    with pytest.raises(exceptions.InputError, match="not a company's domain: 'n/a' is not a domain"):
+        runs.Selection(domains=("n/a",)).wanted_domains()
     with pytest.raises(exceptions.InputError, match="must be UUIDs"):
         runs.Selection(company_ids=("42",)).canonical_ids()
 

@@ -45,7 +45,7 @@ CSV_BODY = {
         "content": {
             "text/csv": {
                 "schema": {"type": "string", "minLength": 1},
-                "example": "domain,name,id\nacme.com,Acme,\n",
+                "example": "domain,name,industry\nhttps://www.acme.com/,Acme,Software\n",
             }
         },
     }
@@ -53,11 +53,19 @@ CSV_BODY = {
 
 
 @router.post("/companies/import", tags=["companies"], openapi_extra=CSV_BODY)
-async def import_companies(request: Request, skip_blank: bool = False) -> dict[str, Any]:
-    """Import a CSV sent as the request body (text/csv): every row, or none."""
-    parsed = companies.parse_csv(await request.body(), "request body", skip_blank=skip_blank)
-    result = await companies.import_companies(services(request).dbs, parsed)
-    return {"added": result.added, "updated": result.updated, "total": result.total}
+async def import_companies(
+    request: Request, strict: bool = False, skip_blank: bool = False
+) -> dict[str, Any]:
+    """Import a CSV sent as the request body (text/csv).
+
+    Invalid rows are listed by line and the rest imported; a domain given twice is one company,
+    the later row winning. `strict`: every row, or none (400) if any is invalid, blank (unless
+    `skip_blank`) or repeats a domain.
+    """
+    result = await companies.import_bytes(
+        services(request).dbs, await request.body(), "request body", strict=strict, skip_blank=skip_blank
+    )
+    return result.as_json()
 
 
 # --- workflows ------------------------------------------------------------------------------

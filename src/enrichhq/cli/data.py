@@ -15,18 +15,55 @@ from enrichhq.cli.common import JsonFlag, WideFlag, app, command, companies_app,
 
 @command(companies_app, "import")
 def companies_import(
-    path: Annotated[Path, typer.Argument(help="CSV with a domain column (name and id optional)")],
-    skip_blank: Annotated[bool, typer.Option(help="ignore blank lines instead of refusing the file")] = False,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a domain column (domain, website, url, company domain or company website); "
+            "name (or company, company name, organization) and id optional; other columns are kept "
+            "as the company's attributes"
+        ),
+    ],
+    strict: Annotated[
+        bool,
+        typer.Option(help="all or nothing: refuse the file if any row is invalid, blank or repeats a domain"),
+    ] = False,
+    skip_blank: Annotated[
+        bool, typer.Option(help="with --strict: skip blank lines instead of refusing the file")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import companies from a CSV: every row, or none if any row is bad."""
+    """Import companies from a CSV: invalid rows are listed by line, the rest imported (see --strict).
+
+    Domains are cleaned (https://www.Stripe.com/pricing -> stripe.com); a domain given twice is one
+    company, the later row's name and attributes winning.
+    """
     from enrichhq import companies
 
-    result = run(lambda dbs: companies.import_file(dbs, path, skip_blank=skip_blank))
+    result = run(lambda dbs: companies.import_file(dbs, path, strict=strict, skip_blank=skip_blank))
     if as_json:
         emit_json(result)
         return
-    out.print(f"imported {result.total} companies ({result.added} new, {result.updated} already known)")
+    out.print(result.line())
+    if result.duplicates:
+        out.print(f"  ({companies.MERGE_RULE})")
+    for problem in result.problems[: companies.SHOWN_LINES]:
+        out.print(f"  {problem}")
+    if result.invalid > companies.SHOWN_LINES:
+        out.print(f"  ... and {result.invalid - companies.SHOWN_LINES} more invalid lines")
+
+
+@command(companies_app, "export")
+def companies_export(
+    out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="write cells as stored (formulas not defused, as in `export`)")
+    ] = False,
+) -> None:
+    """Write the companies to CSV: domain, name, id and one column per attribute (re-importable)."""
+    from enrichhq import companies
+
+    count = run(lambda dbs: companies.export_csv(dbs, out_path, raw=raw))
+    out.print(f"wrote {count} companies to {out_path}")
 
 
 @command(companies_app, "list")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,12 +15,85 @@ from enrichhq.db.common import chunked
 from enrichhq.db.schema import companies
 from enrichhq.models import Company
 
+#: rows fetched at a time when streaming.
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Known:
+    """What an import needs of a company HQ holds: its id, name and attributes."""
+
+    id: str
+    name: str | None
+    attributes: dict[str, Any] | None
+
 
 async def upsert_companies(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert companies; a domain already present keeps its id and takes the new name."""
+    """Insert companies (id, domain, name, attributes, created_at), one statement per chunk.
+
+    A domain already present keeps its id and created_at, and takes the row's name and attributes.
+    """
     for chunk in chunked(rows):
-        stmt = dialect.upsert(conn.dialect, companies, ["domain"], ["name"])
+        stmt = dialect.upsert(conn.dialect, companies, ["domain"], ["name", "attributes"])
         await conn.execute(stmt, list(chunk))
+
+
+async def known_by_domain(conn: AsyncConnection, domains: Sequence[str]) -> dict[str, Known]:
+    """The companies among these domains, keyed by domain, with their attributes."""
+    found: dict[str, Known] = {}
+    for chunk in chunked(domains):
+        result = await conn.execute(
+            sa.select(companies.c.id, companies.c.domain, companies.c.name, companies.c.attributes).where(
+                companies.c.domain.in_(chunk)
+            )
+        )
+        found.update({r.domain: Known(r.id.lower(), r.name, _mapping(r.attributes)) for r in result})
+    return found
+
+
+async def attributes_by_id(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The imported attributes of these companies, keyed by id (a company without any left out)."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in chunked(ids):
+        result = await conn.execute(
+            sa.select(companies.c.id, companies.c.attributes).where(
+                types.uuid_key(companies.c.id, conn.dialect.name).in_(chunk),
+                companies.c.attributes.is_not(None),
+            )
+        )
+        found.update({r.id.lower(): attributes for r in result if (attributes := _mapping(r.attributes))})
+    return found
+
+
+async def stream_attributes(conn: AsyncConnection) -> AsyncIterator[dict[str, Any]]:
+    """Every company's attributes that has any, without holding them all."""
+    stmt = sa.select(companies.c.attributes).where(companies.c.attributes.is_not(None))
+    result = await conn.stream(stmt)
+    async for partition in result.partitions(PAGE):
+        for row in partition:
+            if (attributes := _mapping(row.attributes)) is not None:
+                yield attributes
+
+
+async def stream_companies(conn: AsyncConnection) -> AsyncIterator[tuple[Company, dict[str, Any]]]:
+    """Every company by domain, with its attributes ({} for none), without holding them all."""
+    stmt = sa.select(companies.c.id, companies.c.domain, companies.c.name, companies.c.attributes).order_by(
+        companies.c.domain
+    )
+    result = await conn.stream(stmt)
+    async for partition in result.partitions(PAGE):
+        for r in partition:
+            yield Company(r.id.lower(), r.domain, r.name), _mapping(r.attributes) or {}
+
+
+def _mapping(value: Any) -> dict[str, Any] | None:
+    """The attributes as stored: a JSON object (anything else, written by hand, reads as none)."""
+    if isinstance(value, str):  # a TEXT column of the seed's, holding JSON
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, Mapping) else None
 
 
 async def companies_by_domain(conn: AsyncConnection, domains: Sequence[str]) -> dict[str, Company]:

@@ -25,6 +25,8 @@ companies = sa.Table(
     sa.Column("domain", sa.Text, nullable=False, unique=True),
     sa.Column("name", sa.Text),
     sa.Column("created_at", TZ, server_default=sa.func.now()),
+    # Added by enrichhq: the imported CSV's other columns, {attribute: text} (issue 17).
+    sa.Column("attributes", JSONType),
 )
 
 workflows = sa.Table(

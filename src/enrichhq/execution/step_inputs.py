@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from enrichhq import destinations, exceptions, workflows
-from enrichhq.db import engines, step_rows, stored_rows
+from enrichhq.db import company_rows, engines, step_rows, stored_rows
 from enrichhq.inputs import InputSpec, Outcome, StepRows, render_chunk
 from enrichhq.models import Company, WorkflowConfig
 
@@ -94,6 +95,16 @@ class StepInputs:
             }
         return out
 
+    async def attributes(self, companies: Sequence[Company]) -> dict[str, dict[str, Any]]:
+        """company id -> its imported attributes, when a template reads them (one query per chunk)."""
+        if not self.spec.reads_attributes:
+            return {}
+        async with self.dbs.begin("hq") as conn:
+            found = await company_rows.attributes_by_id(conn, [c.id for c in companies])
+        self.queries += 1
+        return found
+
     async def render(self, companies: Sequence[Company]) -> dict[str, Outcome]:
         """Each company's inputs (by id), or why it has none (InputMissing, InputError)."""
-        return render_chunk(self.spec, companies, await self.rows(companies))
+        rows = await self.rows(companies)
+        return render_chunk(self.spec, companies, rows, attributes=await self.attributes(companies))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq import companies, exceptions
+from enrichhq import domains, exceptions
 from enrichhq.db import company_rows
 
 
@@ -40,8 +40,19 @@ class Selection:
             raise exceptions.InputError("company ids must be UUIDs") from None
 
     def wanted_domains(self) -> list[str]:
-        """The given domains, normalized as HQ keeps them; blank ones dropped."""
-        return [companies.normalize_domain(d) for d in self.domains if d.strip()]
+        """The given domains, cleaned as HQ keeps them (`domains.clean`); blank ones dropped.
+
+        InputError naming every value that is no domain at all.
+        """
+        cleaned, problems = [], []
+        for given in (d for d in self.domains if d.strip()):
+            try:
+                cleaned.append(domains.clean(given))
+            except domains.DomainError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise exceptions.InputError(f"not a company's domain: {few(problems)}")
+        return cleaned
 
 
 async def resolve(conn: AsyncConnection, selection: Selection, sample: int | None = None) -> list[str] | None:

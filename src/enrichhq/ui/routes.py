@@ -97,7 +97,13 @@ async def grid_page(
         page=page,
         batch=batch,
     )
-    return render(request, "grid.html", grid=grid, message=request.session.pop("message", None))
+    return render(
+        request,
+        "grid.html",
+        grid=grid,
+        message=request.session.pop("message", None),
+        import_notes=request.session.pop("import_notes", None),
+    )
 
 
 @router.post("/import", dependencies=Posting)
@@ -108,15 +114,33 @@ async def import_csv(request: Request) -> Response:
         if not isinstance(upload, UploadFile) or not upload.filename:
             request.session["message"] = "error: choose a CSV file to import"
         else:
-            data = await upload.read()
-            parsed = companies.parse_csv(data, upload.filename, skip_blank=bool(form.get("skip_blank")))
-            result = await companies.import_companies(services(request).dbs, parsed)
-            request.session["message"] = f"Imported {result.total} companies ({result.added} new)."
+            result = await companies.import_stream(
+                services(request).dbs,
+                upload.file,
+                upload.filename,
+                strict=bool(form.get("strict")),
+                skip_blank=bool(form.get("skip_blank")),
+            )
+            request.session["message"] = f"Imported {_cut(upload.filename, 100)}: {result.line()}."
+            notes = [companies.MERGE_RULE] if result.duplicates else []
+            notes += [_cut(p, 160) for p in result.problems[:IMPORT_NOTES]]
+            if result.invalid > IMPORT_NOTES:
+                notes.append(f"… and {result.invalid - IMPORT_NOTES} more invalid lines")
+            request.session["import_notes"] = notes
     except exceptions.InputError as exc:
-        request.session["message"] = f"error: {exc}"
+        request.session["message"] = f"error: {_cut(str(exc), 600)}"
     finally:
         await form.close()
     return RedirectResponse("/", 303)
+
+
+#: reasons for invalid lines an import's summary shows in the UI (the CLI and the API give more):
+#: the session is a cookie, which a browser drops beyond 4 KB.
+IMPORT_NOTES = 5
+
+
+def _cut(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
 
 
 async def _selection(request: Request, form: FormData, play: str) -> runs.Selection:

@@ -1,0 +1,238 @@
+"""Reading a CSV of companies as a CRM or an Apollo export writes it, one row at a time.
+
+- The header names the columns, case-insensitively, `_`, `-` and runs of spaces alike: the domain is
+  the first of `domain`, `company domain`, `website`, `company website`, `url`; the name the first of
+  `name`, `company name`, `company`, `organization`; `id` (a UUID) is optional. Every other column is
+  an attribute, under its header in snake_case (`# Employees` -> `employees`, `Annual Revenue` ->
+  `annual_revenue`); empty cells are left out.
+- The delimiter is sniffed from the first lines (`,`, `;` or tab; `,` when they tell nothing); a
+  UTF-8 BOM is dropped.
+- The file is read as a stream: what is kept per row is the domain (to find duplicates) and the
+  given ids, never the rows. Each row is yielded as a `Row`, a `Blank` or an `Invalid`, with the
+  line it starts on. A domain met before comes as a `Row` whose `first_line` names that earlier line.
+- A file without a domain column, or whose header is not text, is refused as a whole (`InputError`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Final
+
+from enrichhq import domains, exceptions
+
+DOMAIN_ALIASES: Final = ("domain", "company domain", "website", "company website", "url")
+NAME_ALIASES: Final = ("name", "company name", "company", "organization")
+DELIMITERS: Final = ",;\t"
+#: how much of the file the delimiter is sniffed from (whole lines of it): csv.Sniffer's regexes take
+#: time quadratic in a line's length on quote-heavy input, a quarter of a second at this size.
+SNIFF_BYTES: Final = 4096
+_SEPARATORS: Final = re.compile(r"[\s_-]+")
+_NOT_WORD: Final = re.compile(r"[^0-9a-z]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A company as one row gives it."""
+
+    line: int
+    domain: str
+    name: str | None
+    #: the id the row gives (canonical UUID), if any.
+    id: str | None
+    attributes: Mapping[str, str]
+    #: the line the same domain was first on, when this row repeats it.
+    first_line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Blank:
+    """A line with nothing in it."""
+
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A row that is no company; `reason` says why, as `line 7: 'n/a' is not a domain`."""
+
+    line: int
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """The reason with its line."""
+        return f"line {self.line}: {self.reason}"
+
+
+Item = Row | Blank | Invalid
+
+
+@dataclass(frozen=True)
+class Header:
+    """Where the domain, name and id are, and the attribute key of every other column."""
+
+    domain: int
+    name: int | None
+    id: int | None
+    attributes: tuple[tuple[int, str], ...]
+    width: int
+
+
+def header_key(cell: str) -> str:
+    """How a header cell is compared with the aliases: `Company_Domain ` -> `company domain`."""
+    return _SEPARATORS.sub(" ", cell.strip().lower()).strip()
+
+
+def attribute_key(cell: str, index: int) -> str:
+    """An extra column's attribute name: snake_case of its header, `column_N` when that is empty."""
+    return _NOT_WORD.sub("_", cell.strip().lower()).strip("_") or f"column_{index + 1}"
+
+
+def parse_header(cells: list[str], source: str) -> Header:
+    """The columns of a header row; InputError when no column holds the domain."""
+    keys = [header_key(c) for c in cells]
+
+    def first(aliases: tuple[str, ...]) -> int | None:
+        return next((keys.index(a) for a in aliases if a in keys), None)
+
+    domain, name, id_ = first(DOMAIN_ALIASES), first(NAME_ALIASES), first(("id",))
+    if domain is None:
+        found = ", ".join(repr(c.strip()) for c in cells if c.strip()) or "nothing"
+        raise exceptions.InputError(
+            f"{source} has no domain column (found: {found}); the first row must name the columns, "
+            f"one of them {', '.join(DOMAIN_ALIASES)} (and optionally name and id)"
+        )
+    used: set[str] = set()
+    attributes = []
+    for index, cell in enumerate(cells):
+        if index in (domain, name, id_):
+            continue
+        key = base = attribute_key(cell, index)
+        number = 2
+        while key in used:
+            key, number = f"{base}_{number}", number + 1
+        used.add(key)
+        attributes.append((index, key))
+    return Header(domain, name, id_, tuple(attributes), len(cells))
+
+
+def sniff_delimiter(sample: bytes) -> str:
+    """`,`, `;` or tab, as the first lines use it (at most SNIFF_BYTES); `,` when they do not tell."""
+    text = sample[:SNIFF_BYTES].decode("utf-8", "replace").lstrip("\ufeff")
+    if len(sample) >= SNIFF_BYTES and "\n" in text:
+        text = text[: text.rindex("\n")]  # whole lines only
+    try:
+        return csv.Sniffer().sniff(text, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        header = text.split("\n", 1)[0]
+        counts = {d: header.count(d) for d in DELIMITERS}
+        best = max(counts, key=lambda d: counts[d])
+        return best if counts[best] else ","
+
+
+class Reader:
+    """The companies of a CSV stream (binary, seekable), row by row: `for item in Reader(...)`."""
+
+    def __init__(self, stream: IO[bytes], source: str = "CSV") -> None:
+        self.stream = stream
+        self.source = source
+        #: physical lines read so far.
+        self.lines = 0
+        #: lines whose bytes are not UTF-8 text, with why.
+        self._bad: dict[int, str] = {}
+        start = stream.tell()
+        self.delimiter = sniff_delimiter(stream.read(SNIFF_BYTES))
+        stream.seek(start)
+
+    def _text(self) -> Iterator[str]:
+        for number, raw in enumerate(self.stream, 1):
+            self.lines = number
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self._bad[number] = (
+                    f"holds bytes that are not UTF-8 (0x{raw[exc.start]:02x}); re-save the file as UTF-8"
+                )
+                text = raw.decode("utf-8", "replace")
+            if "\x00" in text:
+                self._bad[number] = "holds a NUL byte; is this a text (CSV) file?"
+                text = text.replace("\x00", "")
+            yield text
+
+    def _problem(self, start: int) -> Invalid | None:
+        """The first of the lines from `start` to the last read that is not text, if one is not."""
+        if not self._bad:
+            return None
+        found = next((Invalid(n, self._bad[n]) for n in range(start, self.lines + 1) if n in self._bad), None)
+        self._bad.clear()
+        return found
+
+    def __iter__(self) -> Iterator[Item]:
+        reader = csv.reader(self._text(), delimiter=self.delimiter)
+        try:
+            cells = next(reader, None)
+            while cells is not None and not any(c.strip() for c in cells):  # blank lines above the header
+                cells = next(reader, None)
+        except csv.Error as exc:
+            raise exceptions.InputError(f"{self.source}: the header row cannot be read ({exc})") from None
+        if (problem := self._problem(1)) is not None:
+            raise exceptions.InputError(f"{self.source}: {problem.message}")
+        if cells is None:
+            raise exceptions.InputError(f"{self.source} is empty: it needs a header row with a domain column")
+        header = parse_header(cells, self.source)
+        seen: dict[str, int] = {}
+        ids: dict[str, int] = {}
+        while True:
+            start = self.lines + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Invalid(start, f"cannot be read as CSV ({exc})")
+                continue
+            if (problem := self._problem(start)) is not None:
+                yield problem
+                continue
+            if not any(c.strip() for c in cells):
+                yield Blank(start)
+                continue
+            yield _row(header, cells, start, seen, ids)
+
+
+def _row(header: Header, cells: list[str], line: int, seen: dict[str, int], ids: dict[str, int]) -> Item:
+    """One row's company, checked against the rows before it (seen domains and ids, by line)."""
+    if len(cells) > header.width and any(c.strip() for c in cells[header.width :]):
+        return Invalid(
+            line,
+            f"has {len(cells)} cells but the header {header.width}; quote a cell that holds the delimiter",
+        )
+    width = len(cells)
+    raw = cells[header.domain] if header.domain < width else ""
+    try:
+        domain = domains.clean(raw)
+    except domains.DomainError as exc:
+        return Invalid(line, str(exc))
+    name = (cells[header.name].strip() or None) if header.name is not None and header.name < width else None
+    given: str | None = None
+    if header.id is not None and header.id < width and (text := cells[header.id].strip()):
+        try:
+            given = str(uuid.UUID(text))
+        except ValueError:
+            return Invalid(line, f"id {text!r} is not a UUID; leave it empty for a new company")
+    attributes = {key: value for i, key in header.attributes if i < width and (value := cells[i].strip())}
+    first = seen.get(domain)
+    if first is None:
+        if given is not None:
+            if (other := ids.get(given)) is not None:
+                return Invalid(line, f"id {given} is also on line {other}; give each company its own id")
+            ids[given] = line
+        seen[domain] = line
+    return Row(line, domain, name, given, attributes, first)

@@ -1,0 +1,96 @@
+"""A company's domain, as HQ keeps it: `https://www.Stripe.com/pricing` -> `stripe.com`.
+
+What a CRM or an Apollo export puts in a "website" column is cleaned to a bare host name: the
+scheme, `www.`, user info, path, query, fragment, port, trailing dots, case and surrounding
+whitespace go; an internationalised name becomes its punycode (`münchen.de` -> `xn--mnchen-3ya.de`,
+IDNA 2008 with UTS 46 mapping, by `idna`). What is no company's domain at all is a `DomainError`
+that says why: an empty cell, `n/a`, an email address, an IP address, `localhost` and other local
+names, or anything that is not labels of letters, digits and hyphens with a dot between.
+
+Every face normalises the same way: import (CSV, UI, REST), `--domain`, the functions' JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import idna
+
+from enrichhq import exceptions, netpolicy
+
+#: a host name as HQ stores it: lower-case ASCII labels of 1-63 characters, at least two of them.
+DOMAIN: Final = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}$")
+_SCHEME: Final = re.compile(r"^[a-z][a-z0-9+.-]*://|^//")
+_CUT: Final = re.compile(r"[/?#\\]")
+#: names that resolve to this machine or a local network, never a company's.
+LOCAL_SUFFIXES: Final = ("localhost", "local", "internal", "home.arpa", "lan")
+_DOTTED_LOCAL: Final = tuple("." + suffix for suffix in LOCAL_SUFFIXES)
+
+
+class DomainError(exceptions.InputError):
+    """A value that is no company's domain; `reason` says why (`is an email address, ...`)."""
+
+    def __init__(self, raw: str, reason: str) -> None:
+        super().__init__(f"{raw!r} {reason}")
+        self.raw = raw
+        self.reason = reason
+
+
+def clean(raw: str) -> str:
+    """The domain HQ keeps for what a user typed or a file held; DomainError when it is none."""
+    text = raw.strip().lower()
+    if DOMAIN.match(text) and not text.startswith("www.") and not text.rsplit(".", 1)[-1].isdigit():
+        _refuse_local(raw, text)
+        return text  # the usual case, already clean: no more work
+    if not text:
+        raise DomainError(raw, "is empty: a company needs a domain such as acme.com")
+    had_scheme = _SCHEME.match(text) is not None
+    host = _CUT.split(_SCHEME.sub("", text, count=1), maxsplit=1)[0]
+    if "@" in host:
+        if not had_scheme:
+            raise DomainError(raw, "is an email address, not a domain; give the part after the @")
+        host = host.rsplit("@", 1)[1]  # https://user@acme.com: user info is not the host
+    host = _strip_port(raw, host)
+    host = host.strip().rstrip(".")
+    if not host:
+        raise DomainError(raw, "is not a domain: no host name in it")
+    if netpolicy.literal_address(host) is not None or host.rsplit(".", 1)[-1].isdigit():
+        # An address (127.1 too: no top-level domain is a number) is never a company's domain,
+        # and would point the providers at it.
+        raise DomainError(raw, "is an IP address, not a domain")
+    if not host.isascii():
+        host = _punycode(raw, host)
+    if host.startswith("www.") and "." in host[4:]:
+        host = host[4:]
+    _refuse_local(raw, host)
+    if not DOMAIN.match(host):
+        hint = "" if "." in host else " (a domain has a dot, as in acme.com)"
+        raise DomainError(raw, f"is not a domain{hint}")
+    return host
+
+
+def _refuse_local(raw: str, host: str) -> None:
+    if host in LOCAL_SUFFIXES or host.endswith(_DOTTED_LOCAL):
+        raise DomainError(raw, "is a local network name, not a company's domain")
+
+
+def _strip_port(raw: str, host: str) -> str:
+    if host.startswith("["):
+        # [2001:db8::1]:8080, the only way a URL holds an IPv6 address
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        if port and not port.isdigit():
+            raise DomainError(raw, f"is not a domain: {port!r} after the ':' is no port")
+        return name
+    return host  # no port; or a bare IPv6 address, which the address check refuses
+
+
+def _punycode(raw: str, host: str) -> str:
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise DomainError(raw, f"is not a valid internationalised domain name ({exc})") from None
+    except UnicodeError:
+        raise DomainError(raw, "is not a valid internationalised domain name") from None
