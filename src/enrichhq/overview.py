@@ -5,12 +5,13 @@ Service functions over the named queries in db/views.py; the UI routes only rend
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from enrichhq import destinations, exceptions, workflows
+from enrichhq import destinations, exceptions, previews, workflows
 from enrichhq.db import batches, common, company_rows, engines, rows, step_rows, stored_rows, views
 from enrichhq.models import Company, WorkflowConfig
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState, SkipReason
@@ -27,6 +28,8 @@ class Cell:
     label: str
     title: str = ""
     batch_id: str | None = None
+    #: a short preview of the value the step stored ("3 contacts", "page, 24 KB").
+    preview: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,18 @@ async def grid(
         ids = [c.id for c in found]
         done = await views.completions_for(conn, ids, play)
         latest = await views.latest_items(conn, ids, [w.id for w in steps], play)
+    shown = await previews.for_page(dbs, steps, ids)
     cells = [
-        (c, [_cell(w, done.get((c.id, w.overall_step_number)), latest.get((c.id, w.id))) for w in steps])
+        (
+            c,
+            [
+                dataclasses.replace(
+                    _cell(w, done.get((c.id, w.overall_step_number)), latest.get((c.id, w.id))),
+                    preview=shown.get((c.id, w.id)),
+                )
+                for w in steps
+            ],
+        )
         for c in found
     ]
     return Grid(
@@ -175,6 +188,39 @@ class StepResult:
     cell: Cell
     row: dict[str, Any] | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True)
+class StepPanel:
+    """One company's result for one step and its call history: the grid's side panel."""
+
+    company: Company
+    play: str
+    step: StepResult
+    log: list[rows.LogRow] = field(default_factory=list)
+
+
+async def step_panel(dbs: engines.Databases, company_id: str, workflow_id: str, play: str) -> StepPanel:
+    """What clicking a grid cell opens: the stored row and every logged call of that step."""
+    if not common.is_uuid(company_id):
+        raise exceptions.NotFound(f"no company {company_id!r}")
+    steps = await workflows.list_all(dbs)
+    step = next((w for w in steps if w.id == workflow_id), None)
+    if step is None:
+        raise exceptions.NotFound(f"no workflow {workflow_id!r}")
+    async with dbs.begin("hq") as conn:
+        found = await views.company(conn, company_id.lower())
+        if found is None:
+            raise exceptions.NotFound(f"no company {company_id!r}")
+        done = await views.completions_for(conn, [found.id], play)
+        latest = await views.latest_items(conn, [found.id], [step.id], play)
+        _, log = await views.log_entries(conn, company_id=found.id, workflow_id=step.id, limit=100)
+    cell = _cell(step, done.get((found.id, step.overall_step_number)), latest.get((found.id, step.id)))
+    try:
+        result = StepResult(step, cell, await _row_of(dbs, step, steps, found.id))
+    except exceptions.EnrichHQError as exc:
+        result = StepResult(step, cell, problem=str(exc))
+    return StepPanel(found, play, result, log)
 
 
 @dataclass(frozen=True)

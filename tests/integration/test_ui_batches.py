@@ -126,3 +126,41 @@ async def test_plays_are_chosen_and_a_state_filter_needs_a_step(env: Env, client
 
     refused = _text(client.get("/?play=q4-saas&state=failed"))
     assert 'id="grid-notice">choose a step to filter by its state' in refused
+
+
+async def test_grid_cells_show_the_stored_value_and_open_a_side_panel(env: Env, client: httpx.Client) -> None:
+    await _step(env)
+    await add_companies(env.dbs, ["ok-v1.com", "unprocessable-v2.com"])
+    await _run(env)
+    grid = _text(client.get("/?play=default"))
+    # A preview of the first mapped field (JSONB keeps keys in an order of its own, so PostgreSQL's
+    # first may be another than SQLite's), the state a small mark beside it.
+    assert re.search(r'<span class="mark done" title="done [^"]*"></span> <span class="preview" ', grid), grid
+    assert "Could not get content" in grid  # the failed cell's error, on hover
+    ids = {c: i for i, c in await sql(env.dbs, "hq", "SELECT id, domain FROM companies")}
+    (workflow_id,) = [r[0] for r in await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows")]
+    panel = _text(client.get(f"/companies/{str(ids['ok-v1.com']).lower()}/steps/{str(workflow_id).lower()}"))
+    assert "ok-v1.com · 1." in panel and "<th>final_url</th>" in panel and "succeeded" in panel, panel
+    failed = _text(
+        client.get(f"/companies/{str(ids['unprocessable-v2.com']).lower()}/steps/{str(workflow_id).lower()}")
+    )
+    assert "RESP001" in failed and "No stored result." in failed
+    assert client.get(f"/companies/not-a-company/steps/{workflow_id}").status_code == 404
+
+    # preview_field picks the field: the page shows as its size, the final URL as text.
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE db_driven_enrichment_workflows SET provider_config = :c",
+        {"c": json.dumps({"max_concurrency": 2, "preview_field": "homepage_html"})},
+    )
+    page = _text(client.get("/?play=default"))
+    assert re.search(r'<span class="preview" [^>]*>page, \d+ KB</span>', page), page
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE db_driven_enrichment_workflows SET provider_config = :c",
+        {"c": json.dumps({"max_concurrency": 2, "preview_field": "final_url"})},
+    )
+    again = _text(client.get("/?play=default"))
+    assert re.search(r'<span class="preview" [^>]*>https?://[^<]*ok-v1\.com[^<]*</span>', again), again

@@ -346,6 +346,13 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 # --- company --------------------------------------------------------------------------------
 
 
+@router.get("/companies/{company_id}/steps/{workflow_id}", dependencies=Logged)
+async def step_panel(request: Request, company_id: str, workflow_id: str) -> HTMLResponse:
+    """The grid's side panel for one cell."""
+    panel = await overview.step_panel(services(request).dbs, company_id, workflow_id, _play(request))
+    return render(request, "_step_panel.html", panel=panel)
+
+
 @router.get("/companies/{company_id}", dependencies=Logged)
 async def company_page(request: Request, company_id: str) -> HTMLResponse:
     page = await overview.company_page(services(request).dbs, company_id, _play(request))
