@@ -10,7 +10,9 @@ def test_a_value_as_a_cell_shows_it() -> None:
     assert previews.short(["a", "b", "c"], "contacts") == "3 contacts"
     assert previews.short([], "case_study_urls") == "0 case study urls"
     assert previews.short({"a": 1, "b": 2}, "details") == "2 fields"
-    assert previews.short("<!DOCTYPE html><html>" + "x" * 20_000 + "</html>", "homepage_html") == "page, 20 KB"
+    assert (
+        previews.short("<!DOCTYPE html><html>" + "x" * 20_000 + "</html>", "homepage_html") == "page, 20 KB"
+    )
     assert previews.short("  Acme   builds\nrockets  ", "about") == "Acme builds rockets"
     long = previews.short("word " * 30, "about")
     assert long is not None and len(long) == previews.TEXT_CHARS and long.endswith("…")
