@@ -243,7 +243,7 @@ async def end_beats(conn: AsyncConnection, batch_id: str) -> None:
 
 
 #: the item states a dead run leaves behind that another run may take over (`storing`: the claims
-#: of its writer, see `items.adopt_open`).
+#: of its writer, see `adoption.adopt_open`).
 ADOPTABLE_STATES = (ItemState.QUEUED, ItemState.RUNNING, ItemState.STORING)
 
 

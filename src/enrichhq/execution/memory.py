@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from enrichhq.db import batches, items
+from enrichhq.db import adoption, batches
 from enrichhq.execution.store import BatchState, Delivery, Runnable
 from enrichhq.models import ItemOutcome, LogEntry
 from enrichhq.states import BatchStatus, ItemState, SkipReason
@@ -111,7 +111,7 @@ class InMemoryItemStore:
 
     async def adopted(self, company_ids: Sequence[str]) -> set[str]:
         """Those skipped as adopted by another batch."""
-        prefix = items.ADOPTED_PREFIX
+        prefix = adoption.ADOPTED_PREFIX
         return {c for c in company_ids if (self.items[c].error or "").startswith(prefix)}
 
     async def receipted(self, db_name: str, company_ids: Sequence[str]) -> set[str]:

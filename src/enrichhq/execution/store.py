@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import enrichment_logger
 from enrichhq.db import (
+    adoption,
     batches,
     callback_items,
     common,
@@ -46,7 +47,7 @@ class Runnable:
     #: what the calls lost with a dead process were charged (their result unknown): the item's
     #: final cost adds this delivery's calls to it.
     charged: float | None = None
-    #: the dead batch whose receipt key its result is stored under (`items.receipt_batches`):
+    #: the dead batch whose receipt key its result is stored under (`adoption.receipt_batches`):
     #: set for an item adopted from a dead run, whose stalled writer may still write.
     receipt_batch: str | None = None
 
@@ -209,7 +210,7 @@ class DbItemStore:
                 )
                 # Every adopted item, suspect or not: each link of a chain of dead runs must claim
                 # under the same key, or a stalled writer of a middle link writes a second row.
-                origins = await items.receipt_batches(conn, self.batch_id, list(taken.runnable))
+                origins = await adoption.receipt_batches(conn, self.batch_id, list(taken.runnable))
             runnable = {
                 cid: Runnable(attempts, suspect, charged, origins.get(cid))
                 for cid, (attempts, suspect, charged) in taken.runnable.items()
@@ -268,7 +269,7 @@ class DbItemStore:
 
         async def read() -> set[str]:
             async with self.dbs.begin("hq") as conn:
-                return await items.adopted_ids(conn, self.batch_id, company_ids)
+                return await adoption.adopted_ids(conn, self.batch_id, company_ids)
 
         return await outage.through(read)
 
@@ -279,7 +280,7 @@ class DbItemStore:
 
         async def read() -> set[str]:
             async with self.dbs.begin("hq") as conn:
-                earlier = await items.receipt_batches(conn, self.batch_id, company_ids)
+                earlier = await adoption.receipt_batches(conn, self.batch_id, company_ids)
             await stored_rows.ensure(self.dbs, db_name)
             async with self.dbs.begin(db_name) as conn:
                 found = await stored_rows.receipted(

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from enrichhq import destinations, exceptions, functions, liveness, workflows
-from enrichhq.db import batches, delivery, engines, errors, items, rows
+from enrichhq.db import adoption, batches, delivery, engines, errors, items, rows
 from enrichhq.execution import lease
 from enrichhq.execution.store import DbItemStore
 from enrichhq.models import ItemOutcome, StepRef, StoreOutcome, StoreRecord, WorkflowConfig
@@ -123,7 +123,7 @@ async def _replay(dbs: engines.Databases, settings: Settings, idle: _Idle) -> No
         while True:
             async with dbs.begin("hq") as conn:
                 kept = await items.claim_kept_results(conn, batch_id, limit=settings.enrichhq_chunk_size)
-                origins = await items.receipt_batches(conn, batch_id, [k.company_id for k in kept])
+                origins = await adoption.receipt_batches(conn, batch_id, [k.company_id for k in kept])
             if not kept:
                 break
             updates = await _store_kept(pipeline, idle, kept, origins)
@@ -184,7 +184,7 @@ async def cancel(dbs: engines.Databases, settings: Settings, batch_id: str) -> s
                 # What the dead (or stalled) run's claims did not store yet ends skipped, in doubt:
                 # a stalled writer may still store it, so the next run stores under its key.
                 claims = await delivery.writer_claims(conn, batch_id)
-                await items.end_in_doubt(
+                await adoption.end_in_doubt(
                     conn, batch_id, [cid for cid, *_ in claims], batches.STOPPED_PREFIX + CANCELLED
                 )
             if not batch.status.final or taken:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq import destinations, exceptions, inputs, liveness, workflows
-from enrichhq.db import batches, dialect, engines, idempotency, items, reports, schema
+from enrichhq.db import adoption, batches, dialect, engines, idempotency, items, reports, schema
 from enrichhq.db import company_rows as companies_rows
 from enrichhq.execution import lease
 from enrichhq.execution.step_inputs import StepInputs
@@ -136,12 +136,12 @@ async def prepare(
         batch_id = await _build(dbs, conn, plan, chosen, batch_id)
         # A cancel's in-doubt items (a stalled writer may still store them) are adopted too, once
         # the batch is built: only by an item that will run (sampled or not), never by one skipped.
-        linked = await items.link_in_doubt(conn, str(plan.workflow.id), plan.play_name, batch_id)
+        linked = await adoption.link_in_doubt(conn, str(plan.workflow.id), plan.play_name, batch_id)
         adopted += tuple(Adoption(old, moved, died=True) for old, moved in linked.items())
-        for adoption in adopted:
+        for taken in adopted:
             # Calls the dead run had started stay suspects here: charged once as paid, and not
             # called again when their receipt shows the result was stored before the crash.
-            await items.carry_deliveries(conn, batch_id, adoption.batch_id, adopted_reason(batch_id))
+            await adoption.carry_deliveries(conn, batch_id, taken.batch_id, adopted_reason(batch_id))
         # The new batch is this run's from the moment it exists.
         await lease.take_new(conn, settings, batch_id, mine)
     # The planner must see the new items' numbers before the first chunk is claimed.
@@ -314,7 +314,7 @@ async def _build(
 
 def adopted_reason(new_batch_id: str) -> str:
     """What an adopted item's old copy says (the new batch finds its old copies by it)."""
-    return items.ADOPTED_PREFIX + new_batch_id
+    return adoption.ADOPTED_PREFIX + new_batch_id
 
 
 async def adopt_dead(
@@ -350,7 +350,7 @@ async def adopt_dead(
         if not await lease.take_in(conn, settings, old, mine, holder):
             continue  # another run took it first
         reason = adopted_reason(new_batch_id)
-        moved, left = await items.adopt_open(conn, old, reason, batches.ADOPTABLE_STATES, company_ids)
+        moved, left = await adoption.adopt_open(conn, old, reason, batches.ADOPTABLE_STATES, company_ids)
         if moved:
             found.append(Adoption(old, moved, died))
         if moved and not left:
