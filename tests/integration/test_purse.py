@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from multiprocessing.synchronize import Barrier
 from queue import Empty
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from enrichhq import runs
-from enrichhq.db import engines, purse
+from enrichhq.db import batches, common, engines, purse
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
 from tests.stubs import Stub
@@ -79,7 +80,7 @@ async def test_a_reservation_is_refused_once_spent_reserved_and_it_would_exceed_
         assert await purse.reserve(conn, batch_id, 1.0) == 1.0  # 0.75 + 2 reserved: 2.75
         assert await purse.reserve(conn, batch_id, 1.0) is None  # 3.75 > 3
         assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 0.75, 2.0, 0.75)
-        await purse.settle(conn, batch_id, 5.0, 1.0)  # never below nothing reserved
+        await purse.settle(conn, batch_id, 2.0, 1.0)  # two reservations' worth: never below nothing
         assert await purse.read(conn, batch_id) == purse.PurseRow(3.0, 1.75, 0.0, 1.0)
         # A budget met exactly despite float rounding still allows the call.
         assert await purse.reserve(conn, batch_id, 1.25) == 1.25
@@ -89,6 +90,37 @@ async def test_a_reservation_is_refused_once_spent_reserved_and_it_would_exceed_
         await purse.add_spent(conn, free, 12.5)
         assert await purse.read(conn, free) == purse.PurseRow(None, 12.5, 300.0)
         assert await purse.read(conn, str(uuid.uuid4())) is None
+
+
+async def test_a_call_settled_after_its_batch_was_taken_over_counts_once(env: Env) -> None:
+    """A run stalled past its heartbeat with two calls out: the takeover moves their reservations
+    into `spent` (paid, result unknown). When the stalled run wakes and settles them, their real
+    costs replace that estimate: each call counts once, not as reservation plus real cost."""
+    batch_id = await new_batch(env, 100.0)
+    async with env.dbs.begin("hq") as conn:
+        assert await purse.reserve(conn, batch_id, 5.0) == 5.0
+        assert await purse.reserve(conn, batch_id, 5.0) == 5.0
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batches SET owner = 'stalled', owner_host = 'elsewhere', owner_pid = 1, "
+        "heartbeat_at = :old WHERE id = :b",
+        {"old": common.now() - timedelta(hours=1), "b": batch_id},
+    )
+    async with env.dbs.begin("hq") as conn:
+        taken = await batches.take_lease(
+            conn,
+            batch_id,
+            owner="rerun",
+            host="here",
+            pid=2,
+            stale_before=common.now() - timedelta(seconds=30),
+        )
+        assert taken
+        assert await purse.read(conn, batch_id) == purse.PurseRow(100.0, 10.0, 0.0, 0.0)
+        await purse.settle(conn, batch_id, 5.0, 4.0)  # the stalled run wakes: its calls cost 4 and 6
+        await purse.settle(conn, batch_id, 5.0, 6.0)
+        assert await purse.read(conn, batch_id) == purse.PurseRow(100.0, 10.0, 0.0, 6.0)
 
 
 async def test_a_reservation_is_raised_to_the_dearest_call_settled_and_reports_what_it_took(env: Env) -> None:

@@ -65,16 +65,25 @@ async def reserve(conn: AsyncConnection, batch_id: str, price: float) -> float |
 
 async def settle(conn: AsyncConnection, batch_id: str, reserved_price: float, cost: float) -> None:
     """A call came back: its reservation is given back, its real cost spent and, if it is the
-    dearest yet, learned as the batch's price for every worker's next reservation; one UPDATE."""
-    left = batches.c.reserved - reserved_price
+    dearest yet, learned as the batch's price for every worker's next reservation; one UPDATE.
+
+    A reservation no longer in `reserved` was moved into `spent` when the batch was taken over
+    from this run (a stall past its heartbeat: the new holder counted the call as paid, result
+    unknown): its real cost then replaces that estimate in `spent`, so the call counts once.
+    """
+    price = sa.literal(reserved_price, sa.Float)
+    given_back = sa.case((batches.c.reserved < price, batches.c.reserved), else_=price)
+    moved = price - given_back
+    # Float residue is not a move: only a reservation missing by more than EPSILON was moved.
+    counted = sa.case((moved > EPSILON, moved), else_=0.0)
+    left = batches.c.reserved - given_back
+    spent = batches.c.spent + cost - counted
     await conn.execute(
         sa.update(batches)
         .where(batches.c.id == batch_id)
         .values(
-            # Never below 0: float residue (or a reservation already moved into spent by a takeover)
-            # must not hand out room nobody reserved.
             reserved=sa.case((left > EPSILON, left), else_=0.0),
-            spent=batches.c.spent + cost,
+            spent=sa.case((spent > 0.0, spent), else_=0.0),
             max_call_cost=dialect.greatest(conn.dialect, batches.c.max_call_cost, sa.literal(cost, sa.Float)),
         )
     )
