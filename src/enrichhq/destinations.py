@@ -148,6 +148,8 @@ def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> s
             # `IS NULL` is false (and run_if.field_empty sees a filled field): a missing or null
             # value is SQL NULL here, as in every other column.
             column.type.none_as_null = True
+    # Which database the table lives in decides what an INTEGER holds (see `integer_bits`).
+    table.info["dialect"] = conn.dialect.name
     return table
 
 
@@ -189,10 +191,27 @@ def coerce(value: Any, column: sa.Column[Any]) -> Any:
 
 def _to_text(value: Any, column: sa.Column[Any]) -> str:
     if isinstance(value, str):
-        return value
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return json.dumps(value, default=str)
+        text = value
+    elif isinstance(value, (datetime, date)):
+        text = value.isoformat()
+    else:
+        text = json.dumps(value, default=str)
+    length = getattr(column.type, "length", None)
+    if isinstance(length, int) and len(text) > length:
+        raise CoercionError(f"{len(text)} characters do not fit in {column.name} (at most {length})")
+    return text
+
+
+def integer_bits(column: sa.Column[Any]) -> int:
+    """How many bits an integer column holds: SQLite's INTEGER 64 whatever it is called,
+    PostgreSQL's smallint 16, integer 32, bigint 64."""
+    if column.table is not None and column.table.info.get("dialect") == "sqlite":
+        return 64
+    if isinstance(column.type, sa.SmallInteger):
+        return 16
+    if isinstance(column.type, sa.BigInteger):
+        return 64
+    return 32
 
 
 def _to_date(value: Any, column: sa.Column[Any]) -> date:
@@ -212,7 +231,7 @@ _CONVERTERS: dict[str, Callable[[Any, sa.Column[Any]], Any]] = {
     TEXT: _to_text,
     DATETIME: lambda value, column: _to_datetime(value),
     DATE: _to_date,
-    NUMBER: lambda value, column: _to_number(value, integer=isinstance(column.type, sa.Integer)),
+    NUMBER: lambda value, column: _to_number(value, column),
     BOOL: lambda value, column: _to_bool(value),
     UUID: _to_uuid,
 }
@@ -229,26 +248,40 @@ def _to_datetime(value: Any) -> datetime:
         except ValueError as exc:
             raise CoercionError(f"{value!r} is not an ISO 8601 timestamp") from exc
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        parsed = datetime.fromtimestamp(value, UTC)
+        try:
+            parsed = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise CoercionError(f"{value!r} is not a timestamp in range (seconds since 1970)") from exc
     else:
         raise CoercionError(f"{value!r} is not a timestamp")
     # Always UTC: SQLite keeps no offset, so a +02:00 value would otherwise shift by two hours.
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (OverflowError, ValueError) as exc:
+        raise CoercionError(f"{value!r} is out of the range of timestamps") from exc
 
 
-def _to_number(value: Any, *, integer: bool) -> int | float:
+def _to_number(value: Any, column: sa.Column[Any]) -> int | float:
     if isinstance(value, bool):
         return int(value)
-    try:
-        number = float(value) if not isinstance(value, (int, float)) else value
-    except (TypeError, ValueError) as exc:
-        raise CoercionError(f"{value!r} is not a number") from exc
-    if not math.isfinite(number):
-        raise CoercionError(f"{value!r} is not a finite number")
+    integer = isinstance(column.type, sa.Integer)
+    if integer and isinstance(value, int):
+        number: int | float = value  # exact, however large: checked against the column's range below
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CoercionError(f"{str(value)[:40]!r} is not a number a {column.name} column holds") from exc
+        if not math.isfinite(number):
+            raise CoercionError(f"{value!r} is not a finite number")
+        if integer:
+            if number != int(number):
+                raise CoercionError(f"{value!r} is not a whole number")
+            number = int(number)
     if integer:
-        if float(number) != int(number):
-            raise CoercionError(f"{value!r} is not a whole number")
-        return int(number)
+        bits = integer_bits(column)
+        if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+            raise CoercionError(f"{str(value)[:40]} does not fit in {column.name} ({bits}-bit integers)")
     return number
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +58,14 @@ async def receive(
     data: Any,
     batcher: Batcher | None = None,
     forward: Forward | None = None,
+    named: Mapping[str, Any] | None = None,
 ) -> Receipt:
     """Handle one callback: verify it here, then store it with the others arriving at the same moment,
-    or, when `enrichhq worker`s run the batches (`forward`), queue its storage step for them."""
+    or, when `enrichhq worker`s run the batches (`forward`), queue its storage step for them.
+
+    `named`: the id fields the callback carries beside its token (a flat body); one that names
+    another company, workflow or batch than the token is refused.
+    """
     if not token:
         return Receipt(401, {"error": MISSING_TOKEN})
     try:
@@ -70,7 +75,26 @@ async def receive(
         if exc.claims is not None:
             await _log_rejection(dbs, pipeline, exc.claims, f"callback refused: {exc}")
         return Receipt(401 if exc.reason == "expired" else 403, {"error": str(exc)})
+    if (mismatch := _contradiction(claims, named)) is not None:
+        # Stored on the token's company, another company's data would overwrite its row.
+        return await _refuse(dbs, pipeline, claims, 422, mismatch)
     return await accept(dbs, pipeline, claims, data, batcher, forward)
+
+
+def _contradiction(claims: tokens.Claims, named: Mapping[str, Any] | None) -> str | None:
+    """What the callback's own id fields say against its token, if anything."""
+    for name, vouched in (
+        ("company_id", claims.company_id),
+        ("workflow_id", claims.workflow_id),
+        ("batch_id", claims.batch_id),
+    ):
+        given = (named or {}).get(name)
+        if isinstance(given, str) and given.strip() and given.strip().lower() != vouched.lower():
+            return (
+                f"{name} {given!r} does not match the callback_token, which is for {name} {vouched}: "
+                "send each company's own token with its own ids (check the item the workflow refers to)"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,8 +125,8 @@ async def receive_keyed(
             company_domain=ref.company_domain,
             batch_id=ref.batch_id,
         )
+    company = ref.company_id or ref.company_domain
     if found is None:
-        company = ref.company_id or ref.company_domain
         within = f" in batch {ref.batch_id}" if ref.batch_id else ""
         return Receipt(
             404,
@@ -111,8 +135,28 @@ async def receive_keyed(
                 "send the workflow's id and the company's id (or domain) as the run sent them"
             },
         )
+    if found.also_waiting:
+        batch_ids = ", ".join((found.batch_id, *found.also_waiting))
+        return Receipt(
+            409,
+            {
+                "error": f"company {company} waits for a callback of this workflow in more than one "
+                f"batch ({batch_ids}): add batch_id to say which",
+            },
+        )
     # Expiry plays no part: only a token's is checked, and the item's deadline still holds.
-    claims = tokens.Claims(found[0], found[1], ref.workflow_id, 0)
+    claims = tokens.Claims(found.batch_id, found.company_id, ref.workflow_id, 0)
+    if found.state == ItemState.TIMED_OUT:
+        late = "callback refused: late (the item timed out at its deadline)"
+        await _log_rejection(dbs, pipeline, claims, late)
+        return Receipt(
+            409,
+            {
+                "error": f"{late}; `enrichhq batches retry {found.batch_id}` runs the company again",
+                "stored": False,
+                "state": found.state,
+            },
+        )
     return await accept(dbs, pipeline, claims, data, batcher, forward)
 
 

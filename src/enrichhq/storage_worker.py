@@ -206,6 +206,10 @@ def _fill_id(table: sa.Table, row: dict[str, Any]) -> None:
         row["id"] = str(uuid.uuid4())
 
 
+#: what a write that the database (or its driver) refused for a value raises.
+REFUSED = (sa.exc.StatementError, OverflowError)
+
+
 async def _write(
     dbs: engines.Databases,
     config: WorkflowConfig,
@@ -217,9 +221,10 @@ async def _write(
         await stored_rows.ensure(dbs, destination.db)
     try:
         return await _write_chunk(dbs, config, destination, rows, receipts)
-    except sa.exc.StatementError as exc:
-        # Any error the statement met (the driver's, or a value no bind processor takes);
-        # an unreachable database is not one of them (dbs.begin made it a DatabaseError).
+    except REFUSED as exc:
+        # Any error the statement met (the driver's, or a value no bind processor takes; SQLite's
+        # driver refuses an integer beyond 64 bits with a bare OverflowError); an unreachable
+        # database is not one of them (dbs.begin made it a DatabaseError).
         if len(rows) == 1:
             return {next(iter(rows)): StoreOutcome(next(iter(rows)), False, errors.first_line(exc))}
     # Isolate the rows the database refuses, so one bad value costs one company, not the chunk.
@@ -227,7 +232,7 @@ async def _write(
     for company_id, row in rows.items():
         try:
             outcomes.update(await _write_chunk(dbs, config, destination, {company_id: row}, receipts))
-        except sa.exc.StatementError as exc:
+        except REFUSED as exc:
             outcomes[company_id] = StoreOutcome(company_id, False, errors.first_line(exc))
     return outcomes
 

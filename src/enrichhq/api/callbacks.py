@@ -36,6 +36,8 @@ class Sender:
     keyed: bool
     #: a token from a header: X-Callback-Token, or a Bearer that is not the API key.
     token: str | None
+    #: the token is the Authorization Bearer (not X-Callback-Token): maybe a wrong API key.
+    token_is_bearer: bool = False
 
 
 def sender_of(svc: Services, request: Request) -> Sender:
@@ -49,8 +51,9 @@ def sender_of(svc: Services, request: Request) -> Sender:
     apikey = headers.get("apikey")
     by_bearer = key_matches(svc.settings, bearer)
     by_apikey = key_matches(svc.settings, apikey)
-    token = headers.get("x-callback-token") or (None if by_bearer or apikey is not None else bearer)
-    return Sender(by_bearer or by_apikey, token)
+    header_token = headers.get("x-callback-token")
+    token = header_token or (None if by_bearer or apikey is not None else bearer)
+    return Sender(by_bearer or by_apikey, token, token_is_bearer=not header_token and token is not None)
 
 
 def split(body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -85,8 +88,17 @@ async def one(svc: Services, who: Sender, body: Any) -> receiver.Receipt:
         return receiver.Receipt(422, {"error": problem})
     token = ids.get("callback_token") or who.token
     forward = await svc.forward()
+    names_its_item = bool(ids.get("workflow_id") and (ids.get("company_id") or ids.get("company_domain")))
+    if not ids.get("callback_token") and who.token_is_bearer and names_its_item:
+        # The original shape with a Bearer that is not our key: the key is wrong (an old
+        # deployment's service-role key, say), not a malformed callback token.
+        return receiver.Receipt(
+            401, {"error": "the API key is wrong: send ENRICHHQ_API_KEY as Authorization: Bearer or apikey"}
+        )
     if token or not who.keyed:
-        return await receiver.receive(svc.dbs, svc.settings, svc.pipeline, token, data, svc.batcher, forward)
+        return await receiver.receive(
+            svc.dbs, svc.settings, svc.pipeline, token, data, svc.batcher, forward, named=ids
+        )
     if not ids.get("workflow_id") or not (ids.get("company_id") or ids.get("company_domain")):
         return receiver.Receipt(401, {"error": receiver.MISSING_TOKEN})
     ref = receiver.ItemRef(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -199,6 +200,17 @@ async def note_rejection(conn: AsyncConnection, batch_id: str, company_id: str, 
     return result.rowcount == 1
 
 
+@dataclass(frozen=True, slots=True)
+class FoundItem:
+    """The item a callback without a token is for, and how it stands."""
+
+    batch_id: str
+    company_id: str
+    state: str
+    #: other items of the company and workflow also waiting (in other batches or plays).
+    also_waiting: tuple[str, ...] = ()
+
+
 async def find_item(
     conn: AsyncConnection,
     workflow_id: str,
@@ -206,7 +218,7 @@ async def find_item(
     company_id: str | None,
     company_domain: str | None,
     batch_id: str | None,
-) -> tuple[str, str] | None:
+) -> FoundItem | None:
     """(batch id, company id) of the item a callback without a token is for: the company's item of
     this workflow (and batch) waiting for its callback, else its newest item of any state (so a
     repeated callback is answered `duplicate`); None when it has none.
@@ -227,12 +239,21 @@ async def find_item(
     waiting = batch_items.c.state.in_((ItemState.WAITING_CALLBACK, ItemState.RUNNING))
     found = (
         await conn.execute(
-            sa.select(batch_items.c.batch_id, batch_items.c.company_id)
+            sa.select(batch_items.c.batch_id, batch_items.c.company_id, batch_items.c.state)
             .select_from(batch_items.join(batches, batches.c.id == batch_items.c.batch_id))
             .where(*where)
-            # The waiting item first, then the newest.
+            # The waiting items first, then the newest.
             .order_by(sa.case((waiting, 0), else_=1), batch_items.c.updated_at.desc())
-            .limit(1)
+            .limit(2)
         )
-    ).first()
-    return None if found is None else (str(found.batch_id), str(found.company_id))
+    ).all()
+    if not found:
+        return None
+    first = found[0]
+    # Two waiting: the callback names no batch that tells them apart.
+    others = tuple(str(r.batch_id) for r in found[1:] if r.state in WAITING and first.state in WAITING)
+    return FoundItem(str(first.batch_id), str(first.company_id), str(first.state), others)
+
+
+#: states in which an item takes a callback.
+WAITING = (ItemState.WAITING_CALLBACK, ItemState.RUNNING)

@@ -188,6 +188,10 @@ class ZenrowsProvider(base.Provider):
         try:
             document = jsonsafe.loads(response.content, "Zenrows' answer")
         except (ValueError, exceptions.InputError) as exc:
+            if body is zp.Body.HTML:
+                # The page's own label was wrong (a site answering HTML as application/json): the
+                # step asked for the page, which is paid for; keep it as it is.
+                return {"homepage_html": response.text}
             raise exceptions.ProviderError(
                 f"Zenrows answered 200 with a body that is not the JSON asked for: {exc}",
                 cost=self.cost(response),
