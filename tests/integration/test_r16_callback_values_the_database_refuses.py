@@ -25,7 +25,9 @@ URL = "/functions/v1/receiver_v1"
 async def add_mapped_columns(env: Env) -> None:
     await sql(env.dbs, "workspace", "ALTER TABLE company_case_studies ADD COLUMN n integer")
     await sql(env.dbs, "workspace", "ALTER TABLE company_case_studies ADD COLUMN code varchar(5)")
-    found = (await sql(env.dbs, "hq", "SELECT destination_field_mappings FROM db_driven_enrichment_workflows"))[0][0]
+    found = (
+        await sql(env.dbs, "hq", "SELECT destination_field_mappings FROM db_driven_enrichment_workflows")
+    )[0][0]
     mappings = json.loads(found) if isinstance(found, str) else dict(found)
     mappings.update({"n": "n", "code": "code"})
     await sql(
@@ -36,7 +38,9 @@ async def add_mapped_columns(env: Env) -> None:
     )
 
 
-@pytest.mark.parametrize("data", [{"n": 2**64}, {"n": 2**40}, {"code": "abcdefghij"}], ids=["int64", "int32", "varchar"])
+@pytest.mark.parametrize(
+    "data", [{"n": 2**64}, {"n": 2**40}, {"code": "abcdefghij"}], ids=["int64", "int32", "varchar"]
+)
 async def test_a_value_the_column_refuses_is_a_422_and_the_corrected_callback_is_stored(
     env: Env, tmp_path: Path, data: dict[str, object]
 ) -> None:

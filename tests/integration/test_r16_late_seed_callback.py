@@ -24,9 +24,16 @@ GOOD = {"case_study_urls": ["https://cb.com/cases/1"], "extracted_at": "2026-11-
 async def test_a_seed_callback_after_the_timeout_is_refused_and_logged(env: Env, tmp_path: Path) -> None:
     company, _ = await waiting_case_study(env.dbs, env.backend)
     workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
-    await sql(env.dbs, "hq", "UPDATE enrichment_batch_items SET state = 'timed_out', last_error = 'no callback'")
+    await sql(
+        env.dbs, "hq", "UPDATE enrichment_batch_items SET state = 'timed_out', last_error = 'no callback'"
+    )
     before = await count(env.dbs, "hq", "enrichment_results_log")
-    seed = {"workflow_id": workflow_id, "company_id": company.id, "company_domain": company.domain, "data": GOOD}
+    seed = {
+        "workflow_id": workflow_id,
+        "company_id": company.id,
+        "company_domain": company.domain,
+        "data": GOOD,
+    }
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         answer = client.post(URL, json=seed, headers={"Authorization": f"Bearer {KEY}"})
     assert 400 <= answer.status_code < 500, answer.text

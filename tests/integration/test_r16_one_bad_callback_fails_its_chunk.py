@@ -24,7 +24,9 @@ from tests.integration.test_r16_callback_values_the_database_refuses import add_
 URL = "/functions/v1/receiver_v1"
 
 
-async def test_one_overflowing_callback_does_not_fail_the_others_of_its_chunk(env: Env, tmp_path: Path) -> None:
+async def test_one_overflowing_callback_does_not_fail_the_others_of_its_chunk(
+    env: Env, tmp_path: Path
+) -> None:
     if env.backend != "sqlite":
         pytest.skip("PostgreSQL's refusal is a StatementError, isolated per row")
     _, token_a = await waiting_case_study(env.dbs, env.backend)

@@ -22,10 +22,17 @@ GOOD = {"case_study_urls": ["https://cb.com/cases/1"], "extracted_at": "2026-11-
 OLD_SUPABASE_KEY = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
 
 
-async def test_a_seed_callback_with_a_wrong_bearer_key_is_told_the_key_is_wrong(env: Env, tmp_path: Path) -> None:
+async def test_a_seed_callback_with_a_wrong_bearer_key_is_told_the_key_is_wrong(
+    env: Env, tmp_path: Path
+) -> None:
     company, _ = await waiting_case_study(env.dbs, env.backend)
     workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
-    seed = {"workflow_id": workflow_id, "company_id": company.id, "company_domain": company.domain, "data": GOOD}
+    seed = {
+        "workflow_id": workflow_id,
+        "company_id": company.id,
+        "company_domain": company.domain,
+        "data": GOOD,
+    }
     with serve(env, tmp_path) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         answer = client.post(URL, json=seed, headers={"Authorization": f"Bearer {OLD_SUPABASE_KEY}"})
     assert answer.status_code == 401, answer.text

@@ -25,10 +25,12 @@ URL = "/functions/v1/receiver_v1"
 async def test_a_token_with_another_companys_ids_is_refused_not_stored_on_the_tokens_company(
     env: Env, tmp_path: Path
 ) -> None:
-    x, token_x = await waiting_case_study(env.dbs, env.backend, domain="x.com")
+    _x, token_x = await waiting_case_study(env.dbs, env.backend, domain="x.com")
     workflow_id = str((await sql(env.dbs, "hq", "SELECT id FROM db_driven_enrichment_workflows"))[0][0])
     (y,) = await add_companies(env.dbs, ["y.com"])
-    batch_y = await add_batch_item(env.dbs, y, status="waiting", state="waiting_callback", workflow_id=workflow_id)
+    batch_y = await add_batch_item(
+        env.dbs, y, status="waiting", state="waiting_callback", workflow_id=workflow_id
+    )
     assert tokens.issue(b"test-secret", batch_y, y.id, workflow_id, 60)
     body = {
         "callback_token": token_x,
