@@ -1,0 +1,44 @@
+"""Reproductions from the review of issue 17: a finished batch's CSV of rows (UI), over real HTTP.
+
+Each test FAILS on the code it was written against (dcba13f).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import httpx
+
+from enrichhq import runs
+from tests.conftest import Env
+from tests.helpers import INSERT_WORKFLOW, add_companies, sql, workflow_row
+from tests.integration.test_ui_batches import client  # noqa: F401  (the logged-in UI client fixture)
+
+STEP = "scrape-homepage-via-zenrows"
+
+
+async def test_a_batch_csv_of_a_table_without_primary_key_holds_only_that_batchs_rows(
+    env: Env,
+    client: httpx.Client,  # noqa: F811
+) -> None:
+    # A destination table made by hand without a primary key (allowed: workflows validate says ok).
+    # Batch 1 stores one row for ok-a.com, batch 2 (--force, append) a second one. Batch 1's
+    # "Download its rows (CSV)" lists both: a receipt without keys "stands for the company's rows".
+    await sql(env.dbs, "workspace", "CREATE TABLE nopk_scrapes (company_id TEXT, company_domain TEXT, final_url TEXT)")
+    await sql(
+        env.dbs,
+        "hq",
+        INSERT_WORKFLOW,
+        workflow_row(table="nopk_scrapes", mappings=json.dumps({"final_url": "final_url"})),
+    )
+    await add_companies(env.dbs, ["ok-a.com"])
+    batches = []
+    for force in (False, True):
+        prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True), force=force)
+        batches.append(await runs.execute(env.dbs, env.settings, prepared))
+    first = client.get(f"/batches/{batches[0].batch_id}/rows.csv")
+    assert first.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(first.text)))
+    assert len(rows) == 1, rows
