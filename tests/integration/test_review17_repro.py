@@ -42,3 +42,23 @@ async def test_a_batch_csv_of_a_table_without_primary_key_holds_only_that_batchs
     assert first.status_code == 200
     rows = list(csv.DictReader(io.StringIO(first.text)))
     assert len(rows) == 1, rows
+
+
+async def test_ui_strict_import_does_not_tell_the_user_to_pass_a_cli_flag(
+    env: Env,
+    client: httpx.Client,  # noqa: F811
+) -> None:
+    # The UI's "all or nothing" import refuses a blank line with "(or pass --skip-blank)": the UI has
+    # no such flag (only the strict box), and "(--strict)" is the CLI's word too.
+    import re
+
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text)
+    assert token
+    client.post(
+        "/import",
+        data={"csrf": token[1], "strict": "1"},
+        files={"file": ("c.csv", b"domain\nacme.com\n\nbeta.io\n", "text/csv")},
+    )
+    page = client.get("/").text
+    assert "nothing imported" in page
+    assert "--skip-blank" not in page and "--strict" not in page

@@ -190,3 +190,29 @@ def test_architecture_doc_names_no_seed() -> None:
     # has no seed; say what the shape is (the original deployment's callback body).
     text = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
     assert "seed" not in text.lower()
+
+
+# --- exit codes ---------------------------------------------------------------------------------
+
+
+def test_a_run_whose_batch_was_cancelled_does_not_exit_0() -> None:
+    # README: 0 means "every company succeeded or was skipped as already done". A `run` whose batch
+    # is cancelled (UI Cancel, `batches cancel`) meanwhile ends with its companies skipped
+    # "cancelled" -- not done -- and `batches resume` runs them later; yet it exits 0.
+    from enrichhq import runs
+    from enrichhq.cli import batches
+    from enrichhq.states import BatchStatus
+
+    summary = runs.BatchSummary(
+        "b1", "scrape", "p", BatchStatus.CANCELLED, "cancelled by the user", 2, {"skipped": 2}, 0.0, 1.0,
+        skipped={"cancelled": 2},
+    )  # fmt: skip
+    assert batches.exit_code(summary) != 0
+
+
+def test_workflows_set_a_numeric_title(tmp_path: Path) -> None:
+    # "a JSON value is read as JSON": `title=2024` becomes the number 2024 and is refused
+    # ("title: Input should be a valid string"); a text field should take text that looks like a number.
+    _long_step(tmp_path, "s")
+    changed = cli(tmp_path, "workflows", "set", "s", "title=2024")
+    assert changed.returncode == 0, changed.stderr
