@@ -216,3 +216,22 @@ def test_workflows_set_a_numeric_title(tmp_path: Path) -> None:
     _long_step(tmp_path, "s")
     changed = cli(tmp_path, "workflows", "set", "s", "title=2024")
     assert changed.returncode == 0, changed.stderr
+
+
+# --- CRM exports as they are --------------------------------------------------------------------
+
+
+def test_a_hubspot_companies_export_is_read() -> None:
+    # HubSpot's companies export names its columns "Company name", "Company Domain Name" and
+    # "Website URL": none is a domain alias, so the whole file is refused ("has no domain column").
+    items = read(
+        "Record ID,Company name,Company owner,Create Date,Company Domain Name,Website URL,Industry\n"
+        "123,Acme,Jane,2024-01-01,acme.com,https://www.acme.com,SaaS\n"
+    )
+    assert [(i.domain, i.name) for i in items if isinstance(i, csv_import.Row)] == [("acme.com", "Acme")]
+
+
+def test_a_salesforce_accounts_export_gives_the_name() -> None:
+    # Salesforce's accounts report: "Account Name" is the company's name, kept today as an attribute.
+    items = read("Account ID,Account Name,Website,Industry\n001,Acme,www.acme.com,SaaS\n")
+    assert [(i.domain, i.name) for i in items if isinstance(i, csv_import.Row)] == [("acme.com", "Acme")]
