@@ -62,3 +62,23 @@ async def test_ui_strict_import_does_not_tell_the_user_to_pass_a_cli_flag(
     page = client.get("/").text
     assert "nothing imported" in page
     assert "--skip-blank" not in page and "--strict" not in page
+
+
+async def test_a_deleted_steps_batch_page_offers_no_dead_csv_link(
+    env: Env,
+    client: httpx.Client,  # noqa: F811
+) -> None:
+    # `workflows delete` says "its ... batches and destination table are kept"; the batch page still
+    # offers "Download its rows (CSV)", which answers 404 "no workflow with id or slug ...;
+    # `enrichhq workflows list` shows the ones there are" (a CLI hint, in the UI).
+    from tests.helpers import homepage_ddl
+
+    await sql(env.dbs, "workspace", homepage_ddl(env.backend))
+    await sql(env.dbs, "hq", INSERT_WORKFLOW, workflow_row())
+    await add_companies(env.dbs, ["ok-a.com"])
+    prepared = await runs.prepare(env.dbs, env.settings, STEP, runs.Selection(all=True))
+    done = await runs.execute(env.dbs, env.settings, prepared)
+    await sql(env.dbs, "hq", "DELETE FROM db_driven_enrichment_workflows")
+    page = client.get(f"/batches/{done.batch_id}").text
+    linked = f'/batches/{done.batch_id}/rows.csv"' in page
+    assert not linked or client.get(f"/batches/{done.batch_id}/rows.csv").status_code == 200
