@@ -235,3 +235,10 @@ def test_a_salesforce_accounts_export_gives_the_name() -> None:
     # Salesforce's accounts report: "Account Name" is the company's name, kept today as an attribute.
     items = read("Account ID,Account Name,Website,Industry\n001,Acme,www.acme.com,SaaS\n")
     assert [(i.domain, i.name) for i in items if isinstance(i, csv_import.Row)] == [("acme.com", "Acme")]
+
+
+def test_excels_sep_line_is_understood() -> None:
+    # Excel (European locales) writes and reads a first line `sep=;` naming the delimiter; the file is
+    # refused today: "has no domain column (found: 'sep=')".
+    items = read("sep=;\nDomain;Name\nacme.com;Acme\n")
+    assert [(i.domain, i.name) for i in items if isinstance(i, csv_import.Row)] == [("acme.com", "Acme")]
