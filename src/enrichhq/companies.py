@@ -167,14 +167,15 @@ async def import_stream(
             elif isinstance(item, csv_import.Blank):
                 tally.blank += 1
                 if not skip_blank:
-                    tally.flaw(f"line {item.line} is blank; remove blank lines (or pass --skip-blank)")
+                    tally.flaw(f"line {item.line} is blank; remove blank lines, or let them be skipped")
             else:
                 tally.bad(item)
         if tally.refused:
             shown = "; ".join(tally.refusals[:SHOWN_LINES])
             more = tally.refused - min(len(tally.refusals), SHOWN_LINES)
             raise exceptions.InputError(
-                f"{source}: nothing imported (--strict): {shown}" + (f"; and {more} more" if more else "")
+                f"{source}: nothing imported (all or nothing): {shown}"
+                + (f"; and {more} more" if more else "")
             )
         if pending:
             await _write(conn, pending, tally)
@@ -324,7 +325,7 @@ def read_domains(path: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-async def export_csv(dbs: engines.Databases, out: Path, *, raw: bool = False) -> int:
+async def export_csv(dbs: engines.Databases, out: Path | IO[str], *, raw: bool = False) -> int:
     """Write every company as `domain,name,id,<attribute>...` (which imports again); the row count.
 
     Two passes over the table, streamed: the attribute names (sorted: PostgreSQL's JSONB keeps no
@@ -336,16 +337,22 @@ async def export_csv(dbs: engines.Databases, out: Path, *, raw: bool = False) ->
         async for attributes in company_rows.stream_attributes(conn):
             names.update(attributes)
     keys = sorted(names)
+    if not isinstance(out, Path):
+        return await _write_companies(dbs, out, keys, raw)
     out.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
     with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["domain", "name", "id", *keys])
-        async with dbs.begin("hq") as conn:
-            async for company, attributes in company_rows.stream_companies(conn):
-                cells = [company.domain, company.name, company.id, *(attributes.get(k) for k in keys)]
-                writer.writerow([destinations.csv_cell(c, raw=raw) for c in cells])
-                count += 1
+        return await _write_companies(dbs, handle, keys, raw)
+
+
+async def _write_companies(dbs: engines.Databases, handle: IO[str], keys: list[str], raw: bool) -> int:
+    count = 0
+    writer = csv.writer(handle)
+    writer.writerow(["domain", "name", "id", *keys])
+    async with dbs.begin("hq") as conn:
+        async for company, attributes in company_rows.stream_companies(conn):
+            cells = [company.domain, company.name, company.id, *(attributes.get(k) for k in keys)]
+            writer.writerow([destinations.csv_cell(c, raw=raw) for c in cells])
+            count += 1
     return count
 
 

@@ -25,8 +25,21 @@ from typing import IO, Final
 
 from enrichhq import domains, exceptions
 
-DOMAIN_ALIASES: Final = ("domain", "company domain", "website", "company website", "url")
-NAME_ALIASES: Final = ("name", "company name", "company", "organization")
+DOMAIN_ALIASES: Final = (
+    "domain",
+    "company domain",
+    "company domain name",  # HubSpot
+    "website",
+    "company website",
+    "website url",  # HubSpot
+    "account website",
+    "url",
+)
+NAME_ALIASES: Final = ("name", "company name", "company", "organization", "account name")  # Salesforce
+#: what `export` puts before a cell a spreadsheet would run as a formula; read back as it was.
+DEFUSED: Final = re.compile(r"'(?=[=+\-@\t\r\uff1d\uff0b\uff0d\uff20])")
+#: Excel's first line naming the delimiter (`sep=;`), written by European locales.
+SEP_LINE: Final = re.compile(rb"^(?:\xef\xbb\xbf)?sep=(.)\r?\n")
 DELIMITERS: Final = ",;\t"
 #: how much of the file the delimiter is sniffed from (whole lines of it): csv.Sniffer's regexes take
 #: time quadratic in a line's length on quote-heavy input, a quarter of a second at this size.
@@ -146,12 +159,32 @@ class Reader:
         #: lines whose bytes are not UTF-8 text, with why.
         self._bad: dict[int, str] = {}
         start = stream.tell()
-        self.delimiter = sniff_delimiter(stream.read(SNIFF_BYTES))
+        sample = stream.read(SNIFF_BYTES)
         stream.seek(start)
+        named = SEP_LINE.match(sample)
+        #: the file's first line is Excel's `sep=X` (skipped; X is the delimiter).
+        self.sep_line = named is not None
+        self.delimiter = named.group(1).decode("latin-1") if named else sniff_delimiter(sample)
+        #: lines end with CR alone (classic Mac, some Excel exports): split on it.
+        self.cr_only = b"\r" in sample and b"\n" not in sample
+
+    def _raw_lines(self) -> Iterator[bytes]:
+        if not self.cr_only:
+            yield from self.stream
+            return
+        rest = b""
+        while chunk := self.stream.read(65536):
+            *lines, rest = (rest + chunk).split(b"\r")
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
 
     def _text(self) -> Iterator[str]:
-        for number, raw in enumerate(self.stream, 1):
+        for number, raw in enumerate(self._raw_lines(), 1):
             self.lines = number
+            if number == 1 and self.sep_line:
+                continue
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             try:
@@ -175,7 +208,9 @@ class Reader:
         return found
 
     def __iter__(self) -> Iterator[Item]:
-        reader = csv.reader(self._text(), delimiter=self.delimiter)
+        # strict: a quoted cell never closed (a stray ") is an error at the end of the file, not
+        # the rest of the file swallowed into one cell.
+        reader = csv.reader(self._text(), delimiter=self.delimiter, strict=True)
         try:
             cells = next(reader, None)
             while cells is not None and not any(c.strip() for c in cells):  # blank lines above the header
@@ -196,7 +231,11 @@ class Reader:
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield Invalid(start, f"cannot be read as CSV ({exc})")
+                yield Invalid(
+                    start,
+                    f"cannot be read as CSV ({exc}); a cell that opens with a quote runs on to its "
+                    'closing quote: look for a stray " on this line',
+                )
                 continue
             if (problem := self._problem(start)) is not None:
                 yield problem
@@ -205,6 +244,11 @@ class Reader:
                 yield Blank(start)
                 continue
             yield _row(header, cells, start, seen, ids)
+
+
+def _as_written(cell: str) -> str:
+    """A cell as it was before `export` defused it ('=Acme -> =Acme), so export and import round-trip."""
+    return DEFUSED.sub("", cell, count=1) if cell.startswith("'") else cell
 
 
 def _row(header: Header, cells: list[str], line: int, seen: dict[str, int], ids: dict[str, int]) -> Item:
@@ -220,14 +264,20 @@ def _row(header: Header, cells: list[str], line: int, seen: dict[str, int], ids:
         domain = domains.clean(raw)
     except domains.DomainError as exc:
         return Invalid(line, str(exc))
-    name = (cells[header.name].strip() or None) if header.name is not None and header.name < width else None
+    name = (
+        (_as_written(cells[header.name].strip()) or None)
+        if header.name is not None and header.name < width
+        else None
+    )
     given: str | None = None
     if header.id is not None and header.id < width and (text := cells[header.id].strip()):
         try:
             given = str(uuid.UUID(text))
         except ValueError:
             return Invalid(line, f"id {text!r} is not a UUID; leave it empty for a new company")
-    attributes = {key: value for i, key in header.attributes if i < width and (value := cells[i].strip())}
+    attributes = {
+        key: _as_written(value) for i, key in header.attributes if i < width and (value := cells[i].strip())
+    }
     first = seen.get(domain)
     if first is None:
         if given is not None:

@@ -397,11 +397,17 @@ async def export_batch_csv(
     stands for the company's rows.
     """
     destination = await reflect(dbs, workflow.destination_db, workflow.destination_table_name)
-    await stored_rows.ensure(dbs, workflow.destination_db)
     table = destination.table
+    if not table.primary_key.columns:
+        raise exceptions.ConfigError(
+            f"{table.name} has no primary key, so one batch's rows cannot be told from another's: "
+            "give it one (an id UUID PRIMARY KEY) or export the whole table"
+        )
+    await stored_rows.ensure(dbs, workflow.destination_db)
     async with dbs.begin(workflow.destination_db) as conn:
         receipts = await stored_rows.of_batch(conn, workflow.id, batch_id)
     keyed = [key for r in receipts for key in (r.row_keys or [])]
+    # A receipt without keys: an upsert that changed nothing (its row is the company's one row).
     unkeyed = [r.company_id for r in receipts if not r.row_keys]
     writer = csv.writer(out)
     writer.writerow([csv_cell(name, raw=raw) for name in table.c.keys()])

@@ -42,6 +42,7 @@ def clean(raw: str) -> str:
     text = raw.strip().lower()
     if DOMAIN.match(text) and not text.startswith("www.") and not text.rsplit(".", 1)[-1].isdigit():
         _refuse_local(raw, text)
+        _check_a_labels(raw, text)
         return text  # the usual case, already clean: no more work
     if not text:
         raise DomainError(raw, "is empty: a company needs a domain such as acme.com")
@@ -67,7 +68,18 @@ def clean(raw: str) -> str:
     if not DOMAIN.match(host):
         hint = "" if "." in host else " (a domain has a dot, as in acme.com)"
         raise DomainError(raw, f"is not a domain{hint}")
+    _check_a_labels(raw, host)
     return host
+
+
+def _check_a_labels(raw: str, host: str) -> None:
+    """An `xn--` label must be punycode that decodes (xn--zz is no name at all)."""
+    if "xn--" not in host:
+        return
+    try:
+        idna.decode(host)
+    except (idna.IDNAError, UnicodeError):
+        raise DomainError(raw, "is not a valid internationalised domain name (a broken xn-- label)") from None
 
 
 def _refuse_local(raw: str, host: str) -> None:

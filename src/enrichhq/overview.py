@@ -170,6 +170,23 @@ async def matching(
         )
 
 
+async def batch_rows_available(dbs: engines.Databases, batch_id: str) -> bool:
+    """Whether the batch page offers its rows as CSV: its step still exists, and its table can
+    tell one batch's rows from another's (a primary key)."""
+    async with dbs.begin("hq") as conn:
+        batch = await batches.get_batch(conn, batch_id) if common.is_uuid(batch_id) else None
+    if batch is None or batch.workflow_id is None:
+        return False
+    try:
+        workflow = await workflows.get(dbs, str(batch.workflow_id))
+        destination = await destinations.reflect(
+            dbs, workflow.destination_db, workflow.destination_table_name
+        )
+    except exceptions.EnrichHQError:
+        return False
+    return bool(destination.table.primary_key.columns)
+
+
 async def batch_rows_csv(dbs: engines.Databases, batch_id: str, out: IO[str]) -> int:
     """The rows one batch stored, as CSV (the batch page's download); the row count."""
     async with dbs.begin("hq") as conn:

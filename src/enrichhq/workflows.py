@@ -349,10 +349,23 @@ async def add(dbs: engines.Databases, spec: WorkflowSpec, *, create_table: bool 
     return Validation(await get(dbs, workflow_id), result.problems, result.warnings)
 
 
-async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> Validation:
-    """Change fields of a workflow config, validated before it is saved."""
+async def update(
+    dbs: engines.Databases, ref: str, changes: dict[str, Any], *, merge: bool = False
+) -> Validation:
+    """Change fields of a workflow config, validated before it is saved.
+
+    `merge`: an object given for an object field (provider_config, destination_field_mappings)
+    changes only the keys it names, a key set to null is removed (`workflows set`); else it
+    replaces the field whole (the REST API's PATCH).
+    """
     current = await get(dbs, ref)
-    merged = spec_of(current) | changes
+    fields = spec_of(current)
+    if merge:
+        changes = {
+            key: _merged(fields.get(key), value) if isinstance(value, dict) else value
+            for key, value in changes.items()
+        }
+    merged = fields | changes
     spec = WorkflowSpec.parse(merged)
     candidate = WorkflowConfig.from_row({**spec.model_dump(), "id": current.id})
     result = await validate(dbs, candidate)
@@ -363,10 +376,25 @@ async def update(dbs: engines.Databases, ref: str, changes: dict[str, Any]) -> V
     return Validation(await get(dbs, current.id), (), result.warnings)
 
 
+def _merged(current: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `current`'s keys; a key given as null is dropped."""
+    base = dict(current) if isinstance(current, dict) else {}
+    base.update(given)
+    return {k: v for k, v in base.items() if v is not None}
+
+
 async def delete(dbs: engines.Databases, ref: str) -> WorkflowConfig:
     """Remove a workflow config (by id or slug); the one removed. Its logs and completions stay."""
+    from enrichhq.db import items  # the items' queries load only for a delete
+
     workflow = await get(dbs, ref)
     async with dbs.begin("hq") as conn:
+        busy = await items.open_batch_of_workflow(conn, workflow.id)
+        if busy is not None:
+            raise exceptions.InputError(
+                f"workflow {workflow.workflow_slug} has companies in flight in batch {busy}: let it "
+                "finish, or `enrichhq batches cancel` it first"
+            )
         await workflow_rows.delete_workflow(conn, workflow.id)
     return workflow
 

@@ -134,3 +134,22 @@ async def test_tables_never_cut_an_id(env: Env, stub: Stub, tmp_path: Path) -> N
     assert ran["batch_id"] in enrichhq("batches", "list", env=narrow).stdout
     wide = enrichhq("batches", "list", "--wide", env=narrow)
     assert wide.returncode == 0 and ran["batch_id"] in wide.stdout and STEP in wide.stdout
+
+
+async def test_a_step_with_a_batch_in_flight_is_not_deleted(env: Env, stub: Stub, tmp_path: Path) -> None:
+    environ = await _ready(env, tmp_path, "ok-a.com")
+    listed = json.loads(enrichhq("companies", "list", "--json", env=environ).stdout)
+    (workflow,) = json.loads(enrichhq("workflows", "list", "--json", env=environ).stdout)
+    company = Company(listed["items"][0]["id"], "ok-a.com")
+    batch_id = await add_batch_item(
+        env.dbs, company, status="running", state="queued", workflow_id=workflow["id"], slug=STEP, step=1
+    )
+    await sql(
+        env.dbs,
+        "hq",
+        "UPDATE enrichment_batch_items SET workflow_id = :w, play_name = 'default' WHERE batch_id = :b",
+        {"w": workflow["id"], "b": batch_id},
+    )
+    refused = enrichhq("workflows", "delete", STEP, "--yes", env=environ)
+    assert refused.returncode == 1 and batch_id in refused.stderr and "batches cancel" in refused.stderr
+    assert len(json.loads(enrichhq("workflows", "list", "--json", env=environ).stdout)) == 1

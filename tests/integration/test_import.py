@@ -98,8 +98,8 @@ async def test_strict_is_all_or_nothing(env: Env) -> None:
         )
     line = companies.CHUNK + 7
     assert str(caught.value) == (
-        f"c.csv: nothing imported (--strict): line {line}: 'n/a' is not a domain (a domain has a dot, as in "
-        f"acme.com); line {line + 1} is blank; remove blank lines (or pass --skip-blank); duplicate domain "
+        f"c.csv: nothing imported (all or nothing): line {line}: 'n/a' is not a domain (a domain has a dot, as in "
+        f"acme.com); line {line + 1} is blank; remove blank lines, or let them be skipped; duplicate domain "
         f"'co1.com' on lines 3 and {line + 2}; list each company once"
     )
     assert await count(env.dbs, "hq", "companies") == 0
@@ -218,7 +218,7 @@ async def test_the_ui_import_shows_the_summary_and_the_invalid_lines(env: Env) -
         strict = client.post("/import", data={"csrf": csrf, "strict": "1"}, files=files)
         assert strict.status_code == 303
         grid = client.get("/").text
-        assert 'class="flash bad"' in grid and "nothing imported (--strict): line 4 is blank" in grid
+        assert 'class="flash bad"' in grid and "nothing imported (all or nothing): line 4 is blank" in grid
         assert "import notes" not in grid
 
         # Many invalid lines: the first reasons and a count (the session is a cookie of at most 4 KB).
@@ -246,7 +246,7 @@ async def test_the_rest_import_answers_the_summary(env: Env, tmp_path: Path) -> 
         )
         assert strict.status_code == 400
         assert strict.json()["error"] == (
-            "request body: nothing imported (--strict): line 3: 'n/a' is not a domain "
+            "request body: nothing imported (all or nothing): line 3: 'n/a' is not a domain "
             "(a domain has a dot, as in acme.com)"
         )
         assert await count(env.dbs, "hq", "companies", "WHERE domain = 'acme.io'") == 0

@@ -280,9 +280,9 @@ def finish(found: Sequence[runs.BatchSummary], as_json: bool = False) -> None:
 
 
 def exit_code(summary: runs.BatchSummary) -> int:
-    """A step's exit code: EXIT_STOPPED for a stopped batch (resumable, whatever else happened),
-    EXIT_FAILED when some companies failed or timed out, else 0."""
-    if summary.status == BatchStatus.STOPPED:
+    """A step's exit code: EXIT_STOPPED for a stopped or cancelled batch (resumable, whatever else
+    happened), EXIT_FAILED when some companies failed or timed out, else 0."""
+    if summary.status in (BatchStatus.STOPPED, BatchStatus.CANCELLED):
         return EXIT_STOPPED
     if summary.count(ItemState.FAILED) or summary.count(ItemState.TIMED_OUT):
         return EXIT_FAILED
@@ -371,7 +371,8 @@ def batches_cancel(
     """Cancel a batch: no new calls start, calls in flight end and are written, the rest is skipped."""
     from enrichhq import runs, settings
 
-    if not yes and not typer.confirm(f"cancel batch {batch_id}? (`batches resume` can run the rest later)"):
+    question = f"cancel batch {batch_id}? (`batches resume` can run the rest later)"
+    if not yes and not typer.confirm(question, err=True):
         raise typer.Exit(1)
     conf = settings.load()
     summary = run(lambda dbs: runs.cancel(dbs, conf, batch_id))

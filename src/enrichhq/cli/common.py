@@ -37,8 +37,9 @@ EXIT_FAILED = 4
 HELP = f"""Config-driven company enrichment.
 
 Exit codes: {EXIT_OK} every company succeeded or was skipped as already done; {EXIT_FAILED} some
-failed or timed out (the summary still prints); {EXIT_STOPPED} a batch stopped (credits, budget,
-Ctrl-C; `enrichhq batches resume` goes on); {EXIT_ERROR} an error before the run; 2 a usage error.
+failed or timed out (the summary still prints); {EXIT_STOPPED} a batch stopped or was cancelled
+(credits, budget, Ctrl-C, Cancel; `enrichhq batches resume` goes on); {EXIT_ERROR} an error before
+the run; 2 a usage error.
 """
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from enrichhq.cli import output
 from enrichhq.cli.common import JsonFlag, WideFlag, app, command, companies_app, console, emit_json, out, run
 
 
@@ -54,7 +55,7 @@ def companies_import(
 
 @command(companies_app, "export")
 def companies_export(
-    out_path: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    out_path: Annotated[str, typer.Option("--out", help="CSV file to write, or - for stdout")],
     raw: Annotated[
         bool, typer.Option("--raw", help="write cells as stored (formulas not defused, as in `export`)")
     ] = False,
@@ -62,8 +63,10 @@ def companies_export(
     """Write the companies to CSV: domain, name, id and one column per attribute (re-importable)."""
     from enrichhq import companies
 
-    count = run(lambda dbs: companies.export_csv(dbs, out_path, raw=raw))
-    out.print(f"wrote {count} companies to {out_path}")
+    target = sys.stdout if out_path == "-" else Path(out_path)
+    count = run(lambda dbs: companies.export_csv(dbs, target, raw=raw))
+    if out_path != "-":
+        out.print(f"wrote {count} companies to {out_path}")
 
 
 @command(companies_app, "list")
@@ -81,12 +84,14 @@ def companies_list(
     if as_json:
         emit_json({"total": total, "items": page})
         return
-    table = Table("domain", "name", title=f"{total} companies")
-    # The id is what a user copies: never cut, the name gives way first.
+    table = Table(title=f"{total} companies")
+    # The domain and the id are what a user copies: never cut, the name gives way first.
+    table.add_column("domain", no_wrap=True, min_width=max((len(c.domain) for c in page), default=6))
+    table.add_column("name")
     table.add_column("id", no_wrap=True, min_width=36)
     for c in page:
         table.add_row(Text(c.domain), Text(c.name or ""), Text(c.id))
-    console(wide).print(table)
+    output.fit(console(wide), table)
 
 
 @command(companies_app, "delete")
@@ -97,7 +102,8 @@ def companies_delete(
     """Delete companies (their logs, completions and stored rows are kept)."""
     from enrichhq import companies
 
-    if not yes and not typer.confirm(f"delete {len(domains)} companies? ({companies.KEPT_ON_DELETE})"):
+    question = f"delete {len(domains)} companies? ({companies.KEPT_ON_DELETE})"
+    if not yes and not typer.confirm(question, err=True):
         raise typer.Exit(1)
     deleted = run(lambda dbs: companies.delete(dbs, domains))
     out.print(Text(f"deleted {len(deleted.removed)} companies; {companies.KEPT_ON_DELETE}"))

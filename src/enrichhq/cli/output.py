@@ -99,9 +99,11 @@ def print_counts(console: Console, summary: runs.BatchSummary) -> None:
 def print_batches(console: Console, batches: Sequence[rows.BatchRow]) -> None:
     """The newest batches, one line each."""
     table = Table()
-    # The id is what the other commands take: never cut, the workflow's slug gives way first.
+    # The id and the slug are what the other commands take: never cut; the others give way.
     table.add_column("id", no_wrap=True, min_width=36)
-    for name in ("workflow", "play", "status", "companies", "created"):
+    longest = max((len(b.workflow_slug) for b in batches), default=8)
+    table.add_column("workflow", no_wrap=True, min_width=longest)
+    for name in ("play", "status", "companies", "created"):
         table.add_column(name)
     for b in batches:
         table.add_row(
@@ -110,6 +112,18 @@ def print_batches(console: Console, batches: Sequence[rows.BatchRow]) -> None:
                 for cell in (b.id, b.workflow_slug, b.play_name, b.status, b.total, b.created_at)
             )
         )
+    fit(console, table)
+
+
+def fit(console: Console, table: Table) -> None:
+    """Print a table whole: where the columns that are never cut (ids, slugs, domains) need more
+    than the terminal's width, the table takes that width (the terminal wraps its lines) rather
+    than cropping them."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update_width(100_000), table).minimum
+    if need > console.width:
+        console = Console(markup=False, width=need, soft_wrap=True, file=console.file)
     console.print(table)
 
 

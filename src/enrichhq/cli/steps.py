@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from enrichhq import exceptions
+from enrichhq.cli import output
 from enrichhq.cli.common import JsonFlag, WideFlag, command, console, emit_json, out, run, workflows_app
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def workflows_list(as_json: JsonFlag = False, wide: WideFlag = False) -> None:
     table = Table("step")
     # The slug is what the other commands take: never cut, the title gives way first.
     longest = max(len(v.workflow.workflow_slug) for v in checked)
-    table.add_column("slug", no_wrap=True, min_width=min(40, longest))
+    table.add_column("slug", no_wrap=True, min_width=longest)
     for name in ("title", "provider", "destination", "mode", "active", "valid"):
         table.add_column(name)
     for v in checked:
@@ -51,7 +52,7 @@ def workflows_list(as_json: JsonFlag = False, wide: WideFlag = False) -> None:
             "yes" if w.is_active else "no",
         )
         table.add_row(*(Text(cell) for cell in cells), status)
-    console(wide).print(table)
+    output.fit(console(wide), table)
 
 
 @command(workflows_app, "validate")
@@ -120,7 +121,7 @@ def workflows_set(
     from enrichhq import workflows
 
     fields = assignments(changes)
-    result = run(lambda dbs: workflows.update(dbs, ref, fields))
+    result = run(lambda dbs: workflows.update(dbs, ref, fields, merge=True))
     out.print(Text(f"updated workflow {result.workflow.workflow_slug}: {', '.join(fields)}"))
     for warning in result.warnings:
         out.print(Text.assemble(("!", "yellow"), " ", warning), soft_wrap=True)
@@ -134,23 +135,31 @@ def workflows_delete(
     """Delete a step's config (its logs, completions and destination table are kept)."""
     from enrichhq import workflows
 
-    if not yes and not typer.confirm(f"delete workflow {ref}? ({workflows.KEPT_ON_DELETE})"):
+    if not yes and not typer.confirm(f"delete workflow {ref}? ({workflows.KEPT_ON_DELETE})", err=True):
         raise typer.Exit(1)
     removed = run(lambda dbs: workflows.delete(dbs, ref))
     out.print(Text(f"deleted workflow {removed.workflow_slug} ({removed.id}); {workflows.KEPT_ON_DELETE}"))
 
 
+#: fields that hold text: `title=2024` is the text "2024", not the number.
+TEXT_FIELDS = frozenset(
+    {"workflow_slug", "title", "provider", "destination_db", "destination_table_name", "write_mode"}
+)
+
+
 def assignments(pairs: list[str]) -> dict[str, Any]:
-    """FIELD=VALUE pairs as changes: a JSON value as JSON, anything else as text."""
+    """FIELD=VALUE pairs as changes: a JSON value as JSON (text in a text field), anything else as text."""
     changes: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise exceptions.InputError(f"{pair!r} must look like FIELD=VALUE, e.g. is_active=false")
         try:
-            changes[key.strip()] = json.loads(value)
+            parsed = json.loads(value)
         except ValueError:
-            changes[key.strip()] = value
+            parsed = value
+        changes[key] = value if key in TEXT_FIELDS and not isinstance(parsed, str) else parsed
     return changes
 
 

@@ -574,6 +574,17 @@ async def states_in(
     return found
 
 
+async def open_batch_of_workflow(conn: AsyncConnection, workflow_id: str) -> str | None:
+    """A batch in which an item of this workflow is unfinished, if there is one."""
+    found = await conn.execute(
+        sa.select(batch_items.c.batch_id)
+        .where(batch_items.c.workflow_id == workflow_id, batch_items.c.state.in_(OPEN_STATES))
+        .limit(1)
+    )
+    row = found.first()
+    return None if row is None else str(row.batch_id)
+
+
 async def open_batches_of(conn: AsyncConnection, company_ids: Sequence[str]) -> dict[str, str]:
     """Of these companies, those with an unfinished item, each with one batch it is open in."""
     found: dict[str, str] = {}

@@ -291,20 +291,26 @@ async def batches_page(request: Request) -> HTMLResponse:
 
 @router.get("/batches/{batch_id}", dependencies=Logged)
 async def batch_page(request: Request, batch_id: str) -> HTMLResponse:
-    summary = await runs.summary(services(request).dbs, batch_id, failures=200)
+    dbs = services(request).dbs
+    summary = await runs.summary(dbs, batch_id, failures=200)
+    progress = overview.progress(summary)
     return render(
         request,
         "batch.html",
         summary=summary,
-        progress=overview.progress(summary),
+        progress=progress,
+        rows_csv=progress.final and await overview.batch_rows_available(dbs, batch_id),
         message=request.session.pop("message", None),
     )
 
 
 @router.get("/batches/{batch_id}/progress", dependencies=Logged)
 async def batch_progress(request: Request, batch_id: str) -> HTMLResponse:
-    summary = await runs.summary(services(request).dbs, batch_id, failures=200)
-    return render(request, "_progress.html", summary=summary, progress=overview.progress(summary))
+    dbs = services(request).dbs
+    summary = await runs.summary(dbs, batch_id, failures=200)
+    progress = overview.progress(summary)
+    rows_csv = progress.final and await overview.batch_rows_available(dbs, batch_id)
+    return render(request, "_progress.html", summary=summary, progress=progress, rows_csv=rows_csv)
 
 
 @router.get("/batches/{batch_id}/rows.csv", dependencies=Logged)
