@@ -213,10 +213,12 @@ async def test_a_company_is_through_the_run_once_final_in_every_step(env: Env, p
         await sql(
             env.dbs,
             "hq",
-            "UPDATE enrichment_batch_items SET state = :s, last_error = :e WHERE batch_id = :b AND company_domain = :d",
+            "UPDATE enrichment_batch_items SET state = :s, last_error = :e, skip_reason = :r "
+            "WHERE batch_id = :b AND company_domain = :d",
             {
                 "s": state,
                 "e": "input_missing: x; more" if state == "skipped" else None,
+                "r": "input_missing" if state == "skipped" else None,
                 "b": batch_id,
                 "d": domain,
             },
