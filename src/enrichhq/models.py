@@ -149,7 +149,7 @@ class LogEntry:
     @property
     def succeeded(self) -> bool:
         """Whether this entry marks a completed step (the seed also says 'success', some 'completed')."""
-        return self.status in SUCCESS_STATUSES
+        return str(self.status).strip().lower() in SUCCESS_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,10 +160,16 @@ def _require_a_mapped_field(config: WorkflowConfig, data: Mapping[str, Any]) -> 
     mapped = config.destination_field_mappings
     if not mapped or any(data.get(key) is not None for key in mapped):
         return
+    present = [key for key in mapped if key in data]
     keys = ", ".join(sorted(map(repr, data))) or "none"
+    found = (
+        f"the data has {', '.join(map(repr, present))} but every one is null"
+        if present
+        else f"the data has {keys}"
+    )
     raise destinations.CoercionError(
-        f"{NOTHING_MAPPED}: the mapping reads {', '.join(map(repr, mapped))}, the data has {keys}; "
-        "send at least one of the mapped keys (or fix destination_field_mappings)"
+        f"{NOTHING_MAPPED}: the mapping reads {', '.join(map(repr, mapped))}, {found}; "
+        "send at least one of the mapped keys with a value (or fix destination_field_mappings)"
     )
 
 
