@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from enrichhq import exceptions
+from enrichhq import exceptions, functions
 from enrichhq.db import common, engines, reports, workflow_rows
 from enrichhq.runs import chain, summaries
 from enrichhq.runs.background import BatchRunner
@@ -39,6 +39,8 @@ class StepView:
     skipped: Mapping[str, int]
     cost: float
     budget: float | None = None
+    #: what the step's costs count in (Zenrows credits), when its provider says.
+    cost_unit: str | None = None
 
     @property
     def final(self) -> bool:
@@ -90,9 +92,18 @@ class RunView:
         return all(s.final for s in self.steps)
 
     @property
-    def cost(self) -> float:
-        """What every step's calls have cost so far."""
+    def cost(self) -> float | None:
+        """What every step's calls have cost so far; None when the steps count in different units
+        (Zenrows credits beside an API's dollars add up to nothing)."""
+        if len({s.cost_unit for s in self.steps}) > 1:
+            return None
         return sum(s.cost for s in self.steps)
+
+    @property
+    def cost_unit(self) -> str | None:
+        """The unit every step's cost counts in, when they share one."""
+        units = {s.cost_unit for s in self.steps}
+        return units.pop() if len(units) == 1 else None
 
 
 def batch_ids(values: Iterable[str]) -> list[str]:
@@ -119,6 +130,13 @@ def address(ids: Sequence[str]) -> str:
     return urlencode([("batch", i) for i in ids])
 
 
+def _unit(provider: str) -> str | None:
+    try:
+        return functions.load(provider).cost_unit
+    except exceptions.EnrichHQError:  # a provider no longer installed
+        return None
+
+
 async def view(dbs: engines.Databases, ids: Sequence[str]) -> RunView:
     """How each of these batches stands, in step order, read in one transaction.
 
@@ -126,7 +144,9 @@ async def view(dbs: engines.Databases, ids: Sequence[str]) -> RunView:
     """
     ids = batch_ids(ids)
     async with dbs.begin("hq") as conn:
-        titles = {w.id: w.title for w in await workflow_rows.list_workflows(conn)}
+        listed = await workflow_rows.list_workflows(conn)
+        titles = {w.id: w.title for w in listed}
+        units = {w.id: _unit(w.provider) for w in listed}
         steps = []
         for batch_id in ids:
             batch = await summaries.existing_batch(conn, batch_id)
@@ -147,6 +167,7 @@ async def view(dbs: engines.Databases, ids: Sequence[str]) -> RunView:
                     skipped=await reports.skipped_by_reason(conn, batch_id),
                     cost=await reports.spent(conn, batch_id),
                     budget=batch.budget,
+                    cost_unit=units.get(str(batch.workflow_id)),
                 )
             )
         companies, finished, succeeded = await reports.through_every_batch(conn, ids)
