@@ -167,7 +167,8 @@ def test_the_whole_journey(shots: Path, page: Page, server: LiveServer, tmp_path
 
     # All matching the rest: the done ones are skipped in the confirmation.
     page.click("text=Companies")
-    expect(page.locator("table.grid .state.done")).to_have_count(3)
+    # A cell shows what its step stored, the state a mark beside it (or the state alone).
+    expect(page.locator("table.grid td.cell .done")).to_have_count(3)
     page.screenshot(path=str(shots / "grid.png"), full_page=True)
     page.check("#all-matching")
     page.click("button.run[data-step='1']")
@@ -176,7 +177,12 @@ def test_the_whole_journey(shots: Path, page: Page, server: LiveServer, tmp_path
     page.click(".confirm button:has-text('Start')")
     expect(page.locator("#batch-status")).to_have_text("completed", timeout=20_000)
     page.click("text=Companies")
-    expect(page.locator("table.grid .state.done")).to_have_count(5)
+    expect(page.locator("table.grid td.cell .done")).to_have_count(5)
+    # A click on a cell opens the side panel: the stored row and the step's calls.
+    page.locator("table.grid td.cell a.open").first.click()
+    expect(page.locator("#panel .panel")).to_contain_text("Calls")
+    page.click("#panel button[data-clear=panel]")
+    expect(page.locator("#panel .panel")).to_have_count(0)
 
     # The scraped page full of scripts shows in a sandboxed frame and as text; nothing runs.
     page.click("text=script-evil.com")
