@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from enrichhq import destinations, exceptions, previews, workflows
 from enrichhq.db import batches, common, company_rows, engines, rows, step_rows, stored_rows, views
 from enrichhq.models import Company, WorkflowConfig
@@ -170,15 +172,20 @@ async def matching(
         )
 
 
-async def batch_rows_available(dbs: engines.Databases, batch_id: str) -> bool:
-    """Whether the batch page offers its rows as CSV: its step still exists, and its table can
-    tell one batch's rows from another's (a primary key)."""
+async def _batch_step(dbs: engines.Databases, batch_id: str) -> WorkflowConfig:
+    """The step a batch ran; NotFound when there is no such batch (or its step is gone)."""
     async with dbs.begin("hq") as conn:
         batch = await batches.get_batch(conn, batch_id) if common.is_uuid(batch_id) else None
     if batch is None or batch.workflow_id is None:
-        return False
+        raise exceptions.NotFound(f"no batch {batch_id!r}; the batches page lists them")
+    return await workflows.get(dbs, str(batch.workflow_id))
+
+
+async def batch_rows_available(dbs: engines.Databases, batch_id: str) -> bool:
+    """Whether the batch page offers its rows as CSV: its step still exists, and its table can
+    tell one batch's rows from another's (a primary key)."""
     try:
-        workflow = await workflows.get(dbs, str(batch.workflow_id))
+        workflow = await _batch_step(dbs, batch_id)
         destination = await destinations.reflect(
             dbs, workflow.destination_db, workflow.destination_table_name
         )
@@ -189,12 +196,7 @@ async def batch_rows_available(dbs: engines.Databases, batch_id: str) -> bool:
 
 async def batch_rows_csv(dbs: engines.Databases, batch_id: str, out: IO[str]) -> int:
     """The rows one batch stored, as CSV (the batch page's download); the row count."""
-    async with dbs.begin("hq") as conn:
-        batch = await batches.get_batch(conn, batch_id) if common.is_uuid(batch_id) else None
-    if batch is None or batch.workflow_id is None:
-        raise exceptions.NotFound(f"no batch {batch_id!r}; the batches page lists them")
-    workflow = await workflows.get(dbs, str(batch.workflow_id))
-    return await destinations.export_batch_csv(dbs, workflow, batch_id, out)
+    return await destinations.export_batch_csv(dbs, await _batch_step(dbs, batch_id), batch_id, out)
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,14 @@ class StepResult:
     cell: Cell
     row: dict[str, Any] | None = None
     problem: str | None = None
+
+
+async def _company(conn: AsyncConnection, company_id: str) -> Company:
+    """A company by id; NotFound when the id is none or names no company."""
+    found = await views.company(conn, company_id.lower()) if common.is_uuid(company_id) else None
+    if found is None:
+        raise exceptions.NotFound(f"no company {company_id!r}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -219,16 +229,12 @@ class StepPanel:
 
 async def step_panel(dbs: engines.Databases, company_id: str, workflow_id: str, play: str) -> StepPanel:
     """What clicking a grid cell opens: the stored row and every logged call of that step."""
-    if not common.is_uuid(company_id):
-        raise exceptions.NotFound(f"no company {company_id!r}")
     steps = await workflows.list_all(dbs)
     step = next((w for w in steps if w.id == workflow_id), None)
     if step is None:
         raise exceptions.NotFound(f"no workflow {workflow_id!r}")
     async with dbs.begin("hq") as conn:
-        found = await views.company(conn, company_id.lower())
-        if found is None:
-            raise exceptions.NotFound(f"no company {company_id!r}")
+        found = await _company(conn, company_id)
         done = await views.completions_for(conn, [found.id], play)
         latest = await views.latest_items(conn, [found.id], [step.id], play)
         _, log = await views.log_entries(conn, company_id=found.id, workflow_id=step.id, limit=100)
@@ -254,12 +260,8 @@ class CompanyPage:
 
 async def company_page(dbs: engines.Databases, company_id: str, play: str) -> CompanyPage:
     """Everything enrichhq knows about one company."""
-    if not common.is_uuid(company_id):
-        raise exceptions.NotFound(f"no company {company_id!r}")
     async with dbs.begin("hq") as conn:
-        found = await views.company(conn, company_id.lower())
-        if found is None:
-            raise exceptions.NotFound(f"no company {company_id!r}")
+        found = await _company(conn, company_id)
         steps = [w for w in await workflows.list_all(dbs)]
         done = await views.completions_for(conn, [found.id], play)
         latest = await views.latest_items(conn, [found.id], [w.id for w in steps], play)
