@@ -44,7 +44,10 @@ async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit:
         sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
         .select_from(
             batch_items.outerjoin(
-                companies, types.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+                companies,
+                types.uuid_key(companies.c.id, conn.dialect.name)
+                # Both sides keyed: SQLite then looks companies up by their id index, not by a scan.
+                == types.uuid_key(batch_items.c.company_id, conn.dialect.name),
             )
         )
         .where(

@@ -63,6 +63,16 @@ def on_connect(url: sa.URL) -> Any:
     return _sqlite_pragmas if url_is_sqlite(url) else None
 
 
+def autocommit_saves_a_round_trip(url: sa.URL) -> bool:
+    """Whether a statement sent in autocommit costs less than one in a transaction.
+
+    On PostgreSQL it saves the BEGIN and COMMIT round trips. On SQLite there is no round trip
+    to save, and switching a pooled aiosqlite connection to autocommit and back costs two hops
+    to its thread and a rollback each time: a plain transaction is cheaper there.
+    """
+    return not url_is_sqlite(url)
+
+
 def pings_idle_connections(url: sa.URL) -> bool:
     """Whether pooled connections are checked after sitting idle (a server can restart under them)."""
     return not url_is_sqlite(url)

@@ -154,6 +154,10 @@ class Databases:
         For a single statement that must be committed at once (a call's start); errors as `begin`.
         """
         engine = self.engine(name)
+        if not dialect.autocommit_saves_a_round_trip(engine.url):
+            async with self.begin(name) as conn:
+                yield conn
+            return
         try:
             async with engine.connect() as conn:
                 yield await conn.execution_options(isolation_level="AUTOCOMMIT")
