@@ -21,11 +21,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import sqlalchemy as sa
-from common import machine
+from common import machine, run_batch
 
-from enrichhq import aio, functions, runs, settings
-from enrichhq.db import engines, migrate
+from enrichhq import functions
+from enrichhq.db import migrate
 from enrichhq.testing import InstantProvider
 
 CHUNK = 200
@@ -109,27 +108,12 @@ def pipeline(directory: Path, companies: int) -> float:
     """Companies per second through `runs.run` on the SQLite files."""
     functions.register("instant", InstantProvider)
     hq_url, ws_url = prepare(directory, companies)
-    conf = settings.Settings(hq_database_url=hq_url, workspace_database_url=ws_url)
-
-    async def go() -> float:
-        dbs = engines.Databases(hq_url, ws_url)
-        try:
-            started = time.perf_counter()
-            summary = await runs.run(dbs, conf, "homepage", runs.Selection(all=True))
-            seconds = time.perf_counter() - started
-            if summary.counts != {"succeeded": companies}:
-                raise AssertionError(str(summary.counts))
-            async with dbs.begin("workspace") as conn:
-                stored = (
-                    await conn.execute(sa.text("SELECT count(*) FROM company_homepage_scrapes"))
-                ).scalar()
-            if stored != companies:
-                raise AssertionError(f"{stored} rows for {companies} companies")
-            return companies / seconds
-        finally:
-            await dbs.dispose()
-
-    return aio.run(go())
+    seconds = run_batch(hq_url, ws_url, companies)
+    with sqlite3.connect(ws_url.removeprefix("sqlite:///")) as conn:
+        (stored,) = conn.execute("SELECT count(*) FROM company_homepage_scrapes").fetchone()
+    if stored != companies:
+        raise AssertionError(f"{stored} rows for {companies} companies")
+    return companies / seconds
 
 
 def main() -> None:
