@@ -13,6 +13,7 @@ Rounds are interleaved so the machine's mood moves both sides together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sqlite3
 import tempfile
@@ -34,9 +35,14 @@ DESTINATION = (
 )
 
 
-def _pragmas(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+#: what enrichhq sets (enrichhq.db.dialect._sqlite_pragmas), and the alternatives `--modes` measures.
+ENRICHHQ_MODE = ("WAL", "NORMAL")
+MODES = (("WAL", "NORMAL"), ("WAL", "FULL"), ("DELETE", "FULL"), ("DELETE", "NORMAL"))
+
+
+def _pragmas(conn: sqlite3.Connection, mode: tuple[str, str] = ENRICHHQ_MODE) -> None:
+    conn.execute(f"PRAGMA journal_mode={mode[0]}")
+    conn.execute(f"PRAGMA synchronous={mode[1]}")
 
 
 def prepare(directory: Path, companies: int) -> tuple[str, str]:
@@ -44,10 +50,10 @@ def prepare(directory: Path, companies: int) -> tuple[str, str]:
     hq, ws = directory / "hq.db", directory / "workspace.db"
     hq_url, ws_url = f"sqlite:///{hq}", f"sqlite:///{ws}"
     migrate.upgrade(hq_url)
-    with sqlite3.connect(ws) as conn:
+    with contextlib.closing(sqlite3.connect(ws)) as conn, conn:
         _pragmas(conn)
         conn.execute(DESTINATION)
-    with sqlite3.connect(hq) as conn:
+    with contextlib.closing(sqlite3.connect(hq)) as conn, conn:
         conn.executemany(
             "INSERT INTO companies (id, domain, name) VALUES (?, ?, ?)",
             ((str(uuid.uuid4()), f"company-{i}.com", f"Company {i}") for i in range(companies)),
@@ -63,13 +69,13 @@ def prepare(directory: Path, companies: int) -> tuple[str, str]:
     return hq_url, ws_url
 
 
-def limit(directory: Path, companies: int) -> float:
+def limit(directory: Path, companies: int, mode: tuple[str, str] = ENRICHHQ_MODE) -> float:
     """Companies per second for the three rows each through sqlite3, no enrichhq code."""
     hq_url, ws_url = prepare(directory, companies)
     hq = sqlite3.connect(hq_url.removeprefix("sqlite:///"), isolation_level=None)
     ws = sqlite3.connect(ws_url.removeprefix("sqlite:///"), isolation_level=None)
     for conn in (hq, ws):
-        _pragmas(conn)
+        _pragmas(conn, mode)
     rows = hq.execute("SELECT id, domain FROM companies").fetchall()
     html = "<html>" + "x" * 20_000 + "</html>"
     workflow, batch = str(uuid.uuid4()), str(uuid.uuid4())
@@ -109,7 +115,7 @@ def pipeline(directory: Path, companies: int) -> float:
     functions.register("instant", InstantProvider)
     hq_url, ws_url = prepare(directory, companies)
     seconds = run_batch(hq_url, ws_url, companies)
-    with sqlite3.connect(ws_url.removeprefix("sqlite:///")) as conn:
+    with contextlib.closing(sqlite3.connect(ws_url.removeprefix("sqlite:///"))) as conn:
         (stored,) = conn.execute("SELECT count(*) FROM company_homepage_scrapes").fetchone()
     if stored != companies:
         raise AssertionError(f"{stored} rows for {companies} companies")
@@ -121,7 +127,20 @@ def main() -> None:
     parser.add_argument("--companies", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("limit", "pipeline"))
+    parser.add_argument("--modes", action="store_true", help="the limit in each journal mode, interleaved")
     args = parser.parse_args()
+    if args.modes:
+        rates: dict[tuple[str, str], list[float]] = {mode: [] for mode in MODES}
+        for _ in range(args.rounds):
+            for mode in MODES:
+                with tempfile.TemporaryDirectory() as tmp:
+                    rates[mode].append(limit(Path(tmp), args.companies, mode))
+        for (journal, synchronous), values in rates.items():
+            mark = "  <- enrichhq" if (journal, synchronous) == ENRICHHQ_MODE else ""
+            print(
+                f"journal_mode={journal:6} synchronous={synchronous:6}: {', '.join(f'{v:,.0f}' for v in values)}/s{mark}"
+            )
+        return
     lims: list[float] = []
     pipes: list[float] = []
     for _ in range(args.rounds):
