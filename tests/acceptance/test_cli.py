@@ -402,6 +402,8 @@ def test_setup_mistakes_are_one_line(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     before_init = base | {"ENRICHHQ_DATA_DIR": str(tmp_path / "fresh")}
     one_line_error(enrichhq("workflows", "list", env=before_init), "run `enrichhq init` first")
+    # `batches list` reads HQ over a synchronous engine of its own (start-up time): the same message.
+    one_line_error(enrichhq("batches", "list", env=before_init), "run `enrichhq init` first")
     one_line_error(enrichhq("run", "x", "--all", env=before_init), "run `enrichhq init` first")
     bad_path = base | {"HQ_DATABASE_URL": "sqlite:////proc/nope/hq.db"}
     one_line_error(enrichhq("init", env=bad_path), "cannot create /proc/nope")

@@ -82,6 +82,10 @@ def skip_breakdown(skipped: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {SKIP_LABELS.get(reason, reason)}" for reason, n in ordered)
 
 
+#: what `print_counts` calls the states `BatchSummary.as_shown` tells apart.
+COUNT_LABELS = {"running": "running (call out)", "taken": "taken, not started"}
+
+
 def print_counts(console: Console, summary: runs.BatchSummary) -> None:
     """A batch's heading and its items per state."""
     console.print(
@@ -92,7 +96,7 @@ def print_counts(console: Console, summary: runs.BatchSummary) -> None:
     )
     counts = Table("state", "companies")
     for state, count in sorted(summary.counts.items()):
-        counts.add_row(Text(state), str(count))
+        counts.add_row(Text(COUNT_LABELS.get(state, state)), str(count))
     console.print(counts)
 
 
