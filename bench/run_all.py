@@ -1,6 +1,8 @@
 """Run every benchmark against the local PostgreSQL, side by side, and print one table with its targets.
 
-    python bench/run_all.py            # about 3-4 minutes on 2 cores
+    python bench/run_all.py            # about 12-14 minutes on 2 cores: 3-4 for the rest, then
+                                       # the grid loads 1,000,000 companies x 5 steps (5-6 minutes,
+                                       # more on a busy machine) before it times its pages
 
 Ratios (pipeline against the seed's design and against the physical limit) are measured in
 this one run, so the machine's mood moves both sides together.
@@ -117,8 +119,10 @@ def main() -> None:
         )
     )
 
-    worst = grid_bench.measure(100_000, 5)
-    rows.append(("grid: 100,000 x 5 steps, slowest page", f"{worst:.0f} ms", "< 300 ms", worst < 300))
+    worst = grid_bench.measure(1_000_000, 5)
+    rows.append(
+        ("grid: 1,000,000 x 5 steps, slowest of 6 pages", f"{worst:.0f} ms", "<= 300 ms", worst <= 300)
+    )
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark':{width}}  {'measured':28}  {'target':10}  met")

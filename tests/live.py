@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -64,6 +67,18 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def logged_in(settings: Settings, password: str) -> Iterator[httpx.Client]:
+    """enrichhq served with these settings, and a client logged in to its UI with the password."""
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        token = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text)
+        assert token
+        assert (
+            http.post("/login", data={"csrf": token[1], "password": password, "next": "/"}).status_code == 303
+        )
+        yield http
 
 
 class WebhookStub:
