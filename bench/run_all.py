@@ -1,8 +1,8 @@
 """Run every benchmark against the local PostgreSQL, side by side, and print one table with its targets.
 
-    python bench/run_all.py            # about 12-14 minutes on 2 cores: 3-4 for the rest, then
-                                       # the grid loads 1,000,000 companies x 5 steps (5-6 minutes,
-                                       # more on a busy machine) before it times its pages
+    python bench/run_all.py            # about 9-14 minutes on 2 cores: 3-4 for the rest, then
+                                       # the grid loads 1,000,000 companies x 5 steps (4-9 minutes
+                                       # on the shared machine) before it times its pages
 
 Ratios (pipeline against the seed's design and against the physical limit) are measured in
 this one run, so the machine's mood moves both sides together.
