@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from enrichhq import overview
-from enrichhq.db import migrate, schema, views
+from enrichhq.db import migrate, schema, stored_rows, views
 from tests.conftest import DB_PREFIX, Env, PgServer
 from tests.helpers import add_companies, sql
 from tests.live import logged_in
@@ -324,3 +324,13 @@ async def test_the_pager_links_walk_the_grid(env: Env, client: httpx.Client) -> 
     assert before == domains[20:70]
     assert _page(client, "/" + links["first"])[0] == domains[:50]
     assert "120 companies" in client.get("/?q=w").text
+
+
+async def test_a_workspace_gets_the_receipts_index_also_on_a_table_made_before_it(env: Env) -> None:
+    # The receipts table as enrichhq made it before 0012: no index by company.
+    async with env.dbs.begin("workspace") as conn:
+        await conn.run_sync(lambda c: c.execute(sa.schema.CreateTable(schema.stored_rows)))
+        assert "ix_enrichhq_stored_rows_company" not in await conn.run_sync(_indexes, "enrichhq_stored_rows")
+    await stored_rows.ensure(env.dbs, "workspace")
+    async with env.dbs.begin("workspace") as conn:
+        assert "ix_enrichhq_stored_rows_company" in await conn.run_sync(_indexes, "enrichhq_stored_rows")
