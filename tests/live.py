@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -73,6 +75,14 @@ def log_in(http: httpx.Client, password: str) -> None:
     assert token, "the login page has no CSRF token"
     answer = http.post("/login", data={"csrf": token[1], "password": password, "next": "/"})
     assert answer.status_code == 303, answer.text
+
+
+@contextlib.contextmanager
+def logged_in(settings: Settings, password: str) -> Iterator[httpx.Client]:
+    """enrichhq served with these settings, and a client logged in to its UI with the password."""
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        log_in(http, password)
+        yield http
 
 
 class WebhookStub:

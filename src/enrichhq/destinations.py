@@ -133,18 +133,65 @@ async def reflect(
     async with dbs.begin(db_name) as conn:
         table = await conn.run_sync(_reflect_sync, bare, table_schema)
     if table is None:
-        raise exceptions.ConfigError(
-            f"destination table {table_name!r} does not exist in the {db_name} database; "
-            "create it first (see the README's 'Add a step') or use "
-            "`enrichhq workflows add --create-table`"
-        )
+        raise _missing(db_name, table_name)
     return Destination(db_name, table)
+
+
+async def reflect_many(
+    dbs: engines.Databases, wanted: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Destination | exceptions.ConfigError]:
+    """Several tables (db, name) as they are now, one reflection pass per database and schema:
+    the grid reads every step's table on every page, and a table at a time cost ~17 ms each."""
+    found: dict[tuple[str, str], Destination | exceptions.ConfigError] = {}
+    named: dict[str, list[tuple[str, str | None, str]]] = {}
+    for db_name, table_name in dict.fromkeys(wanted):
+        try:
+            named.setdefault(db_name, []).append((table_name, *split_name(table_name)))
+        except exceptions.ConfigError as exc:
+            found[(db_name, table_name)] = exc
+    for db_name, names in named.items():
+        async with dbs.begin(db_name) as conn:
+            tables = await conn.run_sync(_reflect_all, [(s, bare) for _, s, bare in names])
+        for table_name, table_schema, bare in names:
+            table = tables.get((table_schema, bare))
+            found[(db_name, table_name)] = (
+                _missing(db_name, table_name) if table is None else Destination(db_name, table)
+            )
+    return found
+
+
+def _missing(db_name: str, table_name: str) -> exceptions.ConfigError:
+    return exceptions.ConfigError(
+        f"destination table {table_name!r} does not exist in the {db_name} database; "
+        "create it first (see the README's 'Add a step') or use "
+        "`enrichhq workflows add --create-table`"
+    )
 
 
 def _reflect_sync(conn: sa.Connection, name: str, table_schema: str | None) -> sa.Table | None:
     if not sa.inspect(conn).has_table(name, schema=table_schema):
         return None
-    table = sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn)
+    return _prepared(conn, sa.Table(name, sa.MetaData(), schema=table_schema, autoload_with=conn))
+
+
+def _reflect_all(
+    conn: sa.Connection, names: list[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], sa.Table]:
+    inspector = sa.inspect(conn)
+    found: dict[tuple[str | None, str], sa.Table] = {}
+    for table_schema in dict.fromkeys(s for s, _ in names):
+        present = {*inspector.get_table_names(table_schema), *inspector.get_view_names(table_schema)}
+        only = [bare for s, bare in names if s == table_schema and bare in present]
+        metadata = sa.MetaData()
+        # Foreign keys are not followed: what a step's table refers to is not read from it.
+        metadata.reflect(conn, schema=table_schema, only=only, views=True, resolve_fks=False)
+        for table in metadata.tables.values():
+            if table.schema == table_schema:
+                found[(table_schema, table.name)] = _prepared(conn, table)
+    return found
+
+
+def _prepared(conn: sa.Connection, table: sa.Table) -> sa.Table:
     for column in table.columns:
         if isinstance(column.type, sa.JSON):
             # A reflected JSON/JSONB column binds None as the JSON value `null`, for which

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
@@ -41,18 +42,50 @@ class Grid:
     play: str
     steps: list[WorkflowConfig]
     rows: list[tuple[Company, list[Cell]]]
+    #: matches counted, at most views.COUNT_CAP ("1,000+" when `more`).
     total: int
-    page: int
-    pages: int
     search: str
     filter_step: str
     filter_state: str
     #: the batch whose companies the grid shows ("" for all).
     batch: str = ""
-    #: the plays that exist, each with the companies done in it.
-    plays: list[tuple[str, int]] = field(default_factory=list)
+    #: the plays that exist, each with the companies done in it (as the UI shows the count).
+    plays: list[tuple[str, str]] = field(default_factory=list)
     #: what the grid could not do as asked (a state filter without a step).
     notice: str | None = None
+    #: more than views.COUNT_CAP companies match.
+    more: bool = False
+    has_previous: bool = False
+    has_next: bool = False
+
+    @property
+    def total_label(self) -> str:
+        """The match count as shown: exact up to the cap, "1,000+" beyond it."""
+        return count_label(self.total + 1 if self.more else self.total)
+
+    def link(self, **cursor: str) -> str:
+        """This grid's URL (play, search, filter, batch) at another page: after=, before= or last=."""
+        query = {"q": self.search, "play": self.play, "step": self.filter_step, "state": self.filter_state}
+        if self.batch:
+            query["batch"] = self.batch
+        return "?" + urllib.parse.urlencode({k: v for k, v in {**query, **cursor}.items() if v})
+
+    @property
+    def pages(self) -> dict[str, str]:
+        """The pager's links by name (first, previous, next, last), each only where it leads somewhere."""
+        found: dict[str, str] = {}
+        if self.has_previous and self.rows:
+            found["first"] = self.link()
+            found["previous"] = self.link(before=self.rows[0][0].domain)
+        if self.has_next and self.rows:
+            found["next"] = self.link(after=self.rows[-1][0].domain)
+            found["last"] = self.link(last="1")
+        return found
+
+
+def count_label(count: int) -> str:
+    """A count from a capped count query: exact up to views.COUNT_CAP, then "1,000+"."""
+    return f"{views.COUNT_CAP:,}+" if count > views.COUNT_CAP else f"{count:,}"
 
 
 #: what a state filter without a step says, instead of being silently ignored.
@@ -106,24 +139,32 @@ async def grid(
     filter_state: str = "",
     page: int = 1,
     batch: str = "",
+    after: str = "",
+    before: str = "",
+    last: bool = False,
 ) -> Grid:
-    """The companies x active steps grid for a play: one page, with search, a step filter and a batch."""
+    """The companies x active steps grid for a play: one page, with search, a step filter and a batch.
+
+    Pages are keyset pages in domain order (`after`, `before` a domain, or the `last` page);
+    `page` keeps the older `?page=N` links working (an offset, dearer the deeper it goes).
+    """
     steps = [w for w in await workflows.list_all(dbs) if w.is_active]
     step_filter = _step_filter(steps, filter_step, filter_state)
     page = min(max(1, page), MAX_PAGE)
+    cursor = views.Cursor(after=after or None, before=before or None, last=last, offset=(page - 1) * PER_PAGE)
     async with dbs.begin("hq") as conn:
         batch_id = await _existing_batch(conn, batch)
-        total, found = await views.grid_page(
+        found = await views.grid_page(
             conn,
             play=play,
             search=search or None,
             step=step_filter,
             limit=PER_PAGE,
-            offset=(page - 1) * PER_PAGE,
+            cursor=cursor,
             batch_id=batch_id,
         )
         plays = await views.plays(conn)
-        ids = [c.id for c in found]
+        ids = [c.id for c in found.companies]
         done = await views.completions_for(conn, ids, play)
         latest = await views.latest_items(conn, ids, [w.id for w in steps], play)
     shown = await previews.for_page(dbs, steps, ids)
@@ -138,21 +179,23 @@ async def grid(
                 for w in steps
             ],
         )
-        for c in found
+        for c in found.companies
     ]
+    listed = [(name, count_label(n)) for name, n in plays]
     return Grid(
         play,
         steps,
         cells,
-        total,
-        page,
-        max(1, math.ceil(total / PER_PAGE)),
+        found.total,
         search,
         filter_step,
         filter_state,
         batch=batch,
-        plays=plays if any(p == play for p, _ in plays) else [*plays, (play, 0)],
+        plays=listed if any(p == play for p, _ in plays) else [*listed, (play, "0")],
         notice=NEEDS_STEP if filter_state and not filter_step else None,
+        more=found.more,
+        has_previous=found.has_previous,
+        has_next=found.has_next,
     )
 
 

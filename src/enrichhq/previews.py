@@ -7,6 +7,7 @@ its first characters. One query per step and page of companies, through the step
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,20 +56,34 @@ async def for_page(
     found: dict[tuple[str, str], str] = {}
     if not company_ids:
         return found
-    for step in steps:
+    tables = await destinations.reflect_many(
+        dbs, [(step.destination_db, step.destination_table_name) for step in steps]
+    )
+
+    async def of_step(step: WorkflowConfig) -> dict[tuple[str, str], str]:
         try:
-            found.update(await _of_step(dbs, step, company_ids))
+            destination = tables[(step.destination_db, step.destination_table_name)]
+            if isinstance(destination, exceptions.ConfigError):
+                raise destination
+            return await _of_step(dbs, step, destination, company_ids)
         except exceptions.EnrichHQError as exc:
             # A step whose table is gone or changed shows its states only; its page says why.
             log.info("no previews for %s: %s", step.workflow_slug, exc)
+            return {}
+
+    # Side by side, each step on its own connection: a page waits for the slowest, not the sum.
+    for shown in await asyncio.gather(*(of_step(step) for step in steps)):
+        found.update(shown)
     return found
 
 
 async def _of_step(
-    dbs: engines.Databases, step: WorkflowConfig, company_ids: Sequence[str]
+    dbs: engines.Databases,
+    step: WorkflowConfig,
+    destination: destinations.Destination,
+    company_ids: Sequence[str],
 ) -> dict[tuple[str, str], str]:
     column = preview_column(step)
-    destination = await destinations.reflect(dbs, step.destination_db, step.destination_table_name)
     table = destination.table
     if column is None or column not in table.c or not step_rows.readable(table):
         return {}

@@ -17,7 +17,7 @@ import pytest
 from enrichhq import runs
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
-from tests.live import LiveServer
+from tests.live import logged_in
 from tests.stubs import Stub
 
 STEP = "scrape-homepage-via-zenrows"
@@ -29,12 +29,7 @@ def client(env: Env, stub: Stub) -> Iterator[httpx.Client]:
     conf = type(env.settings).model_validate(
         {**env.settings.model_dump(), "enrichhq_api_key": "k", "enrichhq_ui_password": PASSWORD}
     )
-    with LiveServer(conf) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        token = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text)
-        assert token
-        assert (
-            http.post("/login", data={"csrf": token[1], "password": PASSWORD, "next": "/"}).status_code == 303
-        )
+    with logged_in(conf, PASSWORD) as http:
         yield http
 
 

@@ -431,3 +431,34 @@ async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
         .subquery()
     )
     await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(hashes.c.h)).order_by(hashes.c.h))
+
+
+#: the PostgreSQL extension whose GIN indexes serve `LIKE '%text%'` (issue 18, point 4).
+TRIGRAM_EXTENSION = "pg_trgm"
+
+
+def create_substring_indexes(connection: sa.Connection, table: str, indexes: Mapping[str, str]) -> list[str]:
+    """Trigram indexes (name -> column expression) for substring search; the names made.
+
+    PostgreSQL only, and only where pg_trgm is installed or this role may install it: the
+    extension is tried in a savepoint, so a server without it (or a role without the right)
+    still migrates and its search reads the table. SQLite has no index for `LIKE '%text%'`.
+    """
+    if connection.dialect.name != "postgresql":
+        return []
+    available = connection.execute(
+        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :name"), {"name": TRIGRAM_EXTENSION}
+    ).first()
+    if available is None:
+        return []
+    try:
+        with connection.begin_nested():
+            connection.execute(sa.text(f"CREATE EXTENSION IF NOT EXISTS {TRIGRAM_EXTENSION}"))
+    except sa.exc.DBAPIError:  # insufficient_privilege, or the files missing: search reads the table
+        return []
+    for name, expression in indexes.items():
+        # Our own index names and column expressions, never input.
+        connection.execute(
+            sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin (({expression}) gin_trgm_ops)")
+        )
+    return list(indexes)

@@ -75,6 +75,9 @@ async def ensure(dbs: engines.Databases, db_name: str) -> None:
 
 def _create(conn: sa.Connection) -> None:
     conn.execute(sa.schema.CreateTable(stored_rows, if_not_exists=True))
+    # Also on a table made before the index existed (one build, the first time a process asks).
+    for index in stored_rows.indexes:
+        conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
 async def claim(

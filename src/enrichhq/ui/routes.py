@@ -85,7 +85,15 @@ async def logout(request: Request) -> Response:
 
 @router.get("/", dependencies=Logged)
 async def grid_page(
-    request: Request, q: str = "", step: str = "", state: str = "", page: int = 1, batch: str = ""
+    request: Request,
+    q: str = "",
+    step: str = "",
+    state: str = "",
+    page: int = 1,
+    batch: str = "",
+    after: str = "",
+    before: str = "",
+    last: bool = False,
 ) -> HTMLResponse:
     play = _play(request)
     grid = await overview.grid(
@@ -96,6 +104,9 @@ async def grid_page(
         filter_state=state,
         page=page,
         batch=batch,
+        after=after,
+        before=before,
+        last=last,
     )
     return render(
         request,
