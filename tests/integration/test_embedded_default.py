@@ -6,6 +6,7 @@ SQLite-only by nature: PostgreSQL's planner scans tables this small whatever the
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import sqlite3
@@ -18,14 +19,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from enrichhq import functions, runs, settings
-from enrichhq.db import engines
+from enrichhq import exceptions, functions, runs, settings
+from enrichhq.db import dialect, engines
 from enrichhq.testing import InstantProvider
-from tests.helpers import INSERT_WORKFLOW, add_companies, homepage_ddl, sql, workflow_row
+from tests.helpers import INSERT_WORKFLOW, add_companies, count, homepage_ddl, sql, workflow_row
 
 #: tables with a row per company (or more): a scan of one costs a run time quadratic in its size.
 GROWING = ("companies", "enrichment_batch_items", "company_play_step_completions", "enrichment_results_log")
 #: a plan step reading a whole table (or a whole index of it): "SCAN t", "SCAN t USING INDEX i", "SCAN t LEFT-JOIN".
+#: the statements that make company ids typed by hand canonical before a batch is made of them.
+CANONICAL = {str(statement) for statement in dialect.canonical_id_statements()}
 SCAN = re.compile(rf"SCAN (?:{'|'.join(GROWING)})\b")
 
 
@@ -105,12 +108,63 @@ async def test_no_statement_of_a_run_scans_a_table_that_grows_with_the_companies
                 plan = conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters or ()).fetchall()
             except sqlite3.OperationalError:
                 continue  # a workspace statement: its tables are not in HQ
-            # The batch's creation reads its selection (here: every company) once: linear, once a run.
-            creates_items = " ".join(words[:3]).upper() == "INSERT INTO ENRICHMENT_BATCH_ITEMS"
+            # The batch's creation reads its selection (here: every company) once, and makes the
+            # ids typed by hand canonical first: linear, once a run.
+            once_a_run = (
+                " ".join(words[:3]).upper() == "INSERT INTO ENRICHMENT_BATCH_ITEMS" or statement in CANONICAL
+            )
             for *_, detail in plan:
-                if creates_items and detail.startswith("SCAN companies"):
+                if once_a_run and detail.startswith("SCAN companies"):
                     continue
                 if SCAN.match(detail):
                     scans.append(f"{detail}: {' '.join(words)[:160]}")
     assert tables >= set(GROWING)
     assert not scans, "\n".join(scans)
+
+
+@pytest.mark.parametrize("typed", ["AB" * 16, "{" + "CD" * 16 + "}", ("EF" * 16)[:8] + "-" + ("EF" * 16)[8:]])
+async def test_an_id_typed_by_hand_in_any_uuid_spelling_runs(
+    dbs: engines.Databases, tmp_path: Path, typed: str
+) -> None:
+    """A UUID without dashes, in braces or half dashed is made canonical by the run, so it runs."""
+    functions.register("instant", InstantProvider)
+    await sql(dbs, "workspace", homepage_ddl("sqlite"))
+    await sql(
+        dbs, "hq", INSERT_WORKFLOW, workflow_row(provider="instant", provider_config='{"html_bytes": 200}')
+    )
+    await sql(dbs, "hq", "INSERT INTO companies (id, domain) VALUES (:i, 'ok-typed.com')", {"i": typed})
+    conf = settings.Settings(
+        hq_database_url=dbs.urls["hq"],
+        workspace_database_url=dbs.urls["workspace"],
+        enrichhq_data_dir=tmp_path,
+    )
+    summary = await asyncio.wait_for(
+        runs.run(dbs, conf, "scrape-homepage-via-zenrows", runs.Selection(all=True)), timeout=20
+    )
+    assert summary.counts == {"succeeded": 1}, summary.failures
+    (stored,) = await sql(dbs, "hq", "SELECT id FROM companies")
+    assert stored[0] == str(uuid.UUID(typed.strip("{}").replace("-", "")))
+
+
+@pytest.mark.parametrize("typed", ["company-1", "", "AB" * 15])
+async def test_an_id_that_is_no_uuid_is_refused_before_the_run_with_what_to_do(
+    dbs: engines.Databases, tmp_path: Path, typed: str
+) -> None:
+    await sql(dbs, "workspace", homepage_ddl("sqlite"))
+    await sql(
+        dbs, "hq", INSERT_WORKFLOW, workflow_row(provider="instant", provider_config='{"html_bytes": 200}')
+    )
+    await add_companies(dbs, ["ok-fine.com"])
+    await sql(dbs, "hq", "INSERT INTO companies (id, domain) VALUES (:i, 'ok-typed.com')", {"i": typed})
+    conf = settings.Settings(
+        hq_database_url=dbs.urls["hq"],
+        workspace_database_url=dbs.urls["workspace"],
+        enrichhq_data_dir=tmp_path,
+    )
+    with pytest.raises(
+        exceptions.InputError, match=r"companies\.id must be a UUID .* give those rows a UUID"
+    ):
+        await asyncio.wait_for(
+            runs.run(dbs, conf, "scrape-homepage-via-zenrows", runs.Selection(all=True)), 20
+        )
+    assert await count(dbs, "hq", "enrichment_batches") == 0  # refused before anything was made

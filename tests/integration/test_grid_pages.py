@@ -58,7 +58,7 @@ async def test_migration_0012_makes_the_grids_indexes(env: Env) -> None:
             compiled = search.compile(dialect=conn.dialect)
             plan = (await conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)).scalars().all()
         assert any("ix_companies_search_trgm" in line for line in plan), plan
-    assert migrate.upgrade(env.hq_url) == migrate.head() == "0012"  # again: nothing changes
+    assert migrate.upgrade(env.hq_url) == migrate.head()  # again: nothing changes
 
 
 @pytest.fixture

@@ -65,6 +65,58 @@ def on_connect(url: sa.URL) -> Any:
     return _sqlite_pragmas if url_is_sqlite(url) else None
 
 
+_HEX = "[0-9a-f]"
+#: a UUID in canonical form, as a GLOB pattern: 8-4-4-4-12 lower-case hex digits.
+_CANONICAL_UUID = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
+
+
+def _canonical_uuid_sql(column: str) -> tuple[str, str]:
+    """SQLite: the canonical form of the UUID text in `column`, and the condition that it is one."""
+    hexed = f"lower(replace(replace(replace({column}, '-', ''), '{{', ''), '}}', ''))"
+    canonical = " || '-' || ".join(
+        f"substr({hexed}, {start}, {n})" for start, n in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    )
+    return canonical, f"length({hexed}) = 32 AND {hexed} NOT GLOB '*[^0-9a-f]*'"
+
+
+def canonical_id_statements() -> tuple[sa.TextClause, sa.TextClause]:
+    """SQLite: the UPDATE making typed ids canonical, and the SELECT of (up to 3) ids no UUID at all."""
+    canonical, is_uuid = _canonical_uuid_sql("id")
+    rewrite = sa.text(
+        # OR IGNORE: where both spellings of one id exist, the typed one stays (and stays unmatched).
+        f"UPDATE OR IGNORE companies SET id = {canonical} WHERE id NOT GLOB '{_CANONICAL_UUID}' AND {is_uuid}"
+    )
+    not_uuids = sa.text(
+        f"SELECT id FROM companies WHERE id NOT GLOB '{_CANONICAL_UUID}' AND NOT ({is_uuid}) LIMIT 3"
+    )
+    return rewrite, not_uuids
+
+
+def canonicalise_company_ids_now(conn: sa.Connection) -> None:
+    """SQLite: rewrite company ids typed in another UUID spelling canonical (a migration's step)."""
+    if is_sqlite(conn.dialect):
+        conn.execute(canonical_id_statements()[0])
+
+
+async def canonicalise_company_ids(conn: Any) -> None:
+    """SQLite: company ids typed by hand made canonical before a batch is made of them; an id that
+    is no UUID at all refused with what to do. PostgreSQL's uuid type keeps them canonical itself.
+
+    One GLOB per company (a fraction of a second at a million): the batch reads them all anyway.
+    """
+    if not is_sqlite(conn.dialect):
+        return
+    rewrite, not_uuids = canonical_id_statements()
+    await conn.execute(rewrite)
+    bad = [str(row[0]) for row in await conn.execute(not_uuids)]
+    if bad:
+        raise exceptions.InputError(
+            f"companies.id must be a UUID (like 123e4567-e89b-12d3-a456-426614174000), and "
+            f"{', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not: no company with such "
+            "an id can be run; give those rows a UUID (or delete them and add them again without an id)"
+        )
+
+
 def autocommit_saves_a_round_trip(url: sa.URL) -> bool:
     """Whether a statement sent in autocommit costs less than one in a transaction.
 

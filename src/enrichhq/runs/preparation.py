@@ -295,6 +295,7 @@ async def _build(
             "budget": plan.budget,
         },
     )
+    await dialect.canonicalise_company_ids(conn)
     await items.add_batch_items(
         conn,
         batch_id,
