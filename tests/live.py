@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -64,6 +65,14 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+def log_in(http: httpx.Client, password: str) -> None:
+    """Log a client of a LiveServer into its UI (the login form, its CSRF token and the password)."""
+    token = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text)
+    assert token, "the login page has no CSRF token"
+    answer = http.post("/login", data={"csrf": token[1], "password": password, "next": "/"})
+    assert answer.status_code == 303, answer.text
 
 
 class WebhookStub:

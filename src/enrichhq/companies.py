@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from enrichhq import csv_import, destinations, domains, exceptions
-from enrichhq.db import company_rows, engines
+from enrichhq.db import common, company_rows, engines
 from enrichhq.importing import (
     CHUNK,
     KEPT_PROBLEMS,
@@ -139,12 +139,19 @@ KEPT_ON_DELETE = (
 
 
 async def delete(dbs: engines.Databases, names: list[str]) -> Deleted:
-    """Remove companies by domain; refused while one is in an unfinished batch (cancel it first)."""
+    """Remove companies by domain or id; refused while one is in an unfinished batch (cancel it first).
+
+    An id names exactly one row, also one stored before domains were normalised (`www.Stripe.com`),
+    which its domain, cleaned to `stripe.com`, would not: `companies normalise` sends its conflicts here.
+    """
     from enrichhq.db import items  # the items' queries load only for a delete
 
-    wanted = list(dict.fromkeys(domains.clean(d) for d in names))
+    ids = list(dict.fromkeys(n.strip().lower() for n in names if common.is_uuid(n.strip())))
+    wanted = list(dict.fromkeys(domains.clean(d) for d in names if not common.is_uuid(d.strip())))
     async with dbs.begin("hq") as conn:
         known = await company_rows.companies_by_domain(conn, wanted)
+        by_id = await company_rows.companies_by_id(conn, ids)
+        known.update({c.domain: c for c in by_id.values()})
         busy = await items.open_batches_of(conn, [c.id for c in known.values()])
         if busy:
             company = next(c for c in known.values() if c.id in busy)
@@ -153,4 +160,4 @@ async def delete(dbs: engines.Databases, names: list[str]) -> Deleted:
                 "`enrichhq batches cancel` it first"
             )
         removed = await company_rows.delete_companies(conn, list(known))
-    return Deleted(removed, [d for d in wanted if d not in known])
+    return Deleted(removed, [d for d in wanted if d not in known] + [i for i in ids if i not in by_id])

@@ -48,22 +48,25 @@ COMPATIBLE: dict[str, set[str]] = {
 }
 
 
+#: reflected column types by kind, most specific first (Integer before Numeric, Text is a String).
+_KINDS: tuple[tuple[type[Any], str], ...] = (
+    (sa.JSON, JSON),
+    (sa.Boolean, BOOL),
+    (sa.DateTime, DATETIME),
+    (sa.Date, DATE),
+    (sa.Uuid, UUID),
+    (sa.Integer, NUMBER),
+    (sa.Numeric, NUMBER),
+    (sa.Float, NUMBER),
+    (sa.String, TEXT),
+    (sa.Text, TEXT),
+    (sa.Enum, TEXT),
+)
+
+
 def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
     """The kind of a reflected column type."""
-    checks: list[tuple[type[Any], str]] = [
-        (sa.JSON, JSON),
-        (sa.Boolean, BOOL),
-        (sa.DateTime, DATETIME),
-        (sa.Date, DATE),
-        (sa.Uuid, UUID),
-        (sa.Integer, NUMBER),
-        (sa.Numeric, NUMBER),
-        (sa.Float, NUMBER),
-        (sa.String, TEXT),
-        (sa.Text, TEXT),
-        (sa.Enum, TEXT),
-    ]
-    for sa_type, kind in checks:
+    for sa_type, kind in _KINDS:
         if isinstance(column_type, sa_type):
             return kind
     if isinstance(column_type, types.GUID) or type(column_type).__name__ == "UUID":

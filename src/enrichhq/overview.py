@@ -67,6 +67,17 @@ def _batch_filter(batch: str) -> str | None:
     return batch
 
 
+async def _existing_batch(conn: AsyncConnection, batch: str) -> str | None:
+    """The batch filter's id; NotFound for an id no batch has, which would otherwise show an empty
+    grid saying "No companies yet" (the error page links back to the grid of every company)."""
+    batch_id = _batch_filter(batch)
+    if batch_id is not None and await batches.get_batch(conn, batch_id) is None:
+        raise exceptions.NotFound(
+            f"there is no batch {batch_id} (deleted, or a wrong address): the grid cannot show its companies"
+        )
+    return batch_id
+
+
 def _cell(step: WorkflowConfig, done: datetime | None, item: rows.LatestItem | None) -> Cell:
     if done is not None:
         finished = Cell("done", f"done {done:%Y-%m-%d %H:%M}", f"completed {done:%Y-%m-%d %H:%M:%S}")
@@ -101,6 +112,7 @@ async def grid(
     step_filter = _step_filter(steps, filter_step, filter_state)
     page = min(max(1, page), MAX_PAGE)
     async with dbs.begin("hq") as conn:
+        batch_id = await _existing_batch(conn, batch)
         total, found = await views.grid_page(
             conn,
             play=play,
@@ -108,7 +120,7 @@ async def grid(
             step=step_filter,
             limit=PER_PAGE,
             offset=(page - 1) * PER_PAGE,
-            batch_id=_batch_filter(batch),
+            batch_id=batch_id,
         )
         plays = await views.plays(conn)
         ids = [c.id for c in found]
@@ -168,7 +180,7 @@ async def matching(
             play=play,
             search=search or None,
             step=_step_filter(steps, filter_step, filter_state),
-            batch_id=_batch_filter(batch),
+            batch_id=await _existing_batch(conn, batch),
         )
 
 

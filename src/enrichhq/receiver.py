@@ -22,7 +22,7 @@ from enrichhq.db import batches, callback_items, engines, errors, items, rows
 from enrichhq.models import ItemOutcome, LogEntry, StepRef, StoreRecord, WorkflowConfig
 from enrichhq.pipeline import Pipeline
 from enrichhq.settings import Settings
-from enrichhq.states import ItemState, LogStatus
+from enrichhq.states import REJECTED_PREFIX, ItemState, LogStatus
 
 __all__ = ["STALE_CLAIM_S", "TIMED_OUT", "Batcher", "ItemRef", "Receipt", "accept", "receive", "sweep"]
 
@@ -203,7 +203,7 @@ async def _refuse(
     async with dbs.begin("hq") as conn:
         waits = await callback_items.note_rejection(conn, claims.batch_id, claims.company_id, problem)
     if waits:
-        await _log_rejection(dbs, pipeline, claims, f"{callback_items.REJECTED_PREFIX}{problem}")
+        await _log_rejection(dbs, pipeline, claims, f"{REJECTED_PREFIX}{problem}")
     body: dict[str, Any] = {"error": problem, "stored": False}
     if waits:
         body.update(

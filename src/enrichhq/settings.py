@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from enrichhq import quick_settings
+
 if TYPE_CHECKING:
     from enrichhq import netpolicy
 
@@ -19,13 +21,13 @@ ZENROWS_DEFAULT_URL = "https://api.zenrows.com/v1/"
 class Settings(BaseSettings):
     """enrichhq's configuration; every field maps to the upper-case environment variable."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=quick_settings.ENV_FILE, extra="ignore")
 
     hq_database_url: str | None = Field(default=None, description="SQLAlchemy URL of the HQ database")
     workspace_database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the Workspace database"
     )
-    enrichhq_data_dir: Path = Field(default=Path(".enrichhq"))
+    enrichhq_data_dir: Path = Field(default=Path(quick_settings.DEFAULT_DATA_DIR))
     zenrows_api_key: SecretStr | None = None
     zenrows_api_url: str = ZENROWS_DEFAULT_URL
     enrichhq_retry_base_delay: float = Field(
@@ -147,7 +149,7 @@ class Settings(BaseSettings):
 
     def resolved_hq_url(self) -> str:
         """The HQ URL, or the SQLite file in the data directory."""
-        return self.hq_database_url or f"sqlite:///{(self.enrichhq_data_dir / 'hq.db').resolve()}"
+        return self.hq_database_url or quick_settings.default_url(self.enrichhq_data_dir, "hq")
 
     def queue_dsn(self) -> str | None:
         """The HQ PostgreSQL URL in the form asyncpg takes, or None when HQ is not PostgreSQL."""
@@ -159,9 +161,7 @@ class Settings(BaseSettings):
 
     def resolved_workspace_url(self) -> str:
         """The Workspace URL, or the SQLite file in the data directory."""
-        return self.workspace_database_url or (
-            f"sqlite:///{(self.enrichhq_data_dir / 'workspace.db').resolve()}"
-        )
+        return self.workspace_database_url or quick_settings.default_url(self.enrichhq_data_dir, "workspace")
 
 
 def load() -> Settings:

@@ -78,6 +78,8 @@ class LogStatus(enum.StrEnum):
 
 #: how the error of an item skipped for lack of an input begins (`inputs.InputMissing`).
 INPUT_MISSING_PREFIX: Final = "input_missing: "
+#: how a refused callback's reason starts on its item, so reports can show waiting items that have one.
+REJECTED_PREFIX: Final = "callback rejected: "
 
 
 class SkipReason(enum.StrEnum):

@@ -1,4 +1,8 @@
-"""The `enrichhq` command as a user runs it: a subprocess, real databases, a Zenrows stub over HTTP."""
+"""The `enrichhq` command as a user runs it: a subprocess, real databases, a Zenrows stub over HTTP.
+
+`cli` (tests/cli_inprocess.py) runs a command in this process instead, where the test checks what
+it prints and writes, not the process itself (start-up, signals, `run`'s Ctrl-C handler).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from enrichhq.db import migrate
+from tests.cli_inprocess import Ran
+from tests.cli_inprocess import enrichhq as cli
 from tests.conftest import Env
 from tests.helpers import INSERT_WORKFLOW, count, homepage_ddl, sql, workflow_row
 from tests.stubs import API_KEY, Stub
@@ -34,7 +40,7 @@ def enrichhq(
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+def one_line_error(result: subprocess.CompletedProcess[str] | Ran, *fragments: str) -> None:
     """A failed command said what is wrong in one line, without a traceback."""
     assert result.returncode != 0, result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -169,7 +175,7 @@ async def test_bad_csv_is_one_line_and_writes_nothing(
 ) -> None:
     """A file without a domain column is refused; under --strict, so is a file with any flawed row."""
     path = str(write(tmp_path / "bad.csv", content))
-    result = enrichhq("companies", "import", path, *(["--strict"] if strict else []), env=env.environ())
+    result = await cli("companies", "import", path, *(["--strict"] if strict else []), env=env.environ())
     one_line_error(result, message)
     assert await count(env.dbs, "hq", "companies") == 0
 
@@ -186,7 +192,7 @@ async def test_a_messy_file_is_imported_and_summarised(env: Env, tmp_path: Path)
         "Acme;acme.com;Anvils\n"
     )
     path = str(write(tmp_path / "apollo.csv", content))
-    result = enrichhq("companies", "import", path, env=env.environ())
+    result = await cli("companies", "import", path, env=env.environ())
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "2 new, 0 updated, 1 duplicates merged, 1 blank, 2 invalid (lines 4, 6)",
@@ -197,7 +203,7 @@ async def test_a_messy_file_is_imported_and_summarised(env: Env, tmp_path: Path)
     rows = await sql(env.dbs, "hq", "SELECT domain, name FROM companies ORDER BY domain")
     assert [tuple(r) for r in rows] == [("acme.com", "Acme"), ("stripe.com", "Stripe, Inc")]
     out = tmp_path / "out.csv"
-    exported = enrichhq("companies", "export", "--out", str(out), env=env.environ())
+    exported = await cli("companies", "export", "--out", str(out), env=env.environ())
     assert exported.returncode == 0 and "wrote 2 companies" in exported.stdout, exported.stderr
     with out.open(encoding="utf-8") as handle:
         assert [(r["domain"], r["industry"]) for r in csv.DictReader(handle)] == [
@@ -281,7 +287,7 @@ def test_demo_runs_in_under_a_minute(tmp_path: Path) -> None:
 
 async def test_workflows_add_from_flags_and_from_yaml(env: Env, stub: Stub, tmp_path: Path) -> None:
     environ = env.environ()
-    result = enrichhq(
+    result = await cli(
         "workflows",
         "add",
         "--slug",
@@ -316,11 +322,11 @@ async def test_workflows_add_from_flags_and_from_yaml(env: Env, stub: Stub, tmp_
         ),
     )
     one_line_error(
-        enrichhq("workflows", "add", "--file", str(spec), env=environ), "no_such_column", "no such column"
+        await cli("workflows", "add", "--file", str(spec), env=environ), "no_such_column", "no such column"
     )
-    one_line_error(enrichhq("workflows", "add", "--slug", "x", env=environ), "invalid workflow", "provider")
+    one_line_error(await cli("workflows", "add", "--slug", "x", env=environ), "invalid workflow", "provider")
     one_line_error(
-        enrichhq(
+        await cli(
             "workflows",
             "add",
             "--slug",
@@ -345,7 +351,7 @@ async def test_workflows_add_from_flags_and_from_yaml(env: Env, stub: Stub, tmp_
     for _ in range(2):
         assert enrichhq("run", "homepage-http", "--all", "--force", env=environ).returncode == 0
     assert await count(env.dbs, "workspace", "company_homepage_scrapes") == 1  # upsert: one row per company
-    listed = enrichhq("workflows", "list", env=environ)
+    listed = await cli("workflows", "list", env=environ)
     assert "homepage-http" in listed.stdout and "homepage-again" not in listed.stdout
 
 
@@ -401,6 +407,8 @@ def test_setup_mistakes_are_one_line(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     before_init = base | {"ENRICHHQ_DATA_DIR": str(tmp_path / "fresh")}
     one_line_error(enrichhq("workflows", "list", env=before_init), "run `enrichhq init` first")
+    # `batches list` reads HQ over a synchronous engine of its own (start-up time): the same message.
+    one_line_error(enrichhq("batches", "list", env=before_init), "run `enrichhq init` first")
     one_line_error(enrichhq("run", "x", "--all", env=before_init), "run `enrichhq init` first")
     bad_path = base | {"HQ_DATABASE_URL": "sqlite:////proc/nope/hq.db"}
     one_line_error(enrichhq("init", env=bad_path), "cannot create /proc/nope")

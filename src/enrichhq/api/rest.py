@@ -154,8 +154,9 @@ async def list_batches(
 
 @router.get("/batches/{batch_id}", tags=["batches"])
 async def show_batch(batch_id: str, request: Request) -> dict[str, Any]:
-    """Counts per state, cost, time, failures with their errors."""
-    return dataclasses.asdict(await runs.summary(services(request).dbs, batch_id))
+    """Counts per state (`running`: the call started; `taken`: taken by a worker, not started), cost,
+    time, failures with their errors."""
+    return dataclasses.asdict((await runs.summary(services(request).dbs, batch_id)).as_shown())
 
 
 @router.get("/batches/{batch_id}/items", tags=["batches"])

@@ -294,7 +294,8 @@ def batches_show(batch_id: str, as_json: JsonFlag = False) -> None:
     """Counts per state, cost, time, and failures with their errors."""
     from enrichhq import runs
 
-    summary = run(lambda dbs: runs.summary(dbs, batch_id, failures=200))
+    # `running` counts the items whose call started; those a worker took and has not started: `taken`.
+    summary = run(lambda dbs: runs.summary(dbs, batch_id, failures=200)).as_shown()
     if as_json:
         emit_json(summary)
         return
@@ -385,9 +386,9 @@ def batches_cancel(
 @command(batches_app, "list")
 def batches_list(limit: int = 20, as_json: JsonFlag = False, wide: WideFlag = False) -> None:
     """The newest batches."""
-    from enrichhq import runs
+    from enrichhq import quick_settings, runs
 
-    found = run(lambda dbs: runs.list_batches(dbs, limit))
+    found = runs.list_batches_now(quick_settings.database_url("hq"), limit)
     if as_json:
         emit_json(found)
         return

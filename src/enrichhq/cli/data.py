@@ -1,4 +1,4 @@
-"""Companies in and tables out: `companies import|list|delete`, `export`."""
+"""Companies in and tables out: `companies import|list|delete|normalise`, `export`."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def companies_list(
 
 @command(companies_app, "delete")
 def companies_delete(
-    domains: Annotated[list[str], typer.Argument(help="the companies' domains", show_default=False)],
+    domains: Annotated[list[str], typer.Argument(help="the companies' domains or ids", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
 ) -> None:
     """Delete companies (their logs, completions and stored rows are kept)."""
@@ -185,6 +185,28 @@ def companies_delete(
     out.print(Text(f"deleted {len(deleted.removed)} companies; {companies.KEPT_ON_DELETE}"))
     if deleted.unknown:
         out.print(Text(f"not found: {', '.join(deleted.unknown)}"), soft_wrap=True)
+
+
+@command(companies_app, "normalise")
+def companies_normalise(
+    apply: Annotated[
+        bool, typer.Option("--apply", help="make the changes (default: only list them)")
+    ] = False,
+    as_json: JsonFlag = False,
+    wide: WideFlag = False,
+) -> None:
+    """Normalise the domains of companies stored before enrichhq did (www.Stripe.com -> stripe.com).
+
+    A dry run by default: lists what would change and the conflicts, where two companies would end
+    on one domain (never merged: none of them changes; keep one, `companies delete <id>` the others).
+    """
+    from enrichhq import domain_repair
+
+    found = run(lambda dbs: domain_repair.normalise(dbs, apply=apply))
+    if as_json:
+        emit_json(found)
+        return
+    output.print_normalisation(console(wide), found)
 
 
 @command(app, "export")

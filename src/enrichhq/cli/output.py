@@ -17,7 +17,7 @@ from rich.text import Text
 from enrichhq.states import SKIP_LABELS, ItemState
 
 if TYPE_CHECKING:
-    from enrichhq import runs
+    from enrichhq import domain_repair, runs
     from enrichhq.db import rows
 
 
@@ -82,6 +82,10 @@ def skip_breakdown(skipped: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {SKIP_LABELS.get(reason, reason)}" for reason, n in ordered)
 
 
+#: what `print_counts` calls the states `BatchSummary.as_shown` tells apart.
+COUNT_LABELS = {"running": "running (call out)", "taken": "taken, not started"}
+
+
 def print_counts(console: Console, summary: runs.BatchSummary) -> None:
     """A batch's heading and its items per state."""
     console.print(
@@ -92,7 +96,7 @@ def print_counts(console: Console, summary: runs.BatchSummary) -> None:
     )
     counts = Table("state", "companies")
     for state, count in sorted(summary.counts.items()):
-        counts.add_row(Text(state), str(count))
+        counts.add_row(Text(COUNT_LABELS.get(state, state)), str(count))
     console.print(counts)
 
 
@@ -113,6 +117,33 @@ def print_batches(console: Console, batches: Sequence[rows.BatchRow]) -> None:
             )
         )
     fit(console, table)
+
+
+def print_normalisation(console: Console, found: domain_repair.Normalisation) -> None:
+    """What `companies normalise` changed (or would change), its conflicts and what it left."""
+    verb = "changed" if found.applied else "would change"
+    console.print(Text(f"{found.checked} companies checked: {verb} {len(found.changes)}"))
+    if found.changes:
+        table = Table("domain now" if not found.applied else "domain was", "normalised", "id")
+        for c in found.changes:
+            table.add_row(Text(c.domain), Text(c.normalised), Text(c.company_id))
+        fit(console, table)
+    if found.conflicts:
+        console.print(
+            Text(
+                f"{len(found.conflicts)} conflicts: these companies would end on one domain, so none "
+                "of them changes (nothing is merged): keep one, `enrichhq companies delete <id>` the others"
+            )
+        )
+        table = Table("normalised", "companies now (domain, id)")
+        for conflict in found.conflicts:
+            held = "\n".join(f"{c.domain}  {c.company_id}" for c in conflict.companies)
+            table.add_row(Text(conflict.normalised), Text(held))
+        fit(console, table)
+    for left in found.left:
+        console.print(Text(f"left as it is: {left.domain} ({left.company_id}): {left.reason}"))
+    if found.changes and not found.applied:
+        console.print(Text("dry run: nothing was written; run again with --apply to make these changes"))
 
 
 def fit(console: Console, table: Table) -> None:

@@ -6,15 +6,17 @@ import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db.common import chunked, is_uuid, now
 from enrichhq.db.rows import BatchRow
 from enrichhq.db.schema import batch_items, batches
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 STOPPED_PREFIX = "not run: "
 

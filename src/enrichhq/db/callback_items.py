@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db.common import chunked, is_uuid, now
 from enrichhq.db.items import among, these, unindexed_state
 from enrichhq.db.rows import ClaimedItem, OverdueItem
 from enrichhq.db.schema import batch_items, batches
-from enrichhq.states import ItemState
+from enrichhq.states import REJECTED_PREFIX, ItemState
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 async def has_waiting(conn: AsyncConnection, batch_id: str) -> bool:
@@ -178,10 +180,6 @@ async def time_out(conn: AsyncConnection, batch_id: str, company_id: str, reason
         .values(state=ItemState.TIMED_OUT, last_error=reason, updated_at=now(), finished_at=now())
     )
     return result.rowcount == 1
-
-
-#: how a refused callback's reason starts on its item, so reports can show waiting items that have one.
-REJECTED_PREFIX = "callback rejected: "
 
 
 async def note_rejection(conn: AsyncConnection, batch_id: str, company_id: str, reason: str) -> bool:

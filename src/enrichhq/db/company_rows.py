@@ -160,3 +160,26 @@ async def delete_companies(conn: AsyncConnection, domains: Sequence[str]) -> lis
         )
         removed += [Company(r.id.lower(), r.domain, r.name) for r in result]
     return removed
+
+
+async def stream_domains(conn: AsyncConnection) -> AsyncIterator[Company]:
+    """Every company's id, domain and name, by domain, without holding them all."""
+    stmt = sa.select(companies.c.id, companies.c.domain, companies.c.name).order_by(companies.c.domain)
+    result = await conn.stream(stmt)
+    async for partition in result.partitions(PAGE):
+        for r in partition:
+            yield Company(r.id.lower(), r.domain, r.name)
+
+
+async def set_domains(conn: AsyncConnection, domains: Mapping[str, str]) -> int:
+    """Give companies new domains ({id: domain}); how many rows changed."""
+    stmt = (
+        sa.update(companies)
+        .where(types.uuid_key(companies.c.id, conn.dialect.name) == sa.bindparam("key"))
+        .values(domain=sa.bindparam("new_domain"))
+    )
+    changed = 0
+    for chunk in chunked(list(domains.items())):
+        result = await conn.execute(stmt, [{"key": key, "new_domain": domain} for key, domain in chunk])
+        changed += result.rowcount
+    return changed

@@ -40,11 +40,19 @@ UNKNOWN_RESULT = "result unknown: the process died during the call; counted as p
 async def unfinished(conn: AsyncConnection, batch_id: str, *, after: str, limit: int) -> list[Company]:
     """The next page of a batch's items still to run, keyset on company_id: queued, running, or
     claimed by a writer whose process is gone (taken again as suspects, see `deliver`)."""
+    key = types.uuid_key(companies.c.id, conn.dialect.name)
     result = await conn.execute(
         sa.select(batch_items.c.company_id, batch_items.c.company_domain, companies.c.name)
         .select_from(
             batch_items.outerjoin(
-                companies, types.uuid_key(companies.c.id, conn.dialect.name) == batch_items.c.company_id
+                companies,
+                sa.and_(
+                    # Both sides keyed: SQLite then looks companies up by their id index, not by a scan.
+                    key == types.uuid_key(batch_items.c.company_id, conn.dialect.name),
+                    # Implied by the join, and it lets PostgreSQL's merge join start at the page
+                    # rather than read every company before it (each page cost more than the last).
+                    key > after,
+                ),
             )
         )
         .where(

@@ -1,19 +1,28 @@
-"""The two databases, HQ and Workspace, as engines, with errors made readable."""
+"""The two databases, HQ and Workspace, as engines, with errors made readable.
+
+SQLAlchemy's asyncio extension (which imports its ORM) and the settings' pydantic load only when
+an async engine is made: `read_hq`, for a command that only reads HQ, needs neither.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from enrichhq import exceptions
 from enrichhq.db import dialect, errors, schema, types, urls
-from enrichhq.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from enrichhq.settings import Settings
+
+T = TypeVar("T")
 
 DESTINATIONS = ("workspace", "hq")
 # A pooled connection idle this long is checked before use.
@@ -24,6 +33,8 @@ PROBE_TIMEOUT_S = 5
 
 def create_async(raw: str) -> AsyncEngine:
     """An async engine for a user's URL, tuned for its dialect."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     url = urls.parse_url(raw, asynchronous=True)
     if dialect.url_is_sqlite(url):
         urls.prepare_sqlite_file(url)
@@ -42,6 +53,43 @@ def create_sync(raw: str) -> sa.Engine:
     engine = sa.create_engine(url, **dialect.engine_options(url, asynchronous=False))
     _set_up(engine, url)
     return engine
+
+
+def read_hq(raw_url: str, work: Callable[[sa.Connection], T]) -> T:
+    """Run a read on HQ over one synchronous connection, its errors told as `Databases.begin` tells them.
+
+    For a command that only reads (`enrichhq batches list`): it pays neither the asyncio
+    extension's import nor an event loop's start, most of what it took before printing.
+    """
+    engine = create_sync(raw_url)
+    try:
+        with engine.connect() as conn:
+            return work(conn)
+    except (sa.exc.DBAPIError, OSError) as exc:
+        problem = _sync_problem(engine, raw_url, exc)
+        if problem is None:
+            raise
+        raise problem from exc
+    finally:
+        engine.dispose()
+
+
+def _sync_problem(engine: sa.Engine, raw_url: str, exc: BaseException) -> exceptions.DatabaseError | None:
+    """`Databases._problem` for HQ over a synchronous engine."""
+    if (
+        errors.kind(exc) is errors.Kind.UNREACHABLE
+        and errors.failed_connecting(exc)
+        and database_missing(raw_url)
+    ):
+        return missing_database("hq", raw_url)
+    if errors.may_be_missing_table(exc):
+        try:
+            with engine.connect() as conn:
+                present = set(sa.inspect(conn).get_table_names())
+        except (sa.exc.DBAPIError, OSError):
+            return None  # cannot tell: the original error stands
+        return None if set(schema.metadata.tables) <= present else not_initialised(raw_url)
+    return errors.translate("hq", raw_url, exc)
 
 
 def _set_up(engine: sa.Engine, url: sa.URL) -> None:
@@ -154,6 +202,10 @@ class Databases:
         For a single statement that must be committed at once (a call's start); errors as `begin`.
         """
         engine = self.engine(name)
+        if not dialect.autocommit_saves_a_round_trip(engine.url):
+            async with self.begin(name) as conn:
+                yield conn
+            return
         try:
             async with engine.connect() as conn:
                 yield await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -174,7 +226,7 @@ class Databases:
         ):
             return missing_database(name, raw_url)
         if name == "hq" and errors.may_be_missing_table(exc):
-            return None if await self._initialised() else self._not_initialised()
+            return None if await self._initialised() else not_initialised(raw_url)
         return errors.translate(name, raw_url, exc)
 
     async def _initialised(self) -> bool:
@@ -185,12 +237,6 @@ class Databases:
         except (sa.exc.DBAPIError, OSError):
             return True  # cannot tell: the original error stands
         return set(schema.metadata.tables) <= present
-
-    def _not_initialised(self) -> exceptions.DatabaseError:
-        return exceptions.DatabaseError(
-            f"the HQ database at {urls.mask(self.urls['hq'])} has no enrichhq tables yet "
-            "(or not all of them): run `enrichhq init` first"
-        )
 
     async def check(self) -> None:
         """Connect to both databases once, so a bad URL fails before any work starts."""
@@ -203,6 +249,14 @@ class Databases:
         await self.hq.dispose()
         if self.workspace is not self.hq:
             await self.workspace.dispose()
+
+
+def not_initialised(raw_url: str) -> exceptions.DatabaseError:
+    """The error for an HQ database that lacks enrichhq's tables."""
+    return exceptions.DatabaseError(
+        f"the HQ database at {urls.mask(raw_url)} has no enrichhq tables yet "
+        "(or not all of them): run `enrichhq init` first"
+    )
 
 
 def missing_database(name: str, raw_url: str) -> exceptions.DatabaseConfigError:

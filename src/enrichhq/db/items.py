@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from enrichhq.db import batches, dialect, types
 from enrichhq.db.common import chunked, is_uuid, now
@@ -20,6 +19,9 @@ from enrichhq.db.schema import OPEN_CONDITION, batch_items, companies, completio
 from enrichhq.db.schema import batches as batch_rows
 from enrichhq.models import ItemOutcome
 from enrichhq.states import OPEN_STATES, ItemState, SkipReason
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 def unindexed_state() -> sa.ColumnElement[str]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from enrichhq.db.callback_items import REJECTED_PREFIX
 from enrichhq.db.common import now
 from enrichhq.db.rows import BatchRow, FailedItem, ItemSummary
 from enrichhq.db.schema import batch_items, batches
-from enrichhq.states import FINAL_STATES, INPUT_MISSING_PREFIX, BatchStatus, ItemState
+from enrichhq.states import FINAL_STATES, INPUT_MISSING_PREFIX, REJECTED_PREFIX, BatchStatus, ItemState
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 async def state_counts(conn: AsyncConnection, batch_id: str) -> tuple[dict[str, int], float]:
@@ -52,6 +54,18 @@ async def in_flight(conn: AsyncConnection, batch_id: str) -> int:
                 batch_items.c.state == ItemState.STORING,
                 sa.and_(batch_items.c.state == ItemState.RUNNING, batch_items.c.deliveries > 0),
             ),
+        )
+    )
+    return int(result.scalar_one())
+
+
+async def taken_not_started(conn: AsyncConnection, batch_id: str) -> int:
+    """A batch's items a worker has taken (`running`) whose call has not started: they wait their turn."""
+    result = await conn.execute(
+        sa.select(sa.func.count()).where(
+            batch_items.c.batch_id == batch_id,
+            batch_items.c.state == ItemState.RUNNING,
+            batch_items.c.deliveries == 0,
         )
     )
     return int(result.scalar_one())
@@ -103,10 +117,19 @@ async def failed_items(conn: AsyncConnection, batch_id: str, limit: int = 50) ->
     return [FailedItem.of(r) for r in result.mappings()]
 
 
+def _newest_batches(limit: int) -> sa.Select[tuple[object, ...]]:
+    return sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit)
+
+
 async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[BatchRow]:
     """The newest batches first."""
-    result = await conn.execute(sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit))
+    result = await conn.execute(_newest_batches(limit))
     return [BatchRow.of(r) for r in result.mappings()]
+
+
+def list_batches_now(conn: sa.Connection, limit: int = 20) -> list[BatchRow]:
+    """`list_batches` on a synchronous connection (`engines.read_hq`: `enrichhq batches list`)."""
+    return [BatchRow.of(r) for r in conn.execute(_newest_batches(limit)).mappings()]
 
 
 async def list_items(

@@ -11,6 +11,8 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
+from pgqueuer import QueueManager
+
 from enrichhq import liveness
 from enrichhq.db import batches, engines, reports
 from enrichhq.execution import lease, outage, queue
@@ -23,6 +25,9 @@ from enrichhq.states import SkipReason
 ProgressCallback = Callable[[dict[str, int]], Awaitable[None] | None]
 
 POLL_S = 0.5
+#: companies queued ahead of the calls: seconds of work for a fast provider, so a page read
+#: (milliseconds) never leaves the queue empty, and a bounded memory whatever the batch's size.
+FED_AHEAD = 10_000
 
 
 def interrupted(batch_id: str) -> str:
@@ -92,25 +97,36 @@ async def _run_held(
     engine = Engine(
         dbs, settings, pipeline=pipeline, shared=False, worker_id=f"embedded-{os.getpid()}", owner=mine.owner
     )
-    qm = queue.manager(queries, engine)
+    # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
+    job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
+    at_once = queue.jobs_at_once(concurrency, job_size, settings.enrichhq_chunk_size)
+    started = asyncio.Event()
+    feeder = asyncio.create_task(
+        queue.feed(
+            dbs,
+            queries,
+            batch_id,
+            job_size,
+            after,
+            ahead=max(2 * at_once, FED_AHEAD // job_size),
+            started=started,
+        )
+    )
+    managers = [queue.manager(queries, engine)]
+    handed = asyncio.Event()
 
     def lost() -> None:
         # Another run took the batch over: start nothing more; what is not called stays queued.
+        handed.set()
         engine.hand_back()
-        qm.shutdown.set()
+        feeder.cancel()
+        managers[-1].shutdown.set()
 
-    # Alone, this process takes every job: jobs as large as a write chunk cost fewer round trips.
-    job_size = max(settings.enrichhq_job_size, settings.enrichhq_chunk_size)
-    await queue.enqueue_batch(dbs, queries, batch_id, job_size, after)
+    await started.wait()
     if queued is not None:
         queued.set()
     runner = asyncio.create_task(
-        queue.run_manager(
-            qm,
-            batch_size=queue.jobs_at_once(concurrency, job_size, settings.enrichhq_chunk_size),
-            drain=True,
-            heartbeat_s=settings.enrichhq_heartbeat_s,
-        )
+        _drain_fed(queries, engine, feeder, managers, handed, at_once, settings.enrichhq_heartbeat_s)
     )
     stopped = False
     try:
@@ -128,13 +144,36 @@ async def _run_held(
     finally:
         if not runner.done():  # cancelled (serve shutting down): nothing new starts, the rest waits
             engine.hand_back()
-            qm.shutdown.set()
+            feeder.cancel()
+            managers[-1].shutdown.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(runner), timeout=30)
             runner.cancel()
         await engine.aclose()
         await engine.finish_if_done(batch_id)
         await _report(dbs, batch_id, on_progress)
+
+
+async def _drain_fed(
+    queries: queue.AnyQueries,
+    engine: Engine,
+    feeder: asyncio.Task[int],
+    managers: list[QueueManager],
+    handed: asyncio.Event,
+    batch_size: int,
+    heartbeat_s: float,
+) -> None:
+    """Run the batch's jobs until the feeder has queued its last page and every job ran."""
+    while True:
+        await queue.run_manager(managers[-1], batch_size=batch_size, drain=True, heartbeat_s=heartbeat_s)
+        if handed.is_set():
+            return
+        if feeder.done() and await queue.queued_jobs(queries) == 0:
+            feeder.result()  # a feed that failed fails the run
+            return
+        # The calls outran the feeder (a drained queue ends a manager): wait for its next page.
+        await asyncio.wait({feeder}, timeout=queue.FEED_POLL_S)
+        managers.append(queue.manager(queries, engine))
 
 
 async def run_on_workers(

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from pgqueuer import InMemoryDriver, InMemoryQueries, Job, Queries, QueueManager
 from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
 from pgqueuer.adapters.persistence import qb
 from pgqueuer.domain.settings import DBSettings
-from pgqueuer.domain.types import Channel
+from pgqueuer.domain.types import Channel, QueueEntrypoint
 
 from enrichhq import exceptions, tokens
 from enrichhq.db import delivery, engines, workers
@@ -42,6 +42,10 @@ MAX_JOB_RETRIES = 10
 NOT_OURS_RETRIES = 120
 #: a worker seen this recently is alive (workers beat every BEAT_S).
 ALIVE_S = 15.0
+#: items read a page at a time to be queued (keyset on company id).
+PAGE = 1000
+#: how often a feeder whose window is full looks again (a job of 500 instant calls takes ~0.2 s).
+FEED_POLL_S = 0.05
 BEAT_S = 5.0
 
 AnyQueries = Queries | InMemoryQueries
@@ -117,6 +121,18 @@ async def enqueue(
     return len(chunks)
 
 
+async def unfinished_pages(dbs: engines.Databases, batch_id: str, size: int) -> AsyncIterator[list[Company]]:
+    """The batch's items still to run, a page at a time, in company id order."""
+    after = "00000000-0000-0000-0000-000000000000"
+    while True:
+        async with dbs.begin("hq") as conn:
+            page = await delivery.unfinished(conn, batch_id, after=after, limit=size)
+        if not page:
+            return
+        yield page
+        after = page[-1].id
+
+
 async def enqueue_batch(
     dbs: engines.Databases,
     queries: AnyQueries,
@@ -128,15 +144,44 @@ async def enqueue_batch(
 
     waits_for: the earlier batches of a multi-step run this batch waits for (slug -> batch id).
     """
-    after = "00000000-0000-0000-0000-000000000000"
     jobs = 0
-    while True:
-        async with dbs.begin("hq") as conn:
-            page = await delivery.unfinished(conn, batch_id, after=after, limit=max(job_size, 1000))
-        if not page:
-            return jobs
+    async for page in unfinished_pages(dbs, batch_id, max(job_size, PAGE)):
         jobs += await enqueue(queries, batch_id, page, job_size, waits_for)
-        after = page[-1].id
+    return jobs
+
+
+async def feed(
+    dbs: engines.Databases,
+    queries: AnyQueries,
+    batch_id: str,
+    job_size: int,
+    waits_for: Mapping[str, str] | None,
+    *,
+    ahead: int,
+    started: asyncio.Event,
+) -> int:
+    """`enqueue_batch` while the jobs run: never more than `ahead` jobs waiting; `started` once
+    the first page is queued; how many jobs in all.
+
+    A million-company batch queued whole would wait for every page before its first call and hold
+    every page in memory; fed, its first call goes out after one page and memory stays flat.
+    """
+    jobs = 0
+    try:
+        async for page in unfinished_pages(dbs, batch_id, max(job_size, PAGE)):
+            # Polled: the queue tells of no job taken, and a look costs nothing in memory.
+            while jobs and await queued_jobs(queries) >= ahead:  # noqa: ASYNC110
+                await asyncio.sleep(FEED_POLL_S)
+            jobs += await enqueue(queries, batch_id, page, job_size, waits_for)
+            started.set()
+    finally:
+        started.set()  # also when nothing was left to run, or the feed failed
+    return jobs
+
+
+async def queued_jobs(queries: AnyQueries) -> int:
+    """How many chunk jobs wait in the queue (not yet taken)."""
+    return await queries.queued_work([QueueEntrypoint(ENTRYPOINT)])
 
 
 async def has_jobs(queries: Queries, batch_id: str) -> bool:

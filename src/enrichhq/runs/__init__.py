@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from enrichhq.runs.lifecycle import cancel, orphans, prepare_resume, prepare_retry, replay, retry_warning
     from enrichhq.runs.preparation import DEFAULT_PLAY, Estimate, Prepared, estimate, prepare
     from enrichhq.runs.selection import Selection
-    from enrichhq.runs.summaries import BatchSummary, list_batches, summary
+    from enrichhq.runs.summaries import BatchSummary, list_batches, list_batches_now, summary
 
 _WHERE = {
     "execute": "dispatch",
@@ -37,6 +37,7 @@ _WHERE = {
     "Selection": "selection",
     "BatchSummary": "summaries",
     "list_batches": "summaries",
+    "list_batches_now": "summaries",
     "summary": "summaries",
 }
 
@@ -50,6 +51,7 @@ __all__ = [
     "estimate",
     "execute",
     "list_batches",
+    "list_batches_now",
     "orphans",
     "prepare",
     "prepare_resume",

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from enrichhq import exceptions, functions, workflows
+from enrichhq import exceptions
 from enrichhq.db import batches, common, engines, reports, rows
 from enrichhq.states import FINAL_STATES, BatchStatus, ItemState
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+#: what `BatchSummary.as_shown` calls items taken by a worker whose call has not started.
+TAKEN = "taken"
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,25 @@ class BatchSummary:
     in_flight: int = 0
     #: what costs are counted in, when the step's provider fixes it (Zenrows credits).
     cost_unit: str | None = None
+    #: items a worker has taken whose call has not started (stored `running`; they wait their turn).
+    taken: int = 0
 
     def count(self, state: ItemState | str) -> int:
         """Items in one state."""
         return self.counts.get(state, 0)
+
+    def as_shown(self) -> BatchSummary:
+        """The summary as `batches show`, the API and the batch page tell it: `running` counts only the
+        items whose call started, and those a worker took but has not started are `taken` (the stored
+        state of both is `running`, which `counts` keeps for the code that reads it)."""
+        if not self.taken:
+            return self
+        shown = dict(self.counts)
+        running = max(0, shown.pop(ItemState.RUNNING, 0) - self.taken)
+        if running:
+            shown[ItemState.RUNNING] = running
+        shown[TAKEN] = self.taken
+        return dataclasses.replace(self, counts=shown)
 
 
 def finished(counts: Mapping[str, int]) -> int:
@@ -66,6 +87,7 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         skipped = await reports.skipped_by_reason(conn, batch_id) if counts.get(ItemState.SKIPPED) else {}
         unfinished = counts.get(ItemState.RUNNING, 0) + counts.get(ItemState.STORING, 0)
         in_flight = await reports.in_flight(conn, batch_id) if unfinished else 0
+        taken = await reports.taken_not_started(conn, batch_id) if counts.get(ItemState.RUNNING) else 0
         workflow_cost = (
             await reports.workflow_cost(conn, str(batch.workflow_id)) if batch.workflow_id else cost
         )
@@ -84,6 +106,7 @@ async def summary(dbs: engines.Databases, batch_id: str, failures: int = 50) -> 
         workflow_cost=workflow_cost,
         skipped=skipped,
         in_flight=in_flight,
+        taken=taken,
         cost_unit=await _cost_unit(dbs, str(batch.workflow_id) if batch.workflow_id else None),
     )
 
@@ -92,6 +115,9 @@ async def _cost_unit(dbs: engines.Databases, workflow_id: str | None) -> str | N
     """The step's provider's cost unit; None when it has none or the step is gone."""
     if workflow_id is None:
         return None
+    # The providers and the step configs load here, not with the module: `batches list` needs neither.
+    from enrichhq import functions, workflows
+
     try:
         workflow = await workflows.get(dbs, workflow_id)
         return functions.load(workflow.provider).cost_unit
@@ -114,3 +140,9 @@ async def list_batches(dbs: engines.Databases, limit: int = 20) -> list[rows.Bat
     """The newest batches."""
     async with dbs.begin("hq") as conn:
         return await reports.list_batches(conn, limit)
+
+
+def list_batches_now(hq_url: str, limit: int = 20) -> list[rows.BatchRow]:
+    """The newest batches, read over one synchronous connection: what `enrichhq batches list` prints,
+    at the start-up cost of SQLAlchemy Core alone (no asyncio extension, no event loop)."""
+    return engines.read_hq(hq_url, lambda conn: reports.list_batches_now(conn, limit))
