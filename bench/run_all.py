@@ -4,6 +4,7 @@
                                        # the grid loads 1,000,000 companies x 5 steps (4-9 minutes
                                        # on the shared machine) before it times its pages
     python bench/run_all.py --scaling  # and `run --all` at 10,000, 100,000 and 1,000,000 (+15 minutes)
+    python bench/run_all.py --import   # and the 1,000,000-row import on both databases (~5 more minutes)
 
 Ratios (pipeline against the seed's design and against the physical limit) are measured in
 this one run, so the machine's mood moves both sides together.
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import callbacks
 import grid_bench
+import import_csv
 import latency
 import limit
 import memory
@@ -34,9 +36,11 @@ from common import machine
 ROUNDS = 3
 
 
-def main(scaling: bool) -> None:
+def main(scaling: bool, with_import: bool) -> None:
     started = time.perf_counter()
     rows: list[tuple[str, str, str, bool]] = []
+    if with_import:
+        rows += import_rows()
 
     # Three rounds, interleaved, best of each: single runs on a shared 2-core machine swing by a third.
     lims, lz4s, seeds, pipes = [], [], [], []
@@ -174,9 +178,50 @@ def main(scaling: bool) -> None:
     print(f"\n{machine()}; all benchmarks in {time.perf_counter() - started:.0f}s")
 
 
+def import_rows(companies: int = 1_000_000) -> list[tuple[str, str, str, bool]]:
+    """Issue 18's import targets: one round of bench/import_csv.py on each database."""
+    found = import_csv.measure(companies, 1, ["sqlite", "postgresql"])
+    rows = []
+    for backend, (result,) in found.items():
+        limit = result["limit"]
+        for kind in ("new", "known"):
+            run = result[kind]
+            share = limit / run.wall
+            rows.append(
+                (
+                    f"import: {companies:,} {kind}, {backend}",
+                    f"{100 * share:.0f}% of the limit",
+                    ">= 50%",
+                    share >= 0.5,
+                )
+            )
+            rows.append(
+                (
+                    f"import: {kind}, {backend}, peak RSS",
+                    f"{run.peak_mb:.0f} MB",
+                    "<= 300 MB",
+                    run.peak_mb <= 300,
+                )
+            )
+        known_fast = result["known"].wall <= result["new"].wall
+        rows.append(
+            (
+                f"import: known as fast as new, {backend}",
+                f"{result['known'].wall:.1f}s vs {result['new'].wall:.1f}s",
+                "<=",
+                known_fast,
+            )
+        )
+    return rows
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--scaling", action="store_true", help="also bench/scaling.py up to 1,000,000 companies"
     )
-    main(parser.parse_args().scaling)
+    parser.add_argument(
+        "--import", dest="with_import", action="store_true", help="also the 1,000,000-row import"
+    )
+    options = parser.parse_args()
+    main(options.scaling, options.with_import)

@@ -3,12 +3,13 @@
 - The header names the columns, case-insensitively, `_`, `-` and runs of spaces alike: the domain is
   the first of `domain`, `company domain`, `website`, `company website`, `url`; the name the first of
   `name`, `company name`, `company`, `organization`; `id` (a UUID) is optional. Every other column is
-  an attribute, under its header in snake_case (`# Employees` -> `employees`, `Annual Revenue` ->
-  `annual_revenue`); empty cells are left out.
+  an attribute, under its header in snake_case, in any script (`# Employees` -> `employees`,
+  `Annual Revenue` -> `annual_revenue`, `Größe` -> `größe`); empty cells are left out.
 - The delimiter is sniffed from the first lines (`,`, `;` or tab; `,` when they tell nothing); a
   UTF-8 BOM is dropped.
 - The file is read as a stream: what is kept per row is the domain (to find duplicates) and the
-  given ids, never the rows. Each row is yielded as a `Row`, a `Blank` or an `Invalid`, with the
+  given ids, never the rows; with `repeats=False` not even those (an import finds repeats in the
+  database, `importing.py`). Each row is yielded as a `Row`, a `Blank` or an `Invalid`, with the
   line it starts on. A domain met before comes as a `Row` whose `first_line` names that earlier line.
 - A file without a domain column, or whose header is not text, is refused as a whole (`InputError`).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import codecs
 import csv
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -45,7 +47,6 @@ DELIMITERS: Final = ",;\t"
 #: time quadratic in a line's length on quote-heavy input, a quarter of a second at this size.
 SNIFF_BYTES: Final = 4096
 _SEPARATORS: Final = re.compile(r"[\s_-]+")
-_NOT_WORD: Final = re.compile(r"[^0-9a-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +103,13 @@ def header_key(cell: str) -> str:
 
 
 def attribute_key(cell: str, index: int) -> str:
-    """An extra column's attribute name: snake_case of its header, `column_N` when that is empty."""
-    return _NOT_WORD.sub("_", cell.strip().lower()).strip("_") or f"column_{index + 1}"
+    """An extra column's attribute name: its header in NFKC, lower-case, letters, marks and digits of
+    any script kept and every run of anything else one `_` (`# Employees` -> `employees`,
+    `Branche/Secteur` -> `branche_secteur`, `Größe` -> `größe`, `従業員数` as it is);
+    `column_N` when nothing is left."""
+    text = unicodedata.normalize("NFKC", cell).strip().lower()
+    kept = "".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text)
+    return "_".join(kept.split()) or f"column_{index + 1}"
 
 
 def parse_header(cells: list[str], source: str) -> Header:
@@ -148,19 +154,52 @@ def sniff_delimiter(sample: bytes) -> str:
         return best if counts[best] else ","
 
 
-class Reader:
-    """The companies of a CSV stream (binary, seekable), row by row: `for item in Reader(...)`."""
+class _Prefixed:
+    """A stream that cannot seek, with the bytes read from its start put back in front of it."""
 
-    def __init__(self, stream: IO[bytes], source: str = "CSV") -> None:
-        self.stream = stream
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:  # fewer bytes than asked for, as a read may give
+            head, self.head = self.head, b""
+            return head
+        return self.rest.read(size)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.head:
+            *lines, last = self.head.split(b"\n")
+            self.head = b""
+            for line in lines:
+                yield line + b"\n"
+            if last:
+                yield last + self.rest.readline()
+        yield from self.rest
+
+
+class Reader:
+    """The companies of a CSV stream (binary; a pipe too), row by row: `for item in Reader(...)`."""
+
+    def __init__(self, stream: IO[bytes], source: str = "CSV", *, repeats: bool = True) -> None:
+        self.stream: IO[bytes] | _Prefixed = stream
         self.source = source
-        #: physical lines read so far.
+        #: whether domains and ids met before are told (`first_line`, "id ... is also on line"):
+        #: that keeps every domain of the file in memory, ~180 bytes each. An import finds them in
+        #: the database instead.
+        self.repeats = repeats
+        #: physical lines read so far, and their bytes (what a progress bar follows).
         self.lines = 0
+        self.bytes_read = 0
         #: lines whose bytes are not UTF-8 text, with why.
         self._bad: dict[int, str] = {}
-        start = stream.tell()
-        sample = stream.read(SNIFF_BYTES)
-        stream.seek(start)
+        if stream.seekable():
+            start = stream.tell()
+            sample = stream.read(SNIFF_BYTES)
+            stream.seek(start)
+        else:  # a pipe (`enrichhq companies import -`): the sniffed bytes are put back in front
+            sample = stream.read(SNIFF_BYTES)
+            self.stream = _Prefixed(sample, stream)
         named = SEP_LINE.match(sample)
         #: the file's first line is Excel's `sep=X` (skipped; X is the delimiter).
         self.sep_line = named is not None
@@ -183,6 +222,7 @@ class Reader:
     def _text(self) -> Iterator[str]:
         for number, raw in enumerate(self._raw_lines(), 1):
             self.lines = number
+            self.bytes_read += len(raw)
             if number == 1 and self.sep_line:
                 continue
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -222,7 +262,7 @@ class Reader:
         if cells is None:
             raise exceptions.InputError(f"{self.source} is empty: it needs a header row with a domain column")
         header = parse_header(cells, self.source)
-        seen: dict[str, int] = {}
+        seen: dict[str, int] | None = {} if self.repeats else None
         ids: dict[str, int] = {}
         while True:
             start = self.lines + 1
@@ -237,10 +277,10 @@ class Reader:
                     'closing quote: look for a stray " on this line',
                 )
                 continue
-            if (problem := self._problem(start)) is not None:
+            if self._bad and (problem := self._problem(start)) is not None:
                 yield problem
                 continue
-            if not any(c.strip() for c in cells):
+            if not "".join(cells).strip():  # every cell empty or white space
                 yield Blank(start)
                 continue
             yield _row(header, cells, start, seen, ids)
@@ -251,8 +291,11 @@ def _as_written(cell: str) -> str:
     return DEFUSED.sub("", cell, count=1) if cell.startswith("'") else cell
 
 
-def _row(header: Header, cells: list[str], line: int, seen: dict[str, int], ids: dict[str, int]) -> Item:
-    """One row's company, checked against the rows before it (seen domains and ids, by line)."""
+def _row(
+    header: Header, cells: list[str], line: int, seen: dict[str, int] | None, ids: dict[str, int]
+) -> Item:
+    """One row's company, checked against the rows before it (seen domains and ids, by line) unless
+    `seen` is None."""
     if len(cells) > header.width and any(c.strip() for c in cells[header.width :]):
         return Invalid(
             line,
@@ -276,8 +319,12 @@ def _row(header: Header, cells: list[str], line: int, seen: dict[str, int], ids:
         except ValueError:
             return Invalid(line, f"id {text!r} is not a UUID; leave it empty for a new company")
     attributes = {
-        key: _as_written(value) for i, key in header.attributes if i < width and (value := cells[i].strip())
+        key: value if value[0] != "'" else _as_written(value)  # _as_written inlined: a call a cell costs
+        for i, key in header.attributes
+        if i < width and (value := cells[i].strip())
     }
+    if seen is None:
+        return Row(line, domain, name, given, attributes)
     first = seen.get(domain)
     if first is None:
         if given is not None:

@@ -3,7 +3,9 @@
 What a CRM or an Apollo export puts in a "website" column is cleaned to a bare host name: the
 scheme, `www.`, user info, path, query, fragment, port, trailing dots, case and surrounding
 whitespace go; an internationalised name becomes its punycode (`münchen.de` -> `xn--mnchen-3ya.de`,
-IDNA 2008 with UTS 46 mapping, by `idna`). What is no company's domain at all is a `DomainError`
+IDNA 2008 with UTS 46 mapping, by `idna`), unless a label mixes scripts (`paypal.com` with a Cyrillic
+`a`, U+0430: a homoglyph; Japanese, Chinese and Korean mixes with Latin are allowed). What is no
+company's domain at all is a `DomainError`
 that says why: an empty cell, `n/a`, an email address, an IP address, `localhost` and other local
 names, or anything that is not labels of letters, digits and hyphens with a dot between.
 
@@ -13,6 +15,7 @@ Every face normalises the same way: import (CSV, UI, REST), `--domain`, the func
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Final
 
 import idna
@@ -61,6 +64,7 @@ def clean(raw: str) -> str:
         # and would point the providers at it.
         raise DomainError(raw, "is an IP address, not a domain")
     if not host.isascii():
+        _refuse_mixed_scripts(raw, _mapped(raw, host))
         host = _punycode(raw, host)
     if host.startswith("www.") and "." in host[4:]:
         host = host[4:]
@@ -73,13 +77,54 @@ def clean(raw: str) -> str:
 
 
 def _check_a_labels(raw: str, host: str) -> None:
-    """An `xn--` label must be punycode that decodes (xn--zz is no name at all)."""
+    """An `xn--` label must be punycode that decodes (xn--zz is no name at all), to one script."""
     if "xn--" not in host:
         return
     try:
-        idna.decode(host)
+        decoded = idna.decode(host)
     except (idna.IDNAError, UnicodeError):
         raise DomainError(raw, "is not a valid internationalised domain name (a broken xn-- label)") from None
+    _refuse_mixed_scripts(raw, decoded)
+
+
+#: scripts a label may mix: a language written in several (UTS 39's "highly restrictive" sets:
+#: Japanese, Chinese, Korean, each with Latin). Any other mix is refused.
+_ALLOWED_MIXES: Final = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+#: the first word of a character's Unicode name, where it is not the script's own name.
+_SCRIPT_OF_NAME: Final = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": "", "HALFWIDTH": ""}
+
+
+def _script(char: str) -> str:
+    """The script of a letter ("" for digits, hyphens, combining marks: they go with any script).
+
+    Python has no Unicode script property; a letter's name starts with its script for every
+    script an IDN label can hold (`CYRILLIC SMALL LETTER A`, `CJK UNIFIED IDEOGRAPH-4F8B`).
+    """
+    if char.isascii():
+        return "LATIN" if char.isalpha() else ""
+    if unicodedata.category(char)[0] != "L":
+        return ""
+    first = unicodedata.name(char, "").split(" ", 1)[0]
+    return _SCRIPT_OF_NAME.get(first, first)
+
+
+def _refuse_mixed_scripts(raw: str, host: str) -> None:
+    """A label mixing scripts (`paypal` with a Cyrillic `a`, U+0430) is a homoglyph, not a company's name."""
+    for label in host.split("."):
+        if label.isascii():
+            continue
+        scripts = {s for c in label if (s := _script(c))}
+        if len(scripts) > 1 and not any(scripts <= allowed for allowed in _ALLOWED_MIXES):
+            names = " and ".join(sorted(s.title() for s in scripts))
+            raise DomainError(
+                raw,
+                f"mixes scripts in the label {label!r} ({names}): a look-alike of another domain, "
+                "not imported; type the domain in one script",
+            )
 
 
 def _refuse_local(raw: str, host: str) -> None:
@@ -97,6 +142,14 @@ def _strip_port(raw: str, host: str) -> str:
             raise DomainError(raw, f"is not a domain: {port!r} after the ':' is no port")
         return name
     return host  # no port; or a bare IPv6 address, which the address check refuses
+
+
+def _mapped(raw: str, host: str) -> str:
+    """The host as IDNA maps it before encoding (UTS 46: case, width, compatibility forms)."""
+    try:
+        return idna.uts46_remap(host, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError):
+        raise DomainError(raw, "is not a valid internationalised domain name") from None
 
 
 def _punycode(raw: str, host: str) -> str:

@@ -150,7 +150,6 @@ async def test_missing_zenrows_key_refused_before_any_call(env: Env, stub: Stub)
     [
         (b"name,city\nAcme,Phoenix\n", "no domain column (found: 'name', 'city')", False),
         (b"", "is empty", False),
-        (b"domain,name\n", "has a header but no companies", False),
         (
             b"domain,name\nacme.com,Acme\nbeta.com,Beta\nACME.com,Again\n",
             "duplicate domain 'acme.com' on lines 2 and 4",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from enrichhq import companies, exceptions, overview, runs
+from enrichhq import companies, exceptions, importing, overview, runs
 from enrichhq.models import Company
 from tests.conftest import Env
 from tests.helpers import count, sql
@@ -19,6 +20,15 @@ from tests.integration.test_http import AUTH, serve
 from tests.integration.test_inputs_run import n8n_step, received, with_receiver
 from tests.integration.test_run_page import _logged_in, _server
 from tests.live import WebhookStub
+
+#: companies per chunk in these tests: the code of a million-row file's chunks, at a size that runs in a second.
+CHUNK = 700
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importing, "CHUNK", CHUNK)
+
 
 MESSY = (
     "Company Name,Website,Industry,# Employees\n"  # 1
@@ -81,22 +91,22 @@ async def test_reimport_updates_name_and_merges_attributes(env: Env) -> None:
 
 
 async def test_duplicates_across_chunks_are_one_company_the_later_row_winning(env: Env) -> None:
-    rows = [f"co{i}.com,Company {i},{i}" for i in range(companies.CHUNK * 2 + 10)]
+    rows = [f"co{i}.com,Company {i},{i}" for i in range(CHUNK * 2 + 10)]
     rows.append("https://CO1.com/,Company One Renamed,")  # line 1012: co1.com was in the first chunk
     rows.append("co1.com,,x")  # an empty name never erases
     summary = await companies.import_bytes(env.dbs, ("domain,name,n\n" + "\n".join(rows) + "\n").encode())
-    assert (summary.new, summary.updated, summary.duplicates) == (companies.CHUNK * 2 + 10, 0, 2)
-    assert await count(env.dbs, "hq", "companies") == companies.CHUNK * 2 + 10
+    assert (summary.new, summary.updated, summary.duplicates) == (CHUNK * 2 + 10, 0, 2)
+    assert await count(env.dbs, "hq", "companies") == CHUNK * 2 + 10
     assert (await stored(env))["co1.com"] == ("Company One Renamed", {"n": "x"})
 
 
 async def test_strict_is_all_or_nothing(env: Env) -> None:
-    good = "".join(f"co{i}.com\n" for i in range(companies.CHUNK + 5))  # more than a chunk before the flaw
+    good = "".join(f"co{i}.com\n" for i in range(CHUNK + 5))  # more than a chunk before the flaw
     with pytest.raises(exceptions.InputError) as caught:
         await companies.import_bytes(
             env.dbs, f"domain\n{good}n/a\n\nco1.com\n".encode(), "c.csv", strict=True
         )
-    line = companies.CHUNK + 7
+    line = CHUNK + 7
     assert str(caught.value) == (
         f"c.csv: nothing imported (all or nothing): line {line}: 'n/a' is not a domain (a domain has a dot, as in "
         f"acme.com); line {line + 1} is blank; remove blank lines, or let them be skipped; duplicate domain "
@@ -111,7 +121,7 @@ async def test_strict_is_all_or_nothing(env: Env) -> None:
     summary = await companies.import_bytes(
         env.dbs, f"domain\n{good}\n".encode(), strict=True, skip_blank=True
     )
-    assert summary.line() == f"{companies.CHUNK + 5} new, 0 updated, 0 duplicates merged, 1 blank, 0 invalid"
+    assert summary.line() == f"{CHUNK + 5} new, 0 updated, 0 duplicates merged, 1 blank, 0 invalid"
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t"])
@@ -275,3 +285,41 @@ def test_run_companies_file_is_read_with_the_importers_rules(tmp_path: Path) -> 
         f"{listed}: line 2: 'n/a' is not a domain (a domain has a dot, as in acme.com); "
         "line 3: 'jane@acme.com' is an email address, not a domain; give the part after the @"
     )
+
+
+async def test_progress_is_told_the_bytes_read_after_each_chunk(env: Env) -> None:
+    data = ("domain,name\n" + "".join(f"co{i}.com,Co {i}\n" for i in range(CHUNK * 2 + 5))).encode()
+    told: list[int] = []
+    summary = await companies.import_stream(env.dbs, io.BytesIO(data), progress=told.append)
+    assert summary.new == CHUNK * 2 + 5
+    assert len(told) == 3 and told == sorted(told) and told[0] < len(data)
+    assert told[-1] == len(data)
+
+
+async def test_a_second_import_of_the_same_file_finds_every_row_known_and_changes_nothing(env: Env) -> None:
+    rows = "".join(f"co{i}.com,Co {i},{'x' if i % 2 else ''}\n" for i in range(CHUNK + 3))
+    data = ("domain,name,tag\n" + rows).encode()
+    first = await companies.import_bytes(env.dbs, data)
+    before = await sql(
+        env.dbs, "hq", "SELECT id, domain, name, attributes, created_at FROM companies ORDER BY domain"
+    )
+    again = await companies.import_bytes(env.dbs, data)
+    assert first.line() == f"{CHUNK + 3} new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid"
+    assert again.line() == f"0 new, {CHUNK + 3} updated, 0 duplicates merged, 0 blank, 0 invalid"
+    assert (
+        await sql(
+            env.dbs, "hq", "SELECT id, domain, name, attributes, created_at FROM companies ORDER BY domain"
+        )
+        == before
+    )
+    assert (await stored(env))["co1.com"] == ("Co 1", {"tag": "x"})
+    assert (await stored(env))["co2.com"] == ("Co 2", None)
+
+
+async def test_a_failed_import_leaves_nothing_and_the_next_one_works(env: Env) -> None:
+    """The stage of a refused import is rolled back with it: the next import on the pool's connection runs."""
+    for _ in range(2):
+        with pytest.raises(exceptions.InputError, match="nothing imported"):
+            await companies.import_bytes(env.dbs, b"domain\nacme.com\nn/a\n", strict=True)
+    summary = await companies.import_bytes(env.dbs, b"domain\nacme.com\n")
+    assert summary.line() == "1 new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid"

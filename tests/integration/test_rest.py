@@ -35,6 +35,9 @@ async def test_companies_import_search_and_paging(env: Env, tmp_path: Path) -> N
             "invalid": 0,
             "invalid_lines": [],
             "problems": [],
+            "ids_kept": 0,
+            "ids_kept_lines": [],
+            "notes": [],
             "summary": "31 new, 0 updated, 0 duplicates merged, 0 blank, 0 invalid",
         }
         page = client.get("/api/v1/companies", params={"limit": 10, "offset": 10}).json()

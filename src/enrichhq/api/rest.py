@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
 
 from enrichhq import companies, runs, workflows
 from enrichhq.api import schemas
@@ -38,7 +39,8 @@ async def list_companies(
     return {"total": total, "items": [dataclasses.asdict(c) for c in page]}
 
 
-#: the body /companies/import reads itself (text/csv), declared for the OpenAPI document.
+#: the body /companies/import reads itself, declared for the OpenAPI document: the CSV as the
+#: body (text/csv), or as the file part of a form (multipart/form-data, as `curl -F` sends it).
 CSV_BODY = {
     "requestBody": {
         "required": True,
@@ -46,25 +48,59 @@ CSV_BODY = {
             "text/csv": {
                 "schema": {"type": "string", "minLength": 1},
                 "example": "domain,name,industry\nhttps://www.acme.com/,Acme,Software\n",
-            }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
         },
     }
 }
+#: Content-Types read as CSV text: what clients and browsers name a CSV file (Excel's on Windows,
+#: a generic file), and none at all.
+CSV_TYPES = frozenset(
+    {"", "text/csv", "text/plain", "application/csv", "application/vnd.ms-excel", "application/octet-stream"}
+)
+_HOW = (
+    "send the CSV as the body with Content-Type: text/csv (curl --data-binary @companies.csv "
+    "-H 'Content-Type: text/csv'), or as a multipart/form-data file part (curl -F file=@companies.csv)"
+)
 
 
 @router.post("/companies/import", tags=["companies"], openapi_extra=CSV_BODY)
 async def import_companies(
     request: Request, strict: bool = False, skip_blank: bool = False
 ) -> dict[str, Any]:
-    """Import a CSV sent as the request body (text/csv).
+    """Import a CSV: the request body (text/csv), or the file part of a multipart/form-data form.
 
     Invalid rows are listed by line and the rest imported; a domain given twice is one company,
     the later row winning. `strict`: every row, or none (400) if any is invalid, blank (unless
-    `skip_blank`) or repeats a domain.
+    `skip_blank`) or repeats a domain. Another Content-Type is refused (415).
     """
-    result = await companies.import_bytes(
-        services(request).dbs, await request.body(), "request body", strict=strict, skip_blank=skip_blank
-    )
+    dbs = services(request).dbs
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind == "multipart/form-data":
+        form = await request.form()
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):  # a form whose only file has another name
+                upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+            if upload is None:
+                raise HTTPException(422, f"the form has no file part: {_HOW}")
+            result = await companies.import_stream(
+                dbs, upload.file, upload.filename or "file", strict=strict, skip_blank=skip_blank
+            )
+        finally:
+            await form.close()
+    elif kind in CSV_TYPES:
+        result = await companies.import_bytes(
+            dbs, await request.body(), "request body", strict=strict, skip_blank=skip_blank
+        )
+    else:
+        raise HTTPException(415, f"Content-Type {kind} is not a CSV: {_HOW}")
     return result.as_json()
 
 

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from enrichhq.cli import output
-from enrichhq.cli.common import JsonFlag, WideFlag, app, command, companies_app, console, emit_json, out, run
+from enrichhq.cli.common import (
+    EXIT_FAILED,
+    JsonFlag,
+    WideFlag,
+    app,
+    command,
+    companies_app,
+    console,
+    emit_json,
+    err,
+    out,
+    run,
+)
+
+if TYPE_CHECKING:
+    from enrichhq.importing import ImportSummary
 
 
 @command(companies_app, "import")
 def companies_import(
     path: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="CSV with a domain column (domain, website, url, company domain or company website); "
             "name (or company, company name, organization) and id optional; other columns are kept "
-            "as the company's attributes"
+            "as the company's attributes. - reads it from stdin",
+            show_default=False,
         ),
     ],
     strict: Annotated[
@@ -36,14 +54,41 @@ def companies_import(
     """Import companies from a CSV: invalid rows are listed by line, the rest imported (see --strict).
 
     Domains are cleaned (https://www.Stripe.com/pricing -> stripe.com); a domain given twice is one
-    company, the later row's name and attributes winning.
+    company, the later row's name and attributes winning. A progress bar (on stderr, by bytes
+    read) shows while it works, unless stderr is not a terminal or --json is given.
+
+    Exit codes: 0 the file was imported (invalid rows, if any, are listed; a file with a header
+    and no rows imports nothing and says so); 4 the file had rows and every one was invalid, so
+    nothing was imported (the summary still prints); 1 the file was refused as a whole (no
+    domain column, not readable, or any flaw under --strict).
     """
     from enrichhq import companies
 
-    result = run(lambda dbs: companies.import_file(dbs, path, strict=strict, skip_blank=skip_blank))
+    source = None if path == "-" else Path(path)
+    with _progress(source, enabled=not as_json) as progress:
+        if source is None:
+            result = run(
+                lambda dbs: companies.import_stream(
+                    dbs, sys.stdin.buffer, "stdin", strict=strict, skip_blank=skip_blank, progress=progress
+                )
+            )
+        else:
+            result = run(
+                lambda dbs: companies.import_file(
+                    dbs, source, strict=strict, skip_blank=skip_blank, progress=progress
+                )
+            )
     if as_json:
         emit_json(result)
-        return
+    else:
+        _print_summary(result)
+    if result.nothing_imported:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_summary(result: ImportSummary) -> None:
+    from enrichhq import companies
+
     out.print(result.line())
     if result.duplicates:
         out.print(f"  ({companies.MERGE_RULE})")
@@ -51,6 +96,37 @@ def companies_import(
         out.print(f"  {problem}")
     if result.invalid > companies.SHOWN_LINES:
         out.print(f"  ... and {result.invalid - companies.SHOWN_LINES} more invalid lines")
+    for note in result.notes[: companies.SHOWN_LINES]:
+        out.print(f"  {note}")
+
+
+@contextlib.contextmanager
+def _progress(path: Path | None, *, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A Rich progress bar on stderr, told the bytes read (sized by the file when it has a size);
+    None when stderr is no terminal (a script's log stays clean) or when not `enabled`."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    from rich import progress as rich_progress
+
+    try:
+        total: int | None = path.stat().st_size if path is not None and path.is_file() else None
+    except OSError:
+        total = None
+    columns = [
+        rich_progress.TextColumn("importing"),
+        rich_progress.BarColumn(),
+        rich_progress.DownloadColumn(),
+        rich_progress.TransferSpeedColumn(),
+        rich_progress.TimeRemainingColumn(),
+    ]
+    with rich_progress.Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("import", total=total)
+
+        def told(done: int) -> None:
+            bar.update(task, completed=done)
+
+        yield told
 
 
 @command(companies_app, "export")

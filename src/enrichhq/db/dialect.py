@@ -514,3 +514,57 @@ def create_substring_indexes(connection: sa.Connection, table: str, indexes: Map
             sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin (({expression}) gin_trgm_ops)")
         )
     return list(indexes)
+
+
+def json_merge(dialect: Dialect, stored: sa.ColumnElement[Any], given: sa.ColumnElement[Any]) -> Any:
+    """A JSON object's keys set over a stored one (`{**stored, **given}`); either may be NULL.
+
+    A stored value that is not a JSON object (written by hand) is replaced. PostgreSQL's jsonb
+    `||`; SQLite's json_patch, which keeps the stored keys' order and adds new keys after them
+    (none of our values is null, which json_patch would read as "remove the key").
+    """
+    if is_sqlite(dialect):
+        stored_object = sa.and_(sa.func.json_valid(stored) == 1, sa.func.json_type(stored) == "object")
+        merged: Any = sa.func.json_patch(stored, given)
+    else:
+        stored_object = sa.func.jsonb_typeof(stored) == "object"
+        merged = stored.op("||")(given)
+    return sa.case(
+        (given.is_(None), stored),
+        (sa.or_(stored.is_(None), sa.not_(stored_object)), given),
+        else_=merged,
+    )
+
+
+async def empty_table(conn: AsyncConnection, table: sa.Table) -> None:
+    """Remove every row of a table of this transaction's own (a temporary one): PostgreSQL's
+    TRUNCATE, as a DELETE would leave the dead rows for every later scan to read until a vacuum
+    (which never comes inside the transaction); SQLite's DELETE without WHERE drops the pages."""
+    if is_sqlite(conn.dialect):
+        await conn.execute(sa.delete(table))
+    else:
+        await conn.execute(sa.text(f"TRUNCATE {conn.dialect.identifier_preparer.quote(table.name)}"))
+
+
+async def bulk_load(
+    conn: AsyncConnection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Rows (tuples in `columns` order, values the driver takes as they are) into a table, fast.
+
+    PostgreSQL: one COPY (the server parses text rows without a statement per row); SQLite: the
+    driver's executemany of one prepared INSERT. Both go under SQLAlchemy, whose per-row
+    parameter processing costs more than the insert itself; so values are not converted: JSON
+    goes as its text, a UUID as its canonical string.
+    """
+    if not rows:
+        return
+    raw = (await conn.get_raw_connection()).driver_connection
+    if is_sqlite(conn.dialect):
+        insert = sa.insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
+        await raw.executemany(str(insert), rows)  # type: ignore[union-attr]
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    copy_sql = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    async with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            await copy.write_row(row)
