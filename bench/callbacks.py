@@ -6,7 +6,7 @@ flight for up to --seconds (closed loop: the receiver's capacity), or offering -
 callbacks a second for --seconds (open loop: latency at that load, timed from when each
 callback was due). Target: >= 1,000 callbacks/s sustained for 30 s, p99 <= 100 ms, none lost.
 
-    python bench/callbacks.py [--seconds 30] [--items 40000] [--rate 1000]
+    python bench/callbacks.py [--seconds 30] [--items 40000] [--rate 1000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -155,11 +155,12 @@ async def _offer(port: int, signed: list[str], rate: float, seconds: float) -> t
     return latencies, stored, refused
 
 
-def measure(seconds: float, items: int, rate: float | None = None) -> dict[str, float]:
+def measure(seconds: float, items: int, rate: float | None = None, workers: int = 1) -> dict[str, float]:
     """Callbacks per second, p50 and p99 latency (ms), and the rows stored against callbacks answered.
 
     Without `rate`, 64 callbacks are kept in flight (closed loop: the receiver's capacity); with
     it, callbacks are offered at that rate for `seconds` (open loop: latency at that load).
+    `workers`: server processes sharing the port (what `enrichhq serve --workers N` starts).
     """
     with databases("callbacks") as (hq_url, ws_url):
         signed = _setup(hq_url, ws_url, items)
@@ -183,6 +184,8 @@ def measure(seconds: float, items: int, rate: float | None = None) -> dict[str, 
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(workers),
             ],
             env=env,
         )
@@ -220,10 +223,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--items", type=int, default=40_000)
     parser.add_argument("--rate", type=float, help="offer callbacks at this rate (open loop) instead")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
     args = parser.parse_args()
-    r = measure(args.seconds, args.items, args.rate)
+    r = measure(args.seconds, args.items, args.rate, args.workers)
     print(
-        f"callbacks: {r['callbacks']:.0f} in {r['seconds']:.1f}s = {r['rate']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, "
+        f"callbacks, {args.workers} server process(es): {r['callbacks']:.0f} in {r['seconds']:.1f}s = {r['rate']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, "
         f"p99 {r['p99_ms']:.1f} ms; stored {r['stored']:.0f}, rows {r['rows']:.0f} ({r['distinct']:.0f} companies), "
         f"refused {r['refused']:.0f} ({machine()})"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -44,8 +45,15 @@ def demo(
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=32, help="server processes sharing the port (more than 1 needs PostgreSQL for HQ)"
+        ),
+    ] = 1,
 ) -> None:
-    """HTTP functions (/functions/v1), REST API (/api/v1, docs at /docs) and runs, in one process."""
+    """HTTP functions (/functions/v1), REST API (/api/v1, docs at /docs) and runs, in one process
+    (or --workers processes: the receiver's callbacks spread over them)."""
     # The web stack loads only for the commands that serve it, so the others start fast.
     import uvicorn
 
@@ -66,7 +74,22 @@ def serve(
     if not conf.enrichhq_public_url:
         conf = conf.model_copy(update={"enrichhq_public_url": f"http://{host}:{port}"})
     migrate.upgrade(conf.resolved_hq_url())
-    uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
+        return
+    if conf.queue_dsn() is None:
+        raise exceptions.InputError(
+            f"--workers {workers} needs HQ on PostgreSQL (HQ_DATABASE_URL=postgresql://...): SQLite has one "
+            "writer at a time, so more processes only wait for each other; run one"
+        )
+    # Each process builds its app from the environment (uvicorn starts them from an import
+    # string): the kept keys exist before they start, so none races another to create them, and
+    # the public URL is the one this command settled on.
+    conf.callback_secret()
+    os.environ["ENRICHHQ_PUBLIC_URL"] = str(conf.enrichhq_public_url)
+    uvicorn.run(
+        "enrichhq.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+    )
 
 
 def refuse_open_network(host: str, conf: settings.Settings) -> None:
