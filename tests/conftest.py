@@ -161,6 +161,15 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+async def dbs(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[engines.Databases]:
+    """Migrated HQ and an empty Workspace on SQLite files, for what only the embedded default has."""
+    shutil.copyfile(sqlite_template, tmp_path / "hq.db")
+    found = engines.Databases(f"sqlite:///{tmp_path / 'hq.db'}", f"sqlite:///{tmp_path / 'workspace.db'}")
+    yield found
+    await found.dispose()
+
+
 @pytest.fixture(scope="session")
 def stub() -> Iterator[Stub]:
     """The provider stub server (Zenrows contract and plain sites)."""

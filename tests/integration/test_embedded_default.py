@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ GROWING = ("companies", "enrichment_batch_items", "company_play_step_completions
 #: the statements that make company ids typed by hand canonical before a batch is made of them.
 CANONICAL = {str(statement) for statement in dialect.canonical_id_statements()}
 SCAN = re.compile(rf"SCAN (?:{'|'.join(GROWING)})\b")
-
-
-@pytest.fixture
-async def dbs(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[engines.Databases]:
-    shutil.copyfile(sqlite_template, tmp_path / "hq.db")
-    found = engines.Databases(f"sqlite:///{tmp_path / 'hq.db'}", f"sqlite:///{tmp_path / 'workspace.db'}")
-    yield found
-    await found.dispose()
 
 
 @pytest.fixture

@@ -92,3 +92,4 @@ def test_more_than_one_worker_on_sqlite_is_refused_with_what_to_do(tmp_path: Pat
     )
     assert result.returncode != 0
     assert "--workers 2 needs HQ on PostgreSQL" in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())  # refused before any file was made

@@ -63,6 +63,11 @@ def serve(
 
     conf = settings.load()
     refuse_open_network(host, conf)
+    if workers > 1 and conf.queue_dsn() is None:  # before anything is made or printed
+        raise exceptions.InputError(
+            f"--workers {workers} needs HQ on PostgreSQL (HQ_DATABASE_URL=postgresql://...): SQLite has one "
+            "writer at a time, so more processes only wait for each other; run one"
+        )
     _, generated = conf.api_key()
     if generated:
         kept = conf.enrichhq_data_dir.resolve() / "api-key"
@@ -77,11 +82,6 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(conf), host=host, port=port, log_level="info")
         return
-    if conf.queue_dsn() is None:
-        raise exceptions.InputError(
-            f"--workers {workers} needs HQ on PostgreSQL (HQ_DATABASE_URL=postgresql://...): SQLite has one "
-            "writer at a time, so more processes only wait for each other; run one"
-        )
     # Each process builds its app from the environment (uvicorn starts them from an import
     # string): the kept keys exist before they start, so none races another to create them, and
     # the public URL is the one this command settled on.

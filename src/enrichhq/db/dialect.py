@@ -80,27 +80,37 @@ def _canonical_uuid_sql(column: str) -> tuple[str, str]:
 
 
 def canonical_id_statements() -> tuple[sa.TextClause, sa.TextClause]:
-    """SQLite: the UPDATE making typed ids canonical, and the SELECT of (up to 3) ids no UUID at all."""
+    """SQLite: the UPDATE making typed ids canonical, and the SELECT of (up to 3) ids it could not."""
     canonical, is_uuid = _canonical_uuid_sql("id")
     rewrite = sa.text(
         # OR IGNORE: where both spellings of one id exist, the typed one stays (and stays unmatched).
         f"UPDATE OR IGNORE companies SET id = {canonical} WHERE id NOT GLOB '{_CANONICAL_UUID}' AND {is_uuid}"
     )
-    not_uuids = sa.text(
-        f"SELECT id FROM companies WHERE id NOT GLOB '{_CANONICAL_UUID}' AND NOT ({is_uuid}) LIMIT 3"
-    )
+    # After the rewrite, an id still not canonical is no UUID, or one spelling of a UUID another
+    # company holds canonical (the rewrite left it: two companies cannot share one id).
+    not_uuids = sa.text(f"SELECT id FROM companies WHERE id NOT GLOB '{_CANONICAL_UUID}' LIMIT 3")
     return rewrite, not_uuids
 
 
 def canonicalise_company_ids_now(conn: sa.Connection) -> None:
-    """SQLite: rewrite company ids typed in another UUID spelling canonical (a migration's step)."""
-    if is_sqlite(conn.dialect):
-        conn.execute(canonical_id_statements()[0])
+    """SQLite: rewrite company ids typed in another UUID spelling canonical, in `companies` and in
+    the items of batches made of them before (a resume pages those by id), as a migration's step."""
+    if not is_sqlite(conn.dialect):
+        return
+    conn.execute(canonical_id_statements()[0])
+    canonical, is_uuid = _canonical_uuid_sql("company_id")
+    conn.execute(
+        sa.text(
+            f"UPDATE OR IGNORE enrichment_batch_items SET company_id = {canonical} "
+            f"WHERE company_id NOT GLOB '{_CANONICAL_UUID}' AND {is_uuid}"
+        )
+    )
 
 
 async def canonicalise_company_ids(conn: Any) -> None:
     """SQLite: company ids typed by hand made canonical before a batch is made of them; an id that
-    is no UUID at all refused with what to do. PostgreSQL's uuid type keeps them canonical itself.
+    is no UUID, or a second spelling of another company's, refused with what to do. PostgreSQL's
+    uuid type keeps them canonical itself.
 
     One GLOB per company (a fraction of a second at a million): the batch reads them all anyway.
     """
@@ -111,9 +121,10 @@ async def canonicalise_company_ids(conn: Any) -> None:
     bad = [str(row[0]) for row in await conn.execute(not_uuids)]
     if bad:
         raise exceptions.InputError(
-            f"companies.id must be a UUID (like 123e4567-e89b-12d3-a456-426614174000), and "
-            f"{', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not: no company with such "
-            "an id can be run; give those rows a UUID (or delete them and add them again without an id)"
+            f"companies.id must be a UUID (like 123e4567-e89b-12d3-a456-426614174000), one per company, "
+            f"and {', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not (no UUID, or another "
+            "spelling of a company's id): no company with such an id can be run; give those rows a UUID "
+            "of their own (or delete them and add them again without an id)"
         )
 
 

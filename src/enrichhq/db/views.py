@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,7 +77,10 @@ def _company_filters(
     clauses: list[sa.ColumnElement[bool]] = []
     if search:
         # A substring of the domain or the name: on PostgreSQL migration 0012's trigram index serves it.
-        clauses.append(SEARCHED.like(f"%{search.strip().lower()}%"))
+        # Literal: `%` and `_` typed in the box are characters to find, not wildcards (a search for
+        # `_` would otherwise match, and select, every company).
+        literal = re.sub(r"([\\%_])", r"\\\1", search.strip().lower())
+        clauses.append(SEARCHED.like(f"%{literal}%", escape="\\"))
     key = types.uuid_key(companies.c.id, conn.dialect.name)
     if batch_id is not None:  # the companies of one batch (its results, from the batch page)
         clauses.append(sa.exists().where(batch_items.c.batch_id == batch_id, batch_items.c.company_id == key))

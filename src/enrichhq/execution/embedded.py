@@ -143,6 +143,7 @@ async def _run_held(
             runner.result()
     finally:
         if not runner.done():  # cancelled (serve shutting down): nothing new starts, the rest waits
+            handed.set()  # else the drain would start a manager again for the jobs handed back
             engine.hand_back()
             feeder.cancel()
             managers[-1].shutdown.set()

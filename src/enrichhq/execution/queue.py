@@ -129,6 +129,13 @@ async def unfinished_pages(dbs: engines.Databases, batch_id: str, size: int) -> 
             page = await delivery.unfinished(conn, batch_id, after=after, limit=size)
         if not page:
             return
+        if page[-1].id <= after:
+            # A stored id in another spelling than the cursor's (SQLite keeps UUIDs as typed): the
+            # next page would be this one again, for ever.
+            raise exceptions.InputError(
+                f"batch {batch_id} holds company id {page[-1].id!r}, not a UUID in canonical form "
+                "(lower-case, dashed): `enrichhq batches cancel` it and run the step again"
+            )
         yield page
         after = page[-1].id
 
