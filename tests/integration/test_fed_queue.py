@@ -87,7 +87,7 @@ async def test_the_window_bounds_the_jobs_waiting(env: Env, step: None) -> None:
     queries = queue.memory_queries()
     started = asyncio.Event()
     feeding = asyncio.create_task(
-        queue.feed(env.dbs, queries, prepared.batch_id, 5, None, ahead=3, started=started)
+        queue.enqueue_batch(env.dbs, queries, prepared.batch_id, 5, None, ahead=3, started=started)
     )
     await started.wait()
     await asyncio.sleep(0.3)  # nobody takes a job: the feeder stops at its window

@@ -102,7 +102,7 @@ async def _run_held(
     at_once = queue.jobs_at_once(concurrency, job_size, settings.enrichhq_chunk_size)
     started = asyncio.Event()
     feeder = asyncio.create_task(
-        queue.feed(
+        queue.enqueue_batch(
             dbs,
             queries,
             batch_id,
@@ -116,20 +116,22 @@ async def _run_held(
     handed = asyncio.Event()
 
     def lost() -> None:
-        # Another run took the batch over: start nothing more; what is not called stays queued.
+        # Another run took the batch over (or serve shuts down): start nothing more; what is not
+        # called stays queued. `handed` keeps the drain from starting a manager again for it.
         handed.set()
         engine.hand_back()
         feeder.cancel()
         managers[-1].shutdown.set()
 
-    await started.wait()
-    if queued is not None:
-        queued.set()
-    runner = asyncio.create_task(
-        _drain_fed(queries, engine, feeder, managers, handed, at_once, settings.enrichhq_heartbeat_s)
-    )
+    runner: asyncio.Task[None] | None = None
     stopped = False
     try:
+        await started.wait()
+        if queued is not None:
+            queued.set()
+        runner = asyncio.create_task(
+            _drain_fed(queries, engine, feeder, managers, handed, at_once, settings.enrichhq_heartbeat_s)
+        )
         async with lease.kept(dbs, settings, batch_id, mine, lost):
             while not runner.done():
                 await asyncio.wait({runner}, timeout=POLL_S)
@@ -142,14 +144,12 @@ async def _run_held(
                     stopped = True
             runner.result()
     finally:
-        if not runner.done():  # cancelled (serve shutting down): nothing new starts, the rest waits
-            handed.set()  # else the drain would start a manager again for the jobs handed back
-            engine.hand_back()
-            feeder.cancel()
-            managers[-1].shutdown.set()
+        if runner is not None and not runner.done():  # cancelled (serve shutting down)
+            lost()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(runner), timeout=30)
             runner.cancel()
+        feeder.cancel()  # done already unless the run failed or was cancelled before its drain
         await engine.aclose()
         await engine.finish_if_done(batch_id)
         await _report(dbs, batch_id, on_progress)

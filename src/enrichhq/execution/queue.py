@@ -146,43 +146,31 @@ async def enqueue_batch(
     batch_id: str,
     job_size: int,
     waits_for: Mapping[str, str] | None = None,
+    *,
+    ahead: int | None = None,
+    started: asyncio.Event | None = None,
 ) -> int:
-    """Queue every item of the batch still to run (queued, or running when its process died).
+    """Queue every item of the batch still to run (queued, or running when its process died); how
+    many jobs.
 
     waits_for: the earlier batches of a multi-step run this batch waits for (slug -> batch id).
-    """
-    jobs = 0
-    async for page in unfinished_pages(dbs, batch_id, max(job_size, PAGE)):
-        jobs += await enqueue(queries, batch_id, page, job_size, waits_for)
-    return jobs
-
-
-async def feed(
-    dbs: engines.Databases,
-    queries: AnyQueries,
-    batch_id: str,
-    job_size: int,
-    waits_for: Mapping[str, str] | None,
-    *,
-    ahead: int,
-    started: asyncio.Event,
-) -> int:
-    """`enqueue_batch` while the jobs run: never more than `ahead` jobs waiting; `started` once
-    the first page is queued; how many jobs in all.
-
-    A million-company batch queued whole would wait for every page before its first call and hold
-    every page in memory; fed, its first call goes out after one page and memory stays flat.
+    With `ahead`, it feeds the queue while the jobs run: never more than `ahead` jobs waiting, and
+    `started` set once the first page is queued. A million-company batch queued whole would wait
+    for every page before its first call and hold every page in memory; fed, its first call goes
+    out after one page and memory stays flat.
     """
     jobs = 0
     try:
         async for page in unfinished_pages(dbs, batch_id, max(job_size, PAGE)):
             # Polled: the queue tells of no job taken, and a look costs nothing in memory.
-            while jobs and await queued_jobs(queries) >= ahead:  # noqa: ASYNC110
+            while ahead is not None and jobs and await queued_jobs(queries) >= ahead:  # noqa: ASYNC110
                 await asyncio.sleep(FEED_POLL_S)
             jobs += await enqueue(queries, batch_id, page, job_size, waits_for)
-            started.set()
+            if started is not None:
+                started.set()
     finally:
-        started.set()  # also when nothing was left to run, or the feed failed
+        if started is not None:
+            started.set()  # also when nothing was left to run, or the feed failed
     return jobs
 
 
